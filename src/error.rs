@@ -1,0 +1,28 @@
+//! The crate's error type. Each variant maps to one Python exception at the boundary (see `python.rs`).
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A key that is not 32 bytes of base64; `field` names where it came from.
+    #[error("invalid {field}: {reason}")]
+    InvalidKey { field: String, reason: String },
+    /// A configuration value that makes no sense; `field` names it.
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig { field: String, reason: String },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("the server is closed")]
+    Closed,
+}
+
+impl Error {
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

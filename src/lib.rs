@@ -1,0 +1,18 @@
+//! A user-space WireGuard server that hands every TCP connection and UDP datagram of its peers to Python.
+//!
+//! Where a packet goes: `wireguard` (the UDP socket and the WireGuard protocol) passes decrypted IP packets to
+//! `network` (the TCP/IP stack), which passes connections, data and datagrams to Python through `events`;
+//! Python's writes come back as `messages::PythonToNetwork`. `server` starts and joins the tasks.
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod keys;
+pub mod messages;
+pub mod network;
+pub mod server;
+pub mod shutdown;
+pub mod wireguard;
+
+#[cfg(feature = "python")]
+mod python;

@@ -1,0 +1,101 @@
+//! The network task: runs the TCP/IP stack between the WireGuard task and Python.
+
+mod device;
+pub mod packet;
+pub mod stack;
+
+use tokio::sync::mpsc;
+
+use crate::events::EventSender;
+use crate::messages::{NetworkToWireGuard, PythonToNetwork, WireGuardToNetwork};
+use crate::shutdown;
+use stack::{Outputs, Stack};
+
+/// Messages handled before the task flushes what they produced; keeps a burst from starving the others.
+const BATCH: usize = 64;
+
+pub struct NetworkTask {
+    stack: Stack,
+    from_wireguard: mpsc::Receiver<WireGuardToNetwork>,
+    to_wireguard: mpsc::UnboundedSender<NetworkToWireGuard>,
+    from_python: mpsc::UnboundedReceiver<PythonToNetwork>,
+    events: EventSender,
+    shutdown: shutdown::Signal,
+}
+
+impl NetworkTask {
+    pub fn new(
+        stack: Stack,
+        from_wireguard: mpsc::Receiver<WireGuardToNetwork>,
+        to_wireguard: mpsc::UnboundedSender<NetworkToWireGuard>,
+        from_python: mpsc::UnboundedReceiver<PythonToNetwork>,
+        events: EventSender,
+        shutdown: shutdown::Signal,
+    ) -> Self {
+        NetworkTask {
+            stack,
+            from_wireguard,
+            to_wireguard,
+            from_python,
+            events,
+            shutdown,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut out = Outputs::default();
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let deadline = match self.stack.next_deadline() {
+                Some(at) => tokio::time::Instant::from_std(self.stack.to_std(at)),
+                None => tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => break,
+                msg = self.from_python.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.stack.handle(msg, &mut out);
+                    for _ in 1..BATCH {
+                        let Ok(msg) = self.from_python.try_recv() else { break };
+                        self.stack.handle(msg, &mut out);
+                    }
+                }
+                msg = self.from_wireguard.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.receive(msg, &mut out);
+                    for _ in 1..BATCH {
+                        let Ok(msg) = self.from_wireguard.try_recv() else { break };
+                        self.receive(msg, &mut out);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => self.stack.poll_timers(&mut out),
+            }
+            self.flush(&mut out);
+        }
+        // Every client sees its connections end at once.
+        self.stack.abort_all(&mut out);
+        self.flush(&mut out);
+    }
+
+    fn receive(&mut self, msg: WireGuardToNetwork, out: &mut Outputs) {
+        match msg {
+            WireGuardToNetwork::Packet {
+                peer,
+                endpoint,
+                packet,
+            } => self.stack.receive(peer, endpoint, packet, out),
+        }
+    }
+
+    fn flush(&mut self, out: &mut Outputs) {
+        for (peer, packet) in out.packets.drain(..) {
+            // The WireGuard task ends only after this task: a failed send means shutdown is under way.
+            let _ = self.to_wireguard.send(NetworkToWireGuard::Packet { peer, packet });
+        }
+        for event in out.events.drain(..) {
+            self.events.send(event);
+        }
+        self.events.wake();
+    }
+}

@@ -1,0 +1,453 @@
+//! The TCP/IP side of the server: one smoltcp TCP socket per connection, each in a socket set of its own, so a
+//! packet costs a lookup and a poll of its own connection only, whatever the number of open connections.
+//!
+//! No I/O happens here: packets and Python's requests go in, and `Outputs` (packets for peers, events for
+//! Python) come out.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
+
+use super::device::VirtualDevice;
+use super::packet::{self, Inbound};
+use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToNetwork};
+
+/// Receive and send buffer of each connection. The receive buffer sets the TCP window.
+const RX_BUFFER: usize = 64 * 1024;
+const TX_BUFFER: usize = 64 * 1024;
+
+/// Python pauses writing when this many bytes are not yet handed to the TCP stack; the stack tells Python
+/// (with `Drained`) once it caught up with such a backlog. Both sides use this one constant.
+pub const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// How long a connection that Python closed may wait for the client's FIN (the kernel's FIN-WAIT-2 timeout).
+const LINGER: Duration = Duration::from_secs(60);
+
+/// The stack's own addresses. They only give smoltcp a route for every destination; sockets answer from
+/// whatever address the client asked for.
+const OWN_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 8);
+const OWN_V6: Ipv6Addr = Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1);
+
+/// What a step of the stack produced.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub packets: Vec<(PeerId, Vec<u8>)>,
+    pub events: Vec<NetworkToPython>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Flow {
+    peer: PeerId,
+    client: SocketAddr,
+    destination: SocketAddr,
+}
+
+struct Connection {
+    flow: Flow,
+    endpoint: SocketAddr,
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
+    /// The state at the end of the last poll, to tell a reset from an orderly close.
+    last_state: tcp::State,
+    /// Python was told about the connection.
+    announced: bool,
+    /// Python wants data (asyncio's pause_reading / resume_reading).
+    reading: bool,
+    /// Written by Python, not yet in the socket's send buffer.
+    pending: VecDeque<Vec<u8>>,
+    pending_offset: usize,
+    /// Bytes written by Python since the last `Drained`.
+    unconfirmed: usize,
+    /// Python asked for a FIN after its data.
+    fin_requested: bool,
+    /// Python closed the connection: it reads nothing more.
+    python_closed: bool,
+    eof_sent: bool,
+    closed_sent: bool,
+    /// When the connection must be polled next.
+    deadline: Option<Instant>,
+    /// Set when Python closed it: the latest moment to give up waiting for the client.
+    linger_until: Option<Instant>,
+}
+
+pub struct Stack {
+    iface: Interface,
+    device: VirtualDevice,
+    peers: Vec<PeerInfo>,
+    connections: HashMap<ConnectionId, Connection>,
+    flows: HashMap<Flow, ConnectionId>,
+    timers: BTreeSet<(Instant, ConnectionId)>,
+    next_id: ConnectionId,
+    /// For packets that belong to no connection: smoltcp answers them (with a RST) from an empty set.
+    no_sockets: SocketSet<'static>,
+    /// Which peer a client UDP address was last seen from, so replies reach the right peer.
+    udp_routes: HashMap<SocketAddr, PeerId>,
+    /// smoltcp counts time from here.
+    epoch: std::time::Instant,
+}
+
+impl Stack {
+    pub fn new(peers: Vec<PeerInfo>) -> Self {
+        let mut device = VirtualDevice::default();
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = rand_seed();
+        let epoch = std::time::Instant::now();
+        let mut iface = Interface::new(config, &mut device, Instant::ZERO);
+        iface.set_any_ip(true);
+        iface.update_ip_addrs(|addrs| {
+            addrs.push(IpCidr::new(OWN_V4.into(), 32)).unwrap();
+            addrs.push(IpCidr::new(OWN_V6.into(), 128)).unwrap();
+        });
+        iface.routes_mut().add_default_ipv4_route(OWN_V4).unwrap();
+        iface.routes_mut().add_default_ipv6_route(OWN_V6).unwrap();
+        Stack {
+            iface,
+            device,
+            peers,
+            connections: HashMap::new(),
+            flows: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_id: 1,
+            no_sockets: SocketSet::new(vec![]),
+            udp_routes: HashMap::new(),
+            epoch,
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    pub fn to_std(&self, instant: Instant) -> std::time::Instant {
+        self.epoch + Duration::from_micros(instant.total_micros().max(0) as u64)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// The earliest moment a connection needs a poll.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// An IP packet from a peer.
+    pub fn receive(&mut self, peer: PeerId, endpoint: SocketAddr, packet: Vec<u8>, out: &mut Outputs) {
+        let inbound = match packet::parse(&packet) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                log::debug!("dropped a packet from peer {peer}: {e}");
+                return;
+            }
+        };
+        match inbound {
+            Inbound::Udp { src, dst, payload } => {
+                self.udp_routes.insert(src, peer);
+                out.events.push(NetworkToPython::Datagram {
+                    data: payload.to_vec(),
+                    src,
+                    dst,
+                });
+            }
+            Inbound::Tcp { src, dst, opens } => {
+                let flow = Flow {
+                    peer,
+                    client: src,
+                    destination: dst,
+                };
+                let id = match self.flows.get(&flow) {
+                    Some(&id) => id,
+                    None if opens => match self.open(flow, endpoint) {
+                        Some(id) => id,
+                        None => return,
+                    },
+                    None => {
+                        // smoltcp answers a segment that no socket takes with a RST.
+                        let now = self.now();
+                        self.device.rx = Some(packet);
+                        self.iface.poll(now, &mut self.device, &mut self.no_sockets);
+                        out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
+                        return;
+                    }
+                };
+                self.device.rx = Some(packet);
+                self.service(id, out);
+            }
+        }
+    }
+
+    fn open(&mut self, flow: Flow, endpoint: SocketAddr) -> Option<ConnectionId> {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
+        );
+        // Like asyncio's transports (TCP_NODELAY): a write goes out at once.
+        socket.set_nagle_enabled(false);
+        if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
+            log::debug!("dropped a SYN to {}: {e}", flow.destination);
+            return None;
+        }
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(socket);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.flows.insert(flow, id);
+        self.connections.insert(
+            id,
+            Connection {
+                flow,
+                endpoint,
+                sockets,
+                handle,
+                last_state: tcp::State::Listen,
+                announced: false,
+                reading: true,
+                pending: VecDeque::new(),
+                pending_offset: 0,
+                unconfirmed: 0,
+                fin_requested: false,
+                python_closed: false,
+                eof_sent: false,
+                closed_sent: false,
+                deadline: None,
+                linger_until: None,
+            },
+        );
+        Some(id)
+    }
+
+    /// A request from Python.
+    pub fn handle(&mut self, msg: PythonToNetwork, out: &mut Outputs) {
+        let id = match msg {
+            PythonToNetwork::SendDatagram { data, src, dst } => {
+                self.send_datagram(&data, src, dst, out);
+                return;
+            }
+            PythonToNetwork::Write { id, .. }
+            | PythonToNetwork::WriteEof { id }
+            | PythonToNetwork::Close { id }
+            | PythonToNetwork::Abort { id }
+            | PythonToNetwork::PauseReading { id }
+            | PythonToNetwork::ResumeReading { id } => id,
+        };
+        let now = self.now();
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return; // Already gone; Python hears (or heard) of it through ConnectionClosed.
+        };
+        match msg {
+            PythonToNetwork::Write { data, .. } => {
+                if !conn.fin_requested && !data.is_empty() {
+                    conn.unconfirmed += data.len();
+                    conn.pending.push_back(data);
+                }
+            }
+            PythonToNetwork::WriteEof { .. } => conn.fin_requested = true,
+            PythonToNetwork::Close { .. } => {
+                conn.fin_requested = true;
+                conn.python_closed = true;
+                conn.closed_sent = true;
+                conn.linger_until = Some(now + LINGER.into());
+            }
+            PythonToNetwork::Abort { .. } => {
+                conn.python_closed = true;
+                conn.closed_sent = true;
+                conn.pending.clear();
+                conn.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+            }
+            PythonToNetwork::PauseReading { .. } => conn.reading = false,
+            PythonToNetwork::ResumeReading { .. } => conn.reading = true,
+            PythonToNetwork::SendDatagram { .. } => unreachable!(),
+        }
+        self.service(id, out);
+    }
+
+    fn send_datagram(&mut self, data: &[u8], src: SocketAddr, dst: SocketAddr, out: &mut Outputs) {
+        let peer = match self.udp_routes.get(&dst) {
+            Some(&peer) => peer,
+            None if self.peers.len() == 1 => 0,
+            None => {
+                log::debug!("dropped a datagram to {dst}: no peer sent from that address");
+                return;
+            }
+        };
+        match packet::udp(src, dst, data) {
+            Some(p) => out.packets.push((peer, p)),
+            None => log::debug!("dropped a datagram from {src} to {dst}: address families differ"),
+        }
+    }
+
+    /// Polls the connections whose timers are due.
+    pub fn poll_timers(&mut self, out: &mut Outputs) {
+        let now = self.now();
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.deadline = None;
+                if conn.linger_until.is_some_and(|t| t <= now) {
+                    log::debug!("connection {id}: the client did not close in time, resetting");
+                    conn.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+                }
+                self.service(id, out);
+            }
+        }
+    }
+
+    /// Resets every connection (server shutdown).
+    pub fn abort_all(&mut self, out: &mut Outputs) {
+        let ids: Vec<_> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.pending.clear();
+                conn.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+            }
+            self.service(id, out);
+        }
+    }
+
+    /// Moves everything that can move on one connection: the packet in the device, Python's writes, data for
+    /// Python, FIN, and the packets that result. Then reschedules its timer or forgets it.
+    fn service(&mut self, id: ConnectionId, out: &mut Outputs) {
+        let now = self.now();
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if self.device.rx.is_some() {
+            self.iface.poll_ingress_single(now, &mut self.device, &mut conn.sockets);
+            self.device.rx = None;
+        }
+        let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let state = socket.state();
+
+        if !conn.announced && !conn.python_closed && matches!(state, tcp::State::Established | tcp::State::CloseWait) {
+            conn.announced = true;
+            out.events.push(NetworkToPython::ConnectionEstablished {
+                id,
+                peer: self.peers[conn.flow.peer].clone(),
+                endpoint: conn.endpoint,
+                src: conn.flow.client,
+                dst: conn.flow.destination,
+            });
+        }
+
+        // Python's writes into the send buffer, then FIN once they are all in.
+        while let Some(front) = conn.pending.front() {
+            match socket.send_slice(&front[conn.pending_offset..]) {
+                Ok(n) if n > 0 => {
+                    conn.pending_offset += n;
+                    if conn.pending_offset == front.len() {
+                        conn.pending.pop_front();
+                        conn.pending_offset = 0;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if conn.pending.is_empty() {
+            if conn.fin_requested {
+                socket.close();
+            }
+            if conn.unconfirmed >= WRITE_HIGH_WATER && conn.announced && !conn.python_closed {
+                out.events.push(NetworkToPython::Drained {
+                    id,
+                    bytes: conn.unconfirmed,
+                });
+                conn.unconfirmed = 0;
+            }
+        }
+
+        // Data for Python, if it wants some; after it closed, data is read and dropped to keep the window open.
+        if conn.announced && (conn.reading || conn.python_closed) && socket.can_recv() {
+            let mut data = Vec::with_capacity(socket.recv_queue());
+            while let Ok(n) = socket.recv(|buf| {
+                data.extend_from_slice(buf);
+                (buf.len(), buf.len())
+            }) {
+                if n == 0 {
+                    break;
+                }
+            }
+            if !conn.python_closed && !data.is_empty() {
+                out.events.push(NetworkToPython::Data { id, data });
+            }
+        }
+
+        let state = socket.state();
+        if conn.announced && !conn.eof_sent && !conn.python_closed && socket.recv_queue() == 0 && fin_received(state) {
+            conn.eof_sent = true;
+            out.events.push(NetworkToPython::Eof { id });
+        }
+
+        loop {
+            let result = self.iface.poll_egress(now, &mut self.device, &mut conn.sockets);
+            if result == smoltcp::iface::PollResult::None {
+                break;
+            }
+        }
+        let peer = conn.flow.peer;
+        out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
+
+        let state = conn.sockets.get_mut::<tcp::Socket>(conn.handle).state();
+        let gone = state == tcp::State::Closed
+            || (state == tcp::State::Listen && conn.last_state != tcp::State::Listen);
+        if !conn.closed_sent && conn.announced && (gone || state == tcp::State::TimeWait) {
+            conn.closed_sent = true;
+            let reset = gone && !orderly_end(conn.last_state);
+            out.events.push(NetworkToPython::ConnectionClosed { id, reset });
+        }
+        conn.last_state = state;
+
+        if gone {
+            self.forget(id);
+            return;
+        }
+        let mut next = self.iface.poll_at(now, &conn.sockets);
+        if let Some(linger) = conn.linger_until {
+            next = Some(next.map_or(linger, |n| n.min(linger)));
+        }
+        if next != conn.deadline {
+            if let Some(old) = conn.deadline {
+                self.timers.remove(&(old, id));
+            }
+            if let Some(new) = next {
+                self.timers.insert((new, id));
+            }
+            conn.deadline = next;
+        }
+    }
+
+    fn forget(&mut self, id: ConnectionId) {
+        if let Some(conn) = self.connections.remove(&id) {
+            self.flows.remove(&conn.flow);
+            if let Some(at) = conn.deadline {
+                self.timers.remove(&(at, id));
+            }
+        }
+    }
+}
+
+/// The client's FIN arrived.
+fn fin_received(state: tcp::State) -> bool {
+    matches!(
+        state,
+        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+    )
+}
+
+/// Reaching CLOSED from these states is the normal end of a connection; from any other it was reset.
+fn orderly_end(last: tcp::State) -> bool {
+    matches!(last, tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing)
+}
+
+fn rand_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    u64::from_le_bytes(seed)
+}

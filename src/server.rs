@@ -1,0 +1,134 @@
+//! Starting and stopping a server: binds the socket, then runs the WireGuard and network tasks on an engine
+//! thread of their own, so that Python's thread only converts and dispatches.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::mpsc;
+
+use crate::config::Configuration;
+use crate::error::{Error, Result};
+use crate::events::EventSender;
+use crate::messages::{NetworkToPython, PythonToNetwork};
+use crate::network::{stack::Stack, NetworkTask};
+use crate::shutdown;
+use crate::wireguard::{peers::Peers, WireGuardTask};
+
+/// Packets from the WireGuard task that wait for the network task; beyond this the WireGuard task waits
+/// (and the kernel's socket buffer, then the client, see the backpressure).
+const PACKET_QUEUE: usize = 1024;
+
+/// UDP socket buffers: large enough for bursts at full speed.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+pub struct Server {
+    local_addr: SocketAddr,
+    to_network: mpsc::UnboundedSender<PythonToNetwork>,
+    trigger: shutdown::Trigger,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `host:config.listen_port` and starts the tasks. `events` receives everything meant for Python,
+    /// last of all `ServerClosed`.
+    pub fn start(host: &str, config: &Configuration, events: EventSender) -> Result<Server> {
+        let peers = Peers::new(config)?;
+        let infos = (0..config.peers.len())
+            .filter_map(|i| peers.info(i).cloned())
+            .collect();
+        let socket = bind(host, config.listen_port)?;
+        let local_addr = socket.local_addr()?;
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let socket = {
+            let _context = runtime.enter();
+            tokio::net::UdpSocket::from_std(socket)?
+        };
+        let (trigger, signal) = shutdown::channel();
+        let (wg_to_net, net_from_wg) = mpsc::channel(PACKET_QUEUE);
+        let (net_to_wg, wg_from_net) = mpsc::unbounded_channel();
+        let (py_to_net, net_from_py) = mpsc::unbounded_channel();
+        let mut closed = events.try_clone()?;
+
+        let wireguard = WireGuardTask::new(socket, peers, wg_to_net, wg_from_net, signal.clone());
+        let network = NetworkTask::new(Stack::new(infos), net_from_wg, net_to_wg, net_from_py, events, signal);
+        let thread = std::thread::Builder::new()
+            .name("wireguard-engine".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let network = tokio::spawn(network.run());
+                    let wireguard = tokio::spawn(wireguard.run());
+                    if let Err(e) = network.await {
+                        log::error!("network task failed: {e}");
+                    }
+                    if let Err(e) = wireguard.await {
+                        log::error!("WireGuard task failed: {e}");
+                    }
+                });
+                drop(runtime);
+                closed.send(NetworkToPython::ServerClosed);
+                closed.wake();
+            })?;
+        Ok(Server {
+            local_addr,
+            to_network: py_to_net,
+            trigger,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn send(&self, msg: PythonToNetwork) -> Result<()> {
+        self.to_network.send(msg).map_err(|_| Error::Closed)
+    }
+
+    /// Asks every task to stop; `ServerClosed` follows once they have.
+    pub fn close(&self) {
+        self.trigger.trigger();
+    }
+
+    /// Waits for the engine thread. Returns at once if it already ended.
+    pub fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.close();
+        self.join();
+    }
+}
+
+/// Binds the UDP socket. An empty host listens on every address of both families, as asyncio does.
+fn bind(host: &str, port: u16) -> Result<std::net::UdpSocket> {
+    let addr = if host.is_empty() {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
+    } else if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        SocketAddr::new(ip, port)
+    } else {
+        (host, port)
+            .to_socket_addrs()
+            .map_err(|e| Error::config("host", format!("{host:?} does not resolve: {e}")))?
+            .next()
+            .ok_or_else(|| Error::config("host", format!("{host:?} has no address")))?
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if host.is_empty() {
+        socket.set_only_v6(false)?;
+    }
+    // Best effort: the kernel caps these at its own maximum.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
