@@ -74,10 +74,7 @@ mod tests {
             0x1d, 0xb9, 0x2c, 0x2a,
         ]);
         let public = public_of("k", &private).unwrap();
-        assert_eq!(
-            decode("k", &public).unwrap()[..4],
-            [0x85, 0x20, 0xf0, 0x09]
-        );
+        assert_eq!(decode("k", &public).unwrap()[..4], [0x85, 0x20, 0xf0, 0x09]);
     }
 
     #[test]

@@ -37,15 +37,28 @@ pub enum NetworkToWireGuard {
 
 #[derive(Debug)]
 pub enum PythonToNetwork {
-    Write { id: ConnectionId, data: Vec<u8> },
+    Write {
+        id: ConnectionId,
+        data: Vec<u8>,
+    },
     /// Send FIN once everything written went out; keep reading.
-    WriteEof { id: ConnectionId },
+    WriteEof {
+        id: ConnectionId,
+    },
     /// Send FIN once everything written went out; Python reads no more.
-    Close { id: ConnectionId },
+    Close {
+        id: ConnectionId,
+    },
     /// Reset the connection now.
-    Abort { id: ConnectionId },
-    PauseReading { id: ConnectionId },
-    ResumeReading { id: ConnectionId },
+    Abort {
+        id: ConnectionId,
+    },
+    PauseReading {
+        id: ConnectionId,
+    },
+    ResumeReading {
+        id: ConnectionId,
+    },
     SendDatagram {
         data: Vec<u8>,
         src: SocketAddr,
@@ -66,13 +79,24 @@ pub enum NetworkToPython {
         /// The destination the client asked for.
         dst: SocketAddr,
     },
-    Data { id: ConnectionId, data: Vec<u8> },
+    Data {
+        id: ConnectionId,
+        data: Vec<u8>,
+    },
     /// The client sent FIN: reads return EOF after the data before it.
-    Eof { id: ConnectionId },
+    Eof {
+        id: ConnectionId,
+    },
     /// `bytes` that Python wrote have been handed to the TCP stack, so Python may write more.
-    Drained { id: ConnectionId, bytes: usize },
+    Drained {
+        id: ConnectionId,
+        bytes: usize,
+    },
     /// The connection is gone; `reset` tells an abort by the peer (or a timeout) from an orderly close.
-    ConnectionClosed { id: ConnectionId, reset: bool },
+    ConnectionClosed {
+        id: ConnectionId,
+        reset: bool,
+    },
     Datagram {
         data: Vec<u8>,
         src: SocketAddr,

@@ -54,7 +54,14 @@ impl Server {
         let mut closed = events.try_clone()?;
 
         let wireguard = WireGuardTask::new(socket, peers, wg_to_net, wg_from_net, signal.clone());
-        let network = NetworkTask::new(Stack::new(infos), net_from_wg, net_to_wg, net_from_py, events, signal);
+        let network = NetworkTask::new(
+            Stack::new(infos),
+            net_from_wg,
+            net_to_wg,
+            net_from_py,
+            events,
+            signal,
+        );
         let thread = std::thread::Builder::new()
             .name("wireguard-engine".into())
             .spawn(move || {

@@ -54,7 +54,10 @@ impl NetworkTask {
                 biased;
                 _ = shutdown.wait() => break,
                 msg = self.from_python.recv() => {
-                    let Some(msg) = msg else { break };
+                    let Some(msg) = msg else {
+                        log::debug!("network task: Python is gone");
+                        break;
+                    };
                     self.stack.handle(msg, &mut out);
                     for _ in 1..BATCH {
                         let Ok(msg) = self.from_python.try_recv() else { break };
@@ -62,7 +65,10 @@ impl NetworkTask {
                     }
                 }
                 msg = self.from_wireguard.recv() => {
-                    let Some(msg) = msg else { break };
+                    let Some(msg) = msg else {
+                        log::debug!("network task: the WireGuard task is gone");
+                        break;
+                    };
                     self.receive(msg, &mut out);
                     for _ in 1..BATCH {
                         let Ok(msg) = self.from_wireguard.try_recv() else { break };
@@ -73,6 +79,10 @@ impl NetworkTask {
             }
             self.flush(&mut out);
         }
+        log::debug!(
+            "network task: shutting down with {} connections",
+            self.stack.connection_count()
+        );
         // Every client sees its connections end at once.
         self.stack.abort_all(&mut out);
         self.flush(&mut out);
@@ -89,9 +99,12 @@ impl NetworkTask {
     }
 
     fn flush(&mut self, out: &mut Outputs) {
+        self.stack.flush(out);
         for (peer, packet) in out.packets.drain(..) {
             // The WireGuard task ends only after this task: a failed send means shutdown is under way.
-            let _ = self.to_wireguard.send(NetworkToWireGuard::Packet { peer, packet });
+            let _ = self
+                .to_wireguard
+                .send(NetworkToWireGuard::Packet { peer, packet });
         }
         for event in out.events.drain(..) {
             self.events.send(event);

@@ -21,9 +21,11 @@ use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToN
 const RX_BUFFER: usize = 64 * 1024;
 const TX_BUFFER: usize = 64 * 1024;
 
-/// Python pauses writing when this many bytes are not yet handed to the TCP stack; the stack tells Python
-/// (with `Drained`) once it caught up with such a backlog. Both sides use this one constant.
+/// Python pauses writing when more than `WRITE_HIGH_WATER` bytes are not yet handed to the TCP stack, and
+/// resumes at `WRITE_LOW_WATER`. The stack confirms (with `Drained`) whenever it has taken in a backlog of at least
+/// `WRITE_LOW_WATER` bytes, so a paused Python always hears of it. Both sides use these constants.
 pub const WRITE_HIGH_WATER: usize = 64 * 1024;
+pub const WRITE_LOW_WATER: usize = WRITE_HIGH_WATER / 4;
 
 /// How long a connection that Python closed may wait for the client's FIN (the kernel's FIN-WAIT-2 timeout).
 const LINGER: Duration = Duration::from_secs(60);
@@ -73,6 +75,8 @@ struct Connection {
     deadline: Option<Instant>,
     /// Set when Python closed it: the latest moment to give up waiting for the client.
     linger_until: Option<Instant>,
+    /// Waits in `Stack::dirty` for `flush`.
+    dirty: bool,
 }
 
 pub struct Stack {
@@ -87,6 +91,9 @@ pub struct Stack {
     no_sockets: SocketSet<'static>,
     /// Which peer a client UDP address was last seen from, so replies reach the right peer.
     udp_routes: HashMap<SocketAddr, PeerId>,
+    /// Connections touched since the last `flush`: each is serviced once per batch of packets and requests, so
+    /// a burst yields one read and one acknowledgement rather than one per packet.
+    dirty: Vec<ConnectionId>,
     /// smoltcp counts time from here.
     epoch: std::time::Instant,
 }
@@ -115,6 +122,7 @@ impl Stack {
             next_id: 1,
             no_sockets: SocketSet::new(vec![]),
             udp_routes: HashMap::new(),
+            dirty: Vec::new(),
             epoch,
         }
     }
@@ -137,7 +145,13 @@ impl Stack {
     }
 
     /// An IP packet from a peer.
-    pub fn receive(&mut self, peer: PeerId, endpoint: SocketAddr, packet: Vec<u8>, out: &mut Outputs) {
+    pub fn receive(
+        &mut self,
+        peer: PeerId,
+        endpoint: SocketAddr,
+        packet: Vec<u8>,
+        out: &mut Outputs,
+    ) {
         let inbound = match packet::parse(&packet) {
             Ok(inbound) => inbound,
             Err(e) => {
@@ -171,14 +185,47 @@ impl Stack {
                         let now = self.now();
                         self.device.rx = Some(packet);
                         self.iface.poll(now, &mut self.device, &mut self.no_sockets);
-                        out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
+                        out.packets
+                            .extend(self.device.tx.drain(..).map(|p| (peer, p)));
                         return;
                     }
                 };
-                self.device.rx = Some(packet);
+                let now = self.now();
+                if let Some(conn) = self.connections.get_mut(&id) {
+                    self.device.rx = Some(packet);
+                    self.iface
+                        .poll_ingress_single(now, &mut self.device, &mut conn.sockets);
+                    self.device.rx = None;
+                    // Answers to segments the socket rejects (e.g. a RST for a bad ACK) go out at once.
+                    out.packets
+                        .extend(self.device.tx.drain(..).map(|p| (peer, p)));
+                }
+                self.mark_dirty(id);
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, id: ConnectionId) {
+        if let Some(conn) = self.connections.get_mut(&id) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Services every connection touched since the last flush. Call after each batch.
+    pub fn flush(&mut self, out: &mut Outputs) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.dirty = false;
                 self.service(id, out);
             }
         }
+        // Reuse the allocation.
+        self.dirty = dirty;
+        self.dirty.clear();
     }
 
     fn open(&mut self, flow: Flow, endpoint: SocketAddr) -> Option<ConnectionId> {
@@ -216,6 +263,7 @@ impl Stack {
                 closed_sent: false,
                 deadline: None,
                 linger_until: None,
+                dirty: false,
             },
         );
         Some(id)
@@ -263,7 +311,7 @@ impl Stack {
             PythonToNetwork::ResumeReading { .. } => conn.reading = true,
             PythonToNetwork::SendDatagram { .. } => unreachable!(),
         }
-        self.service(id, out);
+        self.mark_dirty(id);
     }
 
     fn send_datagram(&mut self, data: &[u8], src: SocketAddr, dst: SocketAddr, out: &mut Outputs) {
@@ -319,14 +367,13 @@ impl Stack {
         let Some(conn) = self.connections.get_mut(&id) else {
             return;
         };
-        if self.device.rx.is_some() {
-            self.iface.poll_ingress_single(now, &mut self.device, &mut conn.sockets);
-            self.device.rx = None;
-        }
         let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
         let state = socket.state();
 
-        if !conn.announced && !conn.python_closed && matches!(state, tcp::State::Established | tcp::State::CloseWait) {
+        if !conn.announced
+            && !conn.python_closed
+            && matches!(state, tcp::State::Established | tcp::State::CloseWait)
+        {
             conn.announced = true;
             out.events.push(NetworkToPython::ConnectionEstablished {
                 id,
@@ -354,7 +401,7 @@ impl Stack {
             if conn.fin_requested {
                 socket.close();
             }
-            if conn.unconfirmed >= WRITE_HIGH_WATER && conn.announced && !conn.python_closed {
+            if conn.unconfirmed >= WRITE_LOW_WATER && conn.announced && !conn.python_closed {
                 out.events.push(NetworkToPython::Drained {
                     id,
                     bytes: conn.unconfirmed,
@@ -380,19 +427,27 @@ impl Stack {
         }
 
         let state = socket.state();
-        if conn.announced && !conn.eof_sent && !conn.python_closed && socket.recv_queue() == 0 && fin_received(state) {
+        if conn.announced
+            && !conn.eof_sent
+            && !conn.python_closed
+            && socket.recv_queue() == 0
+            && fin_received(state)
+        {
             conn.eof_sent = true;
             out.events.push(NetworkToPython::Eof { id });
         }
 
         loop {
-            let result = self.iface.poll_egress(now, &mut self.device, &mut conn.sockets);
+            let result = self
+                .iface
+                .poll_egress(now, &mut self.device, &mut conn.sockets);
             if result == smoltcp::iface::PollResult::None {
                 break;
             }
         }
         let peer = conn.flow.peer;
-        out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
+        out.packets
+            .extend(self.device.tx.drain(..).map(|p| (peer, p)));
 
         let state = conn.sockets.get_mut::<tcp::Socket>(conn.handle).state();
         let gone = state == tcp::State::Closed
@@ -400,7 +455,8 @@ impl Stack {
         if !conn.closed_sent && conn.announced && (gone || state == tcp::State::TimeWait) {
             conn.closed_sent = true;
             let reset = gone && !orderly_end(conn.last_state);
-            out.events.push(NetworkToPython::ConnectionClosed { id, reset });
+            out.events
+                .push(NetworkToPython::ConnectionClosed { id, reset });
         }
         conn.last_state = state;
 
@@ -443,7 +499,10 @@ fn fin_received(state: tcp::State) -> bool {
 
 /// Reaching CLOSED from these states is the normal end of a connection; from any other it was reset.
 fn orderly_end(last: tcp::State) -> bool {
-    matches!(last, tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing)
+    matches!(
+        last,
+        tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing
+    )
 }
 
 fn rand_seed() -> u64 {

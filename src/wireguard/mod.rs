@@ -86,7 +86,9 @@ impl WireGuardTask {
             }
         }
         // The network task resets every connection on shutdown; those packets still go out.
-        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), self.from_network.recv()).await {
+        while let Ok(Some(msg)) =
+            tokio::time::timeout(Duration::from_millis(200), self.from_network.recv()).await
+        {
             self.encrypt(msg);
         }
     }
@@ -97,7 +99,9 @@ impl WireGuardTask {
                 Ok((len, src)) => {
                     let (socket, deliveries) = (&self.socket, &mut self.deliveries);
                     self.peers
-                        .receive(src, &self.datagram[..len], &mut self.buf, &mut |out| emit(socket, out, deliveries));
+                        .receive(src, &self.datagram[..len], &mut self.buf, &mut |out| {
+                            emit(socket, out, deliveries)
+                        });
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 // ICMP errors from earlier sends surface here (e.g. port unreachable); they concern no one else.
@@ -110,8 +114,9 @@ impl WireGuardTask {
         match msg {
             NetworkToWireGuard::Packet { peer, packet } => {
                 let socket = &self.socket;
-                self.peers
-                    .send(peer, &packet, &mut self.buf, &mut |out| emit(socket, out, &mut Vec::new()));
+                self.peers.send(peer, &packet, &mut self.buf, &mut |out| {
+                    emit(socket, out, &mut Vec::new())
+                });
             }
         }
     }

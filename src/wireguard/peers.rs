@@ -67,7 +67,14 @@ impl Peers {
                 Some(psk) => Some(keys::decode("preshared key", psk)?),
                 None => None,
             };
-            let tunn = Tunn::new(secret.clone(), PublicKey::from(key), psk, None, id as u32, None);
+            let tunn = Tunn::new(
+                secret.clone(),
+                PublicKey::from(key),
+                psk,
+                None,
+                id as u32,
+                None,
+            );
             peers.push(Peer {
                 tunn,
                 info: PeerInfo {
@@ -101,7 +108,10 @@ impl Peers {
     ) {
         let id = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => {
-                log::debug!("dropped a datagram from {src} that is no WireGuard message ({} bytes)", datagram.len());
+                log::debug!(
+                    "dropped a datagram from {src} that is no WireGuard message ({} bytes)",
+                    datagram.len()
+                );
                 return;
             }
             Ok(Packet::HandshakeInit(init)) => {
@@ -150,7 +160,8 @@ impl Peers {
                 }
                 emit(Output::Send(src, reply));
                 // Packets queued while there was no session go out now.
-                while let TunnResult::WriteToNetwork(packet) = peer.tunn.decapsulate(None, &[], buf) {
+                while let TunnResult::WriteToNetwork(packet) = peer.tunn.decapsulate(None, &[], buf)
+                {
                     emit(Output::Send(src, packet));
                 }
             }
@@ -166,7 +177,13 @@ impl Peers {
     }
 
     /// Encrypts one IP packet for a peer. Without a session, boringtun queues it and starts a handshake.
-    pub fn send(&mut self, id: PeerId, packet: &[u8], buf: &mut [u8], emit: &mut impl FnMut(Output)) {
+    pub fn send(
+        &mut self,
+        id: PeerId,
+        packet: &[u8],
+        buf: &mut [u8],
+        emit: &mut impl FnMut(Output),
+    ) {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
@@ -201,7 +218,10 @@ impl Peers {
 
 /// Cookie replies are the only messages a peer's key does not vouch for.
 fn datagram_is_authenticated(datagram: &[u8]) -> bool {
-    !matches!(Tunn::parse_incoming_packet(datagram), Ok(Packet::PacketCookieReply(_)))
+    !matches!(
+        Tunn::parse_incoming_packet(datagram),
+        Ok(Packet::PacketCookieReply(_))
+    )
 }
 
 #[cfg(test)]
@@ -233,14 +253,18 @@ mod tests {
         let mut out = vec![];
         f(&mut |o| match o {
             Output::Send(addr, d) => out.push((format!("send {addr}"), d.to_vec())),
-            Output::Deliver { peer, packet, .. } => out.push((format!("deliver {peer}"), packet.to_vec())),
+            Output::Deliver { peer, packet, .. } => {
+                out.push((format!("deliver {peer}"), packet.to_vec()))
+            }
         });
         out
     }
 
     fn ipv4_packet() -> Vec<u8> {
         // A minimal IPv4 header (no payload) from 10.0.0.1 to 10.0.0.42; boringtun checks only the length field.
-        let mut p = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 42];
+        let mut p = vec![
+            0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 42,
+        ];
         p.resize(20, 0);
         p
     }
@@ -254,17 +278,24 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:2000".parse().unwrap();
 
         // The client wants to send a packet: it queues it and starts a handshake.
-        let TunnResult::WriteToNetwork(init) = client.encapsulate(&ipv4_packet(), &mut cbuf) else { panic!() };
+        let TunnResult::WriteToNetwork(init) = client.encapsulate(&ipv4_packet(), &mut cbuf) else {
+            panic!()
+        };
         let init = init.to_vec();
         let out = collect(|e| peers.receive(a, &init, &mut buf, &mut |o| e(o)));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, format!("send {a}"));
 
         // The response completes the client's handshake: it confirms with a keepalive, then sends what it queued.
-        let TunnResult::WriteToNetwork(keepalive) = client.decapsulate(None, &out[0].1, &mut cbuf) else { panic!() };
+        let TunnResult::WriteToNetwork(keepalive) = client.decapsulate(None, &out[0].1, &mut cbuf)
+        else {
+            panic!()
+        };
         let keepalive = keepalive.to_vec();
         assert!(collect(|e| peers.receive(a, &keepalive, &mut buf, &mut |o| e(o))).is_empty());
-        let TunnResult::WriteToNetwork(data) = client.decapsulate(None, &[], &mut cbuf) else { panic!() };
+        let TunnResult::WriteToNetwork(data) = client.decapsulate(None, &[], &mut cbuf) else {
+            panic!()
+        };
         let data = data.to_vec();
         // The client moved: the data comes from b.
         let out = collect(|e| peers.receive(b, &data, &mut buf, &mut |o| e(o)));
@@ -273,7 +304,10 @@ mod tests {
         // Replies go to where the client is now.
         let out = collect(|e| peers.send(0, &ipv4_packet(), &mut buf, &mut |o| e(o)));
         assert_eq!(out[0].0, format!("send {b}"));
-        let TunnResult::WriteToTunnelV4(p, _) = client.decapsulate(None, &out[0].1, &mut cbuf) else { panic!() };
+        let TunnResult::WriteToTunnelV4(p, _) = client.decapsulate(None, &out[0].1, &mut cbuf)
+        else {
+            panic!()
+        };
         assert_eq!(p, &ipv4_packet()[..]);
     }
 
@@ -283,11 +317,20 @@ mod tests {
         let (_, mut stranger) = setup(); // a client of another server: its key is unknown here
         let mut buf = vec![0u8; BUFFER_SIZE];
         let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        for junk in [&b""[..], b"\x01\0\0\0", &[1u8; 148], &[4u8; 40], &[9u8; 300]] {
+        for junk in [
+            &b""[..],
+            b"\x01\0\0\0",
+            &[1u8; 148],
+            &[4u8; 40],
+            &[9u8; 300],
+        ] {
             assert!(collect(|e| peers.receive(a, junk, &mut buf, &mut |o| e(o))).is_empty());
         }
         let mut sbuf = vec![0u8; BUFFER_SIZE];
-        let TunnResult::WriteToNetwork(init) = stranger.encapsulate(&ipv4_packet(), &mut sbuf) else { panic!() };
+        let TunnResult::WriteToNetwork(init) = stranger.encapsulate(&ipv4_packet(), &mut sbuf)
+        else {
+            panic!()
+        };
         assert!(collect(|e| peers.receive(a, init, &mut buf, &mut |o| e(o))).is_empty());
         // Nothing is sent to a peer that never connected.
         assert!(collect(|e| peers.send(0, &ipv4_packet(), &mut buf, &mut |o| e(o))).is_empty());

@@ -1,0 +1,11 @@
+"""Transparently proxy any device that can be configured as a WireGuard client.
+
+Every TCP connection and UDP datagram that a WireGuard peer sends through the tunnel, to whatever address, is
+handed to asyncio code: see `start_server`.
+"""
+
+from ._mitmproxy_wireguard import Configuration, genkey, pubkey
+from .server import Server, start_server
+from .stream import TcpStream
+
+__all__ = ["Configuration", "Server", "TcpStream", "genkey", "pubkey", "start_server"]

@@ -1,0 +1,155 @@
+"""The asyncio side of a running server: dispatches the engine's events to transports and handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from . import _mitmproxy_wireguard as _native
+from ._mitmproxy_wireguard import Configuration
+from .stream import TcpStream, _Transport
+
+logger = logging.getLogger("mitmproxy_wireguard")
+
+Address = tuple[str, int]
+ConnectionHandler = Callable[[TcpStream], Awaitable[None]]
+DatagramHandler = Callable[[bytes, Address, Address], None]
+
+
+class Server:
+    """A running WireGuard server. Create it with `start_server`."""
+
+    def __init__(
+        self,
+        engine: _native.Engine,
+        handle_connection: ConnectionHandler,
+        receive_datagram: DatagramHandler,
+    ):
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        self._handle_connection = handle_connection
+        self._receive_datagram = receive_datagram
+        self._transports: dict[int, _Transport] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._wakeup_fd = engine.wakeup_fd()
+        self._loop.add_reader(self._wakeup_fd, self._process_events)
+
+    def getsockname(self) -> Address:
+        return self._engine.getsockname()
+
+    def send_datagram(self, data: bytes, src_addr: Address, dst_addr: Address) -> None:
+        self._engine.send_datagram(bytes(data), src_addr, dst_addr)
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._engine.close()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+        handlers = list(self._handlers)
+        if handlers:
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __repr__(self) -> str:
+        host, port = self.getsockname()
+        return f"Server(address={host!r}, port={port}, connections={len(self._transports)})"
+
+    def _process_events(self) -> None:
+        for event in self._engine.take_events():
+            tag = event[0]
+            if tag == _native.EVENT_DATA:
+                transport = self._transports.get(event[1])
+                if transport is not None:
+                    transport.data_received(event[2])
+            elif tag == _native.EVENT_DATAGRAM:
+                try:
+                    self._receive_datagram(event[1], event[2], event[3])
+                except Exception:
+                    logger.exception("receive_datagram failed for a datagram from %s to %s", event[2], event[3])
+            elif tag == _native.EVENT_DRAINED:
+                transport = self._transports.get(event[1])
+                if transport is not None:
+                    transport.drained(event[2])
+            elif tag == _native.EVENT_ESTABLISHED:
+                self._connection_established(*event[1:])
+            elif tag == _native.EVENT_EOF:
+                transport = self._transports.get(event[1])
+                if transport is not None:
+                    transport.eof_received()
+            elif tag == _native.EVENT_CLOSED:
+                transport = self._transports.pop(event[1], None)
+                if transport is not None:
+                    exc = ConnectionResetError("Connection reset by peer") if event[2] else None
+                    transport.connection_lost(exc)
+            elif tag == _native.EVENT_SERVER_CLOSED:
+                self._server_closed()
+
+    def _connection_established(
+        self, id: int, peer_public_key: str, original_src: Address, peername: Address, sockname: Address
+    ) -> None:
+        extra = {
+            "peername": peername,
+            "sockname": sockname,
+            "original_dst": sockname,
+            "original_src": original_src,
+            "peer_public_key": peer_public_key,
+        }
+        transport = _Transport(self._engine, self._loop, id, extra)
+        if self._closing:
+            transport.abort()
+            return
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, protocol, reader, self._loop)
+        self._transports[id] = transport
+        task = self._loop.create_task(self._run_handler(TcpStream(reader, writer)))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _run_handler(self, stream: TcpStream) -> None:
+        try:
+            await self._handle_connection(stream)
+        except Exception:
+            logger.exception("connection handler failed for %r", stream)
+            stream.close()
+
+    def _server_closed(self) -> None:
+        self._loop.remove_reader(self._wakeup_fd)
+        self._engine.join()
+        for transport in self._transports.values():
+            transport.connection_lost(ConnectionAbortedError("the server was closed"))
+        self._transports.clear()
+        for task in self._handlers:
+            task.cancel()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+
+async def start_server(
+    host: str,
+    cfg: Configuration,
+    handle_connection: ConnectionHandler,
+    receive_datagram: DatagramHandler,
+) -> Server:
+    """Starts a WireGuard server on `host` and the configuration's listen port.
+
+    `handle_connection(stream)` runs as a task for every TCP connection a peer opens, to any address;
+    `receive_datagram(data, src_addr, dst_addr)` is called for every UDP datagram a peer sends.
+    """
+    return Server(_native.start_engine(host, cfg), handle_connection, receive_datagram)

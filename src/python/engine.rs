@@ -1,0 +1,186 @@
+//! The engine handle that the Python package drives: it starts the server, turns Python's calls into
+//! messages for the network task, and hands out the network task's events as tuples.
+
+use std::net::{IpAddr, SocketAddr};
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use super::config::Configuration;
+use crate::events::{self, EventReceiver};
+use crate::messages::{ConnectionId, NetworkToPython, PythonToNetwork};
+use crate::network::stack::{WRITE_HIGH_WATER, WRITE_LOW_WATER};
+use crate::server::Server;
+
+// Tags of the event tuples; the Python package imports these names.
+const EVENT_ESTABLISHED: u8 = 0;
+const EVENT_DATA: u8 = 1;
+const EVENT_EOF: u8 = 2;
+const EVENT_DRAINED: u8 = 3;
+const EVENT_CLOSED: u8 = 4;
+const EVENT_DATAGRAM: u8 = 5;
+const EVENT_SERVER_CLOSED: u8 = 6;
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Engine>()?;
+    m.add_function(wrap_pyfunction!(start_engine, m)?)?;
+    m.add("WRITE_HIGH_WATER", WRITE_HIGH_WATER)?;
+    m.add("WRITE_LOW_WATER", WRITE_LOW_WATER)?;
+    m.add("EVENT_ESTABLISHED", EVENT_ESTABLISHED)?;
+    m.add("EVENT_DATA", EVENT_DATA)?;
+    m.add("EVENT_EOF", EVENT_EOF)?;
+    m.add("EVENT_DRAINED", EVENT_DRAINED)?;
+    m.add("EVENT_CLOSED", EVENT_CLOSED)?;
+    m.add("EVENT_DATAGRAM", EVENT_DATAGRAM)?;
+    m.add("EVENT_SERVER_CLOSED", EVENT_SERVER_CLOSED)?;
+    Ok(())
+}
+
+/// Binds the socket and starts the engine thread. Raises `OSError` if the address cannot be bound and
+/// `ValueError` for a bad configuration.
+#[pyfunction]
+fn start_engine(host: &str, config: &Configuration) -> PyResult<Engine> {
+    let (sender, events) = events::channel()?;
+    let server = Server::start(host, &config.0, sender)?;
+    Ok(Engine { server, events })
+}
+
+#[pyclass(module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct Engine {
+    server: Server,
+    events: EventReceiver,
+}
+
+/// Python sees addresses as (host, port); an IPv4 peer on a dual-stack socket as plain IPv4.
+fn address(addr: SocketAddr) -> (String, u16) {
+    (addr.ip().to_canonical().to_string(), addr.port())
+}
+
+fn parse_address(field: &str, (host, port): (String, u16)) -> PyResult<SocketAddr> {
+    let ip: IpAddr = host.trim_matches(['[', ']']).parse().map_err(|_| {
+        PyValueError::new_err(format!("invalid {field}: {host:?} is not an IP address"))
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+#[pymethods]
+impl Engine {
+    fn getsockname(&self) -> (String, u16) {
+        let addr = self.server.local_addr();
+        (addr.ip().to_string(), addr.port())
+    }
+
+    /// The socket the event loop watches: readable when events wait.
+    fn wakeup_fd(&self) -> i32 {
+        self.events.fd()
+    }
+
+    /// Every waiting event, as tuples tagged with `EVENT_*`.
+    fn take_events<'py>(&mut self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        self.events.acknowledge();
+        let mut out = Vec::new();
+        while let Some(event) = self.events.try_recv() {
+            let tuple = match event {
+                NetworkToPython::ConnectionEstablished {
+                    id,
+                    peer,
+                    endpoint,
+                    src,
+                    dst,
+                } => (
+                    EVENT_ESTABLISHED,
+                    id,
+                    &*peer.public_key,
+                    address(endpoint),
+                    address(src),
+                    address(dst),
+                )
+                    .into_pyobject(py)?,
+                NetworkToPython::Data { id, data } => {
+                    (EVENT_DATA, id, PyBytes::new(py, &data)).into_pyobject(py)?
+                }
+                NetworkToPython::Eof { id } => (EVENT_EOF, id).into_pyobject(py)?,
+                NetworkToPython::Drained { id, bytes } => {
+                    (EVENT_DRAINED, id, bytes).into_pyobject(py)?
+                }
+                NetworkToPython::ConnectionClosed { id, reset } => {
+                    (EVENT_CLOSED, id, reset).into_pyobject(py)?
+                }
+                NetworkToPython::Datagram { data, src, dst } => (
+                    EVENT_DATAGRAM,
+                    PyBytes::new(py, &data),
+                    address(src),
+                    address(dst),
+                )
+                    .into_pyobject(py)?,
+                NetworkToPython::ServerClosed => (EVENT_SERVER_CLOSED,).into_pyobject(py)?,
+            };
+            out.push(tuple);
+        }
+        Ok(out)
+    }
+
+    fn write(&self, id: ConnectionId, data: &[u8]) -> PyResult<()> {
+        self.send(PythonToNetwork::Write {
+            id,
+            data: data.to_vec(),
+        })
+    }
+
+    fn write_eof(&self, id: ConnectionId) -> PyResult<()> {
+        self.send(PythonToNetwork::WriteEof { id })
+    }
+
+    fn close_connection(&self, id: ConnectionId) -> PyResult<()> {
+        self.send(PythonToNetwork::Close { id })
+    }
+
+    fn abort_connection(&self, id: ConnectionId) -> PyResult<()> {
+        self.send(PythonToNetwork::Abort { id })
+    }
+
+    fn pause_reading(&self, id: ConnectionId) -> PyResult<()> {
+        self.send(PythonToNetwork::PauseReading { id })
+    }
+
+    fn resume_reading(&self, id: ConnectionId) -> PyResult<()> {
+        self.send(PythonToNetwork::ResumeReading { id })
+    }
+
+    fn send_datagram(
+        &self,
+        data: &[u8],
+        src_addr: (String, u16),
+        dst_addr: (String, u16),
+    ) -> PyResult<()> {
+        let src = parse_address("src_addr", src_addr)?;
+        let dst = parse_address("dst_addr", dst_addr)?;
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err(PyValueError::new_err(
+                "invalid dst_addr: src_addr and dst_addr must be of the same address family",
+            ));
+        }
+        self.send(PythonToNetwork::SendDatagram {
+            data: data.to_vec(),
+            src,
+            dst,
+        })
+    }
+
+    /// Asks the engine to stop; `EVENT_SERVER_CLOSED` follows.
+    fn close(&self) {
+        self.server.close();
+    }
+
+    /// Waits for the engine thread, without holding the GIL; call after `EVENT_SERVER_CLOSED`.
+    fn join(&mut self, py: Python<'_>) {
+        py.detach(|| self.server.join());
+    }
+}
+
+impl Engine {
+    fn send(&self, msg: PythonToNetwork) -> PyResult<()> {
+        Ok(self.server.send(msg)?)
+    }
+}
