@@ -72,8 +72,8 @@ impl Configuration {
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
-        let config: Configuration = serde_json::from_str(text)
-            .map_err(|e| Error::config("configuration JSON", e.to_string()))?;
+        let config: Configuration =
+            serde_json::from_str(text).map_err(|e| Error::config("configuration JSON", e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -111,12 +111,7 @@ impl Configuration {
     }
 
     /// One client configuration text per peer, in the format WireGuard clients import.
-    pub fn client_configs(
-        &self,
-        address: &str,
-        allowed_ips: &str,
-        endpoint: &str,
-    ) -> Result<Vec<String>> {
+    pub fn client_configs(&self, address: &str, allowed_ips: &str, endpoint: &str) -> Result<Vec<String>> {
         let server_public_key = self.server_public_key()?;
         Ok(self
             .peers
@@ -155,12 +150,8 @@ mod tests {
     #[test]
     fn custom_derives_public_keys() {
         let client = keys::generate();
-        let config =
-            Configuration::custom(1, &keys::generate(), std::slice::from_ref(&client)).unwrap();
-        assert_eq!(
-            config.peers[0].public_key,
-            keys::public_of("", &client).unwrap()
-        );
+        let config = Configuration::custom(1, &keys::generate(), std::slice::from_ref(&client)).unwrap();
+        assert_eq!(config.peers[0].public_key, keys::public_of("", &client).unwrap());
     }
 
     #[test]
@@ -175,11 +166,7 @@ mod tests {
     fn duplicate_and_mismatched_peers_are_rejected() {
         let mut config = Configuration::generate(1, 2).unwrap();
         config.peers[1].public_key = config.peers[0].public_key.clone();
-        assert!(config
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("peers[1]"));
+        assert!(config.validate().unwrap_err().to_string().contains("peers[1]"));
         let json = config
             .to_json()
             .replace("\"listen_port\": 1", "\"listen_port\": 70000");

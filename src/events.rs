@@ -96,9 +96,7 @@ impl EventSender {
 
     /// Wakes Python if events arrived since it last looked. Call once after a batch of `send`s.
     pub fn wake(&mut self) {
-        if std::mem::take(&mut self.pending_wake)
-            && !self.shared.notified.swap(true, Ordering::AcqRel)
-        {
+        if std::mem::take(&mut self.pending_wake) && !self.shared.notified.swap(true, Ordering::AcqRel) {
             match self.wake.write(&[1]) {
                 Ok(_) => {}
                 // A full socket already holds a wakeup.

@@ -1,9 +1,7 @@
 //! A smoltcp device that is only a mailbox: the stack puts one received packet in before a poll and takes the
 //! packets to send out after it.
 
-use smoltcp::phy::{
-    Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium, RxToken, TxToken,
-};
+use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant;
 
 /// The tunnel MTU that WireGuard clients use by default.

@@ -5,8 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket,
-    UdpRepr,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket, UdpRepr,
 };
 
 /// What the network task needs to know about a packet from a peer.
@@ -38,10 +37,7 @@ pub enum ParseError {
 }
 
 pub fn parse(packet: &[u8]) -> Result<Inbound<'_>, ParseError> {
-    let (src, dst, protocol, payload): (IpAddr, IpAddr, _, &[u8]) = match packet
-        .first()
-        .map(|b| b >> 4)
-    {
+    let (src, dst, protocol, payload): (IpAddr, IpAddr, _, &[u8]) = match packet.first().map(|b| b >> 4) {
         Some(4) => {
             let ip = Ipv4Packet::new_checked(packet).map_err(|_| ParseError::Malformed("IPv4"))?;
             if ip.more_frags() || ip.frag_offset() != 0 {
@@ -110,12 +106,7 @@ pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> 
             };
             let mut packet = vec![0; ip.buffer_len() + udp_len];
             ip.emit(&mut Ipv4Packet::new_unchecked(&mut packet), &caps);
-            (
-                packet,
-                ip.buffer_len(),
-                IpAddress::Ipv4(s),
-                IpAddress::Ipv4(d),
-            )
+            (packet, ip.buffer_len(), IpAddress::Ipv4(s), IpAddress::Ipv4(d))
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let ip = Ipv6Repr {
@@ -127,12 +118,7 @@ pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> 
             };
             let mut packet = vec![0; ip.buffer_len() + udp_len];
             ip.emit(&mut Ipv6Packet::new_unchecked(&mut packet));
-            (
-                packet,
-                ip.buffer_len(),
-                IpAddress::Ipv6(s),
-                IpAddress::Ipv6(d),
-            )
+            (packet, ip.buffer_len(), IpAddress::Ipv6(s), IpAddress::Ipv6(d))
         }
         _ => return None,
     };

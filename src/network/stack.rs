@@ -145,13 +145,7 @@ impl Stack {
     }
 
     /// An IP packet from a peer.
-    pub fn receive(
-        &mut self,
-        peer: PeerId,
-        endpoint: SocketAddr,
-        packet: Vec<u8>,
-        out: &mut Outputs,
-    ) {
+    pub fn receive(&mut self, peer: PeerId, endpoint: SocketAddr, packet: Vec<u8>, out: &mut Outputs) {
         let inbound = match packet::parse(&packet) {
             Ok(inbound) => inbound,
             Err(e) => {
@@ -185,8 +179,7 @@ impl Stack {
                         let now = self.now();
                         self.device.rx = Some(packet);
                         self.iface.poll(now, &mut self.device, &mut self.no_sockets);
-                        out.packets
-                            .extend(self.device.tx.drain(..).map(|p| (peer, p)));
+                        out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
                         return;
                     }
                 };
@@ -197,8 +190,7 @@ impl Stack {
                         .poll_ingress_single(now, &mut self.device, &mut conn.sockets);
                     self.device.rx = None;
                     // Answers to segments the socket rejects (e.g. a RST for a bad ACK) go out at once.
-                    out.packets
-                        .extend(self.device.tx.drain(..).map(|p| (peer, p)));
+                    out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
                 }
                 self.mark_dirty(id);
             }
@@ -438,16 +430,13 @@ impl Stack {
         }
 
         loop {
-            let result = self
-                .iface
-                .poll_egress(now, &mut self.device, &mut conn.sockets);
+            let result = self.iface.poll_egress(now, &mut self.device, &mut conn.sockets);
             if result == smoltcp::iface::PollResult::None {
                 break;
             }
         }
         let peer = conn.flow.peer;
-        out.packets
-            .extend(self.device.tx.drain(..).map(|p| (peer, p)));
+        out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
 
         let state = conn.sockets.get_mut::<tcp::Socket>(conn.handle).state();
         let gone = state == tcp::State::Closed
@@ -455,8 +444,7 @@ impl Stack {
         if !conn.closed_sent && conn.announced && (gone || state == tcp::State::TimeWait) {
             conn.closed_sent = true;
             let reset = gone && !orderly_end(conn.last_state);
-            out.events
-                .push(NetworkToPython::ConnectionClosed { id, reset });
+            out.events.push(NetworkToPython::ConnectionClosed { id, reset });
         }
         conn.last_state = state;
 

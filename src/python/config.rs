@@ -11,11 +11,8 @@ use crate::error::Error;
 pub struct Configuration(pub config::Configuration);
 
 fn port(field: &str, value: i64) -> PyResult<u16> {
-    u16::try_from(value).map_err(|_| {
-        PyValueError::new_err(format!(
-            "invalid {field}: {value} is not a port (0 to 65535)"
-        ))
-    })
+    u16::try_from(value)
+        .map_err(|_| PyValueError::new_err(format!("invalid {field}: {value} is not a port (0 to 65535)")))
 }
 
 #[pymethods]
@@ -95,10 +92,7 @@ impl Configuration {
     }
 
     fn __repr__(&self) -> String {
-        let server_public_key = self
-            .0
-            .server_public_key()
-            .unwrap_or_else(|_: Error| "?".into());
+        let server_public_key = self.0.server_public_key().unwrap_or_else(|_: Error| "?".into());
         format!(
             "Configuration(listen_port={}, server_public_key={:?}, peers={})",
             self.0.listen_port,

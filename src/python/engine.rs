@@ -58,9 +58,10 @@ fn address(addr: SocketAddr) -> (String, u16) {
 }
 
 fn parse_address(field: &str, (host, port): (String, u16)) -> PyResult<SocketAddr> {
-    let ip: IpAddr = host.trim_matches(['[', ']']).parse().map_err(|_| {
-        PyValueError::new_err(format!("invalid {field}: {host:?} is not an IP address"))
-    })?;
+    let ip: IpAddr = host
+        .trim_matches(['[', ']'])
+        .parse()
+        .map_err(|_| PyValueError::new_err(format!("invalid {field}: {host:?} is not an IP address")))?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -101,9 +102,7 @@ impl Engine {
                     (EVENT_DATA, id, PyBytes::new(py, &data)).into_pyobject(py)?
                 }
                 NetworkToPython::Eof { id } => (EVENT_EOF, id).into_pyobject(py)?,
-                NetworkToPython::Drained { id, bytes } => {
-                    (EVENT_DRAINED, id, bytes).into_pyobject(py)?
-                }
+                NetworkToPython::Drained { id, bytes } => (EVENT_DRAINED, id, bytes).into_pyobject(py)?,
                 NetworkToPython::ConnectionClosed { id, reset } => {
                     (EVENT_CLOSED, id, reset).into_pyobject(py)?
                 }
@@ -148,12 +147,7 @@ impl Engine {
         self.send(PythonToNetwork::ResumeReading { id })
     }
 
-    fn send_datagram(
-        &self,
-        data: &[u8],
-        src_addr: (String, u16),
-        dst_addr: (String, u16),
-    ) -> PyResult<()> {
+    fn send_datagram(&self, data: &[u8], src_addr: (String, u16), dst_addr: (String, u16)) -> PyResult<()> {
         let src = parse_address("src_addr", src_addr)?;
         let dst = parse_address("dst_addr", dst_addr)?;
         if src.is_ipv4() != dst.is_ipv4() {

@@ -67,14 +67,7 @@ impl Peers {
                 Some(psk) => Some(keys::decode("preshared key", psk)?),
                 None => None,
             };
-            let tunn = Tunn::new(
-                secret.clone(),
-                PublicKey::from(key),
-                psk,
-                None,
-                id as u32,
-                None,
-            );
+            let tunn = Tunn::new(secret.clone(), PublicKey::from(key), psk, None, id as u32, None);
             peers.push(Peer {
                 tunn,
                 info: PeerInfo {
@@ -160,8 +153,7 @@ impl Peers {
                 }
                 emit(Output::Send(src, reply));
                 // Packets queued while there was no session go out now.
-                while let TunnResult::WriteToNetwork(packet) = peer.tunn.decapsulate(None, &[], buf)
-                {
+                while let TunnResult::WriteToNetwork(packet) = peer.tunn.decapsulate(None, &[], buf) {
                     emit(Output::Send(src, packet));
                 }
             }
@@ -177,13 +169,7 @@ impl Peers {
     }
 
     /// Encrypts one IP packet for a peer. Without a session, boringtun queues it and starts a handshake.
-    pub fn send(
-        &mut self,
-        id: PeerId,
-        packet: &[u8],
-        buf: &mut [u8],
-        emit: &mut impl FnMut(Output),
-    ) {
+    pub fn send(&mut self, id: PeerId, packet: &[u8], buf: &mut [u8], emit: &mut impl FnMut(Output)) {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
@@ -253,9 +239,7 @@ mod tests {
         let mut out = vec![];
         f(&mut |o| match o {
             Output::Send(addr, d) => out.push((format!("send {addr}"), d.to_vec())),
-            Output::Deliver { peer, packet, .. } => {
-                out.push((format!("deliver {peer}"), packet.to_vec()))
-            }
+            Output::Deliver { peer, packet, .. } => out.push((format!("deliver {peer}"), packet.to_vec())),
         });
         out
     }
@@ -287,8 +271,7 @@ mod tests {
         assert_eq!(out[0].0, format!("send {a}"));
 
         // The response completes the client's handshake: it confirms with a keepalive, then sends what it queued.
-        let TunnResult::WriteToNetwork(keepalive) = client.decapsulate(None, &out[0].1, &mut cbuf)
-        else {
+        let TunnResult::WriteToNetwork(keepalive) = client.decapsulate(None, &out[0].1, &mut cbuf) else {
             panic!()
         };
         let keepalive = keepalive.to_vec();
@@ -304,8 +287,7 @@ mod tests {
         // Replies go to where the client is now.
         let out = collect(|e| peers.send(0, &ipv4_packet(), &mut buf, &mut |o| e(o)));
         assert_eq!(out[0].0, format!("send {b}"));
-        let TunnResult::WriteToTunnelV4(p, _) = client.decapsulate(None, &out[0].1, &mut cbuf)
-        else {
+        let TunnResult::WriteToTunnelV4(p, _) = client.decapsulate(None, &out[0].1, &mut cbuf) else {
             panic!()
         };
         assert_eq!(p, &ipv4_packet()[..]);
@@ -317,18 +299,11 @@ mod tests {
         let (_, mut stranger) = setup(); // a client of another server: its key is unknown here
         let mut buf = vec![0u8; BUFFER_SIZE];
         let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        for junk in [
-            &b""[..],
-            b"\x01\0\0\0",
-            &[1u8; 148],
-            &[4u8; 40],
-            &[9u8; 300],
-        ] {
+        for junk in [&b""[..], b"\x01\0\0\0", &[1u8; 148], &[4u8; 40], &[9u8; 300]] {
             assert!(collect(|e| peers.receive(a, junk, &mut buf, &mut |o| e(o))).is_empty());
         }
         let mut sbuf = vec![0u8; BUFFER_SIZE];
-        let TunnResult::WriteToNetwork(init) = stranger.encapsulate(&ipv4_packet(), &mut sbuf)
-        else {
+        let TunnResult::WriteToNetwork(init) = stranger.encapsulate(&ipv4_packet(), &mut sbuf) else {
             panic!()
         };
         assert!(collect(|e| peers.receive(a, init, &mut buf, &mut |o| e(o))).is_empty());

@@ -1,0 +1,69 @@
+"""An echo server behind WireGuard: every TCP connection and UDP datagram is sent back as it came, whatever its
+destination. Prints a client configuration to connect with."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from . import Configuration, Server, TcpStream, start_server
+
+logger = logging.getLogger("mitmproxy_wireguard.echo")
+
+ECHO_ADDRESS = "10.0.0.42"
+
+
+async def echo_connection(stream: TcpStream) -> None:
+    while data := await stream.read(65536):
+        stream.write(data)
+        await stream.drain()
+    stream.close()
+    await stream.wait_closed()
+
+
+def endpoint_host(host: str) -> str:
+    """The address a client should dial: the listen address, or this machine's name-resolved address."""
+    if host not in ("", "0.0.0.0", "::"):
+        return host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def instructions(cfg: Configuration, server: Server, host: str) -> str:
+    port = server.getsockname()[1]
+    endpoint_ip = endpoint_host(host)
+    endpoint = f"[{endpoint_ip}]:{port}" if ":" in endpoint_ip else f"{endpoint_ip}:{port}"
+    configs = cfg.pretty_print(address="10.0.0.1/32", allowed_ips="10.0.0.0/24", endpoint=endpoint)
+    lines = [f"WireGuard echo server listening on {host or '*'}:{port}.", ""]
+    for i, text in enumerate(configs, 1):
+        lines += [f"------ client configuration {i} ------", text.rstrip(), ""]
+    lines += [
+        "Once connected, every address in the tunnel echoes, e.g.:",
+        f"    nc {ECHO_ADDRESS} 1234",
+        f"    nc -u {ECHO_ADDRESS} 1234",
+    ]
+    return "\n".join(lines)
+
+
+async def serve(host: str = "0.0.0.0", port: int = 51820, cfg: Configuration | None = None) -> None:
+    """Runs the echo server until SIGINT or SIGTERM."""
+    cfg = cfg or Configuration.generate(listen_port=port)
+    server: Server
+
+    def echo_datagram(data: bytes, src_addr: tuple[str, int], dst_addr: tuple[str, int]) -> None:
+        server.send_datagram(data, dst_addr, src_addr)
+
+    server = await start_server(host, cfg, echo_connection, echo_datagram)
+    print(instructions(cfg, server, host), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+    print("Server closed.", flush=True)
