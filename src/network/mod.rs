@@ -1,6 +1,7 @@
 //! The network task: runs the TCP/IP stack between the WireGuard task and Python.
 
 mod device;
+pub mod fragments;
 pub mod packet;
 pub mod stack;
 

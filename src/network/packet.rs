@@ -5,7 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket, UdpRepr,
+    Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
+    Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket, UdpRepr,
 };
 
 /// What the network task needs to know about a packet from a peer.
@@ -21,6 +22,14 @@ pub enum Inbound<'a> {
         src: SocketAddr,
         dst: SocketAddr,
         payload: &'a [u8],
+    },
+    /// An ICMP or ICMPv6 echo request, to any address.
+    Ping {
+        src: IpAddr,
+        dst: IpAddr,
+        ident: u16,
+        seq_no: u16,
+        data: &'a [u8],
     },
 }
 
@@ -82,8 +91,157 @@ pub fn parse(packet: &[u8]) -> Result<Inbound<'_>, ParseError> {
                 payload: udp.payload(),
             })
         }
+        IpProtocol::Icmp => {
+            let icmp = Icmpv4Packet::new_checked(payload).map_err(|_| ParseError::Malformed("ICMP"))?;
+            match Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::ignored()) {
+                Ok(Icmpv4Repr::EchoRequest { ident, seq_no, data }) => Ok(Inbound::Ping {
+                    src,
+                    dst,
+                    ident,
+                    seq_no,
+                    data,
+                }),
+                _ => Err(ParseError::Unsupported(protocol)),
+            }
+        }
+        IpProtocol::Icmpv6 => {
+            let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+                return Err(ParseError::Malformed("ICMPv6"));
+            };
+            let icmp = Icmpv6Packet::new_checked(payload).map_err(|_| ParseError::Malformed("ICMPv6"))?;
+            match Icmpv6Repr::parse(&s, &d, &icmp, &ChecksumCapabilities::ignored()) {
+                Ok(Icmpv6Repr::EchoRequest { ident, seq_no, data }) => Ok(Inbound::Ping {
+                    src,
+                    dst,
+                    ident,
+                    seq_no,
+                    data,
+                }),
+                _ => Err(ParseError::Unsupported(protocol)),
+            }
+        }
         other => Err(ParseError::Unsupported(other)),
     }
+}
+
+/// The echo reply to an echo request: from the address that was pinged, with the same identifier, sequence
+/// number and data.
+pub fn echo_reply(
+    request_src: IpAddr,
+    request_dst: IpAddr,
+    ident: u16,
+    seq_no: u16,
+    data: &[u8],
+) -> Option<Vec<u8>> {
+    let caps = ChecksumCapabilities::default();
+    match (request_dst, request_src) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let icmp = Icmpv4Repr::EchoReply { ident, seq_no, data };
+            let ip = Ipv4Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Icmp,
+                payload_len: icmp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut packet = vec![0; ip.buffer_len() + icmp.buffer_len()];
+            ip.emit(&mut Ipv4Packet::new_unchecked(&mut packet), &caps);
+            icmp.emit(
+                &mut Icmpv4Packet::new_unchecked(&mut packet[ip.buffer_len()..]),
+                &caps,
+            );
+            Some(packet)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let icmp = Icmpv6Repr::EchoReply { ident, seq_no, data };
+            let ip = Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Icmpv6,
+                payload_len: icmp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut packet = vec![0; ip.buffer_len() + icmp.buffer_len()];
+            ip.emit(&mut Ipv6Packet::new_unchecked(&mut packet));
+            icmp.emit(
+                &s,
+                &d,
+                &mut Icmpv6Packet::new_unchecked(&mut packet[ip.buffer_len()..]),
+                &caps,
+            );
+            Some(packet)
+        }
+        _ => None,
+    }
+}
+
+/// A UDP datagram as packets of at most `mtu` bytes: one packet, or fragments with identification `ident`.
+pub fn udp_packets(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    mtu: usize,
+    ident: u32,
+) -> Option<Vec<Vec<u8>>> {
+    if payload.len() > 65535 - 48 {
+        return None;
+    }
+    let packet = udp(src, dst, payload)?;
+    if packet.len() <= mtu {
+        return Some(vec![packet]);
+    }
+    Some(if src.is_ipv4() {
+        fragment_v4(&packet, mtu, ident as u16)
+    } else {
+        fragment_v6(&packet, mtu, ident)
+    })
+}
+
+fn fragment_v4(packet: &[u8], mtu: usize, ident: u16) -> Vec<Vec<u8>> {
+    const HEADER: usize = 20; // `udp` writes no options
+    let chunk = (mtu - HEADER) / 8 * 8;
+    let payload = &packet[HEADER..];
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, data)| {
+            let mut fragment = Vec::with_capacity(HEADER + data.len());
+            fragment.extend_from_slice(&packet[..HEADER]);
+            fragment.extend_from_slice(data);
+            let mut ip = Ipv4Packet::new_unchecked(&mut fragment);
+            ip.set_total_len((HEADER + data.len()) as u16);
+            ip.set_ident(ident);
+            ip.set_frag_offset((i * chunk) as u16);
+            ip.set_more_frags((i + 1) * chunk < payload.len());
+            ip.fill_checksum();
+            fragment
+        })
+        .collect()
+}
+
+fn fragment_v6(packet: &[u8], mtu: usize, ident: u32) -> Vec<Vec<u8>> {
+    const HEADER: usize = 40;
+    const FRAGMENT_HEADER: usize = 8;
+    let chunk = (mtu - HEADER - FRAGMENT_HEADER) / 8 * 8;
+    let next_header = packet[6];
+    let payload = &packet[HEADER..];
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, data)| {
+            let mut fragment = Vec::with_capacity(HEADER + FRAGMENT_HEADER + data.len());
+            fragment.extend_from_slice(&packet[..HEADER]);
+            fragment[4..6].copy_from_slice(&((FRAGMENT_HEADER + data.len()) as u16).to_be_bytes());
+            fragment[6] = super::fragments::IPV6_FRAGMENT;
+            let more = (i + 1) * chunk < payload.len();
+            let field = (i * chunk) as u16 | more as u16;
+            fragment.extend_from_slice(&[next_header, 0]);
+            fragment.extend_from_slice(&field.to_be_bytes());
+            fragment.extend_from_slice(&ident.to_be_bytes());
+            fragment.extend_from_slice(data);
+            fragment
+        })
+        .collect()
 }
 
 /// Builds a UDP packet; `None` when the addresses are of different families.
@@ -162,6 +320,62 @@ mod tests {
             assert!(u.verify_checksum(&src.ip().into(), &dst.ip().into()));
         }
         assert!(udp(addr("10.0.0.1:1"), addr("[::1]:1"), b"").is_none());
+    }
+
+    #[test]
+    fn echo_requests_are_answered_from_the_pinged_address() {
+        for (client, target) in [("10.0.0.1", "198.51.100.9"), ("fd00::1", "2001:db8::9")] {
+            let (client, target): (IpAddr, IpAddr) = (client.parse().unwrap(), target.parse().unwrap());
+            // A request is a reply with the roles swapped and another type: build one with the same code.
+            let mut request = echo_reply(target, client, 7, 3, b"ping").unwrap();
+            let header = if client.is_ipv4() { 20 } else { 40 };
+            request[header] = if client.is_ipv4() { 8 } else { 128 };
+            assert_eq!(
+                parse(&request),
+                Ok(Inbound::Ping {
+                    src: client,
+                    dst: target,
+                    ident: 7,
+                    seq_no: 3,
+                    data: b"ping"
+                })
+            );
+            let reply = echo_reply(client, target, 7, 3, b"ping").unwrap();
+            let caps = ChecksumCapabilities::default();
+            match (client, target) {
+                (IpAddr::V4(c), IpAddr::V4(t)) => {
+                    let ip = Ipv4Packet::new_checked(&reply[..]).unwrap();
+                    assert_eq!((ip.src_addr(), ip.dst_addr()), (t, c));
+                    let icmp = Icmpv4Packet::new_checked(&reply[20..]).unwrap();
+                    assert_eq!(
+                        Icmpv4Repr::parse(&icmp, &caps).unwrap(),
+                        Icmpv4Repr::EchoReply {
+                            ident: 7,
+                            seq_no: 3,
+                            data: b"ping"
+                        }
+                    );
+                }
+                (IpAddr::V6(c), IpAddr::V6(t)) => {
+                    let icmp = Icmpv6Packet::new_checked(&reply[40..]).unwrap();
+                    assert_eq!(
+                        Icmpv6Repr::parse(&t, &c, &icmp, &caps).unwrap(),
+                        Icmpv6Repr::EchoReply {
+                            ident: 7,
+                            seq_no: 3,
+                            data: b"ping"
+                        }
+                    );
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn small_datagrams_are_not_fragmented() {
+        let packets = udp_packets(addr("10.0.0.42:53"), addr("10.0.0.1:5000"), &[1; 1000], 1420, 1).unwrap();
+        assert_eq!(packets.len(), 1);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
-use super::device::VirtualDevice;
+use super::device::{VirtualDevice, MTU};
+use super::fragments::{self, Reassembler};
 use super::packet::{self, Inbound};
 use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToNetwork};
 
@@ -94,6 +95,9 @@ pub struct Stack {
     /// Connections touched since the last `flush`: each is serviced once per batch of packets and requests, so
     /// a burst yields one read and one acknowledgement rather than one per packet.
     dirty: Vec<ConnectionId>,
+    fragments: Reassembler,
+    /// Identification of the next fragmented datagram.
+    next_ident: u32,
     /// smoltcp counts time from here.
     epoch: std::time::Instant,
 }
@@ -123,6 +127,8 @@ impl Stack {
             no_sockets: SocketSet::new(vec![]),
             udp_routes: HashMap::new(),
             dirty: Vec::new(),
+            fragments: Reassembler::default(),
+            next_ident: 0,
             epoch,
         }
     }
@@ -146,6 +152,14 @@ impl Stack {
 
     /// An IP packet from a peer.
     pub fn receive(&mut self, peer: PeerId, endpoint: SocketAddr, packet: Vec<u8>, out: &mut Outputs) {
+        let packet = if fragments::is_fragment(&packet) {
+            match self.fragments.insert(peer, &packet, std::time::Instant::now()) {
+                Some(whole) => whole,
+                None => return,
+            }
+        } else {
+            packet
+        };
         let inbound = match packet::parse(&packet) {
             Ok(inbound) => inbound,
             Err(e) => {
@@ -154,6 +168,17 @@ impl Stack {
             }
         };
         match inbound {
+            Inbound::Ping {
+                src,
+                dst,
+                ident,
+                seq_no,
+                data,
+            } => {
+                if let Some(reply) = packet::echo_reply(src, dst, ident, seq_no, data) {
+                    out.packets.push((peer, reply));
+                }
+            }
             Inbound::Udp { src, dst, payload } => {
                 self.udp_routes.insert(src, peer);
                 out.events.push(NetworkToPython::Datagram {
@@ -315,9 +340,12 @@ impl Stack {
                 return;
             }
         };
-        match packet::udp(src, dst, data) {
-            Some(p) => out.packets.push((peer, p)),
-            None => log::debug!("dropped a datagram from {src} to {dst}: address families differ"),
+        self.next_ident = self.next_ident.wrapping_add(1);
+        match packet::udp_packets(src, dst, data, MTU, self.next_ident) {
+            Some(packets) => out.packets.extend(packets.into_iter().map(|p| (peer, p))),
+            None => {
+                log::debug!("dropped a datagram from {src} to {dst}: address families differ or too large")
+            }
         }
     }
 
@@ -497,4 +525,261 @@ fn rand_seed() -> u64 {
     let mut seed = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
     u64::from_le_bytes(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::wire::IpAddress;
+
+    /// A TCP client made of a smoltcp socket of its own, wired to the stack under test.
+    struct Client {
+        iface: Interface,
+        device: VirtualDevice,
+        sockets: SocketSet<'static>,
+        handle: SocketHandle,
+        peer: PeerId,
+    }
+
+    impl Client {
+        fn connect(peer: PeerId, src: &str, dst: &str) -> Client {
+            let src: SocketAddr = src.parse().unwrap();
+            let dst: SocketAddr = dst.parse().unwrap();
+            let mut device = VirtualDevice::default();
+            let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, Instant::ZERO);
+            iface.update_ip_addrs(|a| {
+                a.push(IpCidr::new(IpAddress::from(src.ip()), 32)).unwrap();
+            });
+            match src.ip() {
+                std::net::IpAddr::V4(ip) => iface.routes_mut().add_default_ipv4_route(ip).unwrap(),
+                std::net::IpAddr::V6(ip) => iface.routes_mut().add_default_ipv6_route(ip).unwrap(),
+            };
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 1 << 20]),
+                tcp::SocketBuffer::new(vec![0; 1 << 20]),
+            );
+            socket.set_nagle_enabled(false);
+            socket.connect(iface.context(), dst, src.port()).unwrap();
+            let mut sockets = SocketSet::new(vec![]);
+            let handle = sockets.add(socket);
+            Client {
+                iface,
+                device,
+                sockets,
+                handle,
+                peer,
+            }
+        }
+
+        fn socket(&mut self) -> &mut tcp::Socket<'static> {
+            self.sockets.get_mut(self.handle)
+        }
+
+        /// Exchanges packets between client and stack until neither has more to say; returns Python's events.
+        fn pump(&mut self, stack: &mut Stack) -> Vec<NetworkToPython> {
+            let mut events = vec![];
+            let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            for _ in 0..10_000 {
+                let now = stack.now();
+                self.iface.poll(now, &mut self.device, &mut self.sockets);
+                let mut out = Outputs::default();
+                let sent: Vec<_> = self.device.tx.drain(..).collect();
+                for p in &sent {
+                    stack.receive(self.peer, endpoint, p.clone(), &mut out);
+                }
+                stack.flush(&mut out);
+                stack.poll_timers(&mut out);
+                events.append(&mut out.events);
+                if sent.is_empty() && out.packets.is_empty() {
+                    return events;
+                }
+                for (peer, p) in out.packets {
+                    assert_eq!(peer, self.peer, "a packet went to the wrong peer");
+                    self.device.rx = Some(p);
+                    self.iface.poll(now, &mut self.device, &mut self.sockets);
+                }
+            }
+            panic!("no quiet moment after 10,000 rounds");
+        }
+    }
+
+    fn stack() -> Stack {
+        let peers = (0..2)
+            .map(|id| PeerInfo {
+                id,
+                public_key: format!("key{id}").into(),
+            })
+            .collect();
+        Stack::new(peers)
+    }
+
+    fn established(events: &[NetworkToPython]) -> ConnectionId {
+        match events
+            .iter()
+            .find(|e| matches!(e, NetworkToPython::ConnectionEstablished { .. }))
+        {
+            Some(NetworkToPython::ConnectionEstablished { id, peer, .. }) => {
+                assert_eq!(peer.public_key.as_ref(), format!("key{}", peer.id));
+                *id
+            }
+            _ => panic!("no connection in {events:?}"),
+        }
+    }
+
+    fn data(events: &[NetworkToPython]) -> Vec<u8> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                NetworkToPython::Data { data, .. } => Some(data.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn connections_to_any_address_carry_data_both_ways_and_half_close() {
+        for (src, dst) in [
+            ("10.0.0.1:40000", "198.51.100.7:443"),
+            ("[fd00::1]:40000", "[2001:db8::7]:80"),
+        ] {
+            let mut stack = stack();
+            let mut client = Client::connect(0, src, dst);
+            let events = client.pump(&mut stack);
+            let id = established(&events);
+            match &events[0] {
+                NetworkToPython::ConnectionEstablished { src: s, dst: d, .. } => {
+                    assert_eq!((s.to_string(), d.to_string()), (src.to_string(), dst.to_string()));
+                }
+                e => panic!("unexpected {e:?}"),
+            }
+
+            // 300 KB from the client, more than the window: it arrives whole and in order.
+            let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            let mut received = vec![];
+            let mut sent = 0;
+            while received.len() < payload.len() {
+                sent += client.socket().send_slice(&payload[sent..]).unwrap();
+                received.extend(data(&client.pump(&mut stack)));
+            }
+            assert_eq!(received, payload);
+
+            // Python answers, then half-closes: the client reads it all, then EOF.
+            let mut out = Outputs::default();
+            stack.handle(
+                PythonToNetwork::Write {
+                    id,
+                    data: b"hello".to_vec(),
+                },
+                &mut out,
+            );
+            stack.handle(PythonToNetwork::WriteEof { id }, &mut out);
+            stack.flush(&mut out);
+            for (_, p) in out.packets {
+                client.device.rx = Some(p);
+                client
+                    .iface
+                    .poll(stack.now(), &mut client.device, &mut client.sockets);
+            }
+            client.pump(&mut stack);
+            let mut buf = [0u8; 16];
+            let n = client.socket().recv_slice(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"hello");
+            assert!(!client.socket().may_recv(), "the client saw the FIN");
+
+            // The client still sends after Python's FIN; then closes: Python gets the data, then EOF.
+            client.socket().send_slice(b"bye").unwrap();
+            client.socket().close();
+            let events = client.pump(&mut stack);
+            assert_eq!(data(&events), b"bye");
+            assert!(events
+                .iter()
+                .any(|e| matches!(e, NetworkToPython::Eof { id: i } if *i == id)));
+            assert!(events
+                .iter()
+                .any(|e| matches!(e, NetworkToPython::ConnectionClosed { id: i, reset: false } if *i == id)));
+        }
+    }
+
+    #[test]
+    fn a_client_reset_is_reported_as_such() {
+        let mut stack = stack();
+        let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+        let id = established(&client.pump(&mut stack));
+        client.socket().abort();
+        let events = client.pump(&mut stack);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, NetworkToPython::ConnectionClosed { id: i, reset: true } if *i == id)),
+            "{events:?}"
+        );
+        assert_eq!(stack.connection_count(), 0);
+    }
+
+    #[test]
+    fn python_close_flushes_before_fin() {
+        let mut stack = stack();
+        let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+        let id = established(&client.pump(&mut stack));
+        let payload: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
+        let mut out = Outputs::default();
+        stack.handle(
+            PythonToNetwork::Write {
+                id,
+                data: payload.clone(),
+            },
+            &mut out,
+        );
+        stack.handle(PythonToNetwork::Close { id }, &mut out);
+        stack.flush(&mut out);
+        for (_, p) in out.packets {
+            client.device.rx = Some(p);
+            client
+                .iface
+                .poll(stack.now(), &mut client.device, &mut client.sockets);
+        }
+        let mut received = vec![];
+        for _ in 0..1000 {
+            while let Ok(n) = client.socket().recv(|b| (b.len(), b.to_vec())) {
+                if n.is_empty() {
+                    break;
+                }
+                received.extend(n);
+            }
+            if !client.socket().may_recv() {
+                break;
+            }
+            client.pump(&mut stack);
+        }
+        assert_eq!(received.len(), payload.len());
+        assert_eq!(received, payload);
+        assert_eq!(client.socket().state(), tcp::State::CloseWait, "FIN, not RST");
+    }
+
+    #[test]
+    fn two_peers_with_one_address_are_kept_apart() {
+        let mut stack = stack();
+        let mut a = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+        let mut b = Client::connect(1, "10.0.0.1:40000", "10.0.0.42:1234");
+        let id_a = established(&a.pump(&mut stack));
+        let id_b = established(&b.pump(&mut stack));
+        assert_ne!(id_a, id_b);
+        a.socket().send_slice(b"from a").unwrap();
+        b.socket().send_slice(b"from b").unwrap();
+        assert_eq!(data(&a.pump(&mut stack)), b"from a");
+        assert_eq!(data(&b.pump(&mut stack)), b"from b");
+    }
+
+    #[test]
+    fn segments_of_unknown_connections_get_a_reset() {
+        let mut stack = stack();
+        let mut a = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+        established(&a.pump(&mut stack));
+        // The same connection seen from another peer is unknown there: the stack resets it.
+        a.peer = 1;
+        a.socket().send_slice(b"x").unwrap();
+        a.pump(&mut stack);
+        assert_eq!(a.socket().state(), tcp::State::Closed);
+    }
 }
