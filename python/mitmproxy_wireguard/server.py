@@ -79,7 +79,9 @@ class Server:
                 try:
                     self._receive_datagram(event[1], event[2], event[3])
                 except Exception:
-                    logger.exception("receive_datagram failed for a datagram from %s to %s", event[2], event[3])
+                    logger.exception(
+                        "receive_datagram failed for a datagram from %s to %s", event[2], event[3]
+                    )
             elif tag == _native.EVENT_DRAINED:
                 transport = self._transports.get(event[1])
                 if transport is not None:
