@@ -70,35 +70,40 @@ class Server:
 
     def _process_events(self) -> None:
         for event in self._engine.take_events():
-            tag = event[0]
-            if tag == _native.EVENT_DATA:
-                transport = self._transports.get(event[1])
-                if transport is not None:
-                    transport.data_received(event[2])
-            elif tag == _native.EVENT_DATAGRAM:
-                try:
-                    self._receive_datagram(event[1], event[2], event[3])
-                except Exception:
-                    logger.exception(
-                        "receive_datagram failed for a datagram from %s to %s", event[2], event[3]
-                    )
-            elif tag == _native.EVENT_DRAINED:
-                transport = self._transports.get(event[1])
-                if transport is not None:
-                    transport.drained(event[2])
-            elif tag == _native.EVENT_ESTABLISHED:
-                self._connection_established(*event[1:])
-            elif tag == _native.EVENT_EOF:
-                transport = self._transports.get(event[1])
-                if transport is not None:
-                    transport.eof_received()
-            elif tag == _native.EVENT_CLOSED:
-                transport = self._transports.pop(event[1], None)
-                if transport is not None:
-                    exc = ConnectionResetError("Connection reset by peer") if event[2] else None
-                    transport.connection_lost(exc)
-            elif tag == _native.EVENT_SERVER_CLOSED:
-                self._server_closed()
+            try:
+                self._dispatch(event)
+            except Exception:
+                # One faulty protocol or callback must not cost the other events of the batch.
+                logger.exception("error while handling event %r", event[:2])
+
+    def _dispatch(self, event: tuple[Any, ...]) -> None:
+        tag = event[0]
+        if tag == _native.EVENT_DATA:
+            transport = self._transports.get(event[1])
+            if transport is not None:
+                transport.data_received(event[2])
+        elif tag == _native.EVENT_DATAGRAM:
+            try:
+                self._receive_datagram(event[1], event[2], event[3])
+            except Exception:
+                logger.exception("receive_datagram failed for a datagram from %s to %s", event[2], event[3])
+        elif tag == _native.EVENT_DRAINED:
+            transport = self._transports.get(event[1])
+            if transport is not None:
+                transport.drained(event[2])
+        elif tag == _native.EVENT_ESTABLISHED:
+            self._connection_established(*event[1:])
+        elif tag == _native.EVENT_EOF:
+            transport = self._transports.get(event[1])
+            if transport is not None:
+                transport.eof_received()
+        elif tag == _native.EVENT_CLOSED:
+            transport = self._transports.pop(event[1], None)
+            if transport is not None:
+                exc = ConnectionResetError("Connection reset by peer") if event[2] else None
+                transport.connection_lost(exc)
+        elif tag == _native.EVENT_SERVER_CLOSED:
+            self._server_closed()
 
     def _connection_established(
         self, id: int, peer_public_key: str, original_src: Address, peername: Address, sockname: Address
