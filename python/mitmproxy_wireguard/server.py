@@ -115,7 +115,7 @@ class Server:
             "original_src": original_src,
             "peer_public_key": peer_public_key,
         }
-        transport = _Transport(self._engine, self._loop, id, extra)
+        transport = _Transport(self._engine, self._loop, id, extra, self._forget)
         if self._closing:
             transport.abort()
             return
@@ -129,6 +129,9 @@ class Server:
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
+    def _forget(self, id: int) -> None:
+        self._transports.pop(id, None)
+
     async def _run_handler(self, stream: TcpStream) -> None:
         try:
             await self._handle_connection(stream)
@@ -139,9 +142,8 @@ class Server:
     def _server_closed(self) -> None:
         self._loop.remove_reader(self._wakeup_fd)
         self._engine.join()
-        for transport in self._transports.values():
+        for transport in list(self._transports.values()):
             transport.connection_lost(ConnectionAbortedError("the server was closed"))
-        self._transports.clear()
         for task in self._handlers:
             task.cancel()
         if not self._closed.done():

@@ -8,7 +8,7 @@ and `StreamWriter` sit on top of it, so reads, writes, flow control and EOF beha
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ._mitmproxy_wireguard import WRITE_HIGH_WATER, WRITE_LOW_WATER
 
@@ -17,9 +17,17 @@ if TYPE_CHECKING:
 
 
 class _Transport(asyncio.Transport):
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, id: int, extra: dict[str, Any]):
+    def __init__(
+        self,
+        engine: Engine,
+        loop: asyncio.AbstractEventLoop,
+        id: int,
+        extra: dict[str, Any],
+        forget: Callable[[int], object],
+    ):
         super().__init__(extra)
         self._engine = engine
+        self._forget = forget
         self._loop = loop
         self._id = id
         self._protocol: asyncio.BaseProtocol | None = None
@@ -120,6 +128,7 @@ class _Transport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
+        self._forget(self._id)
         self._protocol.connection_lost(exc)  # type: ignore[union-attr]
 
     def _call_engine(self, method: Any) -> None:
