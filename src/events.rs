@@ -16,11 +16,17 @@ use crate::messages::NetworkToPython;
 
 /// Datagrams waiting for Python before more are dropped.
 pub const MAX_QUEUED_DATAGRAMS: usize = 4096;
+/// Bytes of TCP data and datagrams waiting for Python. Beyond it, datagrams are dropped and connections are
+/// no longer read (their TCP windows close) until Python catches up: a blocked event loop costs bounded memory.
+pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 
 struct Shared {
     /// Python was woken and has not yet started emptying the queue.
     notified: AtomicBool,
     queued_datagrams: AtomicUsize,
+    queued_bytes: AtomicUsize,
+    /// Some connection was left unread for lack of room; Python asks the network task to resume it.
+    starved: AtomicBool,
 }
 
 pub struct EventSender {
@@ -45,6 +51,8 @@ pub fn channel() -> std::io::Result<(EventSender, EventReceiver)> {
     let shared = Arc::new(Shared {
         notified: AtomicBool::new(false),
         queued_datagrams: AtomicUsize::new(0),
+        queued_bytes: AtomicUsize::new(0),
+        starved: AtomicBool::new(false),
     });
     Ok((
         EventSender {
@@ -74,9 +82,22 @@ impl EventSender {
         })
     }
 
+    /// Bytes of data that may still be queued for Python.
+    pub fn room(&self) -> usize {
+        MAX_QUEUED_BYTES.saturating_sub(self.shared.queued_bytes.load(Ordering::Acquire))
+    }
+
+    /// Tells Python to send `ResumeStarved` once it emptied the queue.
+    pub fn set_starved(&self) {
+        self.shared.starved.store(true, Ordering::Release);
+    }
+
     pub fn send(&mut self, event: NetworkToPython) {
-        if matches!(event, NetworkToPython::Datagram { .. }) {
-            if self.shared.queued_datagrams.load(Ordering::Relaxed) >= MAX_QUEUED_DATAGRAMS {
+        let bytes = event_bytes(&event);
+        if let NetworkToPython::Datagram { data, .. } = &event {
+            if self.shared.queued_datagrams.load(Ordering::Relaxed) >= MAX_QUEUED_DATAGRAMS
+                || data.len() > self.room()
+            {
                 self.dropped_datagrams += 1;
                 if self.dropped_datagrams.is_power_of_two() {
                     log::debug!(
@@ -87,6 +108,9 @@ impl EventSender {
                 return;
             }
             self.shared.queued_datagrams.fetch_add(1, Ordering::Relaxed);
+        }
+        if bytes > 0 {
+            self.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         }
         // Python may be gone (the server is closing): then nobody needs the event.
         if self.tx.send(event).is_ok() {
@@ -125,6 +149,22 @@ impl EventReceiver {
         if matches!(event, NetworkToPython::Datagram { .. }) {
             self.shared.queued_datagrams.fetch_sub(1, Ordering::Relaxed);
         }
+        let bytes = event_bytes(&event);
+        if bytes > 0 {
+            self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
         Some(event)
+    }
+
+    /// Whether the network task left connections unread for lack of room; clears the flag.
+    pub fn take_starved(&self) -> bool {
+        self.shared.starved.swap(false, Ordering::AcqRel)
+    }
+}
+
+fn event_bytes(event: &NetworkToPython) -> usize {
+    match event {
+        NetworkToPython::Data { data, .. } | NetworkToPython::Datagram { data, .. } => data.len(),
+        _ => 0,
     }
 }

@@ -64,6 +64,8 @@ pub enum PythonToNetwork {
         src: SocketAddr,
         dst: SocketAddr,
     },
+    /// Python emptied its queue: read the connections that were left unread for lack of room.
+    ResumeStarved,
 }
 
 #[derive(Debug)]

@@ -100,7 +100,11 @@ impl NetworkTask {
     }
 
     fn flush(&mut self, out: &mut Outputs) {
+        self.stack.set_read_budget(self.events.room());
         self.stack.flush(out);
+        if self.stack.has_starved() {
+            self.events.set_starved();
+        }
         for (peer, packet) in out.packets.drain(..) {
             // The WireGuard task ends only after this task: a failed send means shutdown is under way.
             let _ = self

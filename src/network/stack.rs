@@ -78,6 +78,8 @@ struct Connection {
     linger_until: Option<Instant>,
     /// Waits in `Stack::dirty` for `flush`.
     dirty: bool,
+    /// Waits in `Stack::starved` for room in Python's queue.
+    starved: bool,
 }
 
 pub struct Stack {
@@ -96,6 +98,10 @@ pub struct Stack {
     /// a burst yields one read and one acknowledgement rather than one per packet.
     dirty: Vec<ConnectionId>,
     fragments: Reassembler,
+    /// Bytes that may still be read for Python in this batch (room in Python's queue).
+    read_budget: usize,
+    /// Connections with data left unread because the budget ran out.
+    starved: Vec<ConnectionId>,
     /// Identification of the next fragmented datagram.
     next_ident: u32,
     /// smoltcp counts time from here.
@@ -128,6 +134,8 @@ impl Stack {
             udp_routes: HashMap::new(),
             dirty: Vec::new(),
             fragments: Reassembler::default(),
+            read_budget: usize::MAX,
+            starved: Vec::new(),
             next_ident: 0,
             epoch,
         }
@@ -231,6 +239,16 @@ impl Stack {
         }
     }
 
+    /// How many bytes may be read for Python from now on.
+    pub fn set_read_budget(&mut self, bytes: usize) {
+        self.read_budget = bytes;
+    }
+
+    /// Whether connections wait for `resume_starved`.
+    pub fn has_starved(&self) -> bool {
+        !self.starved.is_empty()
+    }
+
     /// Services every connection touched since the last flush. Call after each batch.
     pub fn flush(&mut self, out: &mut Outputs) {
         let dirty = std::mem::take(&mut self.dirty);
@@ -281,6 +299,7 @@ impl Stack {
                 deadline: None,
                 linger_until: None,
                 dirty: false,
+                starved: false,
             },
         );
         Some(id)
@@ -291,6 +310,15 @@ impl Stack {
         let id = match msg {
             PythonToNetwork::SendDatagram { data, src, dst } => {
                 self.send_datagram(&data, src, dst, out);
+                return;
+            }
+            PythonToNetwork::ResumeStarved => {
+                for id in std::mem::take(&mut self.starved) {
+                    if let Some(conn) = self.connections.get_mut(&id) {
+                        conn.starved = false;
+                    }
+                    self.mark_dirty(id);
+                }
                 return;
             }
             PythonToNetwork::Write { id, .. }
@@ -326,7 +354,7 @@ impl Stack {
             }
             PythonToNetwork::PauseReading { .. } => conn.reading = false,
             PythonToNetwork::ResumeReading { .. } => conn.reading = true,
-            PythonToNetwork::SendDatagram { .. } => unreachable!(),
+            PythonToNetwork::SendDatagram { .. } | PythonToNetwork::ResumeStarved => unreachable!(),
         }
         self.mark_dirty(id);
     }
@@ -430,19 +458,35 @@ impl Stack {
             }
         }
 
-        // Data for Python, if it wants some; after it closed, data is read and dropped to keep the window open.
+        // Data for Python, if it wants some and has room; after it closed, data is read and dropped to keep the
+        // window open.
         if conn.announced && (conn.reading || conn.python_closed) && socket.can_recv() {
-            let mut data = Vec::with_capacity(socket.recv_queue());
-            while let Ok(n) = socket.recv(|buf| {
-                data.extend_from_slice(buf);
-                (buf.len(), buf.len())
-            }) {
-                if n == 0 {
-                    break;
+            let limit = if conn.python_closed {
+                usize::MAX
+            } else {
+                self.read_budget
+            };
+            let mut data = Vec::with_capacity(socket.recv_queue().min(limit));
+            while data.len() < limit {
+                let room = limit - data.len();
+                match socket.recv(|buf| {
+                    let n = buf.len().min(room);
+                    data.extend_from_slice(&buf[..n]);
+                    (n, n)
+                }) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
                 }
             }
-            if !conn.python_closed && !data.is_empty() {
-                out.events.push(NetworkToPython::Data { id, data });
+            if !conn.python_closed {
+                self.read_budget -= data.len();
+                if socket.can_recv() && !conn.starved {
+                    conn.starved = true;
+                    self.starved.push(id);
+                }
+                if !data.is_empty() {
+                    out.events.push(NetworkToPython::Data { id, data });
+                }
             }
         }
 

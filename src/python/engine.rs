@@ -117,6 +117,9 @@ impl Engine {
             };
             out.push(tuple);
         }
+        if self.events.take_starved() {
+            self.send(PythonToNetwork::ResumeStarved)?;
+        }
         Ok(out)
     }
 
