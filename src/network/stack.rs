@@ -802,6 +802,44 @@ mod tests {
     }
 
     #[test]
+    fn reading_stops_at_the_budget_and_resumes_when_python_caught_up() {
+        let mut stack = stack();
+        let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+        established(&client.pump(&mut stack));
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
+        stack.set_read_budget(10_000);
+        let mut sent = 0;
+        let mut received = vec![];
+        for _ in 0..20 {
+            sent += client.socket().send_slice(&payload[sent..]).unwrap();
+            stack.set_read_budget(10_000usize.saturating_sub(received.len()));
+            received.extend(data(&client.pump(&mut stack)));
+        }
+        assert_eq!(received.len(), 10_000, "no more than the budget is read");
+        assert!(stack.has_starved());
+        // The window closed: the client holds the rest.
+        assert!(client.socket().send_queue() > 0);
+
+        stack.set_read_budget(usize::MAX);
+        let mut out = Outputs::default();
+        stack.handle(PythonToNetwork::ResumeStarved, &mut out);
+        stack.flush(&mut out);
+        received.extend(data(&out.events));
+        for (_, p) in out.packets {
+            client.device.rx = Some(p);
+            client
+                .iface
+                .poll(stack.now(), &mut client.device, &mut client.sockets);
+        }
+        while received.len() < payload.len() {
+            sent += client.socket().send_slice(&payload[sent..]).unwrap();
+            received.extend(data(&client.pump(&mut stack)));
+        }
+        assert_eq!(received, payload);
+        assert!(!stack.has_starved());
+    }
+
+    #[test]
     fn two_peers_with_one_address_are_kept_apart() {
         let mut stack = stack();
         let mut a = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
