@@ -37,10 +37,19 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
+static LOG_RESET: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
+
+pub fn set_log_reset(handle: pyo3_log::ResetHandle) {
+    let _ = LOG_RESET.set(handle);
+}
+
 /// Binds the socket and starts the engine thread. Raises `OSError` if the address cannot be bound and
 /// `ValueError` for a bad configuration.
 #[pyfunction]
 fn start_engine(host: &str, config: &Configuration) -> PyResult<Engine> {
+    if let Some(reset) = LOG_RESET.get() {
+        reset.reset();
+    }
     let (sender, events) = events::channel()?;
     let server = Server::start(host, &config.0, sender)?;
     Ok(Engine { server, events })

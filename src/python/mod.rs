@@ -32,9 +32,21 @@ fn pubkey(private_key: &str) -> PyResult<String> {
     Ok(keys::public_of("private_key", private_key)?)
 }
 
+/// Rust log records go to Python's `logging`, under `mitmproxy_wireguard.*` for this crate. The TCP stack's
+/// own records are for its developers: only its warnings are passed on.
+/// A process has one Rust logger: if another module installed one first, records go there instead.
+fn init_logging(py: Python<'_>) -> PyResult<Option<pyo3_log::ResetHandle>> {
+    let logger = pyo3_log::Logger::new(py, pyo3_log::Caching::LoggersAndLevels)?
+        .filter_target("smoltcp".to_string(), log::LevelFilter::Warn);
+    Ok(logger.install().ok())
+}
+
 #[pymodule]
 fn _mitmproxy_wireguard(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    pyo3_log::init();
+    // Levels are cached for speed; each new server re-reads them, so that logging set up after import counts.
+    if let Some(reset) = init_logging(m.py())? {
+        engine::set_log_reset(reset);
+    }
     m.add_function(wrap_pyfunction!(genkey, m)?)?;
     m.add_function(wrap_pyfunction!(pubkey, m)?)?;
     m.add_class::<config::Configuration>()?;
