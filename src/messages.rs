@@ -63,6 +63,8 @@ pub enum PythonToNetwork {
         data: Vec<u8>,
         src: SocketAddr,
         dst: SocketAddr,
+        /// The peer to send to; if not known, the last peer that sent from `dst`.
+        peer: Option<PeerId>,
     },
     /// Python emptied its queue: read the connections that were left unread for lack of room.
     ResumeStarved,
@@ -103,6 +105,7 @@ pub enum NetworkToPython {
         data: Vec<u8>,
         src: SocketAddr,
         dst: SocketAddr,
+        peer: PeerId,
     },
     /// Every task ended: the server is closed.
     ServerClosed,

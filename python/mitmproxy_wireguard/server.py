@@ -17,6 +17,19 @@ ConnectionHandler = Callable[[TcpStream], Awaitable[None]]
 DatagramHandler = Callable[[bytes, Address, Address], None]
 
 
+class _PeerAddress(tuple):  # type: ignore[type-arg]
+    """A (host, port) pair that remembers the peer it came from: a reply sent to it reaches that peer even when
+    several peers use the same tunnel address."""
+
+    peer: int
+
+
+def _peer_address(addr: Address, peer: int) -> Address:
+    result = _PeerAddress(addr)
+    result.peer = peer
+    return result
+
+
 class Server:
     """A running WireGuard server. Create it with `start_server`."""
 
@@ -41,7 +54,7 @@ class Server:
         return self._engine.getsockname()
 
     def send_datagram(self, data: bytes, src_addr: Address, dst_addr: Address) -> None:
-        self._engine.send_datagram(bytes(data), src_addr, dst_addr)
+        self._engine.send_datagram(bytes(data), src_addr, dst_addr, getattr(dst_addr, "peer", None))
 
     def close(self) -> None:
         if not self._closing:
@@ -84,7 +97,7 @@ class Server:
                 transport.data_received(event[2])
         elif tag == _native.EVENT_DATAGRAM:
             try:
-                self._receive_datagram(event[1], event[2], event[3])
+                self._receive_datagram(event[1], _peer_address(event[2], event[4]), event[3])
             except Exception:
                 logger.exception("receive_datagram failed for a datagram from %s to %s", event[2], event[3])
         elif tag == _native.EVENT_DRAINED:

@@ -193,6 +193,7 @@ impl Stack {
                     data: payload.to_vec(),
                     src,
                     dst,
+                    peer,
                 });
             }
             Inbound::Tcp { src, dst, opens } => {
@@ -308,8 +309,8 @@ impl Stack {
     /// A request from Python.
     pub fn handle(&mut self, msg: PythonToNetwork, out: &mut Outputs) {
         let id = match msg {
-            PythonToNetwork::SendDatagram { data, src, dst } => {
-                self.send_datagram(&data, src, dst, out);
+            PythonToNetwork::SendDatagram { data, src, dst, peer } => {
+                self.send_datagram(&data, src, dst, peer, out);
                 return;
             }
             PythonToNetwork::ResumeStarved => {
@@ -359,9 +360,19 @@ impl Stack {
         self.mark_dirty(id);
     }
 
-    fn send_datagram(&mut self, data: &[u8], src: SocketAddr, dst: SocketAddr, out: &mut Outputs) {
-        let peer = match self.udp_routes.get(&dst) {
-            Some(&peer) => peer,
+    fn send_datagram(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        dst: SocketAddr,
+        peer: Option<PeerId>,
+        out: &mut Outputs,
+    ) {
+        let peer = match peer
+            .filter(|p| *p < self.peers.len())
+            .or_else(|| self.udp_routes.get(&dst).copied())
+        {
+            Some(peer) => peer,
             None if self.peers.len() == 1 => 0,
             None => {
                 log::debug!("dropped a datagram to {dst}: no peer sent from that address");

@@ -115,11 +115,12 @@ impl Engine {
                 NetworkToPython::ConnectionClosed { id, reset } => {
                     (EVENT_CLOSED, id, reset).into_pyobject(py)?
                 }
-                NetworkToPython::Datagram { data, src, dst } => (
+                NetworkToPython::Datagram { data, src, dst, peer } => (
                     EVENT_DATAGRAM,
                     PyBytes::new(py, &data),
                     address(src),
                     address(dst),
+                    peer,
                 )
                     .into_pyobject(py)?,
                 NetworkToPython::ServerClosed => (EVENT_SERVER_CLOSED,).into_pyobject(py)?,
@@ -159,7 +160,14 @@ impl Engine {
         self.send(PythonToNetwork::ResumeReading { id })
     }
 
-    fn send_datagram(&self, data: &[u8], src_addr: (String, u16), dst_addr: (String, u16)) -> PyResult<()> {
+    #[pyo3(signature = (data, src_addr, dst_addr, peer = None))]
+    fn send_datagram(
+        &self,
+        data: &[u8],
+        src_addr: (String, u16),
+        dst_addr: (String, u16),
+        peer: Option<usize>,
+    ) -> PyResult<()> {
         let src = parse_address("src_addr", src_addr)?;
         let dst = parse_address("dst_addr", dst_addr)?;
         if src.is_ipv4() != dst.is_ipv4() {
@@ -171,6 +179,7 @@ impl Engine {
             data: data.to_vec(),
             src,
             dst,
+            peer,
         })
     }
 
