@@ -2,6 +2,7 @@
 
 mod device;
 pub mod fragments;
+mod memory;
 pub mod packet;
 pub mod stack;
 

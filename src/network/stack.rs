@@ -15,12 +15,20 @@ use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
 use super::device::{VirtualDevice, MTU};
 use super::fragments::{self, Reassembler};
+use super::memory::LazyMemory;
 use super::packet::{self, Inbound};
 use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToNetwork};
 
-/// Receive and send buffer of each connection. The receive buffer sets the TCP window.
+/// Receive and send buffer of each connection, mapped on demand (`LazyMemory`): an idle connection pays for the
+/// pages its data touched, not for these sizes. The receive buffer sets the largest TCP window; it stays at 64 KiB,
+/// without window scaling: with a scaled window, smoltcp 0.14 ignores the ACKs in segments that arrive while its
+/// window is closed and whose sequence number is not the next expected one, and a connection under backpressure
+/// and loss stalls for good.
 const RX_BUFFER: usize = 64 * 1024;
-const TX_BUFFER: usize = 64 * 1024;
+const TX_BUFFER: usize = 256 * 1024;
+
+/// How long an emptied send buffer stays committed before its pages go back to the kernel.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// Python pauses writing when more than `WRITE_HIGH_WATER` bytes are not yet handed to the TCP stack, and
 /// resumes at `WRITE_LOW_WATER`. The stack confirms (with `Drained`) whenever it has taken in a backlog of at least
@@ -53,6 +61,7 @@ struct Flow {
 struct Connection {
     flow: Flow,
     endpoint: SocketAddr,
+    /// Borrows `memory`: declared first so that it is dropped first.
     sockets: SocketSet<'static>,
     handle: SocketHandle,
     /// The state at the end of the last poll, to tell a reset from an orderly close.
@@ -80,6 +89,11 @@ struct Connection {
     dirty: bool,
     /// Waits in `Stack::starved` for room in Python's queue.
     starved: bool,
+    /// The send buffer holds pages that can be released once it is empty (at `release_at`).
+    tx_committed: bool,
+    release_at: Option<Instant>,
+    /// The pages of both buffers: receive buffer first, then the send buffer.
+    memory: LazyMemory,
 }
 
 pub struct Stack {
@@ -265,10 +279,19 @@ impl Stack {
     }
 
     fn open(&mut self, flow: Flow, endpoint: SocketAddr) -> Option<ConnectionId> {
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
-        );
+        let mut memory = match LazyMemory::new(RX_BUFFER + TX_BUFFER) {
+            Ok(memory) => memory,
+            Err(e) => {
+                log::warn!(
+                    "dropped a SYN to {}: no memory for buffers: {e}",
+                    flow.destination
+                );
+                return None;
+            }
+        };
+        // SAFETY: the slices live in the connection's socket set, which is dropped before `memory`.
+        let (rx, tx) = unsafe { memory.split(RX_BUFFER) };
+        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         // Like asyncio's transports (TCP_NODELAY): a write goes out at once.
         socket.set_nagle_enabled(false);
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
@@ -301,6 +324,9 @@ impl Stack {
                 linger_until: None,
                 dirty: false,
                 starved: false,
+                tx_committed: false,
+                release_at: None,
+                memory,
             },
         );
         Some(id)
@@ -447,6 +473,7 @@ impl Stack {
         while let Some(front) = conn.pending.front() {
             match socket.send_slice(&front[conn.pending_offset..]) {
                 Ok(n) if n > 0 => {
+                    conn.tx_committed = true;
                     conn.pending_offset += n;
                     if conn.pending_offset == front.len() {
                         conn.pending.pop_front();
@@ -535,9 +562,23 @@ impl Stack {
             self.forget(id);
             return;
         }
+        let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+        if conn.tx_committed && socket.send_queue() == 0 && conn.pending.is_empty() {
+            match conn.release_at {
+                Some(at) if at <= now => {
+                    conn.memory.release(RX_BUFFER, TX_BUFFER);
+                    conn.tx_committed = false;
+                    conn.release_at = None;
+                }
+                Some(_) => {}
+                None => conn.release_at = Some(now + RELEASE_AFTER.into()),
+            }
+        } else {
+            conn.release_at = None;
+        }
         let mut next = self.iface.poll_at(now, &conn.sockets);
-        if let Some(linger) = conn.linger_until {
-            next = Some(next.map_or(linger, |n| n.min(linger)));
+        for at in [conn.linger_until, conn.release_at].into_iter().flatten() {
+            next = Some(next.map_or(at, |n| n.min(at)));
         }
         if next != conn.deadline {
             if let Some(old) = conn.deadline {
@@ -817,7 +858,7 @@ mod tests {
         let mut stack = stack();
         let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
         established(&client.pump(&mut stack));
-        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
+        let payload: Vec<u8> = (0..600_000u32).map(|i| (i % 249) as u8).collect();
         stack.set_read_budget(10_000);
         let mut sent = 0;
         let mut received = vec![];

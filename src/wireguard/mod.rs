@@ -2,6 +2,7 @@
 
 pub mod peers;
 
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +20,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// Datagrams read before the task looks at its other work.
 const BATCH: usize = 64;
 
+/// Datagrams that wait for room in the socket's send buffer; beyond this, more are dropped (and TCP recovers).
+const MAX_OUTBOUND: usize = 4096;
+
 pub struct WireGuardTask {
     socket: UdpSocket,
     peers: Peers,
@@ -29,6 +33,50 @@ pub struct WireGuardTask {
     buf: Vec<u8>,
     datagram: Vec<u8>,
     deliveries: Vec<WireGuardToNetwork>,
+    /// Datagrams the socket had no room for yet, in order.
+    outbound: Outbound,
+}
+
+/// Sends datagrams in order, and keeps those the socket cannot take yet instead of dropping them.
+#[derive(Default)]
+struct Outbound {
+    queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    dropped: u64,
+}
+
+impl Outbound {
+    fn send(&mut self, socket: &UdpSocket, addr: SocketAddr, datagram: &[u8]) {
+        if self.queue.is_empty() {
+            match socket.try_send_to(datagram, addr) {
+                Ok(_) => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log::debug!("could not send {} bytes to {addr}: {e}", datagram.len());
+                    return;
+                }
+            }
+        }
+        if self.queue.len() >= MAX_OUTBOUND {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                log::debug!("send queue full: dropped {} datagrams so far", self.dropped);
+            }
+            return;
+        }
+        self.queue.push_back((addr, datagram.to_vec()));
+    }
+
+    /// Sends what waits, until the socket is full again.
+    fn flush(&mut self, socket: &UdpSocket) {
+        while let Some((addr, datagram)) = self.queue.front() {
+            match socket.try_send_to(datagram, *addr) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => log::debug!("could not send {} bytes to {addr}: {e}", datagram.len()),
+            }
+            self.queue.pop_front();
+        }
+    }
 }
 
 impl WireGuardTask {
@@ -48,6 +96,7 @@ impl WireGuardTask {
             buf: vec![0; BUFFER_SIZE],
             datagram: vec![0; BUFFER_SIZE],
             deliveries: Vec::new(),
+            outbound: Outbound::default(),
         }
     }
 
@@ -59,7 +108,8 @@ impl WireGuardTask {
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,
-                msg = self.from_network.recv() => {
+                // While datagrams wait for the socket, packets wait in the channel: the stack sees backpressure.
+                msg = self.from_network.recv(), if self.outbound.queue.len() < BATCH => {
                     let Some(msg) = msg else { break };
                     self.encrypt(msg);
                     for _ in 1..BATCH {
@@ -79,9 +129,14 @@ impl WireGuardTask {
                         }
                     }
                 }
+                ready = self.socket.writable(), if !self.outbound.queue.is_empty() => {
+                    if ready.is_ok() {
+                        self.outbound.flush(&self.socket);
+                    }
+                }
                 _ = tick.tick() => {
-                    let socket = &self.socket;
-                    self.peers.tick(&mut self.buf, &mut |out| emit(socket, out, &mut Vec::new()));
+                    let (socket, outbound) = (&self.socket, &mut self.outbound);
+                    self.peers.tick(&mut self.buf, &mut |out| emit(socket, outbound, out, &mut Vec::new()));
                 }
             }
         }
@@ -97,10 +152,11 @@ impl WireGuardTask {
         for _ in 0..BATCH {
             match self.socket.try_recv_from(&mut self.datagram) {
                 Ok((len, src)) => {
-                    let (socket, deliveries) = (&self.socket, &mut self.deliveries);
+                    let (socket, outbound, deliveries) =
+                        (&self.socket, &mut self.outbound, &mut self.deliveries);
                     self.peers
                         .receive(src, &self.datagram[..len], &mut self.buf, &mut |out| {
-                            emit(socket, out, deliveries)
+                            emit(socket, outbound, out, deliveries)
                         });
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -113,18 +169,18 @@ impl WireGuardTask {
     fn encrypt(&mut self, msg: NetworkToWireGuard) {
         match msg {
             NetworkToWireGuard::Packet { peer, packet } => {
-                let socket = &self.socket;
+                let (socket, outbound) = (&self.socket, &mut self.outbound);
                 self.peers.send(peer, &packet, &mut self.buf, &mut |out| {
-                    emit(socket, out, &mut Vec::new())
+                    emit(socket, outbound, out, &mut Vec::new())
                 });
             }
         }
     }
 }
 
-fn emit(socket: &UdpSocket, out: Output, deliveries: &mut Vec<WireGuardToNetwork>) {
+fn emit(socket: &UdpSocket, outbound: &mut Outbound, out: Output, deliveries: &mut Vec<WireGuardToNetwork>) {
     match out {
-        Output::Send(addr, datagram) => send(socket, addr, datagram),
+        Output::Send(addr, datagram) => outbound.send(socket, addr, datagram),
         Output::Deliver {
             peer,
             endpoint,
@@ -134,12 +190,5 @@ fn emit(socket: &UdpSocket, out: Output, deliveries: &mut Vec<WireGuardToNetwork
             endpoint,
             packet: packet.to_vec(),
         }),
-    }
-}
-
-/// UDP is lossy: a full send buffer drops the datagram as a full NIC queue would, and TCP recovers.
-fn send(socket: &UdpSocket, addr: SocketAddr, datagram: &[u8]) {
-    if let Err(e) = socket.try_send_to(datagram, addr) {
-        log::debug!("could not send {} bytes to {addr}: {e}", datagram.len());
     }
 }

@@ -1,0 +1,101 @@
+//! Memory for a connection's receive and send buffers, mapped on demand: a page costs memory only once data
+//! touches it. Buffers can then be large enough for a wide TCP window while an idle connection costs little,
+//! and an emptied send buffer can be handed back to the kernel.
+
+use std::io;
+use std::ptr::NonNull;
+
+pub struct LazyMemory {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// The mapping is owned by one connection and only touched by the thread that owns that connection.
+unsafe impl Send for LazyMemory {}
+
+impl LazyMemory {
+    pub fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: an anonymous private mapping with no address hint; checked for failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(LazyMemory {
+            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
+            len,
+        })
+    }
+
+    /// The memory as two slices, `[..at]` and `[at..]`.
+    ///
+    /// # Safety
+    /// The slices must be dropped before `self`, and `split` called once: they alias the mapping.
+    pub unsafe fn split(&mut self, at: usize) -> (&'static mut [u8], &'static mut [u8]) {
+        assert!(at <= self.len);
+        let all = std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len);
+        all.split_at_mut(at)
+    }
+
+    /// Gives the pages of `[offset..offset + len]` back to the kernel; they read as zeros afterwards. Only for a
+    /// range whose contents are no longer needed.
+    pub fn release(&self, offset: usize, len: usize) {
+        assert!(offset + len <= self.len);
+        let page = 4096;
+        let start = offset.div_ceil(page) * page;
+        let end = (offset + len) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside the mapping; its contents are dead (see above).
+            unsafe {
+                libc::madvise(
+                    self.ptr.as_ptr().add(start).cast(),
+                    end - start,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+}
+
+impl Drop for LazyMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created in `new` with this length and is unmapped once.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resident_kb() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn pages_are_committed_when_touched_and_released_on_request() {
+        let mut memory = LazyMemory::new(64 << 20).unwrap();
+        let (a, b) = unsafe { memory.split(32 << 20) };
+        assert_eq!((a.len(), b.len()), (32 << 20, 32 << 20));
+        let before = resident_kb();
+        a.iter_mut().step_by(4096).for_each(|x| *x = 1);
+        let touched = resident_kb();
+        assert!(touched >= before + 30_000, "{before} -> {touched}");
+        memory.release(0, 32 << 20);
+        let released = resident_kb();
+        assert!(released + 30_000 <= touched, "{touched} -> {released}");
+        assert!(a.iter().all(|x| *x == 0));
+    }
+}
