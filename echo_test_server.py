@@ -1,6 +1,6 @@
 """Starts a WireGuard echo server and prints a client configuration for it. Ctrl-C stops it.
 
-    python3 echo_test_server.py [HOST] [PORT]
+python3 echo_test_server.py [HOST] [PORT]
 """
 
 import asyncio
