@@ -25,7 +25,7 @@ use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToN
 /// window is closed and whose sequence number is not the next expected one, and a connection under backpressure
 /// and loss stalls for good.
 const RX_BUFFER: usize = 64 * 1024;
-const TX_BUFFER: usize = 256 * 1024;
+const TX_BUFFER: usize = 64 * 1024;
 
 /// How long an emptied send buffer stays committed before its pages go back to the kernel.
 const RELEASE_AFTER: Duration = Duration::from_secs(1);
