@@ -47,14 +47,20 @@ impl NetworkTask {
     pub async fn run(mut self) {
         let mut out = Outputs::default();
         let mut shutdown = self.shutdown.clone();
+        // Both futures live across iterations: re-creating them per wakeup costs a timer insertion each time.
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        let never = tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600);
+        let timer = tokio::time::sleep_until(never);
+        tokio::pin!(timer);
         loop {
-            let deadline = match self.stack.next_deadline() {
-                Some(at) => tokio::time::Instant::from_std(self.stack.to_std(at)),
-                None => tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
-            };
+            let deadline = self.deadline().unwrap_or(never);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
-                _ = shutdown.wait() => break,
+                _ = &mut stop => break,
                 msg = self.from_python.recv() => {
                     let Some(msg) = msg else {
                         log::debug!("network task: Python is gone");
@@ -77,7 +83,7 @@ impl NetworkTask {
                         self.receive(msg, &mut out);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => self.stack.poll_timers(&mut out),
+                _ = &mut timer => self.stack.poll_timers(&mut out),
             }
             self.flush(&mut out);
         }
@@ -88,6 +94,12 @@ impl NetworkTask {
         // Every client sees its connections end at once.
         self.stack.abort_all(&mut out);
         self.flush(&mut out);
+    }
+
+    /// When the next connection timer is due.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let at = self.stack.next_deadline()?;
+        Some(tokio::time::Instant::from_std(self.stack.to_std(at)))
     }
 
     fn receive(&mut self, msg: WireGuardToNetwork, out: &mut Outputs) {

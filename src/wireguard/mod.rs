@@ -104,10 +104,12 @@ impl WireGuardTask {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.wait() => break,
+                _ = &mut stop => break,
                 // While datagrams wait for the socket, packets wait in the channel: the stack sees backpressure.
                 msg = self.from_network.recv(), if self.outbound.queue.len() < BATCH => {
                     let Some(msg) = msg else { break };
