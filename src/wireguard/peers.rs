@@ -294,6 +294,73 @@ mod tests {
     }
 
     #[test]
+    fn a_handshake_flood_gets_cookies_and_known_peers_still_get_in() {
+        let (mut peers, mut client) = setup();
+        let mut buf = vec![0u8; BUFFER_SIZE];
+        let mut cbuf = vec![0u8; BUFFER_SIZE];
+        let attacker: SocketAddr = "127.0.0.1:666".parse().unwrap();
+        let home: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+
+        let mut cookies = 0;
+        // Initiations with a valid MAC1 from keys the server does not know.
+        let TunnResult::WriteToNetwork(_) = client.encapsulate(&ipv4_packet(), &mut cbuf) else {
+            panic!()
+        };
+        let server_key = keys::public("s", &keys::encode(peers.public.as_bytes())).unwrap();
+        for i in 0..(HANDSHAKES_PER_SECOND as u32 + 50) {
+            let mut stranger = Tunn::new(
+                keys::secret("x", &keys::generate()).unwrap(),
+                server_key,
+                None,
+                None,
+                i,
+                None,
+            );
+            let TunnResult::WriteToNetwork(init) = stranger.format_handshake_initiation(&mut cbuf, false)
+            else {
+                panic!()
+            };
+            let init = init.to_vec();
+            let out = collect(|e| peers.receive(attacker, &init, &mut buf, &mut |o| e(o)));
+            match out.as_slice() {
+                [] => {}
+                [(to, reply)] => {
+                    assert_eq!(to, &format!("send {attacker}"));
+                    assert_eq!(
+                        (reply.len(), reply[0]),
+                        (64, 3),
+                        "only cookie replies go to strangers"
+                    );
+                    cookies += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            cookies, 50,
+            "past the limit, every initiation gets a cookie reply"
+        );
+
+        // The known peer, still under load: its first initiation gets a cookie, its retry with MAC2 gets in.
+        let TunnResult::WriteToNetwork(init) = client.format_handshake_initiation(&mut cbuf, true) else {
+            panic!()
+        };
+        let init = init.to_vec();
+        let out = collect(|e| peers.receive(home, &init, &mut buf, &mut |o| e(o)));
+        assert_eq!(out[0].1.len(), 64, "a cookie reply");
+        assert!(matches!(
+            client.decapsulate(Some(home.ip()), &out[0].1, &mut cbuf),
+            TunnResult::Done
+        ));
+        let TunnResult::WriteToNetwork(init) = client.format_handshake_initiation(&mut cbuf, true) else {
+            panic!()
+        };
+        let init = init.to_vec();
+        let out = collect(|e| peers.receive(home, &init, &mut buf, &mut |o| e(o)));
+        assert_eq!(out[0].1[0], 2, "a handshake response");
+    }
+
+    #[test]
     fn junk_and_unknown_peers_are_dropped() {
         let (mut peers, _) = setup();
         let (_, mut stranger) = setup(); // a client of another server: its key is unknown here
