@@ -1,4 +1,4 @@
-"""The asyncio side of a running server: dispatches the engine's events to transports and handlers."""
+"""The asyncio side of a running server: dispatches the engine's events to connections and handlers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable
 
 from . import _mitmproxy_wireguard as _native
 from ._mitmproxy_wireguard import Configuration
-from .stream import TcpStream, _Transport
+from .stream import TcpStream, _Connection
 
 logger = logging.getLogger("mitmproxy_wireguard")
 
@@ -43,7 +43,7 @@ class Server:
         self._loop = asyncio.get_running_loop()
         self._handle_connection = handle_connection
         self._receive_datagram = receive_datagram
-        self._transports: dict[int, _Transport] = {}
+        self._connections: dict[int, _Connection] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._closing = False
         self._closed: asyncio.Future[None] = self._loop.create_future()
@@ -79,7 +79,7 @@ class Server:
 
     def __repr__(self) -> str:
         host, port = self.getsockname()
-        return f"Server(address={host!r}, port={port}, connections={len(self._transports)})"
+        return f"Server(address={host!r}, port={port}, connections={len(self._connections)})"
 
     def _process_events(self) -> None:
         for event in self._engine.take_events():
@@ -92,29 +92,29 @@ class Server:
     def _dispatch(self, event: tuple[Any, ...]) -> None:
         tag = event[0]
         if tag == _native.EVENT_DATA:
-            transport = self._transports.get(event[1])
-            if transport is not None:
-                transport.data_received(event[2])
+            conn = self._connections.get(event[1])
+            if conn is not None:
+                conn.data_received(event[2])
         elif tag == _native.EVENT_DATAGRAM:
             try:
                 self._receive_datagram(event[1], _peer_address(event[2], event[4]), event[3])
             except Exception:
                 logger.exception("receive_datagram failed for a datagram from %s to %s", event[2], event[3])
         elif tag == _native.EVENT_DRAINED:
-            transport = self._transports.get(event[1])
-            if transport is not None:
-                transport.drained(event[2])
+            conn = self._connections.get(event[1])
+            if conn is not None:
+                conn.drained(event[2])
         elif tag == _native.EVENT_ESTABLISHED:
             self._connection_established(*event[1:])
         elif tag == _native.EVENT_EOF:
-            transport = self._transports.get(event[1])
-            if transport is not None:
-                transport.eof_received()
+            conn = self._connections.get(event[1])
+            if conn is not None:
+                conn.eof_received()
         elif tag == _native.EVENT_CLOSED:
-            transport = self._transports.pop(event[1], None)
-            if transport is not None:
+            conn = self._connections.pop(event[1], None)
+            if conn is not None:
                 exc = ConnectionResetError("Connection reset by peer") if event[2] else None
-                transport.connection_lost(exc)
+                conn.connection_lost(exc)
         elif tag == _native.EVENT_SERVER_CLOSED:
             self._server_closed()
 
@@ -128,22 +128,18 @@ class Server:
             "original_src": original_src,
             "peer_public_key": peer_public_key,
         }
-        transport = _Transport(self._engine, self._loop, id, extra, self._forget)
-        if self._closing:
-            transport.abort()
-            return
         reader = asyncio.StreamReader()
-        protocol = asyncio.StreamReaderProtocol(reader)
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        writer = asyncio.StreamWriter(transport, protocol, reader, self._loop)
-        self._transports[id] = transport
-        task = self._loop.create_task(self._run_handler(TcpStream(reader, writer)))
+        conn = _Connection(self._engine, id, reader, extra, self._forget)
+        if self._closing:
+            conn.abort()
+            return
+        self._connections[id] = conn
+        task = self._loop.create_task(self._run_handler(TcpStream(reader, conn)))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
     def _forget(self, id: int) -> None:
-        self._transports.pop(id, None)
+        self._connections.pop(id, None)
 
     async def _run_handler(self, stream: TcpStream) -> None:
         try:
@@ -155,8 +151,8 @@ class Server:
     def _server_closed(self) -> None:
         self._loop.remove_reader(self._wakeup_fd)
         self._engine.join()
-        for transport in list(self._transports.values()):
-            transport.connection_lost(ConnectionAbortedError("the server was closed"))
+        for conn in list(self._connections.values()):
+            conn.connection_lost(ConnectionAbortedError("the server was closed"))
         for task in self._handlers:
             task.cancel()
         if not self._closed.done():

@@ -1,8 +1,8 @@
 """TCP connections from WireGuard peers, as asyncio streams.
 
-`_Transport` is an asyncio transport whose socket is a connection in the engine; asyncio's own `StreamReader`
-and `StreamWriter` sit on top of it, so reads, writes, flow control and EOF behave exactly as with
-`asyncio.open_connection`.
+Reading is asyncio's own `StreamReader`, fed by the engine's events, so reads behave exactly as with
+`asyncio.open_connection`. Writing follows `asyncio.StreamWriter`: `write` hands data to the engine at once,
+`drain` waits while more than `WRITE_HIGH_WATER` bytes are not yet taken in by the TCP stack.
 """
 
 from __future__ import annotations
@@ -16,124 +16,119 @@ if TYPE_CHECKING:
     from ._mitmproxy_wireguard import Engine
 
 
-class _Transport(asyncio.Transport):
+class _Connection:
+    """The engine's side of one connection: what `StreamReader` needs of a transport, and the engine's events."""
+
+    __slots__ = (
+        "engine",
+        "id",
+        "reader",
+        "extra",
+        "closing",
+        "lost",
+        "reading",
+        "eof_written",
+        "pending",
+        "drain_waiter",
+        "closed",
+        "forget",
+        "loop",
+    )
+
     def __init__(
         self,
         engine: Engine,
-        loop: asyncio.AbstractEventLoop,
         id: int,
+        reader: asyncio.StreamReader,
         extra: dict[str, Any],
         forget: Callable[[int], object],
     ):
-        super().__init__(extra)
-        self._engine = engine
-        self._forget = forget
-        self._loop = loop
-        self._id = id
-        self._protocol: asyncio.BaseProtocol | None = None
-        self._closing = False
-        self._lost = False
-        self._reading = True
-        self._eof_written = False
-        # Bytes written and not yet confirmed by the engine (`drained`); the engine uses the same high water.
-        self._pending = 0
-        self._writing_paused = False
+        self.engine = engine
+        self.id = id
+        self.reader = reader
+        self.extra = extra
+        self.forget = forget
+        self.closing = False
+        self.lost = False
+        self.reading = True
+        self.eof_written = False
+        # Bytes written and not yet confirmed by the engine (`drained`); the engine uses the same marks.
+        self.pending = 0
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        reader.set_transport(self)  # type: ignore[arg-type]
 
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self._protocol is not None
-        return self._protocol
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._call_engine(self._engine.close_connection)
-        self._loop.call_soon(self.connection_lost, None)
-
-    def abort(self) -> None:
-        if self._lost:
-            return
-        self._closing = True
-        self._call_engine(self._engine.abort_connection)
-        self._loop.call_soon(self.connection_lost, None)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__}")
-        if self._eof_written:
-            raise RuntimeError("Cannot call write() after write_eof()")
-        if not data or self._closing:
-            return
-        self._engine.write(self._id, bytes(data))
-        self._pending += len(data)
-        if not self._writing_paused and self._pending > WRITE_HIGH_WATER:
-            self._writing_paused = True
-            self._protocol.pause_writing()  # type: ignore[union-attr]
-
-    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        self.write(b"".join(list_of_data))
-
-    def write_eof(self) -> None:
-        if self._closing or self._eof_written:
-            return
-        self._eof_written = True
-        self._call_engine(self._engine.write_eof)
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def get_write_buffer_size(self) -> int:
-        return self._pending
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (WRITE_LOW_WATER, WRITE_HIGH_WATER)
-
-    def is_reading(self) -> bool:
-        return self._reading and not self._closing
+    # Called by StreamReader: its buffer is full or has room again.
 
     def pause_reading(self) -> None:
-        if self._reading and not self._closing:
-            self._reading = False
-            self._call_engine(self._engine.pause_reading)
+        if self.reading and not self.closing:
+            self.reading = False
+            self.call_engine(self.engine.pause_reading)
 
     def resume_reading(self) -> None:
-        if not self._reading and not self._closing:
-            self._reading = True
-            self._call_engine(self._engine.resume_reading)
+        if not self.reading and not self.closing:
+            self.reading = True
+            self.call_engine(self.engine.resume_reading)
 
     # Events from the engine.
 
     def data_received(self, data: bytes) -> None:
-        if not self._closing:
-            self._protocol.data_received(data)  # type: ignore[union-attr]
+        if not self.closing:
+            self.reader.feed_data(data)
 
     def eof_received(self) -> None:
-        if not self._closing and not self._protocol.eof_received():  # type: ignore[union-attr]
-            self.close()
+        if not self.closing:
+            self.reader.feed_eof()
 
     def drained(self, nbytes: int) -> None:
-        self._pending -= nbytes
-        if self._writing_paused and self._pending <= WRITE_LOW_WATER:
-            self._writing_paused = False
-            self._protocol.resume_writing()  # type: ignore[union-attr]
+        self.pending -= nbytes
+        if self.pending <= WRITE_LOW_WATER:
+            self.wake_drain(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._lost:
+        if self.lost:
             return
-        self._lost = True
-        self._closing = True
-        self._forget(self._id)
-        self._protocol.connection_lost(exc)  # type: ignore[union-attr]
+        self.lost = True
+        self.closing = True
+        self.forget(self.id)
+        if exc is None:
+            self.reader.feed_eof()
+            self.closed.set_result(None)
+        else:
+            self.reader.set_exception(exc)
+            self.closed.set_exception(exc)
+            # Raised to whoever awaits `wait_closed`; nobody has to.
+            self.closed.exception()
+        self.wake_drain(exc)
 
-    def _call_engine(self, method: Any) -> None:
+    # Used by TcpStream.
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.call_engine(self.engine.close_connection)
+            self.loop.call_soon(self.connection_lost, None)
+
+    def abort(self) -> None:
+        if not self.lost:
+            self.closing = True
+            self.call_engine(self.engine.abort_connection)
+            self.loop.call_soon(self.connection_lost, None)
+
+    def wake_drain(self, exc: Exception | None) -> None:
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is None or waiter.done():
+            return
+        if exc is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(exc)
+            waiter.exception()  # raised to the drain() callers; none may be left
+
+    def call_engine(self, method: Callable[[int], None]) -> None:
         try:
-            method(self._id)
+            method(self.id)
         except RuntimeError:
             pass  # The server is closed; the connection is gone with it.
 
@@ -142,9 +137,11 @@ class TcpStream:
     """A TCP connection from a WireGuard peer, with the methods of `asyncio.StreamReader` and
     `asyncio.StreamWriter` and their semantics."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    __slots__ = ("_reader", "_conn", "__weakref__")
+
+    def __init__(self, reader: asyncio.StreamReader, conn: _Connection):
         self._reader = reader
-        self._writer = writer
+        self._conn = conn
 
     async def read(self, n: int = -1) -> bytes:
         return await self._reader.read(n)
@@ -162,35 +159,59 @@ class TcpStream:
         return self._reader.at_eof()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._writer.write(data)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        conn = self._conn
+        if conn.eof_written:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data or conn.closing:
+            return
+        conn.engine.write(conn.id, data if type(data) is bytes else bytes(data))
+        conn.pending += len(data)
 
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
-        self._writer.writelines(data)
+        self.write(b"".join(data))
 
     async def drain(self) -> None:
-        await self._writer.drain()
+        conn = self._conn
+        exc = self._reader.exception()
+        if exc is not None:
+            raise exc
+        if conn.closing:
+            # As asyncio does: let a pending connection_lost run, then report the connection as lost.
+            await asyncio.sleep(0)
+            if conn.lost:
+                raise ConnectionResetError("Connection lost")
+        if conn.pending <= WRITE_HIGH_WATER:
+            return
+        if conn.drain_waiter is None:
+            conn.drain_waiter = conn.loop.create_future()
+        await asyncio.shield(conn.drain_waiter)
 
     def write_eof(self) -> None:
-        self._writer.write_eof()
+        conn = self._conn
+        if not conn.closing and not conn.eof_written:
+            conn.eof_written = True
+            conn.call_engine(conn.engine.write_eof)
 
     def can_write_eof(self) -> bool:
-        return self._writer.can_write_eof()
+        return True
 
     def close(self) -> None:
-        self._writer.close()
+        self._conn.close()
 
     def is_closing(self) -> bool:
-        return self._writer.is_closing()
+        return self._conn.closing
 
     async def wait_closed(self) -> None:
-        await self._writer.wait_closed()
+        await self._conn.closed
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._writer.get_extra_info(name, default)
+        return self._conn.extra.get(name, default)
 
     def __repr__(self) -> str:
-        peer = self.get_extra_info("peer_public_key", "?")
         return (
             f"TcpStream(peername={self.get_extra_info('peername')}, "
-            f"original_dst={self.get_extra_info('original_dst')}, peer_public_key={peer!r})"
+            f"original_dst={self.get_extra_info('original_dst')}, "
+            f"peer_public_key={self.get_extra_info('peer_public_key')!r})"
         )
