@@ -1,0 +1,226 @@
+"""Shared fixtures. The whole test session runs in a network namespace of its own (made at import, before any
+thread exists), with only `lo` and the WireGuard clients' tunnels: the server listens on loopback there, real
+WireGuard clients (wireguard-go) connect to it, and test code reaches tunnel destinations directly.
+
+Traffic never leaves that namespace. Under CI=true, everything these tests need must be there: a missing piece
+fails the run instead of skipping tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+import mitmproxy_wireguard as wg
+
+CI = os.environ.get("CI") == "true"
+CLONE_NEWNET = 0x40000000
+
+
+def _enter_private_namespace() -> str | None:
+    """Moves this process into a new network namespace; returns why it could not, or None."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces and tun devices)"
+    for tool in ("wireguard-go", "wg", "ip"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install wireguard-go wireguard-tools iproute2)"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        return f"unshare(CLONE_NEWNET) failed: {os.strerror(ctypes.get_errno())}"
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    return None
+
+
+NAMESPACE_PROBLEM = _enter_private_namespace()
+if NAMESPACE_PROBLEM and CI:
+    raise RuntimeError(f"end-to-end tests cannot run in CI: {NAMESPACE_PROBLEM}")
+
+needs_client = pytest.mark.skipif(NAMESPACE_PROBLEM is not None, reason=str(NAMESPACE_PROBLEM))
+
+_interface_numbers = itertools.count()
+
+
+def run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+
+
+@dataclass
+class WireGuardClient:
+    """A wireguard-go client in this namespace, with its tunnel addresses and routes."""
+
+    interface: str
+    process: subprocess.Popen[bytes]
+    private_key: str
+    addresses: tuple[str, ...]
+    routes: tuple[str, ...]
+    conf_dir: str
+    listen_port: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def public_key(self) -> str:
+        return wg.pubkey(self.private_key)
+
+    def set(self, *args: str) -> None:
+        """`wg set` on this client, e.g. `set("listen-port", "4000")`."""
+        run("wg", "set", self.interface, *args)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        shutil.rmtree(self.conf_dir, ignore_errors=True)
+
+
+async def start_client(
+    server: wg.Server,
+    server_public_key: str,
+    private_key: str,
+    addresses: tuple[str, ...] = ("10.0.0.1/32", "fd00::1/128"),
+    routes: tuple[str, ...] = ("10.0.0.0/24", "fd00::/64"),
+    mtu: int | None = None,
+    keepalive: int | None = None,
+) -> WireGuardClient:
+    """Starts wireguard-go, points it at `server` and routes `routes` into its tunnel."""
+    host, port = server.getsockname()
+    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    interface = f"wgt{os.getpid() % 10000}x{next(_interface_numbers)}"
+    conf_dir = tempfile.mkdtemp(prefix="wgtest-")
+    conf = os.path.join(conf_dir, "wg.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f"[Interface]\nPrivateKey = {private_key}\n\n[Peer]\nPublicKey = {server_public_key}\n"
+            f"Endpoint = {endpoint}\nAllowedIPs = 0.0.0.0/0, ::/0\n"
+            + (f"PersistentKeepalive = {keepalive}\n" if keepalive else "")
+        )
+    env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
+    process = subprocess.Popen(
+        ["wireguard-go", "-f", interface], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    client = WireGuardClient(interface, process, private_key, addresses, routes, conf_dir)
+    try:
+        deadline = time.monotonic() + 10
+        # wireguard-go creates the device, then its control socket.
+        while not os.path.exists(f"/var/run/wireguard/{interface}.sock"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"wireguard-go did not create {interface}")
+            await asyncio.sleep(0.02)
+        while True:
+            try:
+                run("wg", "setconf", interface, conf)
+                break
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+        for address in addresses:
+            run("ip", "address", "add", address, "dev", interface)
+        if mtu:
+            run("ip", "link", "set", interface, "mtu", str(mtu))
+        run("ip", "link", "set", interface, "up")
+        for route in routes:
+            run("ip", "route", "add", route, "dev", interface)
+        out = subprocess.run(
+            ["wg", "show", interface, "listen-port"], capture_output=True, text=True, timeout=10
+        )
+        client.listen_port = int(out.stdout.strip())
+    except BaseException:
+        client.stop()
+        raise
+    return client
+
+
+@pytest.fixture
+async def wg_clients() -> AsyncIterator[Callable[..., Awaitable[WireGuardClient]]]:
+    """Factory of WireGuard clients; all are stopped at the end of the test."""
+    clients: list[WireGuardClient] = []
+
+    async def factory(*args: Any, **kwargs: Any) -> WireGuardClient:
+        client = await start_client(*args, **kwargs)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.stop()
+
+
+async def echo(stream: wg.TcpStream) -> None:
+    """Echoes until EOF, then closes."""
+    while data := await stream.read(65536):
+        stream.write(data)
+        await stream.drain()
+    stream.close()
+
+
+@dataclass
+class Setup:
+    """A running server, its configuration, and a WireGuard client connected to it."""
+
+    server: wg.Server
+    cfg: wg.Configuration
+    client: WireGuardClient
+    datagrams: list[tuple[bytes, tuple[str, int], tuple[str, int]]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Callable[..., Awaitable[Setup]]]:
+    """Starts a server (echo handlers by default) and one real client for it; both end with the test."""
+    servers: list[wg.Server] = []
+    clients: list[WireGuardClient] = []
+
+    async def factory(
+        handle_connection: Callable[[wg.TcpStream], Awaitable[None]] = echo,
+        receive_datagram: Callable[[bytes, tuple[str, int], tuple[str, int]], None] | None = None,
+        host: str = "127.0.0.1",
+        peers: int = 1,
+        **client_args: Any,
+    ) -> Setup:
+        cfg = wg.Configuration.generate(listen_port=0, peers=peers)
+        datagrams: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
+
+        def echo_datagram(data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
+            datagrams.append((data, src, dst))
+            server.send_datagram(data, dst, src)
+
+        server = await wg.start_server(host, cfg, handle_connection, receive_datagram or echo_datagram)
+        servers.append(server)
+        client = await start_client(server, cfg.server_public_key, cfg.client_private_keys[0], **client_args)
+        clients.append(client)
+        return Setup(server, cfg, client, datagrams)
+
+    yield factory
+    for client in clients:
+        client.stop()
+    for server in servers:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
+
+
+async def open_connection(
+    host: str, port: int, timeout: float = 10
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection through the tunnel; the first one also waits out the WireGuard handshake."""
+    return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 5)
+    except (ConnectionError, asyncio.TimeoutError):
+        pass
