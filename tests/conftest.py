@@ -13,11 +13,13 @@ import ctypes
 import itertools
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -52,6 +54,74 @@ _interface_numbers = itertools.count()
 
 def run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+
+
+_namespace_numbers = itertools.count()
+
+
+class Namespace:
+    """A network namespace of the tests' own, linked to the test namespace by a veth pair on 192.0.2.0/24
+    (a documentation range): `here` is this side's address, `there` the namespace's."""
+
+    def __init__(self) -> None:
+        i = next(_namespace_numbers)
+        self.name = f"wgt{os.getpid() % 10000}n{i}"
+        self.here = f"192.0.2.{4 * i + 1}"
+        self.there = f"192.0.2.{4 * i + 2}"
+        run("ip", "netns", "add", self.name)
+        outside, inside = f"vt{os.getpid() % 10000}n{i}", f"vc{os.getpid() % 10000}n{i}"
+        run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", self.name)
+        run("ip", "address", "add", f"{self.here}/30", "dev", outside)
+        run("ip", "link", "set", outside, "up")
+        self.ip("address", "add", f"{self.there}/30", "dev", inside)
+        self.ip("link", "set", inside, "up")
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args: str) -> None:
+        run("ip", "-n", self.name, *args)
+
+    def exec(self, *cmd: str) -> list[str]:
+        """The command line that runs `cmd` inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
+        """A socket that lives in this namespace; it can be used from any thread afterwards."""
+        result: list[socket.socket | BaseException] = []
+
+        def make() -> None:
+            # setns changes only the calling thread: this short-lived one.
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                with open(f"/run/netns/{self.name}") as ns:
+                    if libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), "setns failed")
+                result.append(socket.socket(family, type))
+            except BaseException as e:
+                result.append(e)
+
+        thread = threading.Thread(target=make)
+        thread.start()
+        thread.join()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
+
+    def delete(self) -> None:
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def namespaces() -> Iterator[Callable[[], Namespace]]:
+    """Factory of namespaces; all are deleted at the end of the test."""
+    made: list[Namespace] = []
+
+    def factory() -> Namespace:
+        made.append(Namespace())
+        return made[-1]
+
+    yield factory
+    for namespace in made:
+        namespace.delete()
 
 
 @dataclass
@@ -94,10 +164,15 @@ async def start_client(
     routes: tuple[str, ...] = ("10.0.0.0/24", "fd00::/64"),
     mtu: int | None = None,
     keepalive: int | None = None,
+    namespace: Namespace | None = None,
 ) -> WireGuardClient:
-    """Starts wireguard-go, points it at `server` and routes `routes` into its tunnel."""
+    """Starts wireguard-go, points it at `server` and routes `routes` into its tunnel; in `namespace` if given
+    (the server must then listen on the namespace's `here` address or on all addresses)."""
     host, port = server.getsockname()
+    if namespace is not None:
+        host = namespace.here
     endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    ip = namespace.ip if namespace is not None else (lambda *args: run("ip", *args))
     interface = f"wgt{os.getpid() % 10000}x{next(_interface_numbers)}"
     conf_dir = tempfile.mkdtemp(prefix="wgtest-")
     conf = os.path.join(conf_dir, "wg.conf")
@@ -108,9 +183,10 @@ async def start_client(
             + (f"PersistentKeepalive = {keepalive}\n" if keepalive else "")
         )
     env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
-    process = subprocess.Popen(
-        ["wireguard-go", "-f", interface], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    command = ["wireguard-go", "-f", interface]
+    if namespace is not None:
+        command = namespace.exec(*command)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = WireGuardClient(interface, process, private_key, addresses, routes, conf_dir)
     try:
         deadline = time.monotonic() + 10
@@ -128,12 +204,12 @@ async def start_client(
                     raise
                 await asyncio.sleep(0.02)
         for address in addresses:
-            run("ip", "address", "add", address, "dev", interface)
+            ip("address", "add", address, "dev", interface)
         if mtu:
-            run("ip", "link", "set", interface, "mtu", str(mtu))
-        run("ip", "link", "set", interface, "up")
+            ip("link", "set", interface, "mtu", str(mtu))
+        ip("link", "set", interface, "up")
         for route in routes:
-            run("ip", "route", "add", route, "dev", interface)
+            ip("route", "add", route, "dev", interface)
         out = subprocess.run(
             ["wg", "show", interface, "listen-port"], capture_output=True, text=True, timeout=10
         )

@@ -99,3 +99,68 @@ async def test_tcp_with_a_large_client_mtu(start):
     writer.write_eof()
     assert await asyncio.wait_for(reader.read(), 30) == payload
     await close_writer(writer)
+
+
+async def test_two_peers_with_one_tunnel_address_are_kept_apart(namespaces, wg_clients):
+    """Everyone who copies one config gets 10.0.0.1: same address, same source port, same destination, same
+    moment. Each peer gets exactly its own data back, TCP and UDP."""
+    cfg = wg.Configuration.generate(listen_port=0, peers=2)
+    server: wg.Server
+
+    async def handle(stream: wg.TcpStream) -> None:
+        data = await stream.readexactly(64 << 10)
+        stream.write(stream.get_extra_info("peer_public_key").encode() + data)
+        stream.close()
+
+    def echo_datagram(data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        server.send_datagram(data, dst, src)
+
+    server = await wg.start_server("0.0.0.0", cfg, handle, echo_datagram)
+    try:
+        sides = []
+        for key in cfg.client_private_keys:
+            ns = namespaces()
+            await wg_clients(
+                server,
+                cfg.server_public_key,
+                key,
+                addresses=("10.0.0.1/32",),
+                routes=("10.0.0.0/24",),
+                namespace=ns,
+            )
+            sides.append(ns)
+        loop = asyncio.get_running_loop()
+
+        async def tcp(ns, key: str) -> None:
+            sock = ns.socket()
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("10.0.0.1", 40000))
+                sock.setblocking(False)
+                await asyncio.wait_for(loop.sock_connect(sock, ("10.0.0.42", 443)), 10)
+            except BaseException:
+                sock.close()
+                raise
+            reader, writer = await asyncio.open_connection(sock=sock)
+            mine = os.urandom(64 << 10)
+            writer.write(mine)
+            reply = await asyncio.wait_for(reader.read(), 10)
+            assert reply == wg.pubkey(key).encode() + mine
+            await close_writer(writer)
+
+        async def udp(ns) -> None:
+            with ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind(("10.0.0.1", 5000))
+                sock.setblocking(False)
+                sock.connect(("10.0.0.42", 53))
+                for _ in range(5):
+                    mine = os.urandom(200)
+                    await loop.sock_sendall(sock, mine)
+                    assert await asyncio.wait_for(loop.sock_recv(sock, 2048), 5) == mine
+
+        for _ in range(3):
+            await asyncio.gather(*(tcp(ns, key) for ns, key in zip(sides, cfg.client_private_keys)))
+            await asyncio.gather(*(udp(ns) for ns in sides))
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -216,6 +216,9 @@ impl Stack {
                     client: src,
                     destination: dst,
                 };
+                if opens {
+                    self.retire_time_wait(&flow);
+                }
                 let id = match self.flows.get(&flow) {
                     Some(&id) => id,
                     None if opens => match self.open(flow, endpoint) {
@@ -591,6 +594,21 @@ impl Stack {
         }
     }
 
+    /// A new SYN for a flow whose last connection waits in TIME-WAIT starts a new connection, as kernels accept
+    /// one (RFC 6191): the old one has exchanged both FINs, and a client that reuses its port (a fixed source
+    /// port, or many connections to one destination) must not be left without an answer.
+    fn retire_time_wait(&mut self, flow: &Flow) {
+        let Some(&id) = self.flows.get(flow) else {
+            return;
+        };
+        if let Some(conn) = self.connections.get_mut(&id) {
+            if conn.sockets.get_mut::<tcp::Socket>(conn.handle).state() == tcp::State::TimeWait {
+                log::debug!("connection {id}: a new SYN ends its TIME-WAIT");
+                self.forget(id);
+            }
+        }
+    }
+
     fn forget(&mut self, id: ConnectionId) {
         if let Some(conn) = self.connections.remove(&id) {
             self.flows.remove(&conn.flow);
@@ -903,6 +921,34 @@ mod tests {
         b.socket().send_slice(b"from b").unwrap();
         assert_eq!(data(&a.pump(&mut stack)), b"from a");
         assert_eq!(data(&b.pump(&mut stack)), b"from b");
+    }
+
+    #[test]
+    fn a_new_syn_reopens_a_flow_in_time_wait() {
+        let mut stack = stack();
+        let mut a = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+        let first = established(&a.pump(&mut stack));
+        // The server closes first, so its side of the flow waits in TIME-WAIT.
+        let mut out = Outputs::default();
+        stack.handle(PythonToNetwork::Close { id: first }, &mut out);
+        stack.flush(&mut out);
+        for (_, p) in out.packets {
+            a.device.rx = Some(p);
+            let now = stack.now();
+            a.iface.poll(now, &mut a.device, &mut a.sockets);
+        }
+        a.pump(&mut stack);
+        a.socket().close();
+        a.pump(&mut stack);
+        assert_eq!(a.socket().state(), tcp::State::Closed);
+        assert_eq!(stack.connection_count(), 1, "the server's side is in TIME-WAIT");
+
+        // The client connects again from the same port at once.
+        let mut b = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+        let second = established(&b.pump(&mut stack));
+        assert_ne!(first, second);
+        b.socket().send_slice(b"again").unwrap();
+        assert_eq!(data(&b.pump(&mut stack)), b"again");
     }
 
     #[test]
