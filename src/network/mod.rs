@@ -5,6 +5,7 @@ pub mod fragments;
 mod memory;
 pub mod packet;
 pub mod stack;
+mod udp_routes;
 
 use tokio::sync::mpsc;
 

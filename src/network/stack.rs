@@ -17,6 +17,7 @@ use super::device::{VirtualDevice, MTU};
 use super::fragments::{self, Reassembler};
 use super::memory::LazyMemory;
 use super::packet::{self, Inbound};
+use super::udp_routes::UdpRoutes;
 use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToNetwork};
 
 /// Receive and send buffer of each connection, mapped on demand (`LazyMemory`): an idle connection pays for the
@@ -107,7 +108,7 @@ pub struct Stack {
     /// For packets that belong to no connection: smoltcp answers them (with a RST) from an empty set.
     no_sockets: SocketSet<'static>,
     /// Which peer a client UDP address was last seen from, so replies reach the right peer.
-    udp_routes: HashMap<SocketAddr, PeerId>,
+    udp_routes: UdpRoutes,
     /// Connections touched since the last `flush`: each is serviced once per batch of packets and requests, so
     /// a burst yields one read and one acknowledgement rather than one per packet.
     dirty: Vec<ConnectionId>,
@@ -145,7 +146,7 @@ impl Stack {
             timers: BTreeSet::new(),
             next_id: 1,
             no_sockets: SocketSet::new(vec![]),
-            udp_routes: HashMap::new(),
+            udp_routes: UdpRoutes::default(),
             dirty: Vec::new(),
             fragments: Reassembler::default(),
             read_budget: usize::MAX,
@@ -399,7 +400,7 @@ impl Stack {
     ) {
         let peer = match peer
             .filter(|p| *p < self.peers.len())
-            .or_else(|| self.udp_routes.get(&dst).copied())
+            .or_else(|| self.udp_routes.get(&dst))
         {
             Some(peer) => peer,
             None if self.peers.len() == 1 => 0,
