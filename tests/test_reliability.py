@@ -30,13 +30,26 @@ async def test_roaming_client_is_answered_at_its_new_address(start):
             stream.write(line)
 
     setup = await start(handle)
+    loop = asyncio.get_running_loop()
     reader, writer = await open_connection("10.0.0.42", 80)
-    await round_trip(reader, writer, b"before")
-    for new_port in (41234, 41235):
-        # The client's outer address changes mid-connection, as a phone's does between networks.
-        setup.client.set("listen-port", str(new_port))
-        for i in range(3):
-            await round_trip(reader, writer, b"after %d %d" % (new_port, i))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.setblocking(False)
+        udp.connect(("10.0.0.42", 53))
+
+        async def udp_round_trip(message: bytes) -> None:
+            await loop.sock_sendall(udp, message)
+            assert await asyncio.wait_for(loop.sock_recv(udp, 2048), 10) == message
+
+        await round_trip(reader, writer, b"before")
+        await udp_round_trip(b"before")
+        for new_port in (41234, 41235):
+            # The client's outer address changes mid-connection, as a phone's does between networks.
+            setup.client.set("listen-port", str(new_port))
+            for i in range(3):
+                await round_trip(reader, writer, b"after %d %d" % (new_port, i))
+                await udp_round_trip(b"after %d %d" % (new_port, i))
+        # The UDP flow's datagrams all came from one inner address, whatever the outer one was.
+        assert len({src for _, src, _ in setup.datagrams}) == 1
     await close_writer(writer)
     assert ports == [("127.0.0.1", setup.client.listen_port)]
 
