@@ -10,6 +10,15 @@ pub enum Error {
     /// A configuration value that makes no sense; `field` names it.
     #[error("invalid {field}: {reason}")]
     InvalidConfig { field: String, reason: String },
+    /// A WireGuard configuration file with a bad value: `file`, `line` (when one line is at fault) and `field`
+    /// say where.
+    #[error("invalid {field} in {file}{}: {reason}", line.map(|n| format!(", line {n}")).unwrap_or_default())]
+    InvalidFile {
+        file: String,
+        line: Option<usize>,
+        field: String,
+        reason: String,
+    },
     #[error(transparent)]
     Io(#[from] io::Error),
     #[error("the server is closed")]

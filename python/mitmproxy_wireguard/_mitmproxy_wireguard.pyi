@@ -1,15 +1,23 @@
 """Type stubs of the native module. The public names are re-exported by `mitmproxy_wireguard`."""
 
-from typing import Final
+import os
+from typing import Any, Final
 
 class Configuration:
-    """The server's key and listen port, and the WireGuard peers (clients) allowed to connect.
+    """The server's key, listen port and tunnel settings, and the WireGuard peers (clients) allowed to connect.
 
     Keys are base64 strings as WireGuard configuration files write them. Invalid values raise `ValueError`
-    naming the field.
+    naming the field; a configuration file's errors name the file and line too.
+
+    Tunnel addresses: the server's `address` (10.0.0.1/16 and fd00::1/64 unless a file says otherwise) names
+    the tunnel's networks. A peer added without an address gets host number n of each network, 10.0.0.n/32 and
+    fd00::n/128 (n in hex there), for the lowest n whose addresses are free: not the server's, not a DNS
+    address, not another peer's. So the first peers get 10.0.0.2 and fd00::2, 10.0.0.3 and fd00::3, ...
 
     ```python
     cfg = Configuration.generate(listen_port=51820, peers=2)
+    cfg.add_peer(public_key=phone_public_key)  # a device with its own key
+    cfg.to_file("wg0.conf")
     for text in cfg.pretty_print(endpoint="192.0.2.1:51820"):
         print(text)  # one client configuration per peer
     ```
@@ -17,13 +25,15 @@ class Configuration:
 
     @staticmethod
     def generate(listen_port: int = 51820, peers: int = 1) -> Configuration:
-        """Fresh keys for the server and `peers` clients. A `listen_port` of 0 lets the system pick a port."""
+        """Fresh keys for the server and `peers` clients, each with its own tunnel addresses, and the default
+        tunnel settings: address 10.0.0.1/16 and fd00::1/64, DNS 10.0.0.53 and fd00::53, MTU 1420. A
+        `listen_port` of 0 lets the system pick a port."""
 
     @staticmethod
     def custom(
         server_listen_port: int, server_private_key: str, client_private_keys: list[str]
     ) -> Configuration:
-        """A configuration from existing keys."""
+        """A configuration from existing keys, with the default tunnel settings."""
 
     def to_json(self) -> str:
         """The configuration as JSON, private keys included."""
@@ -32,19 +42,64 @@ class Configuration:
     def from_json(s: str) -> Configuration:
         """Reads what `to_json` wrote."""
 
+    @staticmethod
+    def from_file(path: str | os.PathLike[str]) -> Configuration:
+        """Reads a WireGuard configuration file in wg-quick's format.
+
+        `[Interface]`: PrivateKey, ListenPort, Address (the server's tunnel addresses), DNS and MTU (what client
+        configurations get). `[Peer]`, one for each peer: PublicKey, PresharedKey, AllowedIPs (the peer's tunnel
+        addresses), PersistentKeepalive. Names are case-insensitive, `#` starts a comment. A comment
+        `# PrivateKey = <key>` in a `[Peer]` section is the client's private key, which `to_file` writes for the
+        peers whose keys were generated here. Any other key is an error: `ValueError` names the file, the line
+        and the field.
+        """
+
+    def to_file(self, path: str | os.PathLike[str]) -> None:
+        """Writes the configuration as a WireGuard configuration file that `from_file` reads back unchanged,
+        readable by its owner only."""
+
+    def add_peer(
+        self,
+        public_key: str | None = None,
+        preshared_key: str | None = None,
+        *,
+        private_key: str | None = None,
+        address: str | None = None,
+        persistent_keepalive: int | None = None,
+    ) -> str:
+        """Adds a peer and returns its public key.
+
+        Without keys, a private key is generated (and kept, for its client configuration). `address` is the
+        peer's tunnel addresses, comma-separated (default: the next free ones). A running server keeps the peers
+        it was started with.
+        """
+
+    def remove_peer(self, public_key: str) -> None:
+        """Removes the peer with this public key; `ValueError` if there is none."""
+
     def pretty_print(
-        self, address: str = "10.0.0.1/32", allowed_ips: str = "0.0.0.0/0, ::/0", endpoint: str | None = None
+        self,
+        address: str | None = None,
+        allowed_ips: str = "0.0.0.0/0, ::/0",
+        endpoint: str | None = None,
+        *,
+        dns: str | None = None,
+        mtu: int | None = None,
     ) -> list[str]:
         """One WireGuard client configuration text per peer, ready to import into a WireGuard client.
 
-        `address` is the client's tunnel address, `allowed_ips` what it routes into the tunnel, `endpoint` the
-        server's address as the client reaches it (default: `127.0.0.1:<listen_port>`).
+        `address` is the client's tunnel address (default: each peer's own), `allowed_ips` what it routes into
+        the tunnel, `endpoint` the server's address as the client reaches it (default:
+        `127.0.0.1:<listen_port>`), `dns` its resolvers, comma-separated ("" for none; default: the
+        configuration's DNS) and `mtu` its MTU (0 for none; default: the configuration's MTU, else 1420).
         """
 
     @property
     def listen_port(self) -> int:
         """The UDP port the server listens on (0: any free port)."""
 
+    @listen_port.setter
+    def listen_port(self, value: int) -> None: ...
     @property
     def server_public_key(self) -> str: ...
     @property
@@ -52,6 +107,23 @@ class Configuration:
     @property
     def client_private_keys(self) -> list[str]:
         """The private keys of the peers whose keys were generated here."""
+
+    @property
+    def address(self) -> list[str]:
+        """The server's tunnel addresses, with their networks' prefix lengths."""
+
+    @property
+    def dns(self) -> list[str]:
+        """The resolvers that client configurations name."""
+
+    @property
+    def mtu(self) -> int | None:
+        """The MTU that client configurations name."""
+
+    @property
+    def peers(self) -> list[dict[str, Any]]:
+        """Each peer: `public_key`, `private_key` and `preshared_key` (or None), `allowed_ips` (a list) and
+        `persistent_keepalive` (seconds, or None)."""
 
     def __eq__(self, other: object) -> bool: ...
 

@@ -13,7 +13,9 @@ use crate::keys;
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         match e {
-            Error::InvalidKey { .. } | Error::InvalidConfig { .. } => PyValueError::new_err(e.to_string()),
+            Error::InvalidKey { .. } | Error::InvalidConfig { .. } | Error::InvalidFile { .. } => {
+                PyValueError::new_err(e.to_string())
+            }
             Error::Io(io) => io.into(),
             Error::Closed => PyRuntimeError::new_err(e.to_string()),
         }

@@ -67,7 +67,14 @@ impl Peers {
                 Some(psk) => Some(keys::decode("preshared key", psk)?),
                 None => None,
             };
-            let tunn = Tunn::new(secret.clone(), PublicKey::from(key), psk, None, id as u32, None);
+            let tunn = Tunn::new(
+                secret.clone(),
+                PublicKey::from(key),
+                psk,
+                peer.persistent_keepalive,
+                id as u32,
+                None,
+            );
             peers.push(Peer {
                 tunn,
                 info: PeerInfo {
@@ -223,6 +230,7 @@ mod tests {
             listen_port: 0,
             private_key: server_key.clone(),
             peers: vec![PeerConfig::from_private_key("c", &client_key).unwrap()],
+            ..Configuration::default()
         };
         let client = Tunn::new(
             keys::secret("c", &client_key).unwrap(),

@@ -1,0 +1,543 @@
+//! WireGuard configuration files in wg-quick's format, the server's side of them.
+//!
+//! `[Interface]`: PrivateKey, ListenPort, Address, DNS, MTU. `[Peer]`, once for each peer: PublicKey,
+//! PresharedKey, AllowedIPs, PersistentKeepalive. As with wg-quick, section and key names are case-insensitive,
+//! `#` starts a comment, and Address, DNS and AllowedIPs are comma-separated lists that may take several lines.
+//! A comment `# PrivateKey = <key>` in a `[Peer]` section keeps the client's key when the server generated it,
+//! so that its client configuration can be printed again; WireGuard's own tools skip it as a comment.
+//!
+//! Any other key, a single value given twice and a bad value are errors that name the file, line and field.
+//! Other comments and the layout are not kept: `write` writes the same data the same way every time.
+
+use super::*;
+
+const INTERFACE_KEYS: [&str; 5] = ["PrivateKey", "ListenPort", "Address", "DNS", "MTU"];
+const PEER_KEYS: [&str; 4] = ["PublicKey", "PresharedKey", "AllowedIPs", "PersistentKeepalive"];
+/// wg-quick keys that set up a kernel interface or dial out, which this server has no use for.
+const UNSUPPORTED_KEYS: [(&str, &str); 8] = [
+    ("Table", "routes"),
+    ("FwMark", "packet marks"),
+    ("SaveConfig", "saving the running configuration"),
+    ("PreUp", "commands"),
+    ("PostUp", "commands"),
+    ("PreDown", "commands"),
+    ("PostDown", "commands"),
+    (
+        "Endpoint",
+        "dialing out: the server learns each peer's endpoint from its handshakes",
+    ),
+];
+
+/// The line (1-based) that holds byte `offset` of `text`.
+pub(super) fn line_of(text: &[u8], offset: usize) -> usize {
+    1 + text[..offset].iter().filter(|b| **b == b'\n').count()
+}
+
+/// Where each value of a file was given (line numbers), for errors found once the file is read.
+#[derive(Default)]
+struct Lines {
+    interface: Option<usize>,
+    /// Interface values by their names in `INTERFACE_KEYS`.
+    values: HashMap<&'static str, usize>,
+    peers: Vec<PeerLines>,
+}
+
+#[derive(Default)]
+struct PeerLines {
+    header: usize,
+    values: HashMap<&'static str, usize>,
+}
+
+enum Section {
+    None,
+    Interface,
+    Peer,
+}
+
+struct Parser<'a> {
+    file: &'a str,
+    config: Configuration,
+    lines: Lines,
+    section: Section,
+}
+
+impl Parser<'_> {
+    fn error(&self, line: Option<usize>, field: &str, reason: impl Into<String>) -> Error {
+        Error::InvalidFile {
+            file: self.file.to_string(),
+            line,
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn line(&mut self, n: usize, raw: &str) -> Result<()> {
+        let (content, comment) = match raw.split_once('#') {
+            Some((content, comment)) => (content.trim(), Some(comment)),
+            None => (raw.trim(), None),
+        };
+        if content.is_empty() {
+            if let (Section::Peer, Some(comment)) = (&self.section, comment) {
+                self.private_key_comment(n, comment)?;
+            }
+            return Ok(());
+        }
+        if let Some(header) = content.strip_prefix('[') {
+            return self.header(n, content, header);
+        }
+        let Some((key, value)) = content.split_once('=') else {
+            return Err(self.error(Some(n), content, "expected a `Key = value` line or a [Section]"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        match self.section {
+            Section::None => Err(self.error(Some(n), key, "comes before the [Interface] section")),
+            Section::Interface => self.interface_value(n, key, value),
+            Section::Peer => self.peer_value(n, key, value),
+        }
+    }
+
+    fn header(&mut self, n: usize, content: &str, header: &str) -> Result<()> {
+        let Some(name) = header.strip_suffix(']') else {
+            return Err(self.error(
+                Some(n),
+                content,
+                "a section header is written [Interface] or [Peer]",
+            ));
+        };
+        if name.trim().eq_ignore_ascii_case("Interface") {
+            if let Some(first) = self.lines.interface {
+                return Err(self.error(
+                    Some(n),
+                    "[Interface]",
+                    format!("a second [Interface] section (the first is on line {first})"),
+                ));
+            }
+            self.lines.interface = Some(n);
+            self.section = Section::Interface;
+        } else if name.trim().eq_ignore_ascii_case("Peer") {
+            self.config.peers.push(Peer::default());
+            self.lines.peers.push(PeerLines {
+                header: n,
+                ..PeerLines::default()
+            });
+            self.section = Section::Peer;
+        } else {
+            return Err(self.error(
+                Some(n),
+                content,
+                "unknown section: a file has one [Interface] section and a [Peer] section for each peer",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key's name as `known` spells it; an error for any other key.
+    fn known_key(&self, n: usize, key: &str, known: &[&'static str], section: &str) -> Result<&'static str> {
+        if let Some(name) = known.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+            return Ok(name);
+        }
+        let reason = match UNSUPPORTED_KEYS.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+            Some((_, what)) => format!("not supported: this user-space server does no {what}"),
+            None => format!("unknown field in [{section}] (known: {})", known.join(", ")),
+        };
+        Err(self.error(Some(n), key, reason))
+    }
+
+    /// Records where a single value is given; an error if it was given before.
+    fn once(&self, values: &mut HashMap<&'static str, usize>, n: usize, name: &'static str) -> Result<()> {
+        match values.insert(name, n) {
+            Some(first) => Err(self.error(Some(n), name, format!("given twice (first on line {first})"))),
+            None => Ok(()),
+        }
+    }
+
+    fn non_empty<'v>(&self, n: usize, name: &str, value: &'v str) -> Result<&'v str> {
+        if value.is_empty() {
+            return Err(self.error(Some(n), name, "no value"));
+        }
+        Ok(value)
+    }
+
+    fn nets(&self, n: usize, name: &str, value: &str) -> Result<Vec<IpNet>> {
+        parse_nets(value).map_err(|reason| self.error(Some(n), name, reason))
+    }
+
+    fn interface_value(&mut self, n: usize, key: &str, value: &str) -> Result<()> {
+        let name = self.known_key(n, key, &INTERFACE_KEYS, "Interface")?;
+        let mut values = std::mem::take(&mut self.lines.values);
+        let result = self.set_interface_value(&mut values, n, name, value);
+        self.lines.values = values;
+        result
+    }
+
+    fn set_interface_value(
+        &mut self,
+        values: &mut HashMap<&'static str, usize>,
+        n: usize,
+        name: &'static str,
+        value: &str,
+    ) -> Result<()> {
+        match name {
+            "PrivateKey" => {
+                self.once(values, n, name)?;
+                self.config.private_key = self.non_empty(n, name, value)?.to_string();
+            }
+            "ListenPort" => {
+                self.once(values, n, name)?;
+                self.config.listen_port = value.parse().map_err(|_| {
+                    self.error(Some(n), name, format!("{value:?} is not a port (0 to 65535)"))
+                })?;
+            }
+            "Address" => {
+                values.entry(name).or_insert(n);
+                let nets = self.nets(n, name, value)?;
+                self.config.address.extend(nets);
+            }
+            "DNS" => {
+                values.entry(name).or_insert(n);
+                for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    if !is_dns_entry(entry) {
+                        let reason = format!("{entry:?} is neither an IP address nor a domain");
+                        return Err(self.error(Some(n), name, reason));
+                    }
+                    self.config.dns.push(entry.to_string());
+                }
+            }
+            "MTU" => {
+                self.once(values, n, name)?;
+                let mtu = value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|m| *m >= MIN_MTU)
+                    .ok_or_else(|| {
+                        self.error(
+                            Some(n),
+                            name,
+                            format!("{value:?} is not an MTU ({MIN_MTU} to 65535)"),
+                        )
+                    })?;
+                self.config.mtu = Some(mtu);
+            }
+            _ => unreachable!("every key of INTERFACE_KEYS is handled"),
+        }
+        Ok(())
+    }
+
+    fn peer_value(&mut self, n: usize, key: &str, value: &str) -> Result<()> {
+        let name = self.known_key(n, key, &PEER_KEYS, "Peer")?;
+        let mut lines = self.lines.peers.pop().expect("in a [Peer] section");
+        let mut peer = self.config.peers.pop().expect("in a [Peer] section");
+        let result = self.set_peer_value(&mut lines.values, &mut peer, n, name, value);
+        self.lines.peers.push(lines);
+        self.config.peers.push(peer);
+        result
+    }
+
+    fn set_peer_value(
+        &self,
+        values: &mut HashMap<&'static str, usize>,
+        peer: &mut Peer,
+        n: usize,
+        name: &'static str,
+        value: &str,
+    ) -> Result<()> {
+        match name {
+            "PublicKey" => {
+                self.once(values, n, name)?;
+                peer.public_key = self.non_empty(n, name, value)?.to_string();
+            }
+            "PresharedKey" => {
+                self.once(values, n, name)?;
+                peer.preshared_key = Some(self.non_empty(n, name, value)?.to_string());
+            }
+            "AllowedIPs" => {
+                values.entry(name).or_insert(n);
+                peer.allowed_ips.extend(self.nets(n, name, value)?);
+            }
+            "PersistentKeepalive" => {
+                self.once(values, n, name)?;
+                peer.persistent_keepalive = match value {
+                    v if v.eq_ignore_ascii_case("off") => None,
+                    v => match v.parse::<u16>() {
+                        Ok(0) => None,
+                        Ok(seconds) => Some(seconds),
+                        Err(_) => {
+                            let reason = format!("{value:?} is not a number of seconds (1 to 65535) or off");
+                            return Err(self.error(Some(n), name, reason));
+                        }
+                    },
+                };
+            }
+            _ => unreachable!("every key of PEER_KEYS is handled"),
+        }
+        Ok(())
+    }
+
+    /// `# PrivateKey = <key>` in a [Peer] section: the client's key. Any other comment is just a comment.
+    fn private_key_comment(&mut self, n: usize, comment: &str) -> Result<()> {
+        let Some((key, value)) = comment.split_once('=') else {
+            return Ok(());
+        };
+        let value = value.trim();
+        if !key.trim().eq_ignore_ascii_case("PrivateKey") || key_error(value).is_some() {
+            return Ok(());
+        }
+        let mut lines = self.lines.peers.pop().expect("in a [Peer] section");
+        let result = self.once(&mut lines.values, n, "PrivateKey");
+        self.lines.peers.push(lines);
+        result?;
+        self.config
+            .peers
+            .last_mut()
+            .expect("in a [Peer] section")
+            .private_key = Some(value.to_string());
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Configuration> {
+        let Some(interface) = self.lines.interface else {
+            return Err(self.error(None, "[Interface]", "the file has no [Interface] section"));
+        };
+        if !self.lines.values.contains_key("PrivateKey") {
+            return Err(self.error(Some(interface), "PrivateKey", "missing from [Interface]"));
+        }
+        for (peer, lines) in self.config.peers.iter().zip(&self.lines.peers) {
+            if peer.public_key.is_empty() {
+                return Err(self.error(Some(lines.header), "PublicKey", "missing from [Peer]"));
+            }
+        }
+        if let Err((field, reason)) = self.config.check() {
+            let (line, name) = self.locate(field);
+            return Err(self.error(line, name, reason));
+        }
+        Ok(self.config)
+    }
+
+    /// The line and name of a value that `Configuration::check` found bad.
+    fn locate(&self, field: Field) -> (Option<usize>, &'static str) {
+        let interface = |name: &'static str| (self.lines.values.get(name).copied(), name);
+        let peer = |i: usize, name: &'static str| {
+            let lines = &self.lines.peers[i];
+            (
+                Some(lines.values.get(name).copied().unwrap_or(lines.header)),
+                name,
+            )
+        };
+        match field {
+            Field::PrivateKey => interface("PrivateKey"),
+            Field::Dns => interface("DNS"),
+            Field::Mtu => interface("MTU"),
+            Field::PeerPublicKey(i) => peer(i, "PublicKey"),
+            Field::PeerPrivateKey(i) => peer(i, "PrivateKey"),
+            Field::PeerPresharedKey(i) => peer(i, "PresharedKey"),
+            Field::PeerAllowedIps(i) => peer(i, "AllowedIPs"),
+            Field::PeerKeepalive(i) => peer(i, "PersistentKeepalive"),
+        }
+    }
+}
+
+pub(super) fn parse(text: &str, file: &str) -> Result<Configuration> {
+    let mut parser = Parser {
+        file,
+        config: Configuration::default(),
+        lines: Lines::default(),
+        section: Section::None,
+    };
+    for (i, line) in text.lines().enumerate() {
+        parser.line(i + 1, line)?;
+    }
+    parser.finish()
+}
+
+pub(super) fn write(config: &Configuration) -> String {
+    let mut out = String::from(
+        "# A WireGuard server's configuration. \"# PrivateKey\" in a [Peer] section is the client's key,\n\
+         # kept to print its client configuration again.\n\n[Interface]\n",
+    );
+    out += &format!("PrivateKey = {}\n", config.private_key);
+    if config.listen_port != 0 {
+        out += &format!("ListenPort = {}\n", config.listen_port);
+    }
+    if !config.address.is_empty() {
+        out += &format!("Address = {}\n", join(&config.address));
+    }
+    if !config.dns.is_empty() {
+        out += &format!("DNS = {}\n", config.dns.join(", "));
+    }
+    if let Some(mtu) = config.mtu {
+        out += &format!("MTU = {mtu}\n");
+    }
+    for peer in &config.peers {
+        out += "\n[Peer]\n";
+        if let Some(key) = &peer.private_key {
+            out += &format!("# PrivateKey = {key}\n");
+        }
+        out += &format!("PublicKey = {}\n", peer.public_key);
+        if let Some(key) = &peer.preshared_key {
+            out += &format!("PresharedKey = {key}\n");
+        }
+        if !peer.allowed_ips.is_empty() {
+            out += &format!("AllowedIPs = {}\n", join(&peer.allowed_ips));
+        }
+        if let Some(seconds) = peer.persistent_keepalive {
+            out += &format!("PersistentKeepalive = {seconds}\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(text: &str) -> String {
+        parse(text, "wg0.conf").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn file_round_trips_and_agrees_with_json() {
+        let mut config = Configuration::generate(51820, 2).unwrap();
+        config.peers[0].preshared_key = Some(keys::generate());
+        config.peers[1].private_key = None;
+        config.peers[1].persistent_keepalive = Some(25);
+        let text = write(&config);
+        let back = parse(&text, "wg0.conf").unwrap();
+        assert_eq!(back, config);
+        assert_eq!(write(&back), text);
+        assert_eq!(Configuration::from_json(&back.to_json()).unwrap(), config);
+    }
+
+    #[test]
+    fn reads_what_people_write() {
+        let (server, a, b) = (keys::generate(), keys::generate(), keys::generate());
+        let (a, b) = (keys::public_of("", &a).unwrap(), keys::public_of("", &b).unwrap());
+        let psk = keys::generate();
+        let text = format!(
+            "# my server\n[interface]\n  privatekey=  {server}  # secret\nlistenport = 51000\n\
+             address = 10.8.0.1/24\nAddress = fd08::1/64\n\n\
+             [Peer]\npublickey = {a}\nPresharedKey = {psk}\nAllowedIPs = 10.8.0.2/32,fd08::2/128\n\
+             persistentkeepalive = off\n[PEER]\nPublicKey = {b}\nAllowedIPs = 10.8.0.3\nPersistentKeepalive = 25\n"
+        );
+        let config = parse(&text, "x").unwrap();
+        assert_eq!(config.listen_port, 51000);
+        assert_eq!(join(&config.address), "10.8.0.1/24, fd08::1/64");
+        assert!(config.dns.is_empty() && config.mtu.is_none());
+        assert_eq!(config.peers.len(), 2);
+        assert_eq!(config.peers[0].preshared_key.as_deref(), Some(psk.as_str()));
+        assert_eq!(config.peers[0].persistent_keepalive, None);
+        assert_eq!(join(&config.peers[1].allowed_ips), "10.8.0.3/32");
+        assert_eq!(config.peers[1].persistent_keepalive, Some(25));
+        assert!(config.peers.iter().all(|p| p.private_key.is_none()));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let key = keys::generate();
+        let cases = [
+            (format!("PrivateKey = {key}\n"), "line 1", "PrivateKey"),
+            (
+                format!("[Interface]\nPrivateKey = {key}\nListenPort = 70000\n"),
+                "line 3",
+                "ListenPort",
+            ),
+            (
+                format!("[Interface]\nPrivateKey = {key}\nColour = blue\n"),
+                "line 3",
+                "Colour",
+            ),
+            (
+                format!("[Interface]\nPrivateKey = {key}\nPostUp = true\n"),
+                "line 3",
+                "PostUp",
+            ),
+            (
+                format!("[Interface]\nPrivateKey = {key}\nMTU = 100\n"),
+                "line 3",
+                "MTU",
+            ),
+            (
+                format!("[Interface]\nPrivateKey = {key}\nAddress = 10.0.0.300\n"),
+                "line 3",
+                "Address",
+            ),
+            (
+                "[Interface]\nPrivateKey = short\n".to_string(),
+                "line 2",
+                "PrivateKey",
+            ),
+            (
+                "[Interface]\nListenPort = 1\n".to_string(),
+                "line 1",
+                "PrivateKey",
+            ),
+            (
+                format!("[Interface]\nPrivateKey = {key}\n[Peer]\nAllowedIPs = 10.0.0.2\n"),
+                "line 3",
+                "PublicKey",
+            ),
+            (
+                format!("[Interface]\nPrivateKey = {key}\n[Peer]\nPublicKey = {key}\nPublicKey = {key}\n"),
+                "line 5",
+                "PublicKey",
+            ),
+            (
+                format!("[Interface]\nPrivateKey = {key}\n[Peers]\n"),
+                "line 3",
+                "[Peers]",
+            ),
+            (
+                format!("[Interface]\nPrivateKey = {key}\njust words\n"),
+                "line 3",
+                "just words",
+            ),
+        ];
+        for (text, line, field) in cases {
+            let err = parse_err(&text);
+            assert!(
+                err.contains("wg0.conf") && err.contains(line) && err.contains(field),
+                "{err}"
+            );
+        }
+        assert!(parse_err("").contains("no [Interface] section"));
+    }
+
+    #[test]
+    fn errors_found_after_reading_name_their_line() {
+        let line_of = |text: &str, needle: &str, nth: usize| {
+            let lines: Vec<usize> = (1..)
+                .zip(text.lines())
+                .filter(|(_, l)| l.contains(needle))
+                .map(|(n, _)| n)
+                .collect();
+            format!("line {}", lines[nth])
+        };
+        let mut config = Configuration::generate(1, 2).unwrap();
+        let text = write(&config);
+        let wrong = text.replace(config.peers[1].private_key.as_ref().unwrap(), &keys::generate());
+        let err = parse_err(&wrong);
+        assert!(
+            err.contains(&line_of(&wrong, "# PrivateKey =", 1)) && err.contains("PrivateKey"),
+            "{err}"
+        );
+
+        for peer in &mut config.peers {
+            peer.private_key = None;
+        }
+        let text = write(&config);
+        let dup = text.replace(&config.peers[1].public_key, &config.peers[0].public_key);
+        let err = parse_err(&dup);
+        assert!(
+            err.contains(&line_of(&dup, "PublicKey", 1)) && err.contains("listed twice"),
+            "{err}"
+        );
+        let clash = text.replace(
+            &join(&config.peers[1].allowed_ips),
+            &join(&config.peers[0].allowed_ips),
+        );
+        let err = parse_err(&clash);
+        assert!(
+            err.contains(&line_of(&clash, "AllowedIPs", 1)) && err.contains("overlaps"),
+            "{err}"
+        );
+    }
+}
