@@ -4,9 +4,11 @@ destination. Prints a client configuration to connect with."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
+from typing import Callable
 
 from . import Configuration, Server, TcpStream, start_server
 
@@ -33,24 +35,46 @@ def endpoint_host(host: str) -> str:
         return "127.0.0.1"
 
 
+def endpoint(host: str, port: int) -> str:
+    """`host:port` as a client configuration's Endpoint writes it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tunnel_networks(cfg: Configuration) -> str:
+    """The tunnel's networks, as a client's AllowedIPs: only traffic into the tunnel goes to the server."""
+    networks = [str(ipaddress.ip_interface(a).network) for a in cfg.address]
+    return ", ".join(networks) or "10.0.0.0/24"
+
+
 def instructions(cfg: Configuration, server: Server, host: str) -> str:
     port = server.getsockname()[1]
-    endpoint_ip = endpoint_host(host)
-    endpoint = f"[{endpoint_ip}]:{port}" if ":" in endpoint_ip else f"{endpoint_ip}:{port}"
-    configs = cfg.pretty_print(address="10.0.0.1/32", allowed_ips="10.0.0.0/24", endpoint=endpoint)
+    configs = cfg.pretty_print(
+        allowed_ips=tunnel_networks(cfg), endpoint=endpoint(endpoint_host(host), port), dns=""
+    )
     lines = [f"WireGuard echo server listening on {host or '*'}:{port}.", ""]
     for i, text in enumerate(configs, 1):
         lines += [f"------ client configuration {i} ------", text.rstrip(), ""]
-    lines += [
+    lines += echo_hint()
+    return "\n".join(lines)
+
+
+def echo_hint() -> list[str]:
+    return [
         "Once connected, every address in the tunnel echoes, e.g.:",
         f"    nc {ECHO_ADDRESS} 1234",
         f"    nc -u {ECHO_ADDRESS} 1234",
     ]
-    return "\n".join(lines)
 
 
-async def serve(host: str = "0.0.0.0", port: int = 51820, cfg: Configuration | None = None) -> None:
-    """Runs the echo server until SIGINT or SIGTERM."""
+async def serve(
+    host: str = "0.0.0.0",
+    port: int = 51820,
+    cfg: Configuration | None = None,
+    *,
+    announce: Callable[[Server], None] | None = None,
+) -> None:
+    """Runs the echo server until SIGINT or SIGTERM. `announce(server)` tells users how to connect once the
+    server runs; by default, `instructions` are printed."""
     cfg = cfg or Configuration.generate(listen_port=port)
     server: Server
 
@@ -58,12 +82,14 @@ async def serve(host: str = "0.0.0.0", port: int = 51820, cfg: Configuration | N
         server.send_datagram(data, dst_addr, src_addr)
 
     server = await start_server(host, cfg, echo_connection, echo_datagram)
-    print(instructions(cfg, server, host), flush=True)
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if announce is None:
+        print(instructions(cfg, server, host), flush=True)
+    else:
+        announce(server)
     async with server:
         await stop.wait()
     print("Server closed.", flush=True)

@@ -1,0 +1,236 @@
+"""The command line, `mitmproxy-wireguard` or `python -m mitmproxy_wireguard`: an echo server or a transparent
+proxy, ready for WireGuard clients, with their configurations and QR codes printed at start."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import Configuration, Server, echo, forward, qr
+
+logger = logging.getLogger("mitmproxy_wireguard.cli")
+
+DEFAULT_PORT = 51820
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return port
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of peers (1 to 1000)")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--conf",
+        metavar="PATH",
+        type=Path,
+        help="the server's WireGuard configuration file (wg-quick format); created with fresh keys when "
+        "missing, so that keys survive restarts. Without it, every start has fresh keys",
+    )
+    common.add_argument("--host", default="0.0.0.0", help="the address to listen on (default: %(default)s)")
+    common.add_argument(
+        "--port",
+        type=_port,
+        help=f"the UDP port to listen on (default: the file's ListenPort, else {DEFAULT_PORT})",
+    )
+    common.add_argument(
+        "--peers",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="how many clients a new configuration has (default: %(default)s)",
+    )
+    common.add_argument(
+        "--endpoint",
+        metavar="HOST[:PORT]",
+        help="the server's address as clients reach it, for their configurations (default: this machine's "
+        "address and the listen port)",
+    )
+    common.add_argument(
+        "--export",
+        metavar="DIR",
+        type=Path,
+        help="also write each client's configuration and QR code to DIR/client-N.conf and DIR/client-N.png",
+    )
+    common.add_argument("--no-qr", action="store_true", help="print no QR codes")
+    common.add_argument("--json-log", action="store_true", help="log JSON lines, one object a record")
+    common.add_argument("-v", "--verbose", action="store_true", help="log debug records too")
+
+    parser = argparse.ArgumentParser(
+        prog="mitmproxy-wireguard",
+        description="A user-space WireGuard server for any device that can be configured as a WireGuard "
+        "client. It prints each client's configuration and QR code at start.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "echo",
+        parents=[common],
+        help="echo every TCP connection and UDP datagram back, whatever its destination",
+        description="An echo server: every TCP connection and UDP datagram that a client sends into the tunnel "
+        "comes back as it was sent. Clients route only the tunnel's addresses to it.",
+    )
+    fwd = commands.add_parser(
+        "forward",
+        parents=[common],
+        help="a transparent proxy: forward everything to its destination",
+        description="A transparent proxy: every TCP connection and UDP datagram of the clients goes to the "
+        "destination it was sent to, from this machine; DNS queries to the tunnel's DNS address are answered "
+        "with this machine's resolver. One log line per finished flow.",
+    )
+    fwd.add_argument(
+        "--allow-local",
+        action="store_true",
+        help="allow destinations on this machine itself: its loopback, link-local and own addresses",
+    )
+    return parser
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a record; a flow's numbers are fields of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        data.update(getattr(record, "flow", None) or {})
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def setup_logging(verbose: bool, json_log: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if json_log:
+        handler.setFormatter(JsonFormatter())
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(asctime)s %(message)s"
+        handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Quiet, yet telling who connects, which handshakes fail and how each flow went.
+    logging.getLogger("mitmproxy_wireguard").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def load_configuration(path: Path | None, port: int | None, peers: int) -> Configuration:
+    """The configuration file at `path`, made and saved with fresh keys when missing; `port` overrides the
+    listen port."""
+    if path is not None and path.exists():
+        cfg = Configuration.from_file(path)
+        if port is not None:
+            cfg.listen_port = port
+        return cfg
+    cfg = Configuration.generate(listen_port=DEFAULT_PORT if port is None else port, peers=peers)
+    if path is not None:
+        cfg.to_file(path)
+        logger.info("wrote a new configuration with fresh keys to %s", path)
+    return cfg
+
+
+def client_endpoint(requested: str | None, host: str, port: int) -> str:
+    """The Endpoint line of client configurations: `requested` (its port defaults to `port`), or this machine."""
+    if not requested:
+        return echo.endpoint(echo.endpoint_host(host), port)
+    if requested.startswith("["):
+        address, _, rest = requested[1:].partition("]")
+        return f"[{address}]{rest}" if rest.startswith(":") else f"[{address}]:{port}"
+    if requested.count(":") == 1:
+        return requested
+    return echo.endpoint(requested, port)
+
+
+def client_report(
+    cfg: Configuration,
+    configs: list[str],
+    show_qr: bool,
+    color: bool,
+    export: Path | None,
+) -> str:
+    """Each client's configuration and QR code, as printed at start; files in `export` too."""
+    if export is not None:
+        export.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    for i, (text, peer) in enumerate(zip(configs, cfg.peers), 1):
+        addresses = ", ".join(peer["allowed_ips"]) or "no tunnel address"
+        lines += [f"------ client {i}: {addresses} ------", text.rstrip(), ""]
+        if peer["private_key"] is None:
+            lines += ["(The device has its own private key: add it to this configuration. No QR code.)", ""]
+            continue
+        if show_qr:
+            lines += [qr.terminal(text, color=color)]
+        if export is not None:
+            conf = export / f"client-{i}.conf"
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "w") as f:
+                f.write(text)
+            qr.save_png(text, export / f"client-{i}.png")
+            lines += [f"Written to {conf} and {export / f'client-{i}.png'}.", ""]
+    return "\n".join(lines)
+
+
+def announcer(
+    args: argparse.Namespace, cfg: Configuration, allowed_ips: str, dns: str | None, hint: list[str]
+) -> Callable[[Server], None]:
+    def announce(server: Server) -> None:
+        port = server.getsockname()[1]
+        configs = cfg.pretty_print(
+            allowed_ips=allowed_ips, endpoint=client_endpoint(args.endpoint, args.host, port), dns=dns
+        )
+        color = sys.stdout.isatty()
+        report = client_report(cfg, configs, show_qr=not args.no_qr, color=color, export=args.export)
+        kind = "echo server" if args.command == "echo" else "transparent proxy"
+        header = f"WireGuard {kind} listening on {args.host or '*'}:{port}."
+        if args.conf is None:
+            header += " Fresh keys: use --conf PATH to keep them."
+        print("\n".join([header, "", report, *hint]), flush=True)
+
+    return announce
+
+
+async def run(args: argparse.Namespace, cfg: Configuration) -> None:
+    if args.command == "echo":
+        announce = announcer(args, cfg, echo.tunnel_networks(cfg), "", echo.echo_hint())
+        await echo.serve(args.host, cfg.listen_port, cfg, announce=announce)
+    else:
+        dns = ", ".join(cfg.dns)
+        hint = [f"DNS queries to {dns} are answered with this machine's resolver."] if dns else []
+        announce = announcer(args, cfg, "0.0.0.0/0, ::/0", None, hint)
+        await forward.serve(args.host, cfg, allow_local=args.allow_local, announce=announce)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.json_log)
+    try:
+        cfg = load_configuration(args.conf, args.port, args.peers)
+    except (ValueError, OSError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    try:
+        asyncio.run(run(args, cfg))
+    except OSError as e:
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
+    except KeyboardInterrupt:
+        return 130
+    return 0

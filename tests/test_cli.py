@@ -1,0 +1,221 @@
+"""The command line, `mitmproxy-wireguard` or `python -m mitmproxy_wireguard`, run as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mitmproxy_wireguard as wg
+from conftest import close_writer, needs_client, open_connection
+from helpers_cli import Cli, client_configs, config_fields
+from test_config_files import decode_png_qr, png_size
+
+pytestmark = pytest.mark.timeout(90)
+
+LISTENING = r"listening on [^ ]+:(\d+)\."
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mitmproxy_wireguard", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cli():
+    """Starts the command line; every process started is ended with the test."""
+    started: list[Cli] = []
+
+    def start(*args: str) -> Cli:
+        process = Cli(*args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def test_help_names_the_commands_and_their_options() -> None:
+    out = run_cli("--help")
+    assert out.returncode == 0
+    assert "echo" in out.stdout and "forward" in out.stdout
+    for command in ("echo", "forward"):
+        out = run_cli(command, "--help")
+        assert out.returncode == 0, out.stderr
+        for option in ("--conf", "--host", "--port", "--endpoint", "--export", "--json-log", "--verbose"):
+            assert option in out.stdout
+    assert "--allow-local" in run_cli("forward", "--help").stdout
+    out = run_cli()
+    assert out.returncode == 2 and "COMMAND" in out.stderr
+
+
+def test_the_console_script_is_installed() -> None:
+    (script,) = [
+        e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "mitmproxy-wireguard"
+    ]
+    assert script.value == "mitmproxy_wireguard.cli:main"
+    path = shutil.which("mitmproxy-wireguard")
+    if path is None:
+        pytest.skip("the script's directory is not on PATH")
+    out = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "forward" in out.stdout
+
+
+def test_echo_creates_the_configuration_file_and_reuses_it(cli, tmp_path: Path) -> None:
+    conf = tmp_path / "server.conf"
+    args = ("echo", "--conf", str(conf), "--host", "127.0.0.1", "--port", "0", "--peers", "2")
+    first = cli(*args, "--endpoint", "192.0.2.1")
+    port = int(first.wait_for_stdout(LISTENING).group(1))
+    first.wait_for_stdout("nc -u")
+    assert first.stop() == 0
+
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    cfg = wg.Configuration.from_file(conf)
+    assert len(cfg.peers) == 2
+    printed = client_configs(first.stdout)
+    assert len(printed) == 2
+    for text, peer in zip(printed, cfg.peers):
+        fields = config_fields(text)
+        assert fields["PrivateKey"] == peer["private_key"]
+        assert fields["Address"] == ", ".join(peer["allowed_ips"])
+        assert fields["Peer.PublicKey"] == cfg.server_public_key
+        assert fields["Peer.Endpoint"] == f"192.0.2.1:{port}"
+        # Echo clients route only the tunnel's networks to the server, and get no DNS that nobody answers.
+        assert fields["Peer.AllowedIPs"] == "10.0.0.0/16, fd00::/64"
+        assert "DNS" not in fields
+    # A QR code of each configuration.
+    assert sum(1 for line in first.stdout if line.startswith("███")) >= 2
+
+    content = conf.read_bytes()
+    second = cli(*args)
+    second.wait_for_stdout("nc -u")
+    assert second.stop() == 0
+    assert conf.read_bytes() == content
+    assert [config_fields(t)["PrivateKey"] for t in client_configs(second.stdout)] == cfg.client_private_keys
+    assert "wrote a new configuration" in "\n".join(first.stderr)
+    assert "wrote a new configuration" not in "\n".join(second.stderr)
+
+
+def test_port_given_overrides_the_files_port_without_changing_the_file(cli, tmp_path: Path) -> None:
+    conf = tmp_path / "server.conf"
+    wg.Configuration.generate(listen_port=0).to_file(conf)
+    content = conf.read_bytes()
+    port = free_udp_port()
+    process = cli("echo", "--conf", str(conf), "--host", "127.0.0.1", "--port", str(port), "--no-qr")
+    assert int(process.wait_for_stdout(LISTENING).group(1)) == port
+    assert process.stop() == 0
+    assert conf.read_bytes() == content
+    assert not any("███" in line for line in process.stdout)
+
+
+def test_without_conf_keys_are_fresh_and_nothing_is_written(cli, tmp_path: Path) -> None:
+    process = cli("echo", "--host", "127.0.0.1", "--port", "0", "--endpoint", "192.0.2.1:4000", "--no-qr")
+    process.wait_for_stdout("Fresh keys: use --conf")
+    process.wait_for_stdout("nc -u")
+    (text,) = client_configs(process.stdout)
+    assert config_fields(text)["Peer.Endpoint"] == "192.0.2.1:4000"
+    assert process.stop() == 0
+
+
+def test_export_writes_each_clients_config_and_qr_code(cli, tmp_path: Path) -> None:
+    out = tmp_path / "clients"
+    process = cli("echo", "--host", "127.0.0.1", "--port", "0", "--peers", "2", "--export", str(out))
+    process.wait_for_stdout("nc -u")
+    assert process.stop() == 0
+    printed = client_configs(process.stdout)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "client-1.conf",
+        "client-1.png",
+        "client-2.conf",
+        "client-2.png",
+    ]
+    for i, text in enumerate(printed, 1):
+        assert (out / f"client-{i}.conf").read_text() == text
+        assert stat.S_IMODE((out / f"client-{i}.conf").stat().st_mode) == 0o600
+        png_size((out / f"client-{i}.png").read_bytes())
+        assert decode_png_qr(out / f"client-{i}.png") == text
+
+
+def test_json_log_writes_json_lines(cli, tmp_path: Path) -> None:
+    conf = tmp_path / "server.conf"
+    process = cli(
+        "forward", "--conf", str(conf), "--host", "127.0.0.1", "--port", "0", "--json-log", "--no-qr"
+    )
+    record = process.wait_for_log(lambda r: "wrote a new configuration" in r["message"])
+    assert record["level"] == "info" and str(conf) in record["message"]
+    process.wait_for_stdout("DNS queries to 10.0.0.53, fd00::53 are answered")
+    assert process.stop() == 0
+    assert all(line.startswith("{") for line in process.stderr)
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("[Interface]\nPrivateKey = nope\n", "line 2"),
+        ("[Interface]\nListenPort = 51820\n", "line 1"),
+        (f"[Peer]\nPublicKey = {wg.pubkey(wg.genkey())}\n", "no [Interface] section"),
+    ],
+)
+def test_a_broken_conf_is_an_error_that_names_file_and_line(tmp_path: Path, text: str, where: str) -> None:
+    conf = tmp_path / "broken.conf"
+    conf.write_text(text)
+    out = run_cli("forward", "--conf", str(conf), "--host", "127.0.0.1")
+    assert out.returncode == 2
+    assert str(conf) in out.stderr and where in out.stderr
+    assert "Traceback" not in out.stderr
+    assert conf.read_text() == text
+
+
+def test_a_port_in_use_is_an_error(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        out = run_cli("echo", "--host", "127.0.0.1", "--port", str(s.getsockname()[1]))
+    assert out.returncode == 1
+    assert "error" in out.stderr and "Traceback" not in out.stderr
+
+
+class _Listening:
+    """What `conftest.start_client` needs of a server: where it listens."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
+@needs_client
+async def test_a_client_set_up_from_the_printed_config_reaches_the_echo_server(cli, wg_clients, tmp_path):
+    process = cli("echo", "--conf", str(tmp_path / "server.conf"), "--host", "127.0.0.1", "--port", "0")
+    port = int(process.wait_for_stdout(LISTENING).group(1))
+    process.wait_for_stdout("nc -u")
+    fields = config_fields(client_configs(process.stdout)[0])
+    client = await wg_clients(
+        _Listening(port),
+        fields["Peer.PublicKey"],
+        fields["PrivateKey"],
+        addresses=tuple(a.strip() for a in fields["Address"].split(",")),
+        routes=tuple(r.strip() for r in fields["Peer.AllowedIPs"].split(",")),
+    )
+    reader, writer = await open_connection("10.0.0.42", 1234)
+    writer.write(b"hello through the tunnel")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == b"hello through the tunnel"
+    await close_writer(writer)
+    client.stop()
+    assert process.stop() == 0
