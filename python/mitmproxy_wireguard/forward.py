@@ -19,7 +19,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import dns.exception
 import dns.flags
@@ -262,7 +262,8 @@ class _UdpFlow(asyncio.DatagramProtocol):
             self.pending.append(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
+        # A datagram transport, though not every Python version's class derives from DatagramTransport.
+        transport = cast(asyncio.DatagramTransport, transport)
         if self.closed:
             transport.close()
             return
@@ -370,7 +371,7 @@ class Forwarder:
             refusal = self.policy.refusal(dst[0])
             if refusal is not None:
                 flow.outcome = f"refused: {refusal}"
-                reset(stream)
+                stream.abort()
                 return
             try:
                 reader, writer = await asyncio.wait_for(
@@ -378,7 +379,7 @@ class Forwarder:
                 )
             except (OSError, asyncio.TimeoutError) as e:
                 flow.outcome = f"unreachable: {_reason(e)}"
-                reset(stream)
+                stream.abort()
                 return
             try:
                 flow.outcome = await relay(stream, reader, writer, flow)
@@ -386,7 +387,7 @@ class Forwarder:
                 writer.close()
         except asyncio.CancelledError:
             flow.outcome = "stopped"
-            reset(stream)
+            stream.abort()
             raise
         finally:
             if not stream.is_closing():
@@ -398,7 +399,9 @@ class Forwarder:
         try:
             while True:
                 try:
-                    size = struct.unpack("!H", await asyncio.wait_for(stream.readexactly(2), DNS_TCP_IDLE_TIMEOUT))[0]
+                    size = struct.unpack(
+                        "!H", await asyncio.wait_for(stream.readexactly(2), DNS_TCP_IDLE_TIMEOUT)
+                    )[0]
                     query = await asyncio.wait_for(stream.readexactly(size), DNS_TCP_IDLE_TIMEOUT)
                 except asyncio.IncompleteReadError:
                     break
@@ -486,7 +489,7 @@ async def relay(
             downstream.cancel()
             await asyncio.gather(upstream, downstream, return_exceptions=True)
             abort(writer)
-            reset(stream)
+            stream.abort()
     if failed:
         return str(failed[0].exception())
     return "closed"
@@ -522,20 +525,6 @@ def abort(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
-
-
-def reset(stream: TcpStream) -> None:
-    """Ends the client's connection with a reset."""
-    stream_abort = getattr(stream, "abort", None)
-    if stream_abort is not None:
-        stream_abort()
-        return
-    # TcpStream has no abort() yet; its transport has.
-    transport = getattr(getattr(stream, "_writer", None), "transport", None)
-    if transport is not None:
-        transport.abort()
-    else:
-        stream.close()
 
 
 async def serve(

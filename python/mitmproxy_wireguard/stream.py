@@ -200,6 +200,11 @@ class TcpStream:
     def close(self) -> None:
         self._conn.close()
 
+    def abort(self) -> None:
+        """Ends the connection at once with a reset, dropping data not yet sent (asyncio's
+        `transport.abort()`): for a proxy whose destination refused, say."""
+        self._conn.abort()
+
     def is_closing(self) -> bool:
         return self._conn.closing
 
