@@ -165,6 +165,7 @@ async def start_client(
     mtu: int | None = None,
     keepalive: int | None = None,
     namespace: Namespace | None = None,
+    preshared_key: str | None = None,
 ) -> WireGuardClient:
     """Starts wireguard-go, points it at `server` and routes `routes` into its tunnel; in `namespace` if given
     (the server must then listen on the namespace's `here` address or on all addresses)."""
@@ -181,6 +182,7 @@ async def start_client(
             f"[Interface]\nPrivateKey = {private_key}\n\n[Peer]\nPublicKey = {server_public_key}\n"
             f"Endpoint = {endpoint}\nAllowedIPs = 0.0.0.0/0, ::/0\n"
             + (f"PersistentKeepalive = {keepalive}\n" if keepalive else "")
+            + (f"PresharedKey = {preshared_key}\n" if preshared_key else "")
         )
     env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
     command = ["wireguard-go", "-f", interface]

@@ -15,9 +15,10 @@ from typing import Any, Callable
 class Cli:
     """`python -m mitmproxy_wireguard ARGS`, its output lines collected as they come."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, prefix: tuple[str, ...] = ()):
+        """`prefix` is a command that runs the command line, e.g. in a mount namespace of its own."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mitmproxy_wireguard", *args],
+            [*prefix, sys.executable, "-m", "mitmproxy_wireguard", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import os
 import shutil
 import socket
 import stat
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import mitmproxy_wireguard as wg
-from conftest import close_writer, needs_client, open_connection
+from conftest import Namespace, close_writer, needs_client, open_connection, start_client
 from helpers_cli import Cli, client_configs, config_fields
 from test_config_files import decode_png_qr, png_size
 
@@ -219,3 +220,107 @@ async def test_a_client_set_up_from_the_printed_config_reaches_the_echo_server(c
     await close_writer(writer)
     client.stop()
     assert process.stop() == 0
+
+
+@needs_client
+async def test_two_clients_at_once_each_with_its_own_key_and_address(namespaces, tmp_path: Path):
+    """`echo --peers 2`: two wireguard-go clients, each set up from its own printed configuration, talk at the
+    same moment; each gets its own data back, and the server saw each at its own tunnel address."""
+    process = Cli(
+        "echo", "--conf", str(tmp_path / "server.conf"), "--port", "0", "--peers", "2", "--json-log"
+    )
+    clients = []
+    try:
+        port = int(process.wait_for_stdout(LISTENING).group(1))
+        configs = process.wait_for(
+            lambda: len(client_configs(process.stdout)) == 2 and client_configs(process.stdout)
+        )
+        sides = []
+        for text in configs:
+            fields = config_fields(text)
+            ns: Namespace = namespaces()
+            clients.append(
+                await start_client(
+                    _Listening(port),
+                    fields["Peer.PublicKey"],
+                    fields["PrivateKey"],
+                    addresses=tuple(a.strip() for a in fields["Address"].split(",")),
+                    routes=tuple(r.strip() for r in fields["Peer.AllowedIPs"].split(",")),
+                    namespace=ns,
+                )
+            )
+            sides.append((ns, fields["Address"].split(",")[0].split("/")[0]))
+        assert sides[0][1] != sides[1][1]
+        loop = asyncio.get_running_loop()
+
+        async def talk(ns: Namespace, address: str) -> None:
+            with ns.socket() as sock:
+                sock.setblocking(False)
+                await asyncio.wait_for(loop.sock_connect(sock, ("10.0.0.42", 1234)), 10)
+                assert sock.getsockname()[0] == address
+                mine = os.urandom(256 << 10)
+                await loop.sock_sendall(sock, mine)
+                sock.shutdown(socket.SHUT_WR)
+                received = b""
+                while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 10):
+                    received += chunk
+                assert received == mine
+            with ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                sock.connect(("10.0.0.42", 1234))
+                for _ in range(5):
+                    mine = os.urandom(300)
+                    await loop.sock_sendall(sock, mine)
+                    assert await asyncio.wait_for(loop.sock_recv(sock, 2048), 10) == mine
+
+        await asyncio.gather(*(talk(ns, address) for ns, address in sides))
+    finally:
+        for client in clients:
+            client.stop()
+        process.kill()
+
+
+@needs_client
+async def test_preshared_keys_are_used_in_the_handshake(namespaces, tmp_path: Path):
+    """A peer with a PresharedKey in the server's file: a client with that key gets through, one with another
+    key (and otherwise the same configuration) does not."""
+    server_key, client_key, psk = wg.genkey(), wg.genkey(), wg.genkey()
+    conf = tmp_path / "server.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {server_key}\nListenPort = 0\nAddress = 10.0.0.1/24\n\n"
+        f"[Peer]\nPublicKey = {wg.pubkey(client_key)}\nPresharedKey = {psk}\nAllowedIPs = 10.0.0.2/32\n"
+    )
+    process = Cli("echo", "--conf", str(conf), "--no-qr")
+    clients = []
+    try:
+        port = int(process.wait_for_stdout(LISTENING).group(1))
+        loop = asyncio.get_running_loop()
+        for key, works in ((wg.genkey(), False), (psk, True)):
+            ns: Namespace = namespaces()
+            clients.append(
+                await start_client(
+                    _Listening(port),
+                    wg.pubkey(server_key),
+                    client_key,
+                    addresses=("10.0.0.2/32",),
+                    routes=("10.0.0.0/24",),
+                    namespace=ns,
+                    preshared_key=key,
+                )
+            )
+            with ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                sock.connect(("10.0.0.42", 1234))
+                replies = 0
+                for _ in range(3 if works else 2):
+                    await loop.sock_sendall(sock, b"psk")
+                    try:
+                        replies += await asyncio.wait_for(loop.sock_recv(sock, 2048), 2) == b"psk"
+                    except asyncio.TimeoutError:
+                        pass
+            assert (replies > 0) == works, f"preshared key {'right' if works else 'wrong'}: {replies} replies"
+            clients[-1].stop()
+    finally:
+        for client in clients:
+            client.stop()
+        process.kill()
