@@ -1,8 +1,26 @@
 """Type stubs of the native module. The public names are re-exported by `mitmproxy_wireguard`."""
 
 import os
-from typing import Any, Final
+from typing import Any, Final, final
 
+__all__ = [
+    "genkey",
+    "pubkey",
+    "Configuration",
+    "Engine",
+    "start_engine",
+    "WRITE_HIGH_WATER",
+    "WRITE_LOW_WATER",
+    "EVENT_ESTABLISHED",
+    "EVENT_DATA",
+    "EVENT_EOF",
+    "EVENT_DRAINED",
+    "EVENT_CLOSED",
+    "EVENT_DATAGRAM",
+    "EVENT_SERVER_CLOSED",
+]
+
+@final
 class Configuration:
     """The server's key, listen port and tunnel settings, and the WireGuard peers (clients) allowed to connect.
 
@@ -125,7 +143,7 @@ class Configuration:
         """Each peer: `public_key`, `private_key` and `preshared_key` (or None), `allowed_ips` (a list) and
         `persistent_keepalive` (seconds, or None)."""
 
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 def genkey() -> str:
     """A new private key, base64-encoded as `wg genkey` prints it."""
@@ -145,6 +163,7 @@ EVENT_CLOSED: Final[int]
 EVENT_DATAGRAM: Final[int]
 EVENT_SERVER_CLOSED: Final[int]
 
+@final
 class Engine:
     def getsockname(self) -> tuple[str, int]: ...
     def wakeup_fd(self) -> int: ...

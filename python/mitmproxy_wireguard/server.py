@@ -51,20 +51,27 @@ class Server:
         self._loop.add_reader(self._wakeup_fd, self._process_events)
 
     def getsockname(self) -> Address:
+        """The UDP address the server listens on, `(host, port)`."""
         return self._engine.getsockname()
 
     def send_datagram(self, data: bytes, src_addr: Address, dst_addr: Address) -> None:
+        """Sends a UDP datagram into the tunnel, from `src_addr` to `dst_addr` (a peer's address). To answer a
+        datagram, swap the addresses `receive_datagram` got: the reply then reaches the peer it came from, even
+        when several peers use the same tunnel address."""
         self._engine.send_datagram(bytes(data), src_addr, dst_addr, getattr(dst_addr, "peer", None))
 
     def close(self) -> None:
+        """Stops the server: every open connection ends and the listening socket closes."""
         if not self._closing:
             self._closing = True
             self._engine.close()
 
     def is_closing(self) -> bool:
+        """Whether `close()` was called."""
         return self._closing
 
     async def wait_closed(self) -> None:
+        """Waits until the server has stopped and every handler has ended."""
         await asyncio.shield(self._closed)
         handlers = list(self._handlers)
         if handlers:
@@ -168,6 +175,24 @@ async def start_server(
     """Starts a WireGuard server on `host` and the configuration's listen port.
 
     `handle_connection(stream)` runs as a task for every TCP connection a peer opens, to any address;
-    `receive_datagram(data, src_addr, dst_addr)` is called for every UDP datagram a peer sends.
+    `receive_datagram(data, src_addr, dst_addr)` is called for every UDP datagram a peer sends. `host` may be
+    IPv4 or IPv6, or "" for every address of both; a listen port of 0 picks a free one (see `getsockname`).
+
+    ```python
+    async def main() -> None:
+        cfg = Configuration.generate(listen_port=51820)
+        print(cfg.pretty_print(endpoint="192.0.2.1:51820")[0])
+
+        async def handle_connection(stream: TcpStream) -> None:
+            stream.write(await stream.read(65536))  # echo one chunk
+            stream.close()
+
+        def receive_datagram(data: bytes, src_addr: tuple[str, int], dst_addr: tuple[str, int]) -> None:
+            server.send_datagram(data, dst_addr, src_addr)  # echo
+
+        server = await start_server("0.0.0.0", cfg, handle_connection, receive_datagram)
+        async with server:
+            await asyncio.Event().wait()
+    ```
     """
     return Server(_native.start_engine(host, cfg), handle_connection, receive_datagram)

@@ -105,6 +105,7 @@ class _Connection:
     # Used by TcpStream.
 
     def close(self) -> None:
+        """Sends what was written, then FIN; the connection is not reset while data is left to send."""
         if not self.closing:
             self.closing = True
             self.call_engine(self.engine.close_connection)
@@ -135,7 +136,17 @@ class _Connection:
 
 class TcpStream:
     """A TCP connection from a WireGuard peer, with the methods of `asyncio.StreamReader` and
-    `asyncio.StreamWriter` and their semantics."""
+    `asyncio.StreamWriter` and their semantics.
+
+    ```python
+    async def handle_connection(stream: TcpStream) -> None:
+        print("connection to", stream.get_extra_info("original_dst"))
+        while data := await stream.read(65536):
+            stream.write(data.upper())
+            await stream.drain()  # backpressure: waits while the client is slow
+        stream.close()  # sends what is left, then FIN
+    ```
+    """
 
     __slots__ = ("_reader", "_conn", "__weakref__")
 
@@ -144,21 +155,27 @@ class TcpStream:
         self._conn = conn
 
     async def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (all until EOF if `n` is -1); b"" at EOF."""
         return await self._reader.read(n)
 
     async def readexactly(self, n: int) -> bytes:
+        """Exactly `n` bytes; `asyncio.IncompleteReadError` if EOF comes first."""
         return await self._reader.readexactly(n)
 
     async def readline(self) -> bytes:
+        """One line, with its b"\\n"; what is left at EOF."""
         return await self._reader.readline()
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """Data up to and including `separator`; `asyncio.IncompleteReadError` at EOF without it."""
         return await self._reader.readuntil(separator)
 
     def at_eof(self) -> bool:
+        """Whether the client sent FIN and everything before it has been read."""
         return self._reader.at_eof()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queues `data` for the client; `drain()` waits while much is queued."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         conn = self._conn
@@ -170,9 +187,12 @@ class TcpStream:
         conn.pending += len(data)
 
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Writes each item of `data`."""
         self.write(b"".join(data))
 
     async def drain(self) -> None:
+        """Waits until the queued data is small again (the client's window opened); raises if the connection
+        was lost."""
         conn = self._conn
         exc = self._reader.exception()
         if exc is not None:
@@ -189,12 +209,14 @@ class TcpStream:
         await asyncio.shield(conn.drain_waiter)
 
     def write_eof(self) -> None:
+        """Sends FIN after the queued data: a half-close, the client may still send."""
         conn = self._conn
         if not conn.closing and not conn.eof_written:
             conn.eof_written = True
             conn.call_engine(conn.engine.write_eof)
 
     def can_write_eof(self) -> bool:
+        """Always True: TCP can half-close."""
         return True
 
     def close(self) -> None:
@@ -206,12 +228,16 @@ class TcpStream:
         self._conn.abort()
 
     def is_closing(self) -> bool:
+        """Whether `close()` or `abort()` was called or the connection was lost."""
         return self._conn.closing
 
     async def wait_closed(self) -> None:
+        """Waits until the connection is closed; raises `ConnectionResetError` if the client reset it."""
         await self._conn.closed
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """`peername` (the client's tunnel address), `sockname` and `original_dst` (the destination it asked
+        for), `original_src` (its outer UDP endpoint) and `peer_public_key` (which WireGuard peer)."""
         return self._conn.extra.get(name, default)
 
     def __repr__(self) -> str:

@@ -10,6 +10,23 @@ use crate::config::{self, ClientOptions, Peer};
 use crate::error::Error;
 use crate::keys;
 
+/// The server's key, listen port and tunnel settings, and the WireGuard peers (clients) allowed to connect.
+///
+/// Keys are base64 strings as WireGuard configuration files write them. Invalid values raise `ValueError`
+/// naming the field; a configuration file's errors name the file and line too.
+///
+/// Tunnel addresses: the server's `address` (10.0.0.1/16 and fd00::1/64 unless a file says otherwise) names
+/// the tunnel's networks. A peer added without an address gets host number n of each network, 10.0.0.n/32 and
+/// fd00::n/128 (n in hex there), for the lowest n whose addresses are free: not the server's, not a DNS
+/// address, not another peer's. So the first peers get 10.0.0.2 and fd00::2, 10.0.0.3 and fd00::3, ...
+///
+/// ```python
+/// cfg = Configuration.generate(listen_port=51820, peers=2)
+/// cfg.add_peer(public_key=phone_public_key)  # a device with its own key
+/// cfg.to_file("wg0.conf")
+/// for text in cfg.pretty_print(endpoint="192.0.2.1:51820"):
+///     print(text)  # one client configuration per peer
+/// ```
 #[pyclass(module = "mitmproxy_wireguard", eq)]
 #[derive(Clone, PartialEq)]
 pub struct Configuration(pub config::Configuration);
@@ -39,6 +56,9 @@ fn strings<T: ToString>(items: &[T]) -> Vec<String> {
 
 #[pymethods]
 impl Configuration {
+    /// Fresh keys for the server and `peers` clients, each with its own tunnel addresses, and the default
+    /// tunnel settings: address 10.0.0.1/16 and fd00::1/64, DNS 10.0.0.53 and fd00::53, MTU 1420. A
+    /// `listen_port` of 0 lets the system pick a port.
     #[staticmethod]
     #[pyo3(signature = (listen_port = 51820, peers = 1))]
     fn generate(listen_port: i64, peers: i64) -> PyResult<Self> {
@@ -55,6 +75,7 @@ impl Configuration {
         )?))
     }
 
+    /// A configuration from existing keys, with the default tunnel settings.
     #[staticmethod]
     fn custom(
         server_listen_port: i64,
@@ -69,15 +90,25 @@ impl Configuration {
         )?))
     }
 
+    /// The configuration as JSON, private keys included.
     fn to_json(&self) -> String {
         self.0.to_json()
     }
 
+    /// Reads what `to_json` wrote.
     #[staticmethod]
     fn from_json(s: &str) -> PyResult<Self> {
         Ok(Configuration(config::Configuration::from_json(s)?))
     }
 
+    /// Reads a WireGuard configuration file in wg-quick's format.
+    ///
+    /// `[Interface]`: PrivateKey, ListenPort, Address (the server's tunnel addresses), DNS and MTU (what client
+    /// configurations get). `[Peer]`, one for each peer: PublicKey, PresharedKey, AllowedIPs (the peer's tunnel
+    /// addresses), PersistentKeepalive. Names are case-insensitive, `#` starts a comment. A comment
+    /// `# PrivateKey = <key>` in a `[Peer]` section is the client's private key, which `to_file` writes for the
+    /// peers whose keys were generated here. Any other key is an error: `ValueError` names the file, the line
+    /// and the field.
     #[staticmethod]
     fn from_file(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         Ok(Configuration(
@@ -85,10 +116,17 @@ impl Configuration {
         ))
     }
 
+    /// Writes the configuration as a WireGuard configuration file that `from_file` reads back unchanged,
+    /// readable by its owner only.
     fn to_file(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         Ok(py.detach(|| self.0.to_file(&path))?)
     }
 
+    /// Adds a peer and returns its public key.
+    ///
+    /// Without keys, a private key is generated (and kept, for its client configuration). `address` is the
+    /// peer's tunnel addresses, comma-separated (default: the next free ones). A running server keeps the peers
+    /// it was started with.
     #[pyo3(signature = (public_key = None, preshared_key = None, *, private_key = None, address = None, persistent_keepalive = None))]
     fn add_peer(
         &mut self,
@@ -134,11 +172,18 @@ impl Configuration {
         Ok(self.0.add_peer(peer)?.public_key.clone())
     }
 
+    /// Removes the peer with this public key; `ValueError` if there is none.
     fn remove_peer(&mut self, public_key: &str) -> PyResult<()> {
         self.0.remove_peer(public_key)?;
         Ok(())
     }
 
+    /// One WireGuard client configuration text per peer, ready to import into a WireGuard client.
+    ///
+    /// `address` is the client's tunnel address (default: each peer's own), `allowed_ips` what it routes into
+    /// the tunnel, `endpoint` the server's address as the client reaches it (default:
+    /// `127.0.0.1:<listen_port>`), `dns` its resolvers, comma-separated ("" for none; default: the
+    /// configuration's DNS) and `mtu` its MTU (0 for none; default: the configuration's MTU, else 1420).
     #[pyo3(signature = (address = None, allowed_ips = "0.0.0.0/0, ::/0", endpoint = None, *, dns = None, mtu = None))]
     fn pretty_print(
         &self,
@@ -183,6 +228,7 @@ impl Configuration {
         })?)
     }
 
+    /// The UDP port the server listens on (0: any free port).
     #[getter]
     fn listen_port(&self) -> u16 {
         self.0.listen_port
@@ -204,6 +250,7 @@ impl Configuration {
         self.0.peers.iter().map(|p| p.public_key.clone()).collect()
     }
 
+    /// The private keys of the peers whose keys were generated here.
     #[getter]
     fn client_private_keys(&self) -> Vec<String> {
         self.0
@@ -213,21 +260,26 @@ impl Configuration {
             .collect()
     }
 
+    /// The server's tunnel addresses, with their networks' prefix lengths.
     #[getter]
     fn address(&self) -> Vec<String> {
         strings(&self.0.address)
     }
 
+    /// The resolvers that client configurations name.
     #[getter]
     fn dns(&self) -> Vec<String> {
         self.0.dns.clone()
     }
 
+    /// The MTU that client configurations name.
     #[getter]
     fn mtu(&self) -> Option<u16> {
         self.0.mtu
     }
 
+    /// Each peer: `public_key`, `private_key` and `preshared_key` (or None), `allowed_ips` (a list) and
+    /// `persistent_keepalive` (seconds, or None).
     #[getter]
     fn peers<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         self.0

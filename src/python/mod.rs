@@ -22,13 +22,13 @@ impl From<Error> for PyErr {
     }
 }
 
-/// Generates a new private key, base64-encoded like `wg genkey` prints it.
+/// A new private key, base64-encoded as `wg genkey` prints it.
 #[pyfunction]
 fn genkey() -> String {
     keys::generate()
 }
 
-/// The public key of a base64-encoded private key, like `wg pubkey` prints it.
+/// The public key of a private key, as `wg pubkey` prints it. Raises `ValueError` for an invalid key.
 #[pyfunction]
 fn pubkey(private_key: &str) -> PyResult<String> {
     Ok(keys::public_of("private_key", private_key)?)
