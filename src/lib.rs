@@ -5,6 +5,7 @@
 //! Python's writes come back as `messages::PythonToNetwork`. `server` starts and joins the tasks.
 
 pub mod config;
+mod console;
 pub mod error;
 pub mod events;
 pub mod keys;

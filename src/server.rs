@@ -8,6 +8,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 
 use crate::config::Configuration;
+use crate::console;
 use crate::error::{Error, Result};
 use crate::events::EventSender;
 use crate::messages::{NetworkToPython, PythonToNetwork};
@@ -40,6 +41,7 @@ impl Server {
         let socket = bind(host, config.listen_port)?;
         let local_addr = socket.local_addr()?;
 
+        console::init();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -66,8 +68,8 @@ impl Server {
             .name("wireguard-engine".into())
             .spawn(move || {
                 runtime.block_on(async {
-                    let network = tokio::spawn(network.run());
-                    let wireguard = tokio::spawn(wireguard.run());
+                    let network = console::spawn("network", network.run());
+                    let wireguard = console::spawn("wireguard", wireguard.run());
                     if let Err(e) = network.await {
                         log::error!("network task failed: {e}");
                     }
