@@ -138,7 +138,7 @@ impl WireGuardTask {
                 }
                 _ = tick.tick() => {
                     let (socket, outbound) = (&self.socket, &mut self.outbound);
-                    self.peers.tick(&mut self.buf, &mut |out| emit(socket, outbound, out, &mut Vec::new()));
+                    self.peers.tick(std::time::Instant::now(), &mut self.buf, &mut |out| emit(socket, outbound, out, &mut Vec::new()));
                 }
             }
         }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -21,6 +22,9 @@ use crate::messages::{PeerId, PeerInfo};
 /// Handshake initiations a second, over all peers, before the server asks for cookies (as boringtun's own
 /// device does).
 const HANDSHAKES_PER_SECOND: u64 = 100;
+
+/// How often drops are reported.
+const PERIOD: Duration = Duration::from_secs(1);
 
 /// Big enough for any datagram: a decapsulated packet is never larger than the datagram it came in.
 pub const BUFFER_SIZE: usize = 65536 + 32;
@@ -52,6 +56,49 @@ pub struct Peers {
     limiter: Arc<RateLimiter>,
     peers: Vec<Peer>,
     by_key: HashMap<[u8; 32], PeerId>,
+    /// Datagrams that anyone can send in any number are counted, not logged one by one: a log record per
+    /// datagram of a flood would cost more than answering it.
+    drops: Drops,
+    period_start: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Drops {
+    not_wireguard: u64,
+    bad_mac: u64,
+    cookies: u64,
+    undecryptable: u64,
+    unknown_peer: u64,
+    last_unknown_peer: Option<[u8; 32]>,
+    unknown_index: u64,
+    invalid: u64,
+}
+
+impl Drops {
+    /// One record for the period, if anything was dropped; then the counts start again.
+    fn report(&mut self) {
+        let drops = std::mem::take(self);
+        if let Some(key) = drops.last_unknown_peer {
+            log::info!(
+                "{} handshake(s) by unknown peers, the last by {}",
+                drops.unknown_peer,
+                keys::encode(&key)
+            );
+        }
+        let counts = [
+            (drops.cookies, "handshakes answered with a cookie (under load)"),
+            (drops.not_wireguard, "datagrams that are no WireGuard message"),
+            (drops.bad_mac, "handshakes with a bad MAC"),
+            (drops.undecryptable, "handshakes that do not decrypt"),
+            (drops.unknown_index, "datagrams for an unknown receiver index"),
+            (drops.invalid, "datagrams that do not authenticate"),
+        ];
+        for (n, what) in counts {
+            if n > 0 {
+                log::debug!("in the last second: {n} {what}");
+            }
+        }
+    }
 }
 
 impl Peers {
@@ -91,6 +138,8 @@ impl Peers {
             public,
             peers,
             by_key,
+            drops: Drops::default(),
+            period_start: None,
         })
     }
 
@@ -108,36 +157,31 @@ impl Peers {
     ) {
         let id = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => {
-                log::debug!(
-                    "dropped a datagram from {src} that is no WireGuard message ({} bytes)",
-                    datagram.len()
-                );
+                self.drops.not_wireguard += 1;
                 return;
             }
             Ok(Packet::HandshakeInit(init)) => {
                 match self.limiter.verify_packet(Some(src.ip()), datagram, buf) {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
-                        log::debug!("under load: answered a handshake from {src} with a cookie");
+                        self.drops.cookies += 1;
                         emit(Output::Send(src, cookie));
                         return;
                     }
                     Err(_) => {
-                        log::debug!("dropped a handshake from {src}: bad MAC");
+                        self.drops.bad_mac += 1;
                         return;
                     }
                 }
                 let Ok(half) = parse_handshake_anon(&self.secret, &self.public, &init) else {
-                    log::debug!("dropped a handshake from {src} that does not decrypt");
+                    self.drops.undecryptable += 1;
                     return;
                 };
                 match self.by_key.get(&half.peer_static_public) {
                     Some(&id) => id,
                     None => {
-                        log::info!(
-                            "handshake from {src} by unknown peer {}",
-                            keys::encode(&half.peer_static_public)
-                        );
+                        self.drops.unknown_peer += 1;
+                        self.drops.last_unknown_peer = Some(half.peer_static_public);
                         return;
                     }
                 }
@@ -147,13 +191,13 @@ impl Peers {
             Ok(Packet::PacketData(p)) => (p.receiver_idx >> 8) as usize,
         };
         let Some(peer) = self.peers.get_mut(id) else {
-            log::debug!("dropped a datagram from {src} for unknown receiver index");
+            self.drops.unknown_index += 1;
             return;
         };
         match peer.tunn.decapsulate(Some(src.ip()), datagram, buf) {
             TunnResult::Done => peer.endpoint = Some(src),
             TunnResult::Err(WireGuardError::DuplicateCounter) => {}
-            TunnResult::Err(e) => log::debug!("dropped a datagram from {src}: {e:?}"),
+            TunnResult::Err(_) => self.drops.invalid += 1,
             TunnResult::WriteToNetwork(reply) => {
                 if datagram_is_authenticated(datagram) {
                     peer.endpoint = Some(src);
@@ -192,8 +236,17 @@ impl Peers {
     }
 
     /// Drives every peer's timers: handshake retries, keepalives, session expiry. Call a few times a second.
-    pub fn tick(&mut self, buf: &mut [u8], emit: &mut impl FnMut(Output)) {
+    /// The limiter's count starts again once a second (it keeps that period itself); drops are reported once
+    /// a second too.
+    pub fn tick(&mut self, now: Instant, buf: &mut [u8], emit: &mut impl FnMut(Output)) {
         self.limiter.reset_count();
+        if self
+            .period_start
+            .is_none_or(|start| now.duration_since(start) >= PERIOD)
+        {
+            self.period_start = Some(now);
+            self.drops.report();
+        }
         for peer in &mut self.peers {
             match peer.tunn.update_timers(buf) {
                 TunnResult::WriteToNetwork(datagram) => {

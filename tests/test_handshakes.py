@@ -1,0 +1,97 @@
+"""Handshakes under attack, through real clients: a flood of handshake initiations from unknown keys gets cookie
+replies instead of a Diffie-Hellman each, connected peers keep their pace, and a known peer still completes a
+new handshake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import close_writer, needs_client, open_connection, start_client
+
+pytestmark = [needs_client, pytest.mark.timeout(120)]
+
+FLOOD_RATE = int(os.environ.get("FLOOD_RATE", 20_000))
+FLOOD_SECONDS = 8
+
+
+async def round_trip_rate(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seconds: float
+) -> float:
+    """Round trips per second of 1000-byte messages: the best of short windows, so that a moment of noise on a
+    shared machine does not decide."""
+    message = os.urandom(1000)
+    best = 0.0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        count, start = 0, time.monotonic()
+        while (elapsed := time.monotonic() - start) < 0.5:
+            writer.write(message)
+            await asyncio.wait_for(reader.readexactly(len(message)), 10)
+            count += 1
+        best = max(best, count / elapsed)
+    return best
+
+
+async def test_a_handshake_flood_gets_cookies_and_peers_keep_their_pace(start):
+    setup = await start(peers=2)
+    host, port = setup.server.getsockname()
+    reader, writer = await open_connection("10.0.0.42", 7)
+    try:
+        alone = await round_trip_rate(reader, writer, 2)
+
+        flood = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("flood.py")),
+            host,
+            str(port),
+            setup.cfg.server_public_key,
+            str(FLOOD_RATE),
+            str(FLOOD_SECONDS),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            await asyncio.sleep(1.5)  # building the initiations, then the flood is on
+            during = await round_trip_rate(reader, writer, 2)
+
+            # A known peer that starts now completes its handshake (with a cookie, as the server is under load).
+            started = time.monotonic()
+            second = await start_client(
+                setup.server,
+                setup.cfg.server_public_key,
+                setup.cfg.client_private_keys[1],
+                addresses=("10.0.1.1/32",),
+                routes=("10.0.1.0/24",),
+            )
+            try:
+                r2, w2 = await open_connection("10.0.1.42", 7, timeout=10)
+                w2.write(b"second peer")
+                assert await asyncio.wait_for(r2.readexactly(11), 10) == b"second peer"
+                handshake_time = time.monotonic() - started
+                await close_writer(w2)
+            finally:
+                second.stop()
+            flood_out, _ = await asyncio.wait_for(flood.communicate(), FLOOD_SECONDS + 30)
+        finally:
+            if flood.returncode is None:
+                flood.kill()
+                await flood.wait()
+    finally:
+        await close_writer(writer)
+
+    result = json.loads(flood_out)
+    rate = result["sent"] / result["seconds"]
+    print(
+        f"flood {rate:.0f}/s, {result['cookies']} cookie replies; {alone:.0f} rt/s alone, {during:.0f} during; "
+        f"second peer's handshake in {handshake_time:.1f} s"
+    )
+    assert rate > FLOOD_RATE * 0.8, f"the flood reached only {rate:.0f} initiations/s"
+    assert result["cookies"] > result["sent"] / 2, result
+    assert during >= alone / 2, f"{during:.0f} round trips/s under the flood, {alone:.0f} without"
+    assert handshake_time < 10
