@@ -145,6 +145,13 @@ class WireGuardClient:
         """`wg set` on this client, e.g. `set("listen-port", "4000")`."""
         run("wg", "set", self.interface, *args)
 
+    def latest_handshake(self) -> int:
+        """When the client's last handshake completed (Unix time), 0 for never."""
+        out = subprocess.run(
+            ["wg", "show", self.interface, "latest-handshakes"], capture_output=True, text=True, timeout=10
+        )
+        return max((int(line.split()[1]) for line in out.stdout.splitlines() if line.strip()), default=0)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -95,3 +95,40 @@ async def test_a_handshake_flood_gets_cookies_and_peers_keep_their_pace(start):
     assert result["cookies"] > result["sent"] / 2, result
     assert during >= alone / 2, f"{during:.0f} round trips/s under the flood, {alone:.0f} without"
     assert handshake_time < 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+async def test_data_for_a_peer_whose_session_expired_starts_a_handshake_and_arrives(start):
+    """The client is silent for 200 s: its session has expired (WireGuard rejects a session after 180 s). Then the
+    server has data for it: a new handshake starts, the data arrives, and the connection carries on."""
+    go = asyncio.Event()
+
+    async def handle(stream) -> None:
+        stream.write(await stream.readline())
+        await go.wait()
+        stream.write(b"after the silence\n")
+        while line := await stream.readline():
+            stream.write(line)
+        stream.close()
+
+    setup = await start(handle, addresses=("10.0.0.1/32",), routes=("10.0.0.0/24",))
+    # Silence means silence: no IPv6 router or multicast messages from the client's kernel either.
+    with open(f"/proc/sys/net/ipv6/conf/{setup.client.interface}/disable_ipv6", "w") as f:
+        f.write("1")
+    reader, writer = await open_connection("10.0.0.42", 80)
+    writer.write(b"before\n")
+    assert await asyncio.wait_for(reader.readline(), 10) == b"before\n"
+    # The last packets of the exchange may still renew the session (a handshake 15 s after a packet that got
+    # no answer): the silence starts once that has settled.
+    await asyncio.sleep(20)
+    first = setup.client.latest_handshake()
+    await asyncio.sleep(max(0.0, first + 200 - time.time()))
+    assert setup.client.latest_handshake() == first, "the client was not silent"
+    go.set()
+    assert await asyncio.wait_for(reader.readline(), 20) == b"after the silence\n"
+    assert setup.client.latest_handshake() > first, "no new handshake"
+    for i in range(3):
+        writer.write(b"still here %d\n" % i)
+        assert await asyncio.wait_for(reader.readline(), 10) == b"still here %d\n" % i
+    await close_writer(writer)
