@@ -132,3 +132,25 @@ async def test_data_for_a_peer_whose_session_expired_starts_a_handshake_and_arri
         writer.write(b"still here %d\n" % i)
         assert await asyncio.wait_for(reader.readline(), 10) == b"still here %d\n" % i
     await close_writer(writer)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_busy_connection_carries_on_across_rekeys(start):
+    """WireGuard renews a session after 120 s of use: a connection that carries traffic throughout never
+    notices, not one round trip is lost or late."""
+    setup = await start()
+    reader, writer = await open_connection("10.0.0.42", 80)
+    writer.write(b"first\n")
+    assert await asyncio.wait_for(reader.readline(), 10) == b"first\n"
+    first = setup.client.latest_handshake()
+    deadline = time.monotonic() + 135
+    count = 0
+    while time.monotonic() < deadline:
+        message = b"%d %s\n" % (count, os.urandom(8).hex().encode())
+        writer.write(message)
+        assert await asyncio.wait_for(reader.readline(), 5) == message
+        count += 1
+        await asyncio.sleep(0.2)
+    assert setup.client.latest_handshake() > first, "no new handshake in 135 s of traffic"
+    await close_writer(writer)
