@@ -128,3 +128,25 @@ def config_fields(text: str) -> dict[str, str]:
             key, value = line.split(" = ", 1)
             fields[section + key] = value
     return fields
+
+
+class Listening:
+    """What `conftest.start_client` needs of a server: where it listens. A client in a namespace of its own
+    reaches it at the namespace's `here` address instead of this one."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
+def client_settings(text: str) -> dict[str, Any]:
+    """`conftest.start_client`'s arguments (all but the server) for a printed client configuration."""
+    fields = config_fields(text)
+    return {
+        "server_public_key": fields["Peer.PublicKey"],
+        "private_key": fields["PrivateKey"],
+        "addresses": tuple(a.strip() for a in fields["Address"].split(",")),
+        "routes": tuple(r.strip() for r in fields["Peer.AllowedIPs"].split(",")),
+    }

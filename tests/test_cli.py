@@ -16,7 +16,7 @@ import pytest
 
 import mitmproxy_wireguard as wg
 from conftest import Namespace, close_writer, needs_client, open_connection, start_client
-from helpers_cli import Cli, client_configs, config_fields
+from helpers_cli import Cli, Listening, client_configs, client_settings, config_fields
 from test_config_files import decode_png_qr, png_size
 
 pytestmark = pytest.mark.timeout(90)
@@ -190,29 +190,12 @@ def test_a_port_in_use_is_an_error(tmp_path: Path) -> None:
     assert "error" in out.stderr and "Traceback" not in out.stderr
 
 
-class _Listening:
-    """What `conftest.start_client` needs of a server: where it listens."""
-
-    def __init__(self, port: int):
-        self.port = port
-
-    def getsockname(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
-
-
 @needs_client
 async def test_a_client_set_up_from_the_printed_config_reaches_the_echo_server(cli, wg_clients, tmp_path):
     process = cli("echo", "--conf", str(tmp_path / "server.conf"), "--host", "127.0.0.1", "--port", "0")
     port = int(process.wait_for_stdout(LISTENING).group(1))
     process.wait_for_stdout("nc -u")
-    fields = config_fields(client_configs(process.stdout)[0])
-    client = await wg_clients(
-        _Listening(port),
-        fields["Peer.PublicKey"],
-        fields["PrivateKey"],
-        addresses=tuple(a.strip() for a in fields["Address"].split(",")),
-        routes=tuple(r.strip() for r in fields["Peer.AllowedIPs"].split(",")),
-    )
+    client = await wg_clients(Listening(port), **client_settings(client_configs(process.stdout)[0]))
     reader, writer = await open_connection("10.0.0.42", 1234)
     writer.write(b"hello through the tunnel")
     writer.write_eof()
@@ -237,19 +220,9 @@ async def test_two_clients_at_once_each_with_its_own_key_and_address(namespaces,
         )
         sides = []
         for text in configs:
-            fields = config_fields(text)
             ns: Namespace = namespaces()
-            clients.append(
-                await start_client(
-                    _Listening(port),
-                    fields["Peer.PublicKey"],
-                    fields["PrivateKey"],
-                    addresses=tuple(a.strip() for a in fields["Address"].split(",")),
-                    routes=tuple(r.strip() for r in fields["Peer.AllowedIPs"].split(",")),
-                    namespace=ns,
-                )
-            )
-            sides.append((ns, fields["Address"].split(",")[0].split("/")[0]))
+            clients.append(await start_client(Listening(port), **client_settings(text), namespace=ns))
+            sides.append((ns, config_fields(text)["Address"].split(",")[0].split("/")[0]))
         assert sides[0][1] != sides[1][1]
         loop = asyncio.get_running_loop()
 
@@ -299,7 +272,7 @@ async def test_preshared_keys_are_used_in_the_handshake(namespaces, tmp_path: Pa
             ns: Namespace = namespaces()
             clients.append(
                 await start_client(
-                    _Listening(port),
+                    Listening(port),
                     wg.pubkey(server_key),
                     client_key,
                     addresses=("10.0.0.2/32",),

@@ -14,24 +14,13 @@ from pathlib import Path
 import pytest
 
 import mitmproxy_wireguard as wg
+from helpers_cli import config_fields
 from mitmproxy_wireguard import qr
 
 
 def keypair() -> tuple[str, str]:
     private = wg.genkey()
     return private, wg.pubkey(private)
-
-
-def client_fields(text: str) -> dict[str, str]:
-    """`Key = value` lines of a client configuration; the [Peer] section's keys are prefixed with `Peer.`."""
-    fields, section = {}, ""
-    for line in text.splitlines():
-        if line.startswith("["):
-            section = "" if line == "[Interface]" else "Peer."
-        elif " = " in line and not line.startswith("#"):
-            key, value = line.split(" = ", 1)
-            fields[section + key] = value
-    return fields
 
 
 # Round trips.
@@ -221,33 +210,33 @@ def test_client_configs_use_each_peers_address_and_name_dns_and_mtu() -> None:
     texts = cfg.pretty_print(endpoint="192.0.2.1:51820")
     assert len(texts) == 3
     for text, peer in zip(texts, cfg.peers):
-        fields = client_fields(text)
+        fields = config_fields(text)
         assert fields["Address"] == ", ".join(peer["allowed_ips"])
         assert fields["DNS"] == "10.0.0.53, fd00::53"
         assert fields["MTU"] == "1420"
         assert fields["Peer.PublicKey"] == cfg.server_public_key
         assert fields["Peer.AllowedIPs"] == "0.0.0.0/0, ::/0"
         assert fields["Peer.Endpoint"] == "192.0.2.1:51820"
-    assert client_fields(texts[0])["PrivateKey"] == cfg.client_private_keys[0]
+    assert config_fields(texts[0])["PrivateKey"] == cfg.client_private_keys[0]
     # A device with its own key: its config leaves the key to it, and has the preshared key.
-    assert "PrivateKey" not in client_fields(texts[2])
+    assert "PrivateKey" not in config_fields(texts[2])
     assert "# PrivateKey" in texts[2]
-    assert client_fields(texts[2])["Peer.PresharedKey"] == psk
+    assert config_fields(texts[2])["Peer.PresharedKey"] == psk
 
 
 def test_client_config_options() -> None:
     cfg = wg.Configuration.generate(listen_port=4000)
     (default,) = cfg.pretty_print()
-    assert client_fields(default)["Peer.Endpoint"] == "127.0.0.1:4000"
+    assert config_fields(default)["Peer.Endpoint"] == "127.0.0.1:4000"
     (text,) = cfg.pretty_print("10.0.0.7/32", "10.0.0.0/24", "[2001:db8::1]:4000", dns="", mtu=0)
-    fields = client_fields(text)
+    fields = config_fields(text)
     assert fields["Address"] == "10.0.0.7/32"
     assert fields["Peer.AllowedIPs"] == "10.0.0.0/24"
     assert fields["Peer.Endpoint"] == "[2001:db8::1]:4000"
     assert "DNS" not in fields and "MTU" not in fields
     (text,) = cfg.pretty_print(dns="192.0.2.53", mtu=1280)
-    assert client_fields(text)["DNS"] == "192.0.2.53"
-    assert client_fields(text)["MTU"] == "1280"
+    assert config_fields(text)["DNS"] == "192.0.2.53"
+    assert config_fields(text)["MTU"] == "1280"
     with pytest.raises(ValueError, match="mtu"):
         cfg.pretty_print(mtu=100)
     with pytest.raises(ValueError, match="dns"):
