@@ -382,6 +382,8 @@ class Runner:
 def summarize(rounds: list[dict[str, Any]], servers: list[str], sizes: Sizes) -> dict[str, Any]:
     summary: dict[str, Any] = {"metrics": {}, "cpu_seconds": {}}
     for m in metrics(sizes):
+        if m.case not in CASES:
+            continue
         values = {n: [r["cases"][m.case].get(n, {}).get(m.key) for r in rounds] for n in servers}
         med = {n: median(v) for n, v in values.items()}
         entry: dict[str, Any] = {
@@ -447,10 +449,12 @@ def targets(summary: dict[str, Any], servers: list[str]) -> list[dict[str, Any]]
                 "<= 0.5",
                 None if r is None else r <= 0.5,
             )
-    rss = summary["metrics"]["idle_rss"]["median"].get("new")
-    add("RSS per idle open connection (KiB)", rss, "<= 12", None if rss is None else rss <= 12)
-    idle = summary["metrics"]["idle_cpu"]["median"].get("new")
-    add("idle CPU (% of a core)", idle, "<= 0.2", None if idle is None else idle <= 0.2)
+    if "idle_rss" in summary["metrics"]:
+        rss = summary["metrics"]["idle_rss"]["median"].get("new")
+        add("RSS per idle open connection (KiB)", rss, "<= 12", None if rss is None else rss <= 12)
+    if "idle_cpu" in summary["metrics"]:
+        idle = summary["metrics"]["idle_cpu"]["median"].get("new")
+        add("idle CPU (% of a core)", idle, "<= 0.2", None if idle is None else idle <= 0.2)
     return out
 
 
@@ -467,6 +471,8 @@ def table(summary: dict[str, Any], servers: list[str], sizes: Sizes, rounds: int
         head += "".join(f" {'x ' + labels[o]:>14}" for o in others)
     lines += [head, "-" * len(head)]
     for m in metrics(sizes):
+        if m.case not in CASES:
+            continue
         e = summary["metrics"][m.key]
         row = f"{m.label:<40} {m.unit:<7}" + "".join(f" {fmt(e['median'][n], m.fmt):>12}" for n in servers)
         if "new" in servers:
@@ -526,6 +532,11 @@ def main() -> int:
         default=",".join(SERVER_ORDER),
         help="comma-separated subset of new,kernel,old (default: all three)",
     )
+    parser.add_argument(
+        "--cases",
+        default=",".join(CASES),
+        help=f"comma-separated subset of {','.join(CASES)} (default: all)",
+    )
     parser.add_argument("--build", action="store_true", help="run benches/build.py first (both venvs)")
     parser.add_argument("--new-venv", type=Path, default=DEFAULT_NEW_VENV)
     parser.add_argument("--old-venv", type=Path, default=DEFAULT_OLD_VENV)
@@ -553,6 +564,11 @@ def main() -> int:
     unknown = set(args.servers.split(",")) - set(SERVER_ORDER)
     if unknown or not servers:
         parser.error(f"unknown servers: {', '.join(sorted(unknown)) or '(none given)'}")
+    chosen = args.cases.split(",")
+    if set(chosen) - set(CASES) or not chosen:
+        parser.error(f"unknown cases: {', '.join(sorted(set(chosen) - set(CASES)))}")
+    # Keep the table's order; the module-level list is what every loop reads.
+    CASES[:] = [c for c in CASES if c in chosen]
     sizes = SMALL if args.small else Sizes()
     rounds = args.rounds or (1 if args.small else 5)
     out = args.out or RESULTS / ("small.json" if args.small else "latest.json")

@@ -17,6 +17,7 @@ pub enum Inbound<'a> {
         dst: SocketAddr,
         /// A SYN without ACK: the only packet that may open a connection.
         opens: bool,
+        segment: Segment,
     },
     Udp {
         src: SocketAddr,
@@ -31,6 +32,28 @@ pub enum Inbound<'a> {
         seq_no: u16,
         data: &'a [u8],
     },
+}
+
+/// Where a TCP segment lies in the client's sequence space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub seq: u32,
+    /// Sequence numbers it takes: data, SYN and FIN.
+    pub len: u32,
+    pub has_data: bool,
+    /// The acknowledgement number, if the ACK flag is set.
+    pub ack: Option<u32>,
+}
+
+impl Segment {
+    pub fn end(&self) -> u32 {
+        self.seq.wrapping_add(self.len)
+    }
+}
+
+/// `a` comes after `b` in sequence space (RFC 793's comparison modulo 2^32).
+pub fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -77,10 +100,17 @@ pub fn parse(packet: &[u8]) -> Result<Inbound<'_>, ParseError> {
     match protocol {
         IpProtocol::Tcp => {
             let tcp = TcpPacket::new_checked(payload).map_err(|_| ParseError::Malformed("TCP"))?;
+            let data = payload.len() - tcp.header_len() as usize;
             Ok(Inbound::Tcp {
                 src: SocketAddr::new(src, tcp.src_port()),
                 dst: SocketAddr::new(dst, tcp.dst_port()),
                 opens: tcp.syn() && !tcp.ack(),
+                segment: Segment {
+                    seq: tcp.seq_number().0 as u32,
+                    len: data as u32 + tcp.syn() as u32 + tcp.fin() as u32,
+                    has_data: data > 0,
+                    ack: tcp.ack().then_some(tcp.ack_number().0 as u32),
+                },
             })
         }
         IpProtocol::Udp => {
@@ -122,6 +152,73 @@ pub fn parse(packet: &[u8]) -> Result<Inbound<'_>, ParseError> {
         }
         other => Err(ParseError::Unsupported(other)),
     }
+}
+
+/// The segment in a TCP packet that the stack built (an IPv4 or IPv6 header without options or extensions).
+pub fn sent_segment(packet: &[u8]) -> Option<Segment> {
+    let ip_header_len = match packet.first().map(|b| b >> 4) {
+        Some(4) => ((packet[0] & 0x0f) as usize) * 4,
+        Some(6) => 40,
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(packet.get(ip_header_len..)?).ok()?;
+    let data = packet.len() - ip_header_len - tcp.header_len() as usize;
+    Some(Segment {
+        seq: tcp.seq_number().0 as u32,
+        len: data as u32 + tcp.syn() as u32 + tcp.fin() as u32,
+        has_data: data > 0,
+        ack: tcp.ack().then_some(tcp.ack_number().0 as u32),
+    })
+}
+
+/// A copy of a client's TCP packet reduced to a bare acknowledgement with sequence number `seq`: the same
+/// addresses, ports, acknowledgement number, window and options, no data and no other flags. `None` for
+/// anything else than an unfragmented TCP packet without IPv6 extension headers.
+pub fn bare_ack(packet: &[u8], seq: u32) -> Option<Vec<u8>> {
+    let (ip_header_len, src, dst): (usize, IpAddress, IpAddress) = match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+                return None;
+            }
+            (
+                ip.header_len() as usize,
+                ip.src_addr().into(),
+                ip.dst_addr().into(),
+            )
+        }
+        Some(6) => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            (ip.header_len(), ip.src_addr().into(), ip.dst_addr().into())
+        }
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(packet.get(ip_header_len..)?).ok()?;
+    if !tcp.ack() {
+        return None;
+    }
+    let len = ip_header_len + tcp.header_len() as usize;
+    let mut ack = packet[..len].to_vec();
+    if matches!(src, IpAddress::Ipv6(_)) {
+        let mut ip = Ipv6Packet::new_unchecked(&mut ack);
+        ip.set_payload_len((len - ip_header_len) as u16);
+    } else {
+        let mut ip = Ipv4Packet::new_unchecked(&mut ack);
+        ip.set_total_len(len as u16);
+        ip.fill_checksum();
+    }
+    let mut tcp = TcpPacket::new_unchecked(&mut ack[ip_header_len..]);
+    tcp.set_seq_number(smoltcp::wire::TcpSeqNumber(seq as i32));
+    tcp.set_syn(false);
+    tcp.set_fin(false);
+    tcp.set_rst(false);
+    tcp.set_psh(false);
+    tcp.set_urg(false);
+    tcp.fill_checksum(&src, &dst);
+    Some(ack)
 }
 
 /// The echo reply to an echo request: from the address that was pinged, with the same identifier, sequence

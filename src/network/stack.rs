@@ -65,6 +65,8 @@ struct Connection {
     /// Borrows `memory`: declared first so that it is dropped first.
     sockets: SocketSet<'static>,
     handle: SocketHandle,
+    /// What the stack sent on this connection so far.
+    sent: Sent,
     /// The state at the end of the last poll, to tell a reset from an orderly close.
     last_state: tcp::State,
     /// Python was told about the connection.
@@ -211,7 +213,12 @@ impl Stack {
                     peer,
                 });
             }
-            Inbound::Tcp { src, dst, opens } => {
+            Inbound::Tcp {
+                src,
+                dst,
+                opens,
+                segment,
+            } => {
                 let flow = Flow {
                     peer,
                     client: src,
@@ -237,12 +244,22 @@ impl Stack {
                 };
                 let now = self.now();
                 if let Some(conn) = self.connections.get_mut(&id) {
+                    let bare_ack = match conn.sent.lost_before(&segment) {
+                        Some(seq) => packet::bare_ack(&packet, seq),
+                        None => None,
+                    };
                     self.device.rx = Some(packet);
                     self.iface
                         .poll_ingress_single(now, &mut self.device, &mut conn.sockets);
                     self.device.rx = None;
+                    if let Some(ack) = bare_ack {
+                        resend_lost(&mut self.iface, &mut self.device, conn, ack, now);
+                    }
                     // Answers to segments the socket rejects (e.g. a RST for a bad ACK) go out at once.
-                    out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
+                    for p in self.device.tx.drain(..) {
+                        conn.sent.record(&p);
+                        out.packets.push((peer, p));
+                    }
                 }
                 self.mark_dirty(id);
             }
@@ -314,6 +331,7 @@ impl Stack {
                 endpoint,
                 sockets,
                 handle,
+                sent: Sent::default(),
                 last_state: tcp::State::Listen,
                 announced: false,
                 reading: true,
@@ -550,7 +568,10 @@ impl Stack {
             }
         }
         let peer = conn.flow.peer;
-        out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
+        for p in self.device.tx.drain(..) {
+            conn.sent.record(&p);
+            out.packets.push((peer, p));
+        }
 
         let state = conn.sockets.get_mut::<tcp::Socket>(conn.handle).state();
         let gone = state == tcp::State::Closed
@@ -618,6 +639,72 @@ impl Stack {
             }
         }
     }
+}
+
+/// How far the stack's segments on a connection went, in both sequence spaces.
+#[derive(Debug, Default)]
+struct Sent {
+    /// The last acknowledgement number sent: the client's data up to here was received.
+    ack: Option<u32>,
+    /// The end of the furthest segment sent.
+    end: Option<u32>,
+}
+
+impl Sent {
+    fn record(&mut self, packet: &[u8]) {
+        let Some(segment) = packet::sent_segment(packet) else {
+            return;
+        };
+        if segment.ack.is_some() {
+            self.ack = segment.ack;
+        }
+        if self.end.is_none_or(|end| packet::seq_after(segment.end(), end)) {
+            self.end = Some(segment.end());
+        }
+    }
+
+    /// For a client's segment that repeats data the stack acknowledged while the client has not acknowledged all
+    /// the stack sent: the sequence number the stack expects next. The client resends because it did not get
+    /// the acknowledgement, so the stack's segments since then were lost.
+    fn lost_before(&self, segment: &packet::Segment) -> Option<u32> {
+        let (ack, end, client_ack) = (self.ack?, self.end?, segment.ack?);
+        let repeated = segment.has_data && !packet::seq_after(segment.end(), ack);
+        (repeated && packet::seq_after(end, client_ack)).then_some(ack)
+    }
+}
+
+/// The client sent again data that the stack had acknowledged: it did not receive that acknowledgement, so it did
+/// not receive the segment that carried it either. The stack resends its oldest unacknowledged segment now
+/// instead of waiting for its retransmission timer (smoltcp's minimum is 1 s; a kernel would have sent a tail
+/// loss probe long before). smoltcp offers no call for that, but it retransmits on the third duplicate
+/// acknowledgement, and the client's segment stands for one: the bare acknowledgements fed to it here are that
+/// segment without its data, at the current sequence number. The first of four may count as a window update
+/// rather than a duplicate.
+fn resend_lost(
+    iface: &mut Interface,
+    device: &mut VirtualDevice,
+    conn: &mut Connection,
+    ack: Vec<u8>,
+    now: Instant,
+) {
+    let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+    let has_data_in_flight = socket.send_queue() > 0
+        && matches!(
+            socket.state(),
+            tcp::State::Established
+                | tcp::State::CloseWait
+                | tcp::State::FinWait1
+                | tcp::State::Closing
+                | tcp::State::LastAck
+        );
+    if !has_data_in_flight {
+        return;
+    }
+    for _ in 0..4 {
+        device.rx = Some(ack.clone());
+        iface.poll_ingress_single(now, device, &mut conn.sockets);
+    }
+    device.rx = None;
 }
 
 /// The client's FIN arrived.
@@ -814,6 +901,97 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, NetworkToPython::ConnectionClosed { id: i, reset: false } if *i == id)));
         }
+    }
+
+    #[test]
+    fn a_reply_lost_in_the_tunnel_is_resent_when_the_client_repeats_its_request() {
+        for (src, dst) in [
+            ("10.0.0.1:40000", "10.0.0.42:1234"),
+            ("[fd00::1]:40000", "[fd00::42]:1234"),
+        ] {
+            let mut stack = stack();
+            let mut client = Client::connect(0, src, dst);
+            let id = established(&client.pump(&mut stack));
+            let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+
+            // The client's request; the stack acknowledges it with Python's reply, which the tunnel loses.
+            client.socket().send_slice(b"request").unwrap();
+            let now = stack.now();
+            client.iface.poll(now, &mut client.device, &mut client.sockets);
+            let request = client.device.tx.pop().unwrap();
+            let mut out = Outputs::default();
+            stack.receive(0, endpoint, request.clone(), &mut out);
+            stack.flush(&mut out);
+            assert_eq!(data(&out.events), b"request");
+            let mut out = Outputs::default();
+            stack.handle(
+                PythonToNetwork::Write {
+                    id,
+                    data: b"reply".to_vec(),
+                },
+                &mut out,
+            );
+            stack.flush(&mut out);
+            assert_eq!(out.packets.len(), 1, "the reply went out");
+
+            // Long before the stack's retransmission timer, the client repeats its request.
+            let mut out = Outputs::default();
+            stack.receive(0, endpoint, request, &mut out);
+            stack.flush(&mut out);
+            assert!(
+                out.events.is_empty(),
+                "Python does not get the request twice: {:?}",
+                out.events
+            );
+            let mut got_reply = false;
+            for (_, p) in out.packets {
+                client.device.rx = Some(p);
+                client.iface.poll(now, &mut client.device, &mut client.sockets);
+                let mut buf = [0u8; 16];
+                if let Ok(n) = client.socket().recv_slice(&mut buf) {
+                    got_reply |= &buf[..n] == b"reply";
+                }
+            }
+            assert!(got_reply, "the reply was sent again at once");
+        }
+    }
+
+    #[test]
+    fn a_repeated_request_whose_reply_arrived_resends_nothing() {
+        let mut stack = stack();
+        let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+        let id = established(&client.pump(&mut stack));
+        let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        client.socket().send_slice(b"request").unwrap();
+        let now = stack.now();
+        client.iface.poll(now, &mut client.device, &mut client.sockets);
+        let request = client.device.tx.pop().unwrap();
+        let mut out = Outputs::default();
+        stack.receive(0, endpoint, request.clone(), &mut out);
+        stack.handle(
+            PythonToNetwork::Write {
+                id,
+                data: b"reply".to_vec(),
+            },
+            &mut out,
+        );
+        stack.flush(&mut out);
+        client.socket().set_ack_delay(None);
+        client.pump(&mut stack); // the reply arrives and is acknowledged at once
+
+        // The client resends its request (say its timer fired early), now acknowledging the reply.
+        let mut request = request;
+        let acked = stack.connections[&id].sent.end.unwrap();
+        request[28..32].copy_from_slice(&acked.to_be_bytes());
+        let mut out = Outputs::default();
+        stack.receive(0, endpoint, request, &mut out);
+        stack.flush(&mut out);
+        let data_segments = out
+            .packets
+            .iter()
+            .filter(|(_, p)| packet::sent_segment(p).unwrap().has_data)
+            .count();
+        assert_eq!(data_segments, 0, "only an acknowledgement answers a stale repeat");
     }
 
     #[test]
