@@ -172,9 +172,10 @@ pub fn sent_segment(packet: &[u8]) -> Option<Segment> {
 }
 
 /// A copy of a client's TCP packet reduced to a bare acknowledgement with sequence number `seq`: the same
-/// addresses, ports, acknowledgement number, window and options, no data and no other flags. `None` for
-/// anything else than an unfragmented TCP packet without IPv6 extension headers.
-pub fn bare_ack(packet: &[u8], seq: u32) -> Option<Vec<u8>> {
+/// addresses, ports, acknowledgement number, window and options (with `flip_window`, a window that differs in
+/// its lowest bit), no data and no other flags. `None` for a closed window, and for anything else than an
+/// unfragmented TCP packet without IPv6 extension headers.
+pub fn bare_ack(packet: &[u8], seq: u32, flip_window: bool) -> Option<Vec<u8>> {
     let (ip_header_len, src, dst): (usize, IpAddress, IpAddress) = match packet.first().map(|b| b >> 4) {
         Some(4) => {
             let ip = Ipv4Packet::new_checked(packet).ok()?;
@@ -197,7 +198,7 @@ pub fn bare_ack(packet: &[u8], seq: u32) -> Option<Vec<u8>> {
         _ => return None,
     };
     let tcp = TcpPacket::new_checked(packet.get(ip_header_len..)?).ok()?;
-    if !tcp.ack() {
+    if !tcp.ack() || tcp.window_len() == 0 {
         return None;
     }
     let len = ip_header_len + tcp.header_len() as usize;
@@ -217,6 +218,9 @@ pub fn bare_ack(packet: &[u8], seq: u32) -> Option<Vec<u8>> {
     tcp.set_rst(false);
     tcp.set_psh(false);
     tcp.set_urg(false);
+    if flip_window {
+        tcp.set_window_len(tcp.window_len() ^ 1);
+    }
     tcp.fill_checksum(&src, &dst);
     Some(ack)
 }

@@ -244,16 +244,18 @@ impl Stack {
                 };
                 let now = self.now();
                 if let Some(conn) = self.connections.get_mut(&id) {
-                    let bare_ack = match conn.sent.lost_before(&segment) {
-                        Some(seq) => packet::bare_ack(&packet, seq),
-                        None => None,
-                    };
+                    let acks = conn.sent.lost_before(&segment).and_then(|seq| {
+                        Some([
+                            packet::bare_ack(&packet, seq, true)?,
+                            packet::bare_ack(&packet, seq, false)?,
+                        ])
+                    });
                     self.device.rx = Some(packet);
                     self.iface
                         .poll_ingress_single(now, &mut self.device, &mut conn.sockets);
                     self.device.rx = None;
-                    if let Some(ack) = bare_ack {
-                        resend_lost(&mut self.iface, &mut self.device, conn, ack, now);
+                    if let Some(acks) = acks {
+                        resend_lost(&mut self.iface, &mut self.device, conn, acks, now);
                     }
                     // Answers to segments the socket rejects (e.g. a RST for a bad ACK) go out at once.
                     for p in self.device.tx.drain(..) {
@@ -678,13 +680,15 @@ impl Sent {
 /// instead of waiting for its retransmission timer (smoltcp's minimum is 1 s; a kernel would have sent a tail
 /// loss probe long before). smoltcp offers no call for that, but it retransmits on the third duplicate
 /// acknowledgement, and the client's segment stands for one: the bare acknowledgements fed to it here are that
-/// segment without its data, at the current sequence number. The first of four may count as a window update
-/// rather than a duplicate.
+/// segment without its data, at the current sequence number. smoltcp counts duplicates until an acknowledgement
+/// changes something, and retransmits only when the count reaches three exactly; so the first one fed differs
+/// in its window, and the next one (back to the client's window) starts the count afresh: a reply lost twice
+/// is resent twice.
 fn resend_lost(
     iface: &mut Interface,
     device: &mut VirtualDevice,
     conn: &mut Connection,
-    ack: Vec<u8>,
+    [nudged, ack]: [Vec<u8>; 2],
     now: Instant,
 ) {
     let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
@@ -700,8 +704,8 @@ fn resend_lost(
     if !has_data_in_flight {
         return;
     }
-    for _ in 0..4 {
-        device.rx = Some(ack.clone());
+    for packet in [nudged, ack.clone(), ack.clone(), ack.clone(), ack] {
+        device.rx = Some(packet);
         iface.poll_ingress_single(now, device, &mut conn.sockets);
     }
     device.rx = None;
@@ -904,7 +908,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_lost_in_the_tunnel_is_resent_when_the_client_repeats_its_request() {
+    fn a_reply_lost_in_the_tunnel_is_resent_each_time_the_client_repeats_its_request() {
         for (src, dst) in [
             ("10.0.0.1:40000", "10.0.0.42:1234"),
             ("[fd00::1]:40000", "[fd00::42]:1234"),
@@ -934,25 +938,33 @@ mod tests {
             stack.flush(&mut out);
             assert_eq!(out.packets.len(), 1, "the reply went out");
 
-            // Long before the stack's retransmission timer, the client repeats its request.
-            let mut out = Outputs::default();
-            stack.receive(0, endpoint, request, &mut out);
-            stack.flush(&mut out);
-            assert!(
-                out.events.is_empty(),
-                "Python does not get the request twice: {:?}",
-                out.events
-            );
-            let mut got_reply = false;
-            for (_, p) in out.packets {
-                client.device.rx = Some(p);
-                client.iface.poll(now, &mut client.device, &mut client.sockets);
-                let mut buf = [0u8; 16];
-                if let Ok(n) = client.socket().recv_slice(&mut buf) {
-                    got_reply |= &buf[..n] == b"reply";
+            // Long before the stack's retransmission timer, the client repeats its request: the reply is sent
+            // again at once. The first resend is lost too; the second arrives.
+            for attempt in 0..2 {
+                let mut out = Outputs::default();
+                stack.receive(0, endpoint, request.clone(), &mut out);
+                stack.flush(&mut out);
+                assert!(
+                    out.events.is_empty(),
+                    "Python does not get the request again: {:?}",
+                    out.events
+                );
+                let resent = out
+                    .packets
+                    .iter()
+                    .filter(|(_, p)| packet::sent_segment(p).unwrap().has_data)
+                    .count();
+                assert_eq!(resent, 1, "attempt {attempt}: the reply was sent again");
+                if attempt == 1 {
+                    for (_, p) in out.packets {
+                        client.device.rx = Some(p);
+                        client.iface.poll(now, &mut client.device, &mut client.sockets);
+                    }
                 }
             }
-            assert!(got_reply, "the reply was sent again at once");
+            let mut buf = [0u8; 16];
+            let n = client.socket().recv_slice(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"reply");
         }
     }
 
