@@ -15,7 +15,7 @@ use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
 use super::device::{VirtualDevice, MTU};
 use super::fragments::{self, Reassembler};
-use super::memory::LazyMemory;
+use super::memory::{LazyMemory, MemoryPool};
 use super::packet::{self, Inbound};
 use super::udp_routes::UdpRoutes;
 use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToNetwork};
@@ -27,6 +27,9 @@ use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToN
 /// and loss stalls for good.
 const RX_BUFFER: usize = 64 * 1024;
 const TX_BUFFER: usize = 64 * 1024;
+
+/// How many mappings of ended connections are kept for new ones.
+const POOLED_BUFFERS: usize = 64;
 
 /// How long an emptied send buffer stays committed before its pages go back to the kernel.
 const RELEASE_AFTER: Duration = Duration::from_secs(1);
@@ -115,6 +118,8 @@ pub struct Stack {
     /// a burst yields one read and one acknowledgement rather than one per packet.
     dirty: Vec<ConnectionId>,
     fragments: Reassembler,
+    /// Buffer memory of ended connections, for new ones.
+    memory: MemoryPool,
     /// Bytes that may still be read for Python in this batch (room in Python's queue).
     read_budget: usize,
     /// Connections with data left unread because the budget ran out.
@@ -151,6 +156,7 @@ impl Stack {
             udp_routes: UdpRoutes::default(),
             dirty: Vec::new(),
             fragments: Reassembler::default(),
+            memory: MemoryPool::new(RX_BUFFER + TX_BUFFER, POOLED_BUFFERS),
             read_budget: usize::MAX,
             starved: Vec::new(),
             next_ident: 0,
@@ -302,7 +308,7 @@ impl Stack {
     }
 
     fn open(&mut self, flow: Flow, endpoint: SocketAddr) -> Option<ConnectionId> {
-        let mut memory = match LazyMemory::new(RX_BUFFER + TX_BUFFER) {
+        let mut memory = match self.memory.take() {
             Ok(memory) => memory,
             Err(e) => {
                 log::warn!(
@@ -639,6 +645,10 @@ impl Stack {
             if let Some(at) = conn.deadline {
                 self.timers.remove(&(at, id));
             }
+            let Connection { sockets, memory, .. } = conn;
+            // The socket's buffers borrow the memory: they go first.
+            drop(sockets);
+            self.memory.give(memory);
         }
     }
 }
