@@ -917,6 +917,28 @@ mod tests {
         }
     }
 
+    /// The client sends "request", kept as a packet so that a test can send it again; Python answers "reply".
+    /// Returns the request and what the stack put out.
+    fn request_and_reply(stack: &mut Stack, client: &mut Client, id: ConnectionId) -> (Vec<u8>, Outputs) {
+        let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        client.socket().send_slice(b"request").unwrap();
+        let now = stack.now();
+        client.iface.poll(now, &mut client.device, &mut client.sockets);
+        let request = client.device.tx.pop().unwrap();
+        let mut out = Outputs::default();
+        stack.receive(client.peer, endpoint, request.clone(), &mut out);
+        stack.flush(&mut out);
+        stack.handle(
+            PythonToNetwork::Write {
+                id,
+                data: b"reply".to_vec(),
+            },
+            &mut out,
+        );
+        stack.flush(&mut out);
+        (request, out)
+    }
+
     #[test]
     fn a_reply_lost_in_the_tunnel_is_resent_each_time_the_client_repeats_its_request() {
         for (src, dst) in [
@@ -928,25 +950,11 @@ mod tests {
             let id = established(&client.pump(&mut stack));
             let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
 
-            // The client's request; the stack acknowledges it with Python's reply, which the tunnel loses.
-            client.socket().send_slice(b"request").unwrap();
-            let now = stack.now();
-            client.iface.poll(now, &mut client.device, &mut client.sockets);
-            let request = client.device.tx.pop().unwrap();
-            let mut out = Outputs::default();
-            stack.receive(0, endpoint, request.clone(), &mut out);
-            stack.flush(&mut out);
+            // The stack acknowledges the request with Python's reply, which the tunnel loses.
+            let (request, out) = request_and_reply(&mut stack, &mut client, id);
             assert_eq!(data(&out.events), b"request");
-            let mut out = Outputs::default();
-            stack.handle(
-                PythonToNetwork::Write {
-                    id,
-                    data: b"reply".to_vec(),
-                },
-                &mut out,
-            );
-            stack.flush(&mut out);
             assert_eq!(out.packets.len(), 1, "the reply went out");
+            let now = stack.now();
 
             // Long before the stack's retransmission timer, the client repeats its request: the reply is sent
             // again at once. The first resend is lost too; the second arrives.
@@ -984,22 +992,15 @@ mod tests {
         let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
         let id = established(&client.pump(&mut stack));
         let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        client.socket().send_slice(b"request").unwrap();
-        let now = stack.now();
-        client.iface.poll(now, &mut client.device, &mut client.sockets);
-        let request = client.device.tx.pop().unwrap();
-        let mut out = Outputs::default();
-        stack.receive(0, endpoint, request.clone(), &mut out);
-        stack.handle(
-            PythonToNetwork::Write {
-                id,
-                data: b"reply".to_vec(),
-            },
-            &mut out,
-        );
-        stack.flush(&mut out);
+        let (request, out) = request_and_reply(&mut stack, &mut client, id);
         client.socket().set_ack_delay(None);
-        client.pump(&mut stack); // the reply arrives and is acknowledged at once
+        for (_, p) in out.packets {
+            client.device.rx = Some(p);
+            client
+                .iface
+                .poll(stack.now(), &mut client.device, &mut client.sockets);
+        }
+        client.pump(&mut stack); // the reply arrived and is acknowledged at once
 
         // The client resends its request (say its timer fired early), now acknowledging the reply.
         let mut request = request;
