@@ -135,8 +135,9 @@ class Server:
             "original_src": original_src,
             "peer_public_key": peer_public_key,
         }
-        reader = asyncio.StreamReader()
-        conn = _Connection(self._engine, id, reader, extra, self._forget)
+        # The loop passed on: looking it up again costs a system call each time (the running loop's pid check).
+        reader = asyncio.StreamReader(loop=self._loop)
+        conn = _Connection(self._engine, id, reader, extra, self._forget, self._loop)
         if self._closing:
             conn.abort()
             return

@@ -42,6 +42,7 @@ class _Connection:
         reader: asyncio.StreamReader,
         extra: dict[str, Any],
         forget: Callable[[int], object],
+        loop: asyncio.AbstractEventLoop,
     ):
         self.engine = engine
         self.id = id
@@ -55,7 +56,7 @@ class _Connection:
         # Bytes written and not yet confirmed by the engine (`drained`); the engine uses the same marks.
         self.pending = 0
         self.drain_waiter: asyncio.Future[None] | None = None
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop
         self.closed: asyncio.Future[None] = self.loop.create_future()
         reader.set_transport(self)  # type: ignore[arg-type]
 
