@@ -46,6 +46,17 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// The segment of a TCP packet whose buffer ends where its data ends.
+    fn of(tcp: &TcpPacket<&[u8]>) -> Self {
+        let data = tcp.payload().len();
+        Segment {
+            seq: tcp.seq_number().0 as u32,
+            len: data as u32 + tcp.syn() as u32 + tcp.fin() as u32,
+            has_data: data > 0,
+            ack: tcp.ack().then_some(tcp.ack_number().0 as u32),
+        }
+    }
+
     pub fn end(&self) -> u32 {
         self.seq.wrapping_add(self.len)
     }
@@ -100,17 +111,11 @@ pub fn parse(packet: &[u8]) -> Result<Inbound<'_>, ParseError> {
     match protocol {
         IpProtocol::Tcp => {
             let tcp = TcpPacket::new_checked(payload).map_err(|_| ParseError::Malformed("TCP"))?;
-            let data = payload.len() - tcp.header_len() as usize;
             Ok(Inbound::Tcp {
                 src: SocketAddr::new(src, tcp.src_port()),
                 dst: SocketAddr::new(dst, tcp.dst_port()),
                 opens: tcp.syn() && !tcp.ack(),
-                segment: Segment {
-                    seq: tcp.seq_number().0 as u32,
-                    len: data as u32 + tcp.syn() as u32 + tcp.fin() as u32,
-                    has_data: data > 0,
-                    ack: tcp.ack().then_some(tcp.ack_number().0 as u32),
-                },
+                segment: Segment::of(&tcp),
             })
         }
         IpProtocol::Udp => {
@@ -162,13 +167,7 @@ pub fn sent_segment(packet: &[u8]) -> Option<Segment> {
         _ => return None,
     };
     let tcp = TcpPacket::new_checked(packet.get(ip_header_len..)?).ok()?;
-    let data = packet.len() - ip_header_len - tcp.header_len() as usize;
-    Some(Segment {
-        seq: tcp.seq_number().0 as u32,
-        len: data as u32 + tcp.syn() as u32 + tcp.fin() as u32,
-        has_data: data > 0,
-        ack: tcp.ack().then_some(tcp.ack_number().0 as u32),
-    })
+    Some(Segment::of(&tcp))
 }
 
 /// A copy of a client's TCP packet reduced to a bare acknowledgement with sequence number `seq`: the same
