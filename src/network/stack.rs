@@ -31,7 +31,7 @@ const TX_BUFFER: usize = 64 * 1024;
 /// How many mappings of ended connections are kept for new ones.
 const POOLED_BUFFERS: usize = 64;
 
-/// How long an emptied send buffer stays committed before its pages go back to the kernel.
+/// How long emptied buffers stay committed before their pages go back to the kernel.
 const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// Python pauses writing when more than `WRITE_HIGH_WATER` bytes are not yet handed to the TCP stack, and
@@ -95,8 +95,8 @@ struct Connection {
     dirty: bool,
     /// Waits in `Stack::starved` for room in Python's queue.
     starved: bool,
-    /// The send buffer holds pages that can be released once it is empty (at `release_at`).
-    tx_committed: bool,
+    /// The buffers hold pages that can be released once both are empty (at `release_at`).
+    committed: bool,
     release_at: Option<Instant>,
     /// The pages of both buffers: receive buffer first, then the send buffer.
     memory: LazyMemory,
@@ -250,6 +250,10 @@ impl Stack {
                 };
                 let now = self.now();
                 if let Some(conn) = self.connections.get_mut(&id) {
+                    if segment.has_data {
+                        conn.committed = true;
+                        conn.sent.receive(&segment);
+                    }
                     let acks = conn.sent.lost_before(&segment).and_then(|seq| {
                         Some([
                             packet::bare_ack(&packet, seq, true)?,
@@ -354,7 +358,7 @@ impl Stack {
                 linger_until: None,
                 dirty: false,
                 starved: false,
-                tx_committed: false,
+                committed: false,
                 release_at: None,
                 memory,
             },
@@ -503,7 +507,7 @@ impl Stack {
         while let Some(front) = conn.pending.front() {
             match socket.send_slice(&front[conn.pending_offset..]) {
                 Ok(n) if n > 0 => {
-                    conn.tx_committed = true;
+                    conn.committed = true;
                     conn.pending_offset += n;
                     if conn.pending_offset == front.len() {
                         conn.pending.pop_front();
@@ -596,11 +600,17 @@ impl Stack {
             return;
         }
         let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
-        if conn.tx_committed && socket.send_queue() == 0 && conn.pending.is_empty() {
+        // Out-of-order data waits in the receive buffer beyond what `recv_queue` counts: its pages are kept.
+        if conn.committed
+            && socket.send_queue() == 0
+            && conn.pending.is_empty()
+            && socket.recv_queue() == 0
+            && !conn.sent.awaits_retransmission()
+        {
             match conn.release_at {
                 Some(at) if at <= now => {
-                    conn.memory.release(RX_BUFFER, TX_BUFFER);
-                    conn.tx_committed = false;
+                    conn.memory.release(0, RX_BUFFER + TX_BUFFER);
+                    conn.committed = false;
                     conn.release_at = None;
                 }
                 Some(_) => {}
@@ -653,13 +663,16 @@ impl Stack {
     }
 }
 
-/// How far the stack's segments on a connection went, in both sequence spaces.
+/// How far the stack's segments on a connection went, in both sequence spaces, and how far the client's data
+/// went.
 #[derive(Debug, Default)]
 struct Sent {
     /// The last acknowledgement number sent: the client's data up to here was received.
     ack: Option<u32>,
     /// The end of the furthest segment sent.
     end: Option<u32>,
+    /// The end of the furthest segment with data received from the client.
+    received_end: Option<u32>,
 }
 
 impl Sent {
@@ -672,6 +685,25 @@ impl Sent {
         }
         if self.end.is_none_or(|end| packet::seq_after(segment.end(), end)) {
             self.end = Some(segment.end());
+        }
+    }
+
+    fn receive(&mut self, segment: &packet::Segment) {
+        if self
+            .received_end
+            .is_none_or(|end| packet::seq_after(segment.end(), end))
+        {
+            self.received_end = Some(segment.end());
+        }
+    }
+
+    /// The client sent data beyond what the stack acknowledged: the stack may hold it out of order (or dropped
+    /// it), and waits for the client to fill the gap.
+    fn awaits_retransmission(&self) -> bool {
+        match (self.received_end, self.ack) {
+            (Some(end), Some(ack)) => packet::seq_after(end, ack),
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 
@@ -1015,6 +1047,58 @@ mod tests {
             .filter(|(_, p)| packet::sent_segment(p).unwrap().has_data)
             .count();
         assert_eq!(data_segments, 0, "only an acknowledgement answers a stale repeat");
+    }
+
+    /// Lets the stack's clock run on, in steps as long as idle buffers wait before they are released (a delayed
+    /// acknowledgement goes out in the first), servicing what is due.
+    fn idle(stack: &mut Stack) {
+        for _ in 0..3 {
+            stack.epoch -= RELEASE_AFTER + Duration::from_millis(10);
+            stack.poll_timers(&mut Outputs::default());
+        }
+    }
+
+    #[test]
+    fn an_idle_connection_gives_its_pages_back_but_keeps_data_that_arrived_out_of_order() {
+        let mut stack = stack();
+        let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+        let id = established(&client.pump(&mut stack));
+        let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+
+        client.socket().send_slice(b"first").unwrap();
+        assert_eq!(data(&client.pump(&mut stack)), b"first");
+        assert!(stack.connections[&id].committed);
+        idle(&mut stack);
+        assert!(
+            !stack.connections[&id].committed,
+            "Python read all, nothing to send: released"
+        );
+
+        // The tunnel loses a segment and delivers the next: the stack holds that one beyond a gap.
+        let mut segments = vec![];
+        for text in [b"lost ", b"later"] {
+            client.socket().send_slice(text).unwrap();
+            let now = stack.now();
+            client.iface.poll(now, &mut client.device, &mut client.sockets);
+            segments.push(client.device.tx.pop().unwrap());
+        }
+        let mut out = Outputs::default();
+        stack.receive(0, endpoint, segments[1].clone(), &mut out);
+        stack.flush(&mut out);
+        assert!(data(&out.events).is_empty());
+        idle(&mut stack);
+        assert!(
+            stack.connections[&id].committed,
+            "out-of-order data keeps its pages"
+        );
+
+        // The client retransmits the lost segment: both arrive whole, in order.
+        let mut out = Outputs::default();
+        stack.receive(0, endpoint, segments[0].clone(), &mut out);
+        stack.flush(&mut out);
+        assert_eq!(data(&out.events), b"lost later");
+        idle(&mut stack);
+        assert!(!stack.connections[&id].committed);
     }
 
     #[test]
