@@ -683,28 +683,18 @@ impl Sent {
         if segment.ack.is_some() {
             self.ack = segment.ack;
         }
-        if self.end.is_none_or(|end| packet::seq_after(segment.end(), end)) {
-            self.end = Some(segment.end());
-        }
+        furthest(&mut self.end, segment.end());
     }
 
     fn receive(&mut self, segment: &packet::Segment) {
-        if self
-            .received_end
-            .is_none_or(|end| packet::seq_after(segment.end(), end))
-        {
-            self.received_end = Some(segment.end());
-        }
+        furthest(&mut self.received_end, segment.end());
     }
 
     /// The client sent data beyond what the stack acknowledged: the stack may hold it out of order (or dropped
     /// it), and waits for the client to fill the gap.
     fn awaits_retransmission(&self) -> bool {
-        match (self.received_end, self.ack) {
-            (Some(end), Some(ack)) => packet::seq_after(end, ack),
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
+        self.received_end
+            .is_some_and(|end| self.ack.is_none_or(|ack| packet::seq_after(end, ack)))
     }
 
     /// For a client's segment that repeats data the stack acknowledged while the client has not acknowledged all
@@ -714,6 +704,13 @@ impl Sent {
         let (ack, end, client_ack) = (self.ack?, self.end?, segment.ack?);
         let repeated = segment.has_data && !packet::seq_after(segment.end(), ack);
         (repeated && packet::seq_after(end, client_ack)).then_some(ack)
+    }
+}
+
+/// Moves `end` on to `to` if `to` lies beyond it in sequence space.
+fn furthest(end: &mut Option<u32>, to: u32) {
+    if end.is_none_or(|end| packet::seq_after(to, end)) {
+        *end = Some(to);
     }
 }
 
