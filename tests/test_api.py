@@ -18,7 +18,15 @@ def ignore_datagram(data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> 
 
 
 def test_public_names():
-    assert set(wg.__all__) == {"Configuration", "Server", "TcpStream", "genkey", "pubkey", "start_server"}
+    assert set(wg.__all__) == {
+        "Configuration",
+        "Server",
+        "ServerError",
+        "TcpStream",
+        "genkey",
+        "pubkey",
+        "start_server",
+    }
     assert wg._mitmproxy_wireguard.__name__ == "mitmproxy_wireguard._mitmproxy_wireguard"
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import Configuration, Server, echo, forward, qr
+from . import Configuration, Server, ServerError, echo, forward, qr
 
 logger = logging.getLogger("mitmproxy_wireguard.cli")
 
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     try:
         asyncio.run(run(args, cfg))
-    except OSError as e:
+    except (OSError, ServerError) as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
         return 130

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import signal
 import socket
 import struct
 import time
@@ -31,6 +30,7 @@ import dns.rdatatype
 import dns.rrset
 
 from . import Configuration, Server, TcpStream, start_server
+from ._running import serve_until_signal
 
 logger = logging.getLogger("mitmproxy_wireguard.forward")
 
@@ -534,20 +534,14 @@ async def serve(
     allow_local: bool = False,
     announce: Callable[[Server], None] | None = None,
 ) -> None:
-    """Runs the proxy on `host` and the configuration's listen port until SIGINT or SIGTERM. `announce(server)`
+    """Runs the proxy on `host` and the configuration's listen port until SIGINT or SIGTERM; raises `ServerError`
+    if the server fails. `announce(server)`
     tells users how to connect once the server runs."""
     forwarder = Forwarder(cfg, allow_local)
     server = await start_server(host, cfg, forwarder.handle_connection, forwarder.receive_datagram)
     forwarder.server = server
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if announce is not None:
-        announce(server)
     try:
-        async with server:
-            await stop.wait()
+        await serve_until_signal(server, lambda: announce(server) if announce is not None else None)
     finally:
         await forwarder.close()
     logger.info("server closed")

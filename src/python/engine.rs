@@ -123,12 +123,14 @@ impl Engine {
                     peer,
                 )
                     .into_pyobject(py)?,
-                NetworkToPython::ServerClosed => (EVENT_SERVER_CLOSED,).into_pyobject(py)?,
+                NetworkToPython::ServerClosed { error } => (EVENT_SERVER_CLOSED, error).into_pyobject(py)?,
             };
             out.push(tuple);
         }
         if self.events.take_starved() {
-            self.send(PythonToNetwork::ResumeStarved)?;
+            // Fails only once the engine has ended: then nothing waits to be resumed, and the events taken
+            // (`EVENT_SERVER_CLOSED` among them) must still reach Python.
+            let _ = self.server.send(PythonToNetwork::ResumeStarved);
         }
         Ok(out)
     }

@@ -29,6 +29,14 @@ const PERIOD: Duration = Duration::from_secs(1);
 /// Big enough for any datagram: a decapsulated packet is never larger than the datagram it came in.
 pub const BUFFER_SIZE: usize = 65536 + 32;
 
+/// What encryption adds to a packet: the data message's header (16 bytes) and the authentication tag (16).
+const DATA_OVERHEAD: usize = 32;
+
+/// The largest IP packet that fits in `BUFFER_SIZE` once encrypted. The stack fragments everything it makes up
+/// to the tunnel's MTU, far below this; the check in `send` is the last line of defence, since boringtun panics
+/// on a packet that does not fit.
+pub const MAX_PACKET: usize = BUFFER_SIZE - DATA_OVERHEAD;
+
 /// What the caller must do after feeding a datagram or a packet in.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output<'a> {
@@ -228,6 +236,13 @@ impl Peers {
             log::debug!("dropped a packet for peer {id}: it never connected");
             return;
         };
+        if packet.len() > MAX_PACKET.min(buf.len().saturating_sub(DATA_OVERHEAD)) {
+            log::warn!(
+                "dropped a packet of {} bytes for peer {id}: too large to encrypt",
+                packet.len()
+            );
+            return;
+        }
         match peer.tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(datagram) => emit(Output::Send(endpoint, datagram)),
             TunnResult::Err(e) => log::debug!("could not encrypt a packet for peer {id}: {e:?}"),
@@ -437,5 +452,32 @@ mod tests {
         assert!(collect(|e| peers.receive(a, init, &mut buf, &mut |o| e(o))).is_empty());
         // Nothing is sent to a peer that never connected.
         assert!(collect(|e| peers.send(0, &ipv4_packet(), &mut buf, &mut |o| e(o))).is_empty());
+    }
+
+    /// A packet too large for a WireGuard datagram is dropped, not handed to boringtun (which panics on it);
+    /// the largest one that fits goes out.
+    #[test]
+    fn packets_too_large_to_encrypt_are_dropped_not_a_panic() {
+        let (mut peers, mut client) = setup();
+        let mut buf = vec![0u8; BUFFER_SIZE];
+        let mut cbuf = vec![0u8; BUFFER_SIZE];
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let TunnResult::WriteToNetwork(init) = client.format_handshake_initiation(&mut cbuf, false) else {
+            panic!()
+        };
+        let init = init.to_vec();
+        let out = collect(|e| peers.receive(a, &init, &mut buf, &mut |o| e(o)));
+        let TunnResult::WriteToNetwork(keepalive) = client.decapsulate(None, &out[0].1, &mut cbuf) else {
+            panic!()
+        };
+        let keepalive = keepalive.to_vec();
+        collect(|e| peers.receive(a, &keepalive, &mut buf, &mut |o| e(o)));
+
+        let too_large = vec![0x60; MAX_PACKET + 1];
+        assert!(collect(|e| peers.send(0, &too_large, &mut buf, &mut |o| e(o))).is_empty());
+        let largest = vec![0x60; MAX_PACKET];
+        let out = collect(|e| peers.send(0, &largest, &mut buf, &mut |o| e(o)));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.len(), BUFFER_SIZE);
     }
 }
