@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import socket
 import struct
+import threading
+import time
 
 import pytest
 
@@ -306,3 +309,32 @@ async def test_the_largest_ping_is_answered_and_the_server_keeps_serving(start, 
     assert await asyncio.wait_for(reader.readexactly(10), 10) == b"still here"
     await close_writer(writer)
     assert not setup.server.is_closing()
+
+
+async def test_closing_while_python_is_behind_still_ends_wait_closed(start):
+    """The engine stops while connections wait for room in Python's queue: the batch of events that reaches
+    Python then holds the server-closed event, and the request to resume reading can no longer be delivered.
+    That failed request once cost the whole batch, and `wait_closed` never returned."""
+    connected = asyncio.Event()
+
+    async def handle(stream: wg.TcpStream) -> None:
+        connected.set()
+        await asyncio.Event().wait()
+
+    setup = await start(handle)
+    sock = socket.create_connection(("10.0.0.42", 80), timeout=10)
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(os.urandom(24 << 20))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    await asyncio.wait_for(connected.wait(), 10)
+    # Python falls behind by more than its queue holds, and the engine stops meanwhile.
+    time.sleep(3)
+    setup.server.close()
+    time.sleep(1)
+    await asyncio.wait_for(setup.server.wait_closed(), 10)
+    sock.close()
+    sender.join(10)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import Configuration, Server, ServerError, echo, forward, qr
+from ._files import write_private
 
 logger = logging.getLogger("mitmproxy_wireguard.cli")
 
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     fwd.add_argument(
         "--allow-local",
         action="store_true",
-        help="allow destinations on this machine itself: its loopback, link-local and own addresses",
+        help="allow destinations on this machine itself (its loopback, link-local and own addresses) and "
+        "cloud metadata services",
     )
     return parser
 
@@ -181,9 +183,7 @@ def client_report(
             lines += [qr.terminal(text, color=color)]
         if export is not None:
             conf = export / f"client-{i}.conf"
-            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(fd, "w") as f:
-                f.write(text)
+            write_private(conf, text.encode())
             qr.save_png(text, export / f"client-{i}.png")
             lines += [f"Written to {conf} and {export / f'client-{i}.png'}.", ""]
     return "\n".join(lines)

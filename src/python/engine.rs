@@ -196,6 +196,16 @@ impl Engine {
     }
 }
 
+/// An engine that Python drops without closing it (a server never closed, at the end of its event loop) stops
+/// here. Python holds the GIL while it drops objects, and the engine thread needs the GIL for its last log
+/// records: the join waits without it, or neither side could go on.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.server.close();
+        Python::attach(|py| py.detach(|| self.server.join()));
+    }
+}
+
 impl Engine {
     fn send(&self, msg: PythonToNetwork) -> PyResult<()> {
         Ok(self.server.send(msg)?)
