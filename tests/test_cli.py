@@ -174,6 +174,21 @@ def test_export_over_existing_files_and_links_writes_private_files(cli, tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["client-1.conf", "client-1.png"]
 
 
+def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
+    """Each forwarded connection holds a socket: a soft limit of 256 would cap the proxy at about that many."""
+    process = Cli(
+        "forward", "--host", "127.0.0.1", "--port", "0", "--no-qr", prefix=("prlimit", "--nofile=256:8192")
+    )
+    try:
+        process.wait_for_stdout(LISTENING)
+        limits = Path(f"/proc/{process.process.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == ["8192", "8192"], line
+        assert process.stop() == 0
+    finally:
+        process.kill()
+
+
 def test_json_log_writes_json_lines(cli, tmp_path: Path) -> None:
     conf = tmp_path / "server.conf"
     process = cli(

@@ -9,6 +9,7 @@ import datetime
 import json
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -135,6 +136,20 @@ def setup_logging(verbose: bool, json_log: bool) -> None:
     logging.getLogger("mitmproxy_wireguard").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def raise_open_file_limit() -> None:
+    """Every connection `forward` carries holds a socket: the soft limit on open files (often 1024) goes up to the
+    hard limit, as far as the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Without a hard limit, the kernel's own cap (fs.nr_open) is 2**20 by default.
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as e:
+        logger.debug("could not raise the open-file limit from %d to %d: %s", soft, target, e)
+
+
 def load_configuration(path: Path | None, port: int | None, peers: int) -> Configuration:
     """The configuration file at `path`, made and saved with fresh keys when missing; `port` overrides the
     listen port."""
@@ -223,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.json_log)
+    raise_open_file_limit()
     try:
         cfg = load_configuration(args.conf, args.port, args.peers)
     except (ValueError, OSError) as e:
