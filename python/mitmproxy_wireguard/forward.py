@@ -175,7 +175,8 @@ class Resolver:
         infos = await asyncio.wait_for(
             self._loop.getaddrinfo(name, None, family=family, type=socket.SOCK_STREAM), DNS_TIMEOUT
         )
-        return list(dict.fromkeys(str(_ip(info[4][0])) for info in infos))
+        # An IP family's address starts with the host as text (str() for the type checker: other families differ).
+        return list(dict.fromkeys(str(_ip(str(info[4][0]))) for info in infos))
 
     async def _exists(self, name: str) -> bool:
         try:
