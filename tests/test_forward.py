@@ -18,7 +18,7 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from conftest import Namespace, needs_client, run, start_client
+from helpers import Namespace, needs_client, run, start_client
 from helpers_cli import Cli, Listening, client_configs, client_settings, config_fields
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
