@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 import mitmproxy_wireguard as wg
+from mitmproxy_wireguard._program import host_port
 
 CI = os.environ.get("CI") == "true"
 CLONE_NEWNET = 0x40000000
@@ -172,7 +173,6 @@ async def start_client(
     host, port = server.getsockname()
     if namespace is not None:
         host = namespace.here
-    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     ip = namespace.ip if namespace is not None else (lambda *args: run("ip", *args))
     interface = f"wgt{os.getpid() % 10000}x{next(_interface_numbers)}"
     conf_dir = tempfile.mkdtemp(prefix="wgtest-")
@@ -180,7 +180,7 @@ async def start_client(
     with open(conf, "w") as f:
         f.write(
             f"[Interface]\nPrivateKey = {private_key}\n\n[Peer]\nPublicKey = {server_public_key}\n"
-            f"Endpoint = {endpoint}\nAllowedIPs = 0.0.0.0/0, ::/0\n"
+            f"Endpoint = {host_port(host, port)}\nAllowedIPs = 0.0.0.0/0, ::/0\n"
             + (f"PersistentKeepalive = {keepalive}\n" if keepalive else "")
             + (f"PresharedKey = {preshared_key}\n" if preshared_key else "")
         )

@@ -3,14 +3,13 @@ destination. Prints a client configuration to connect with."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-import signal
 import socket
 from typing import Callable
 
 from . import Configuration, Server, TcpStream, start_server
+from ._program import host_port, stop_requested
 
 logger = logging.getLogger("mitmproxy_wireguard.echo")
 
@@ -35,11 +34,6 @@ def endpoint_host(host: str) -> str:
         return "127.0.0.1"
 
 
-def endpoint(host: str, port: int) -> str:
-    """`host:port` as a client configuration's Endpoint writes it."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def tunnel_networks(cfg: Configuration) -> str:
     """The tunnel's networks, as a client's AllowedIPs: only traffic into the tunnel goes to the server."""
     networks = [str(ipaddress.ip_interface(a).network) for a in cfg.address]
@@ -49,7 +43,7 @@ def tunnel_networks(cfg: Configuration) -> str:
 def instructions(cfg: Configuration, server: Server, host: str) -> str:
     port = server.getsockname()[1]
     configs = cfg.pretty_print(
-        allowed_ips=tunnel_networks(cfg), endpoint=endpoint(endpoint_host(host), port), dns=""
+        allowed_ips=tunnel_networks(cfg), endpoint=host_port(endpoint_host(host), port), dns=""
     )
     lines = [f"WireGuard echo server listening on {host or '*'}:{port}.", ""]
     for i, text in enumerate(configs, 1):
@@ -82,10 +76,7 @@ async def serve(
         server.send_datagram(data, dst_addr, src_addr)
 
     server = await start_server(host, cfg, echo_connection, echo_datagram)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_requested()
     if announce is None:
         print(instructions(cfg, server, host), flush=True)
     else:

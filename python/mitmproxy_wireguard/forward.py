@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import signal
 import socket
 import struct
 import time
@@ -31,6 +30,7 @@ import dns.rdatatype
 import dns.rrset
 
 from . import Configuration, Server, TcpStream, start_server
+from ._program import host_port, stop_requested
 
 logger = logging.getLogger("mitmproxy_wireguard.forward")
 
@@ -53,8 +53,7 @@ DNS_TCP_IDLE_TIMEOUT = 30.0
 
 
 def format_address(addr: Address) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(addr[0], addr[1])
 
 
 def _ip(host: str) -> IPAddress:
@@ -540,10 +539,7 @@ async def serve(
     forwarder = Forwarder(cfg, allow_local)
     server = await start_server(host, cfg, forwarder.handle_connection, forwarder.receive_datagram)
     forwarder.server = server
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_requested()
     if announce is not None:
         announce(server)
     try:
