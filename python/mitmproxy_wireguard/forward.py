@@ -31,10 +31,10 @@ import dns.rrset
 
 from . import Configuration, Server, TcpStream, start_server
 from ._program import host_port, stop_requested
+from .server import Address
 
 logger = logging.getLogger("mitmproxy_wireguard.forward")
 
-Address = tuple[str, int]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 CHUNK = 65536
