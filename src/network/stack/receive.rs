@@ -1,0 +1,154 @@
+//! Packets from peers: reassembled if fragmented, parsed, and dispatched by protocol to a handler each.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::recovery::resend_lost;
+use super::{Flow, Outputs, Stack};
+use crate::messages::{ConnectionId, NetworkToPython, PeerId};
+use crate::network::fragments;
+use crate::network::packet::{self, Inbound, Segment};
+
+impl Stack {
+    /// An IP packet from a peer, which it sent from its outer UDP endpoint `endpoint`.
+    pub fn receive(&mut self, peer: PeerId, endpoint: SocketAddr, packet: Vec<u8>, out: &mut Outputs) {
+        let Some(packet) = self.reassemble(peer, packet) else {
+            return;
+        };
+        let inbound = match packet::parse(&packet) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                log::debug!("dropped a packet from peer {peer}: {e}");
+                return;
+            }
+        };
+        match inbound {
+            Inbound::Ping {
+                src,
+                dst,
+                ident,
+                seq_no,
+                data,
+            } => receive_ping(peer, src, dst, ident, seq_no, data, out),
+            Inbound::Udp { src, dst, payload } => self.receive_udp(peer, src, dst, payload, out),
+            Inbound::Tcp {
+                src,
+                dst,
+                opens,
+                segment,
+            } => {
+                let flow = Flow {
+                    peer,
+                    client: src,
+                    destination: dst,
+                };
+                self.receive_tcp(flow, endpoint, opens, segment, packet, out)
+            }
+        }
+    }
+
+    /// The packet itself, or the whole packet once its last fragment arrived.
+    fn reassemble(&mut self, peer: PeerId, packet: Vec<u8>) -> Option<Vec<u8>> {
+        if fragments::is_fragment(&packet) {
+            self.fragments.insert(peer, &packet, std::time::Instant::now())
+        } else {
+            Some(packet)
+        }
+    }
+
+    /// A datagram goes straight to Python; its source is remembered so that replies reach this peer.
+    fn receive_udp(
+        &mut self,
+        peer: PeerId,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+        out: &mut Outputs,
+    ) {
+        self.udp_routes.insert(src, peer);
+        out.events.push(NetworkToPython::Datagram {
+            data: payload.to_vec(),
+            src,
+            dst,
+            peer,
+        });
+    }
+
+    /// A TCP segment goes to its connection (a SYN opens one); the connection is serviced at the next flush.
+    fn receive_tcp(
+        &mut self,
+        flow: Flow,
+        endpoint: SocketAddr,
+        opens: bool,
+        segment: Segment,
+        packet: Vec<u8>,
+        out: &mut Outputs,
+    ) {
+        if opens {
+            self.retire_time_wait(&flow);
+        }
+        let id = match self.flows.get(&flow) {
+            Some(&id) => id,
+            None if opens => match self.open(flow, endpoint) {
+                Some(id) => id,
+                None => return,
+            },
+            None => return self.reset_unknown(flow.peer, packet, out),
+        };
+        self.ingress(id, segment, packet, out);
+        self.mark_dirty(id);
+    }
+
+    /// A segment that no connection takes: smoltcp answers it with a RST.
+    fn reset_unknown(&mut self, peer: PeerId, packet: Vec<u8>, out: &mut Outputs) {
+        let now = self.now();
+        self.device.rx = Some(packet);
+        self.iface.poll(now, &mut self.device, &mut self.no_sockets);
+        out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
+    }
+
+    /// Feeds a segment to its connection's socket, and resends what the client shows it lost.
+    fn ingress(&mut self, id: ConnectionId, segment: Segment, packet: Vec<u8>, out: &mut Outputs) {
+        let now = self.now();
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if segment.has_data {
+            conn.committed = true;
+            conn.seq.received(&segment);
+        }
+        let acks = conn.seq.lost_before(&segment).and_then(|seq| {
+            Some([
+                packet::bare_ack(&packet, seq, true)?,
+                packet::bare_ack(&packet, seq, false)?,
+            ])
+        });
+        self.device.rx = Some(packet);
+        self.iface
+            .poll_ingress_single(now, &mut self.device, &mut conn.sockets);
+        self.device.rx = None;
+        if let Some(acks) = acks {
+            resend_lost(&mut self.iface, &mut self.device, conn, acks, now);
+        }
+        // Answers to segments the socket rejects (e.g. a RST for a bad ACK) go out at once.
+        let peer = conn.flow.peer;
+        for p in self.device.tx.drain(..) {
+            conn.seq.sent(&p);
+            out.packets.push((peer, p));
+        }
+    }
+}
+
+/// An echo request to any address gets its reply.
+fn receive_ping(
+    peer: PeerId,
+    src: IpAddr,
+    dst: IpAddr,
+    ident: u16,
+    seq_no: u16,
+    data: &[u8],
+    out: &mut Outputs,
+) {
+    if let Some(reply) = packet::echo_reply(src, dst, ident, seq_no, data) {
+        out.packets.push((peer, reply));
+    }
+}

@@ -1,0 +1,99 @@
+//! Python's requests: writes, half-close, close, abort and flow control on a connection, and datagrams to send.
+
+use std::net::SocketAddr;
+
+use smoltcp::socket::tcp;
+
+use super::{Outputs, Stack, LINGER};
+use crate::messages::{PeerId, PythonToNetwork};
+use crate::network::device::MTU;
+use crate::network::packet;
+
+impl Stack {
+    /// A request from Python.
+    pub fn handle(&mut self, msg: PythonToNetwork, out: &mut Outputs) {
+        let id = match msg {
+            PythonToNetwork::SendDatagram { data, src, dst, peer } => {
+                self.send_datagram(&data, src, dst, peer, out);
+                return;
+            }
+            PythonToNetwork::ResumeStarved => {
+                self.resume_starved();
+                return;
+            }
+            PythonToNetwork::Write { id, .. }
+            | PythonToNetwork::WriteEof { id }
+            | PythonToNetwork::Close { id }
+            | PythonToNetwork::Abort { id }
+            | PythonToNetwork::PauseReading { id }
+            | PythonToNetwork::ResumeReading { id } => id,
+        };
+        let now = self.now();
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return; // Already gone; Python hears (or heard) of it through ConnectionClosed.
+        };
+        match msg {
+            PythonToNetwork::Write { data, .. } => {
+                if !conn.fin_requested && !data.is_empty() {
+                    conn.unconfirmed += data.len();
+                    conn.pending.push_back(data);
+                }
+            }
+            PythonToNetwork::WriteEof { .. } => conn.fin_requested = true,
+            PythonToNetwork::Close { .. } => {
+                conn.fin_requested = true;
+                conn.python_closed = true;
+                conn.closed_sent = true;
+                conn.linger_until = Some(now + LINGER.into());
+            }
+            PythonToNetwork::Abort { .. } => {
+                conn.python_closed = true;
+                conn.closed_sent = true;
+                conn.pending.clear();
+                conn.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+            }
+            PythonToNetwork::PauseReading { .. } => conn.reading = false,
+            PythonToNetwork::ResumeReading { .. } => conn.reading = true,
+            PythonToNetwork::SendDatagram { .. } | PythonToNetwork::ResumeStarved => unreachable!(),
+        }
+        self.mark_dirty(id);
+    }
+
+    /// Python emptied its queue: the connections left unread for lack of room are read again.
+    fn resume_starved(&mut self) {
+        for id in std::mem::take(&mut self.budget.starved) {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.starved = false;
+            }
+            self.mark_dirty(id);
+        }
+    }
+
+    fn send_datagram(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        dst: SocketAddr,
+        peer: Option<PeerId>,
+        out: &mut Outputs,
+    ) {
+        let peer = match peer
+            .filter(|p| *p < self.peers.len())
+            .or_else(|| self.udp_routes.get(&dst))
+        {
+            Some(peer) => peer,
+            None if self.peers.len() == 1 => 0,
+            None => {
+                log::debug!("dropped a datagram to {dst}: no peer sent from that address");
+                return;
+            }
+        };
+        self.next_ident = self.next_ident.wrapping_add(1);
+        match packet::udp_packets(src, dst, data, MTU, self.next_ident) {
+            Some(packets) => out.packets.extend(packets.into_iter().map(|p| (peer, p))),
+            None => {
+                log::debug!("dropped a datagram from {src} to {dst}: address families differ or too large")
+            }
+        }
+    }
+}
