@@ -9,6 +9,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpListenEndpoint;
 
+use super::lifecycle::Lifecycle;
 use super::recovery::SeqTracker;
 use super::{Flow, Outputs, ReadBudget, Stack, RX_BUFFER, WRITE_LOW_WATER};
 use crate::messages::{ConnectionId, NetworkToPython, PeerInfo};
@@ -27,8 +28,8 @@ pub(super) struct Connection {
     pub(super) seq: SeqTracker,
     /// The state at the end of the last poll, to tell a reset from an orderly close.
     last_state: tcp::State,
-    /// Python was told about the connection.
-    announced: bool,
+    /// What Python knows of the connection.
+    pub(super) lifecycle: Lifecycle,
     /// Python wants data (asyncio's pause_reading / resume_reading).
     pub(super) reading: bool,
     /// Written by Python, not yet in the socket's send buffer.
@@ -36,12 +37,6 @@ pub(super) struct Connection {
     pending_offset: usize,
     /// Bytes written by Python since the last `Drained`.
     pub(super) unconfirmed: usize,
-    /// Python asked for a FIN after its data.
-    pub(super) fin_requested: bool,
-    /// Python closed the connection: it reads nothing more.
-    pub(super) python_closed: bool,
-    eof_sent: bool,
-    pub(super) closed_sent: bool,
     /// When the connection must be polled next.
     pub(super) deadline: Option<Instant>,
     /// Set when Python closed it: the latest moment to give up waiting for the client.
@@ -94,15 +89,11 @@ impl Stack {
                 handle,
                 seq: SeqTracker::default(),
                 last_state: tcp::State::Listen,
-                announced: false,
+                lifecycle: Lifecycle::Connecting,
                 reading: true,
                 pending: VecDeque::new(),
                 pending_offset: 0,
                 unconfirmed: 0,
-                fin_requested: false,
-                python_closed: false,
-                eof_sent: false,
-                closed_sent: false,
                 deadline: None,
                 linger_until: None,
                 dirty: false,
@@ -178,11 +169,10 @@ impl Connection {
     /// Tells Python of the connection once the handshake is done.
     fn announce(&mut self, peers: &[PeerInfo], out: &mut Outputs) {
         let state = self.socket().state();
-        if !self.announced
-            && !self.python_closed
+        if self.lifecycle == Lifecycle::Connecting
             && matches!(state, tcp::State::Established | tcp::State::CloseWait)
         {
-            self.announced = true;
+            self.lifecycle.announce();
             out.events.push(NetworkToPython::ConnectionEstablished {
                 id: self.id,
                 peer: peers[self.flow.peer].clone(),
@@ -212,10 +202,10 @@ impl Connection {
         if !self.pending.is_empty() {
             return;
         }
-        if self.fin_requested {
+        if self.lifecycle.fin_requested() {
             socket.close();
         }
-        if self.unconfirmed >= WRITE_LOW_WATER && self.announced && !self.python_closed {
+        if self.unconfirmed >= WRITE_LOW_WATER && self.lifecycle.python_listens() {
             out.events.push(NetworkToPython::Drained {
                 id: self.id,
                 bytes: self.unconfirmed,
@@ -228,14 +218,12 @@ impl Connection {
     /// window open.
     fn deliver(&mut self, budget: &mut ReadBudget, out: &mut Outputs) {
         let socket = self.sockets.get_mut::<tcp::Socket>(self.handle);
-        if !(self.announced && (self.reading || self.python_closed) && socket.can_recv()) {
+        let detached = self.lifecycle == Lifecycle::Detached;
+        let wanted = (self.lifecycle.python_listens() && self.reading) || detached;
+        if !(wanted && socket.can_recv()) {
             return;
         }
-        let limit = if self.python_closed {
-            usize::MAX
-        } else {
-            budget.bytes
-        };
+        let limit = if detached { usize::MAX } else { budget.bytes };
         let mut data = Vec::with_capacity(socket.recv_queue().min(limit));
         while data.len() < limit {
             let room = limit - data.len();
@@ -248,7 +236,7 @@ impl Connection {
                 _ => break,
             }
         }
-        if self.python_closed {
+        if detached {
             return;
         }
         budget.bytes -= data.len();
@@ -264,13 +252,8 @@ impl Connection {
     /// EOF for Python once it read everything before the client's FIN.
     fn report_eof(&mut self, out: &mut Outputs) {
         let socket = self.sockets.get_mut::<tcp::Socket>(self.handle);
-        if self.announced
-            && !self.eof_sent
-            && !self.python_closed
-            && socket.recv_queue() == 0
-            && fin_received(socket.state())
-        {
-            self.eof_sent = true;
+        if self.lifecycle.eof_due() && socket.recv_queue() == 0 && fin_received(socket.state()) {
+            self.lifecycle.report_eof();
             out.events.push(NetworkToPython::Eof { id: self.id });
         }
     }
@@ -296,8 +279,8 @@ impl Connection {
         let state = self.socket().state();
         let gone = state == tcp::State::Closed
             || (state == tcp::State::Listen && self.last_state != tcp::State::Listen);
-        if !self.closed_sent && self.announced && (gone || state == tcp::State::TimeWait) {
-            self.closed_sent = true;
+        if matches!(self.lifecycle, Lifecycle::Open { .. }) && (gone || state == tcp::State::TimeWait) {
+            self.lifecycle.end();
             let reset = gone && !orderly_end(self.last_state);
             out.events
                 .push(NetworkToPython::ConnectionClosed { id: self.id, reset });

@@ -7,11 +7,13 @@
 //! - `receive`: packets from peers, dispatched by protocol (ping, UDP, TCP).
 //! - `requests`: Python's requests (writes, closes, flow control, datagrams).
 //! - `connection`: a TCP connection and the steps that move it on (`Stack::service`).
+//! - `lifecycle`: what Python knows of a connection, as a state machine.
 //! - `recovery`: what was sent and received on a connection, and the resend of a lost reply.
 //! - `release`: giving an idle connection's buffer pages back.
 //! - `timers`: when each connection needs a poll next.
 
 mod connection;
+mod lifecycle;
 mod receive;
 mod recovery;
 mod release;

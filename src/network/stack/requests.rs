@@ -2,8 +2,6 @@
 
 use std::net::SocketAddr;
 
-use smoltcp::socket::tcp;
-
 use super::{Outputs, Stack, LINGER};
 use crate::messages::{PeerId, PythonToNetwork};
 use crate::network::device::MTU;
@@ -34,23 +32,19 @@ impl Stack {
         };
         match msg {
             PythonToNetwork::Write { data, .. } => {
-                if !conn.fin_requested && !data.is_empty() {
+                if conn.lifecycle.takes_writes() && !data.is_empty() {
                     conn.unconfirmed += data.len();
                     conn.pending.push_back(data);
                 }
             }
-            PythonToNetwork::WriteEof { .. } => conn.fin_requested = true,
+            PythonToNetwork::WriteEof { .. } => conn.lifecycle.request_fin(),
             PythonToNetwork::Close { .. } => {
-                conn.fin_requested = true;
-                conn.python_closed = true;
-                conn.closed_sent = true;
+                conn.lifecycle.detach();
                 conn.linger_until = Some(now + LINGER.into());
             }
             PythonToNetwork::Abort { .. } => {
-                conn.python_closed = true;
-                conn.closed_sent = true;
-                conn.pending.clear();
-                conn.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+                conn.lifecycle.detach();
+                conn.abort();
             }
             PythonToNetwork::PauseReading { .. } => conn.reading = false,
             PythonToNetwork::ResumeReading { .. } => conn.reading = true,
