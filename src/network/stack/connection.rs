@@ -108,8 +108,7 @@ impl Stack {
 
     /// Moves everything that can move on one connection: Python's writes, data for Python, FIN, and the packets
     /// that result. Then reschedules its timer or forgets it.
-    pub(super) fn service(&mut self, id: ConnectionId, out: &mut Outputs) {
-        let now = self.now();
+    pub(super) fn service(&mut self, id: ConnectionId, now: Instant, out: &mut Outputs) {
         let Some(conn) = self.connections.get_mut(&id) else {
             return;
         };

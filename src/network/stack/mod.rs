@@ -2,7 +2,8 @@
 //! packet costs a lookup and a poll of its own connection only, whatever the number of open connections.
 //!
 //! No I/O happens here: packets and Python's requests go in, and `Outputs` (packets for peers, events for
-//! Python) come out.
+//! Python) come out. Nor does the stack read the clock: every entry point takes the time (`now`) from its caller,
+//! as smoltcp does, so that a test moves time by passing it.
 //!
 //! - `receive`: packets from peers, dispatched by protocol (ping, UDP, TCP).
 //! - `requests`: Python's requests (writes, closes, flow control, datagrams).
@@ -24,7 +25,7 @@ mod timers;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant};
 
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::time::Instant;
@@ -111,15 +112,15 @@ pub struct Stack {
     /// Identification of the next fragmented datagram.
     next_ident: u32,
     /// smoltcp counts time from here.
-    epoch: std::time::Instant,
+    epoch: StdInstant,
 }
 
 impl Stack {
-    pub fn new(peers: Vec<PeerInfo>) -> Self {
+    /// A stack for these peers; `now` is when it starts.
+    pub fn new(peers: Vec<PeerInfo>, now: StdInstant) -> Self {
         let mut device = VirtualDevice::default();
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = rand_seed();
-        let epoch = std::time::Instant::now();
         let mut iface = Interface::new(config, &mut device, Instant::ZERO);
         iface.set_any_ip(true);
         iface.update_ip_addrs(|addrs| {
@@ -146,15 +147,17 @@ impl Stack {
                 starved: Vec::new(),
             },
             next_ident: 0,
-            epoch,
+            epoch: now,
         }
     }
 
-    pub fn now(&self) -> Instant {
-        Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    /// A moment in smoltcp's time.
+    fn clock(&self, now: StdInstant) -> Instant {
+        Instant::from_micros(now.saturating_duration_since(self.epoch).as_micros() as i64)
     }
 
-    pub fn to_std(&self, instant: Instant) -> std::time::Instant {
+    /// A moment of smoltcp's time as the caller's.
+    fn unclock(&self, instant: Instant) -> StdInstant {
         self.epoch + Duration::from_micros(instant.total_micros().max(0) as u64)
     }
 
@@ -182,12 +185,13 @@ impl Stack {
     }
 
     /// Services every connection touched since the last flush. Call after each batch.
-    pub fn flush(&mut self, out: &mut Outputs) {
+    pub fn flush(&mut self, now: StdInstant, out: &mut Outputs) {
+        let now = self.clock(now);
         let dirty = std::mem::take(&mut self.dirty);
         for &id in &dirty {
             if let Some(conn) = self.connections.get_mut(&id) {
                 conn.dirty = false;
-                self.service(id, out);
+                self.service(id, now, out);
             }
         }
         // Reuse the allocation.
@@ -196,13 +200,14 @@ impl Stack {
     }
 
     /// Resets every connection (server shutdown).
-    pub fn abort_all(&mut self, out: &mut Outputs) {
+    pub fn abort_all(&mut self, now: StdInstant, out: &mut Outputs) {
+        let now = self.clock(now);
         let ids: Vec<_> = self.connections.keys().copied().collect();
         for id in ids {
             if let Some(conn) = self.connections.get_mut(&id) {
                 conn.abort();
             }
-            self.service(id, out);
+            self.service(id, now, out);
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Packets from peers: reassembled if fragmented, parsed, and dispatched by protocol to a handler each.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant as StdInstant;
+
+use smoltcp::time::Instant;
 
 use super::recovery::resend_lost;
 use super::{Flow, Outputs, Stack};
@@ -10,8 +13,15 @@ use crate::network::packet::{self, Inbound, Segment};
 
 impl Stack {
     /// An IP packet from a peer, which it sent from its outer UDP endpoint `endpoint`.
-    pub fn receive(&mut self, peer: PeerId, endpoint: SocketAddr, packet: Vec<u8>, out: &mut Outputs) {
-        let Some(packet) = self.reassemble(peer, packet) else {
+    pub fn receive(
+        &mut self,
+        now: StdInstant,
+        peer: PeerId,
+        endpoint: SocketAddr,
+        packet: Vec<u8>,
+        out: &mut Outputs,
+    ) {
+        let Some(packet) = self.reassemble(now, peer, packet) else {
             return;
         };
         let inbound = match packet::parse(&packet) {
@@ -41,15 +51,16 @@ impl Stack {
                     client: src,
                     destination: dst,
                 };
-                self.receive_tcp(flow, endpoint, opens, segment, packet, out)
+                let now = self.clock(now);
+                self.receive_tcp(now, flow, endpoint, opens, segment, packet, out)
             }
         }
     }
 
     /// The packet itself, or the whole packet once its last fragment arrived.
-    fn reassemble(&mut self, peer: PeerId, packet: Vec<u8>) -> Option<Vec<u8>> {
+    fn reassemble(&mut self, now: StdInstant, peer: PeerId, packet: Vec<u8>) -> Option<Vec<u8>> {
         if fragments::is_fragment(&packet) {
-            self.fragments.insert(peer, &packet, std::time::Instant::now())
+            self.fragments.insert(peer, &packet, now)
         } else {
             Some(packet)
         }
@@ -74,8 +85,10 @@ impl Stack {
     }
 
     /// A TCP segment goes to its connection (a SYN opens one); the connection is serviced at the next flush.
+    #[allow(clippy::too_many_arguments)] // the parts of `Inbound::Tcp`, and where it came from
     fn receive_tcp(
         &mut self,
+        now: Instant,
         flow: Flow,
         endpoint: SocketAddr,
         opens: bool,
@@ -92,23 +105,28 @@ impl Stack {
                 Some(id) => id,
                 None => return,
             },
-            None => return self.reset_unknown(flow.peer, packet, out),
+            None => return self.reset_unknown(now, flow.peer, packet, out),
         };
-        self.ingress(id, segment, packet, out);
+        self.ingress(now, id, segment, packet, out);
         self.mark_dirty(id);
     }
 
     /// A segment that no connection takes: smoltcp answers it with a RST.
-    fn reset_unknown(&mut self, peer: PeerId, packet: Vec<u8>, out: &mut Outputs) {
-        let now = self.now();
+    fn reset_unknown(&mut self, now: Instant, peer: PeerId, packet: Vec<u8>, out: &mut Outputs) {
         self.device.rx = Some(packet);
         self.iface.poll(now, &mut self.device, &mut self.no_sockets);
         out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
     }
 
     /// Feeds a segment to its connection's socket, and resends what the client shows it lost.
-    fn ingress(&mut self, id: ConnectionId, segment: Segment, packet: Vec<u8>, out: &mut Outputs) {
-        let now = self.now();
+    fn ingress(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        segment: Segment,
+        packet: Vec<u8>,
+        out: &mut Outputs,
+    ) {
         let Some(conn) = self.connections.get_mut(&id) else {
             return;
         };

@@ -1,6 +1,7 @@
 //! Python's requests: writes, half-close, close, abort and flow control on a connection, and datagrams to send.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use super::{Outputs, Stack, LINGER};
 use crate::messages::{PeerId, PythonToNetwork};
@@ -9,7 +10,7 @@ use crate::network::packet;
 
 impl Stack {
     /// A request from Python.
-    pub fn handle(&mut self, msg: PythonToNetwork, out: &mut Outputs) {
+    pub fn handle(&mut self, now: Instant, msg: PythonToNetwork, out: &mut Outputs) {
         let id = match msg {
             PythonToNetwork::SendDatagram { data, src, dst, peer } => {
                 self.send_datagram(&data, src, dst, peer, out);
@@ -26,7 +27,7 @@ impl Stack {
             | PythonToNetwork::PauseReading { id }
             | PythonToNetwork::ResumeReading { id } => id,
         };
-        let now = self.now();
+        let now = self.clock(now);
         let Some(conn) = self.connections.get_mut(&id) else {
             return; // Already gone; Python hears (or heard) of it through ConnectionClosed.
         };

@@ -1,5 +1,5 @@
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
@@ -55,7 +55,7 @@ impl Client {
     }
 
     /// Exchanges packets between client and stack until neither has more to say; returns Python's events.
-    fn pump(&mut self, stack: &mut Stack) -> Vec<NetworkToPython> {
+    fn pump(&mut self, stack: &mut TestStack) -> Vec<NetworkToPython> {
         let mut events = vec![];
         let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
         for _ in 0..10_000 {
@@ -82,14 +82,67 @@ impl Client {
     }
 }
 
-fn stack() -> Stack {
+/// The stack under test and the test's clock, which stands still unless a test moves it. Every call passes the
+/// clock's time to the stack.
+struct TestStack {
+    stack: Stack,
+    start: StdInstant,
+    clock: StdInstant,
+}
+
+impl TestStack {
+    /// The clock's time, as the clients' smoltcp interfaces count it.
+    fn now(&self) -> Instant {
+        Instant::from_micros((self.clock - self.start).as_micros() as i64)
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.clock += by;
+    }
+
+    fn receive(&mut self, peer: PeerId, endpoint: SocketAddr, packet: Vec<u8>, out: &mut Outputs) {
+        self.stack.receive(self.clock, peer, endpoint, packet, out);
+    }
+
+    fn handle(&mut self, msg: PythonToNetwork, out: &mut Outputs) {
+        self.stack.handle(self.clock, msg, out);
+    }
+
+    fn flush(&mut self, out: &mut Outputs) {
+        self.stack.flush(self.clock, out);
+    }
+
+    fn poll_timers(&mut self, out: &mut Outputs) {
+        self.stack.poll_timers(self.clock, out);
+    }
+}
+
+impl std::ops::Deref for TestStack {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+impl std::ops::DerefMut for TestStack {
+    fn deref_mut(&mut self) -> &mut Stack {
+        &mut self.stack
+    }
+}
+
+fn stack() -> TestStack {
     let peers = (0..2)
         .map(|id| PeerInfo {
             id,
             public_key: format!("key{id}").into(),
         })
         .collect();
-    Stack::new(peers)
+    let start = StdInstant::now();
+    TestStack {
+        stack: Stack::new(peers, start),
+        start,
+        clock: start,
+    }
 }
 
 fn established(events: &[NetworkToPython]) -> ConnectionId {
@@ -182,7 +235,7 @@ fn connections_to_any_address_carry_data_both_ways_and_half_close() {
 
 /// The client sends "request", kept as a packet so that a test can send it again; Python answers "reply".
 /// Returns the request and what the stack put out.
-fn request_and_reply(stack: &mut Stack, client: &mut Client, id: ConnectionId) -> (Vec<u8>, Outputs) {
+fn request_and_reply(stack: &mut TestStack, client: &mut Client, id: ConnectionId) -> (Vec<u8>, Outputs) {
     let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
     client.socket().send_slice(b"request").unwrap();
     let now = stack.now();
@@ -282,9 +335,9 @@ fn a_repeated_request_whose_reply_arrived_resends_nothing() {
 
 /// Lets the stack's clock run on, in steps as long as idle buffers wait before they are released (a delayed
 /// acknowledgement goes out in the first), servicing what is due.
-fn idle(stack: &mut Stack) {
+fn idle(stack: &mut TestStack) {
     for _ in 0..3 {
-        stack.epoch -= RELEASE_AFTER + Duration::from_millis(10);
+        stack.advance(RELEASE_AFTER + Duration::from_millis(10));
         stack.poll_timers(&mut Outputs::default());
     }
 }

@@ -3,6 +3,7 @@
 //! polls the connections that are due and no other.
 
 use std::collections::BTreeSet;
+use std::time::Instant as StdInstant;
 
 use smoltcp::iface::Interface;
 use smoltcp::time::Instant;
@@ -13,13 +14,13 @@ use crate::messages::ConnectionId;
 
 impl Stack {
     /// The earliest moment a connection needs a poll.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+    pub fn next_deadline(&self) -> Option<StdInstant> {
+        self.timers.first().map(|(at, _)| self.unclock(*at))
     }
 
     /// Polls the connections whose timers are due.
-    pub fn poll_timers(&mut self, out: &mut Outputs) {
-        let now = self.now();
+    pub fn poll_timers(&mut self, now: StdInstant, out: &mut Outputs) {
+        let now = self.clock(now);
         while let Some(&(at, id)) = self.timers.first() {
             if at > now {
                 break;
@@ -31,7 +32,7 @@ impl Stack {
                     log::debug!("connection {id}: the client did not close in time, resetting");
                     conn.socket().abort();
                 }
-                self.service(id, out);
+                self.service(id, now, out);
             }
         }
     }
