@@ -130,20 +130,51 @@ fn key_error(text: &str) -> Option<String> {
     }
 }
 
-/// A resolver address or search domain, as wg-quick takes them.
-pub(crate) fn is_dns_entry(entry: &str) -> bool {
-    entry.parse::<IpAddr>().is_ok()
-        || (!entry.is_empty()
-            && entry.len() <= 253
-            && entry.split('.').all(|label| {
-                !label.is_empty()
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            }))
+/// A resolver address or search domain, as wg-quick takes them; the reason otherwise.
+fn check_dns_entry(entry: &str) -> std::result::Result<(), String> {
+    let domain = !entry.is_empty()
+        && entry.len() <= 253
+        && entry.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if domain || entry.parse::<IpAddr>().is_ok() {
+        Ok(())
+    } else {
+        Err(format!("{entry:?} is neither an IP address nor a domain"))
+    }
 }
 
-fn parse_nets(text: &str) -> std::result::Result<Vec<IpNet>, String> {
+/// The entries of a comma-separated list of resolvers and search domains.
+pub(crate) fn parse_dns(text: &str) -> std::result::Result<Vec<String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| check_dns_entry(e).map(|()| e.to_string()))
+        .collect()
+}
+
+/// An MTU: `MIN_MTU` to 65535; the reason otherwise.
+pub(crate) fn check_mtu(mtu: i64) -> std::result::Result<u16, String> {
+    u16::try_from(mtu)
+        .ok()
+        .filter(|m| *m >= MIN_MTU)
+        .ok_or_else(|| not_an_mtu(mtu))
+}
+
+/// An MTU written as text.
+fn parse_mtu(text: &str) -> std::result::Result<u16, String> {
+    check_mtu(text.parse().map_err(|_| not_an_mtu(format!("{text:?}")))?)
+}
+
+fn not_an_mtu(value: impl std::fmt::Display) -> String {
+    format!("{value} is not an MTU ({MIN_MTU} to 65535)")
+}
+
+/// A comma-separated list of addresses or networks (see `parse_net`).
+pub(crate) fn parse_nets(text: &str) -> std::result::Result<Vec<IpNet>, String> {
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -152,7 +183,7 @@ fn parse_nets(text: &str) -> std::result::Result<Vec<IpNet>, String> {
 }
 
 /// An address with or without a prefix length (without: a single host).
-pub(crate) fn parse_net(text: &str) -> std::result::Result<IpNet, String> {
+fn parse_net(text: &str) -> std::result::Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{text:?} is not an IP address or network (like 10.0.0.2/32)"))
@@ -414,14 +445,11 @@ impl Configuration {
         if let Some(reason) = key_error(&self.private_key) {
             return Err((Field::PrivateKey, reason));
         }
-        if let Some(entry) = self.dns.iter().find(|d| !is_dns_entry(d)) {
-            return Err((
-                Field::Dns,
-                format!("{entry:?} is neither an IP address nor a domain"),
-            ));
+        if let Some(reason) = self.dns.iter().find_map(|d| check_dns_entry(d).err()) {
+            return Err((Field::Dns, reason));
         }
-        if let Some(mtu) = self.mtu.filter(|m| *m < MIN_MTU) {
-            return Err((Field::Mtu, format!("{mtu} is not an MTU ({MIN_MTU} to 65535)")));
+        if let Some(Err(reason)) = self.mtu.map(|m| check_mtu(m.into())) {
+            return Err((Field::Mtu, reason));
         }
         let mut seen = HashSet::new();
         for (i, peer) in self.peers.iter().enumerate() {
