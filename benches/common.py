@@ -39,6 +39,7 @@ RESULTS = BENCHES / "results"
 
 DEFAULT_NEW_VENV = Path("/tmp/bench-venv-new")
 DEFAULT_OLD_VENV = Path("/tmp/bench-venv-old")
+DEFAULT_RS_VENV = Path("/tmp/bench-venv-rs")
 WG_RUN_DIR = Path("/var/run/wireguard")
 NS_PREFIX = "wgbench-"
 
@@ -47,6 +48,7 @@ SERVER_VETH_ADDR = "192.0.2.2"
 CLIENT_TUNNEL_ADDR = "10.0.0.1"
 ECHO_PORT = 7
 OLD_VERSION = "0.1.23"
+RS_VERSION = "0.11.5"  # mitmproxy_rs, whose WireGuard mode followed this project
 
 INSTALL_HINT = "apt-get install wireguard-go wireguard-tools iproute2"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -65,6 +67,7 @@ SERVER_KINDS = {
     "new": ServerKind("new", "this server", 51821, "10.0.1.0/24", "10.0.1.42"),
     "kernel": ServerKind("kernel", "kernel path", 51822, "10.0.2.0/24", "10.0.2.1"),
     "old": ServerKind("old", f"{OLD_VERSION}", 51823, "10.0.3.0/24", "10.0.3.42"),
+    "rs": ServerKind("rs", f"mitmproxy_rs {RS_VERSION}", 51824, "10.0.4.0/24", "10.0.4.42"),
     "plain": ServerKind("plain", "plain asyncio (no tunnel)", None, None, SERVER_VETH_ADDR),
 }
 KERNEL_TUNNEL_ADDR = "10.0.2.1"
@@ -103,19 +106,21 @@ def venv_python(venv: Path) -> Path:
 def check_venv(venv: Path, kind: str) -> dict[str, Any]:
     """Checks that the venv exists and imports the package; returns what it reports about itself."""
     python = venv_python(venv)
-    hint = "build it with: python3 benches/build.py" + (" --old" if kind == "old" else " --new")
+    hint = f"build it with: python3 benches/build.py --{kind}"
     if not python.exists():
         raise BenchError(f"no venv at {venv} for the {kind!r} server; {hint}")
+    package, wanted = {"new": ("mitmproxy_wireguard", None), "old": ("mitmproxy_wireguard", OLD_VERSION),
+                       "rs": ("mitmproxy_rs", RS_VERSION)}[kind]  # fmt: skip
     code = (
-        "import json, mitmproxy_wireguard as m, importlib.metadata as md;"
-        "print(json.dumps({'version': md.version('mitmproxy_wireguard'), 'file': m.__file__}))"
+        f"import json, {package} as m, importlib.metadata as md;"
+        f"print(json.dumps({{'version': md.version('{package}'), 'file': m.__file__}}))"
     )
     proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
-        raise BenchError(f"{python} cannot import mitmproxy_wireguard ({proc.stderr.strip()[-300:]}); {hint}")
+        raise BenchError(f"{python} cannot import {package} ({proc.stderr.strip()[-300:]}); {hint}")
     info = json.loads(proc.stdout)
-    if kind == "old" and info["version"] != OLD_VERSION:
-        raise BenchError(f"{venv} has mitmproxy_wireguard {info['version']}, not {OLD_VERSION}; {hint}")
+    if wanted is not None and info["version"] != wanted:
+        raise BenchError(f"{venv} has {package} {info['version']}, not {wanted}; {hint}")
     build_info = venv / "BENCH_BUILD_INFO.json"
     if build_info.exists():
         info["build"] = json.loads(build_info.read_text())
@@ -361,26 +366,27 @@ class Bench:
 
     # -- servers
 
-    def start_servers(self, kinds: list[str], python_new: Path, python_old: Path, python_plain: Path) -> None:
+    def start_servers(self, kinds: list[str], pythons: dict[str, Path]) -> None:
+        """`pythons`: the interpreter of each server kind ("plain" for the kernel path's echo)."""
         for name in kinds:
             if SERVER_KINDS[name].wg_port is not None:
                 self.keys[name] = self.genkeys()
         for name in kinds:
-            self.start_server(name, python_new=python_new, python_old=python_old, python_plain=python_plain)
+            self.start_server(name, pythons)
 
-    def start_server(self, name: str, *, python_new: Path, python_old: Path, python_plain: Path) -> Proc:
+    def start_server(self, name: str, pythons: dict[str, Path]) -> Proc:
         kind = SERVER_KINDS[name]
         cfg: dict[str, Any] = {"port": ECHO_PORT}
         if name == "new":
-            python, script = python_new, "new_server.py"
+            python, script = pythons["new"], "new_server.py"
             cfg.update(host=SERVER_VETH_ADDR, wg_port=kind.wg_port, server_key=self.keys[name][0],
                        client_key=self.client_key)  # fmt: skip
-        elif name == "old":
-            python, script = python_old, "old_server.py"
+        elif name in ("old", "rs"):
+            python, script = pythons[name], f"{name}_server.py"
             cfg.update(host=SERVER_VETH_ADDR, wg_port=kind.wg_port, server_key=self.keys[name][0],
                        client_pub=self.client_pub)  # fmt: skip
         elif name in ("kernel", "plain"):
-            python, script = python_plain, "kernel_server.py"
+            python, script = pythons["plain"], "kernel_server.py"
             cfg.update(host="0.0.0.0")
         else:
             raise BenchError(f"unknown server {name!r}")
