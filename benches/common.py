@@ -71,6 +71,7 @@ SERVER_KINDS = {
     "plain": ServerKind("plain", "plain asyncio (no tunnel)", None, None, SERVER_VETH_ADDR),
 }
 KERNEL_TUNNEL_ADDR = "10.0.2.1"
+RELAY_PORT_OFFSET = 1000  # benches/path.py listens for each server on its WireGuard port + this
 
 
 class BenchError(Exception):
@@ -254,6 +255,7 @@ class Bench:
         self.servers: dict[str, Proc] = {}
         self.server_info: dict[str, dict[str, Any]] = {}
         self.loadgen: LoadGen | None = None
+        self.relay: LoadGen | None = None
 
     # -- lifecycle
 
@@ -449,6 +451,35 @@ class Bench:
         proc.pids = [hello["pid"]]
         return self.loadgen
 
+    def start_relay(self, kinds: list[str]) -> LoadGen:
+        """The emulated path (benches/path.py) in the server namespace, in front of each server's WireGuard
+        port; the client uses it once `set_endpoint(name, relayed=True)`."""
+        relays = [[SERVER_KINDS[n].wg_port + RELAY_PORT_OFFSET, SERVER_VETH_ADDR, SERVER_KINDS[n].wg_port]
+                  for n in kinds if SERVER_KINDS[n].wg_port is not None]  # fmt: skip
+        cfg_path = self.workdir / "relay.json"
+        cfg_path.write_text(json.dumps({"host": SERVER_VETH_ADDR, "relays": relays}))
+        proc = self.spawn(
+            "relay",
+            ["ip", "netns", "exec", self.ns_server, sys.executable, str(BENCHES / "path.py"), str(cfg_path)],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
+        line = read_line(proc.popen, timeout=30)
+        if not line:
+            raise BenchError(f"the relay did not start:\n{proc.log_tail()}")
+        proc.pids = [json.loads(line)["pid"]]
+        self.relay = LoadGen(proc, "the relay")
+        return self.relay
+
+    def set_endpoint(self, name: str, relayed: bool) -> None:
+        """Where the client sends the WireGuard datagrams for server `name`: through the relay or directly.
+        The server learns the new address from the next datagram (every server here follows its peer)."""
+        port = SERVER_KINDS[name].wg_port
+        assert port is not None
+        port += RELAY_PORT_OFFSET if relayed else 0
+        sh("ip", "netns", "exec", self.ns_client, "wg", "set", self.if_client,
+           "peer", self.keys[name][1], "endpoint", f"{SERVER_VETH_ADDR}:{port}")  # fmt: skip
+
     def client_pids(self) -> list[int]:
         pids = []
         if self.client_wg is not None:
@@ -508,22 +539,24 @@ def read_line(popen: subprocess.Popen[bytes], timeout: float) -> str | None:
 
 
 class LoadGen:
-    """The load generator process in the client namespace; one command at a time."""
+    """A child that takes one JSON command per line and answers each with one JSON line: the load generator
+    in the client namespace, or the relay (benches/path.py). One command at a time."""
 
-    def __init__(self, proc: Proc):
+    def __init__(self, proc: Proc, what: str = "the load generator"):
         self.proc = proc
+        self.what = what
 
     def request(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
         popen = self.proc.popen
         if popen.poll() is not None:
-            raise BenchError(f"the load generator exited ({popen.returncode}):\n{self.proc.log_tail()}")
+            raise BenchError(f"{self.what} exited ({popen.returncode}):\n{self.proc.log_tail()}")
         assert popen.stdin is not None
         popen.stdin.write((json.dumps(command) + "\n").encode())
         popen.stdin.flush()
         line = read_line(popen, timeout)
         if line is None:
             raise BenchError(
-                f"no answer from the load generator within {timeout:.0f} s for {command['op']}:\n"
+                f"no answer from {self.what} within {timeout:.0f} s for {command['op']}:\n"
                 f"{self.proc.log_tail()}"
             )
         return json.loads(line)

@@ -38,7 +38,7 @@ async def echo_stream(stream: Any) -> None:
         while data := await stream.read(65536):
             stream.write(data)
             await stream.drain()
-    except ConnectionError:
+    except OSError:  # ConnectionError, and mitmproxy_rs's plain OSError for a closed connection
         pass
     finally:
         stream.close()
@@ -125,7 +125,7 @@ async def serve_transfer(reader: Any, writer: Any) -> None:
             await writer.drain()
         while await reader.read(CHUNK):  # until the client closes
             pass
-    except ConnectionError:
+    except OSError:  # ConnectionError, and mitmproxy_rs's plain OSError for a closed connection
         pass
     finally:
         writer.close()

@@ -15,7 +15,8 @@ from mitmproxy_rs.wireguard import start_wireguard_server
 
 
 async def echo_tcp(stream: Stream) -> None:
-    if stream.get_extra_info("original_dst")[1] == TRANSFER_PORT:
+    # here "sockname" is the address the client connected to ("original_dst" is the WireGuard socket's)
+    if stream.get_extra_info("sockname")[1] == TRANSFER_PORT:
         return await serve_transfer(stream, stream)
     await echo_stream(stream)
 
@@ -25,7 +26,7 @@ async def echo_udp(stream: Stream) -> None:
     try:
         while data := await stream.read(65536):
             stream.write(data)
-    except ConnectionError:
+    except OSError:  # mitmproxy_rs raises a plain OSError when the connection or server closes
         pass
     finally:
         stream.close()
