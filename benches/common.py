@@ -10,8 +10,12 @@ Network layout (everything is created by the harness and removed on exit, Ctrl-C
         peer "new"    -> 192.0.2.2:51821, 10.0.1.0/24     51821/udp  this project (benches/servers/new_server.py)
         peer "kernel" -> 192.0.2.2:51822, 10.0.2.0/24     51822/udp  wireguard-go "wgbs<pid>" 10.0.2.1/32 with
         peer "old"    -> 192.0.2.2:51823, 10.0.3.0/24                the kernel's TCP/IP stack and
-      load generator (benches/loadgen.py)                            benches/servers/kernel_server.py on :7
-                                                         51823/udp  mitmproxy_wireguard 0.1.23 (old_server.py)
+        peer "rs"     -> 192.0.2.2:51824, 10.0.4.0/24                benches/servers/kernel_server.py on :7, :9
+      load generator (benches/loadgen.py)               51823/udp  mitmproxy_wireguard 0.1.23 (old_server.py)
+                                                         51824/udp  mitmproxy_rs 0.11.5 (rs_server.py)
+                                                         52821..52824/udp  paths.py only: the emulated path
+                                                           (path.py) in front of each server; the client's
+                                                           peers point there for the cases through it
 
 Neither namespace has a default route: the tunnel destinations (10.0.x.y) exist only inside the tunnel, and
 every packet stays inside the two namespaces.
