@@ -258,6 +258,21 @@ def table(summary: dict[str, Any], servers: list[str], cases: list[str], sizes: 
     return "\n".join(lines)
 
 
+def document(started: float, meta: dict[str, Any], cases: list[str], summary: dict[str, Any],
+             results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """The JSON of a run: what ran where, the summary, every round's records."""
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)),
+        "duration_s": time.time() - started,
+        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
+        "paths": {c: PATHS[c] for c in cases},
+        "labels": {c: PATH_LABELS[c] for c in cases},
+        "git": git_state(),
+        **meta,
+    }
+    return {"meta": meta, "summary": summary, "rounds": results, "errors": errors}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -295,7 +310,6 @@ def main() -> int:
     pythons["plain"] = pythons["new"] if pythons["new"].exists() else Path(sys.executable)
     workdir = Path(tempfile.mkdtemp(prefix="wgbench-paths-"))
     started, load_at_start = time.time(), os.getloadavg()
-    runner = None
     try:
         with Bench(workdir) as bench:
             bench.setup_network()
@@ -314,29 +328,13 @@ def main() -> int:
         log(f"error: {e} (logs in {workdir})")
         return 1
     summary = summarize(results, servers, cases)
-    doc = {
-        "meta": {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)),
-            "duration_s": time.time() - started,
-            "loadavg_at_start": load_at_start,
-            "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
-            "rounds": rounds,
-            "small": args.small,
-            "sizes": asdict(sizes),
-            "paths": {c: PATHS[c] for c in cases},
-            "labels": {c: PATH_LABELS[c] for c in cases},
-            "git": git_state(),
-            "servers": server_info,
-            "restarts": runner.restarts if runner else {},
-        },
-        "summary": summary,
-        "rounds": results,
-        "errors": runner.errors if runner else [],
-    }
+    meta = {"loadavg_at_start": load_at_start, "rounds": rounds, "small": args.small, "sizes": asdict(sizes),
+            "servers": server_info, "restarts": runner.restarts}  # fmt: skip
+    doc = document(started, meta, cases, summary, results, runner.errors)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(table(summary, servers, cases, sizes, rounds))
-    errors = runner.errors if runner else []
+    errors = runner.errors
     print(f"\n{len(errors)} error(s); took {time.time() - started:.0f} s; JSON: {out}")
     for e in errors:
         print(f"  round {e['round'] + 1} {e['server']} {e['case']}: {e['error'].splitlines()[0]}")
