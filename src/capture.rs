@@ -1,6 +1,11 @@
 //! Packet capture: the decrypted IP packets inside the tunnel, both ways, written to a pcapng file with one
 //! interface per peer.
 //!
+//! Each packet is written behind a Linux "cooked" header (LINKTYPE_LINUX_SLL), which says which way it went and
+//! whether it is IPv4 or IPv6: tcpdump then prints `In` and `Out`. Raw IP (LINKTYPE_RAW) would need no header, but
+//! libpcap, and so tcpdump, refuses a pcapng file with more than one raw IP interface: it compares the second
+//! interface's link type (101) with the first one's after translating that to its DLT_RAW (12).
+//!
 //! The network task holds a `Tap` and hands it copies of packets; a writer thread of its own owns the file. Between
 //! them is a bounded queue: when the writer falls behind, the tap drops packets from the capture and counts them,
 //! so that the disk never stalls the tunnel. `start` opens the file on the caller's thread (errors name the path);
@@ -25,6 +30,7 @@ use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeade
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::{DataLink, PcapError};
 
+use crate::error::{Error, Result};
 use crate::messages::PeerId;
 
 /// Packets that may wait for the writer; beyond this they are dropped from the capture. At the tunnel's MTU,
@@ -37,6 +43,15 @@ const NANOSECONDS: u8 = 9;
 /// `epb_flags` direction bits (pcapng, section 4.3.1), as seen from the server.
 const INBOUND: u32 = 1;
 const OUTBOUND: u32 = 2;
+
+/// The cooked header (LINKTYPE_LINUX_SLL): packet type, ARPHRD type, address length, address (8 bytes) and
+/// protocol, big-endian.
+const SLL_HEADER: usize = 16;
+/// Packet types: sent to this host, sent by it.
+const SLL_HOST: u16 = 0;
+const SLL_OUTGOING: u16 = 4;
+/// A device without link-layer addresses, as Linux reports WireGuard's own interfaces.
+const ARPHRD_NONE: u16 = 0xFFFE;
 
 /// Which way a packet went through the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,11 +107,14 @@ impl Tap {
             self.announced[peer] = true;
         }
         let time = self.wall + now.saturating_duration_since(self.started);
+        let mut data = Vec::with_capacity(SLL_HEADER + packet.len());
+        data.extend_from_slice(&sll_header(direction, packet));
+        data.extend_from_slice(packet);
         self.send(Entry::Packet {
             peer,
             direction,
             time,
-            data: packet.to_vec(),
+            data,
         });
     }
 
@@ -110,6 +128,23 @@ impl Tap {
             }
         }
     }
+}
+
+fn sll_header(direction: Direction, packet: &[u8]) -> [u8; SLL_HEADER] {
+    let packet_type = match direction {
+        Direction::FromPeer => SLL_HOST,
+        Direction::ToPeer => SLL_OUTGOING,
+    };
+    let protocol: u16 = match packet.first().map(|b| b >> 4) {
+        Some(4) => 0x0800,
+        Some(6) => 0x86DD,
+        _ => 0,
+    };
+    let mut header = [0u8; SLL_HEADER];
+    header[0..2].copy_from_slice(&packet_type.to_be_bytes());
+    header[2..4].copy_from_slice(&ARPHRD_NONE.to_be_bytes());
+    header[14..16].copy_from_slice(&protocol.to_be_bytes());
+    header
 }
 
 /// How a capture went.
@@ -152,8 +187,11 @@ impl Capture {
 
 /// Creates (or truncates) `path`, readable by its owner only, writes the pcapng header and starts the writer.
 /// Errors carry the path.
-pub fn start(path: &Path) -> io::Result<(Capture, Tap)> {
-    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+pub fn start(path: &Path) -> Result<(Capture, Tap)> {
+    let named = |source: io::Error| Error::File {
+        path: path.to_owned(),
+        source,
+    };
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -273,8 +311,9 @@ impl<W: Write> Writer<W> {
             return Ok(id);
         }
         let block = InterfaceDescriptionBlock {
-            linktype: DataLink::RAW,
-            snaplen: 0xFFFF,
+            linktype: DataLink::LINUX_SLL,
+            // No limit: every packet is written whole.
+            snaplen: 0,
             options: vec![
                 InterfaceDescriptionOption::IfName(name.to_owned().into()),
                 InterfaceDescriptionOption::IfDescription(format!("WireGuard peer {peer}").into()),

@@ -1,6 +1,7 @@
 //! The crate's error type. Each variant maps to one Python exception at the boundary (`From<Error> for PyErr` in `python/mod.rs`).
 
 use std::io;
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -21,6 +22,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// A file that could not be opened or written; Python sees the path as the `OSError`'s filename.
+    #[error("{}: {source}", path.display())]
+    File { path: PathBuf, source: io::Error },
     #[error("the server is closed")]
     Closed,
 }

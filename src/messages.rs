@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::capture::Tap;
+
 /// Index of a peer in the server's configuration; stable for the server's life.
 pub type PeerId = usize;
 
@@ -68,6 +70,9 @@ pub enum PythonToNetwork {
     },
     /// Python emptied its queue: read the connections that were left unread for lack of room.
     ResumeStarved,
+    /// Start copying every packet to and from peers to a capture (`Some`, replacing any other), or stop (`None`):
+    /// the network task drops the tap, and its writer finishes the file.
+    Capture(Option<Tap>),
 }
 
 #[derive(Debug)]

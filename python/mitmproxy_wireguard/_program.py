@@ -26,10 +26,11 @@ async def serve_until_signal(server: Server, ready: Callable[[], None]) -> None:
     stop = asyncio.Event()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    ready()
     stopped = asyncio.ensure_future(stop.wait())
     closed = asyncio.ensure_future(server.wait_closed())
     try:
+        # Inside: if it fails (a capture file that cannot be created), the server still closes in order.
+        ready()
         await asyncio.wait({stopped, closed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for sig in STOP_SIGNALS:

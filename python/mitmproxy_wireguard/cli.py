@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="also write each client's configuration and QR code to DIR/client-N.conf and DIR/client-N.png",
     )
+    common.add_argument(
+        "--pcap",
+        metavar="FILE",
+        type=Path,
+        help="write the packets inside the tunnel, decrypted, to FILE for tcpdump or Wireshark (pcapng, an "
+        "interface per peer; created readable by its owner only)",
+    )
     common.add_argument("--no-qr", action="store_true", help="print no QR codes")
     common.add_argument("--json-log", action="store_true", help="log JSON lines, one object a record")
     common.add_argument("-v", "--verbose", action="store_true", help="log debug records too")
@@ -209,6 +216,8 @@ def announcer(
     args: argparse.Namespace, cfg: Configuration, allowed_ips: str, dns: str | None, hint: list[str]
 ) -> Callable[[Server], None]:
     def announce(server: Server) -> None:
+        if args.pcap is not None:
+            server.start_capture(args.pcap)
         port = server.getsockname()[1]
         configs = cfg.pretty_print(
             allowed_ips=allowed_ips, endpoint=client_endpoint(args.endpoint, args.host, port), dns=dns
@@ -219,6 +228,8 @@ def announcer(
         header = f"WireGuard {kind} listening on {args.host or '*'}:{port}."
         if args.conf is None:
             header += " Fresh keys: use --conf PATH to keep them."
+        if args.pcap is not None:
+            header += f" Capturing packets to {args.pcap}."
         print("\n".join([header, "", report, *hint]), flush=True)
 
     return announce

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from . import _mitmproxy_wireguard as _native
@@ -68,6 +69,24 @@ class Server:
         datagram, swap the addresses `receive_datagram` got: the reply then reaches the peer it came from, even
         when several peers use the same tunnel address."""
         self._engine.send_datagram(bytes(data), src_addr, dst_addr, getattr(dst_addr, "peer", None))
+
+    def start_capture(self, path: str | os.PathLike[str]) -> None:
+        """Starts writing the packets inside the tunnel to `path`, a pcapng file for tcpdump or Wireshark: the
+        decrypted IP packets from and to every peer, each peer an interface of its own named by its public key
+        (link type raw IP), with each packet's direction. The file is created (or truncated) readable by its
+        owner only: it holds the peers' traffic in clear.
+
+        The disk never slows the tunnel down: when the file cannot be written as fast as packets come, packets
+        are left out of the capture, and the count is logged when the capture stops. Raises `OSError` (with the
+        path as its `filename`) if the file cannot be created, `RuntimeError` if a capture is already running.
+        """
+        self._engine.start_capture(path)
+
+    def stop_capture(self) -> None:
+        """Stops the packet capture, if one is running: the file is complete and closed when this returns.
+        Closing the server stops it too, once `wait_closed` returns, after the last packets (the resets that end
+        open connections)."""
+        self._engine.stop_capture()
 
     def close(self) -> None:
         """Stops the server: every open connection ends and the listening socket closes."""

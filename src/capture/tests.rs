@@ -105,7 +105,7 @@ fn packets_both_ways_with_an_interface_per_peer() {
         .interfaces
         .iter()
         .map(|i| {
-            assert_eq!(i.linktype, DataLink::RAW);
+            assert_eq!((i.linktype, i.snaplen), (DataLink::LINUX_SLL, 0));
             assert!(i.options.contains(&InterfaceDescriptionOption::IfTsResol(9)));
             i.options
                 .iter()
@@ -122,11 +122,17 @@ fn packets_both_ways_with_an_interface_per_peer() {
         .packets
         .iter()
         .map(|p| {
+            let (header, ip) = p.data.split_at(SLL_HEADER);
+            let kind = u16::from_be_bytes([header[0], header[1]]);
+            assert_eq!(header[2..14], [0xFF, 0xFE, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            assert_eq!(header[14..], [0x08, 0x00], "IPv4");
+            assert_eq!(p.original_len as usize, p.data.len());
             (
                 p.interface_id,
                 p.options.clone(),
-                p.data.len(),
-                p.data[p.data.len() - 1],
+                kind,
+                ip.len(),
+                ip[ip.len() - 1],
             )
         })
         .collect();
@@ -135,10 +141,10 @@ fn packets_both_ways_with_an_interface_per_peer() {
     assert_eq!(
         seen,
         [
-            (0, inbound.clone(), 60, 1),
-            (1, inbound, 40, 2),
-            (0, outbound.clone(), 52, 3),
-            (2, outbound, 28, 4)
+            (0, inbound.clone(), SLL_HOST, 60, 1),
+            (1, inbound, SLL_HOST, 40, 2),
+            (0, outbound.clone(), SLL_OUTGOING, 52, 3),
+            (2, outbound, SLL_OUTGOING, 28, 4)
         ]
     );
     // Wall-clock times, as far apart as the task's clock said.
@@ -175,8 +181,11 @@ fn the_file_is_private_even_if_it_existed() {
 fn an_unwritable_path_is_an_error_naming_it() {
     let path = std::env::temp_dir().join("no-such-directory-for-captures/out.pcapng");
     let err = start(&path).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::NotFound);
     assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+    let Error::File { path: named, source } = err else {
+        panic!("{err:?}");
+    };
+    assert_eq!((named, source.kind()), (path, io::ErrorKind::NotFound));
 }
 
 /// A writer that cannot keep up (a pipe nobody reads) costs packets from the capture, counted, and never
@@ -225,4 +234,15 @@ fn a_stalled_writer_drops_and_counts_without_blocking() {
         "{bytes} bytes for {summary:?}"
     );
     assert!(elapsed < Duration::from_secs(5), "the tap waited: {elapsed:?}");
+}
+
+#[test]
+fn the_cooked_header_tells_ipv6_from_ipv4() {
+    let mut v6 = packet(48, 0);
+    v6[0] = 0x60;
+    assert_eq!(sll_header(Direction::ToPeer, &v6)[14..], [0x86, 0xDD]);
+    assert_eq!(sll_header(Direction::ToPeer, &v6)[..2], [0, 4]);
+    assert_eq!(sll_header(Direction::FromPeer, &packet(20, 0))[..2], [0, 0]);
+    // Not IP at all: no protocol, still captured as it was.
+    assert_eq!(sll_header(Direction::FromPeer, &[0x10, 0])[14..], [0, 0]);
 }

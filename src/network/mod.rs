@@ -7,13 +7,15 @@ pub mod packet;
 pub mod stack;
 mod udp_routes;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::capture::{Direction, Tap};
 use crate::error::Result;
 use crate::events::EventSender;
-use crate::messages::{NetworkToWireGuard, PythonToNetwork, WireGuardToNetwork};
+use crate::messages::{NetworkToWireGuard, PeerId, PythonToNetwork, WireGuardToNetwork};
 use crate::shutdown;
 use stack::{Outputs, Stack};
 
@@ -34,6 +36,8 @@ pub struct NetworkTask {
     from_python: mpsc::UnboundedReceiver<PythonToNetwork>,
     events: EventSender,
     shutdown: shutdown::Signal,
+    /// The running packet capture, if any: every packet from and to peers is copied to it.
+    capture: Option<Tap>,
 }
 
 impl NetworkTask {
@@ -52,6 +56,7 @@ impl NetworkTask {
             from_python,
             events,
             shutdown,
+            capture: None,
         }
     }
 
@@ -88,12 +93,12 @@ impl NetworkTask {
                     break;
                 }
                 Wakeup::Python(Some(msg)) => {
-                    self.stack.handle(now, msg, &mut out);
+                    self.handle(now, msg, &mut out);
                     for _ in 1..BATCH {
                         let Ok(msg) = self.from_python.try_recv() else {
                             break;
                         };
-                        self.stack.handle(now, msg, &mut out);
+                        self.handle(now, msg, &mut out);
                     }
                 }
                 Wakeup::WireGuard(None) => {
@@ -124,13 +129,26 @@ impl NetworkTask {
         Ok(())
     }
 
+    fn handle(&mut self, now: Instant, msg: PythonToNetwork, out: &mut Outputs) {
+        match msg {
+            // Dropping a tap ends its capture: its writer finishes the file.
+            PythonToNetwork::Capture(tap) => self.capture = tap,
+            msg => self.stack.handle(now, msg, out),
+        }
+    }
+
     fn receive(&mut self, now: Instant, msg: WireGuardToNetwork, out: &mut Outputs) {
         match msg {
             WireGuardToNetwork::Packet {
                 peer,
                 endpoint,
                 packet,
-            } => self.stack.receive(now, peer, endpoint, packet, out),
+            } => {
+                if let Some(tap) = &mut self.capture {
+                    tap.packet(now, peer, Direction::FromPeer, &packet, |id| key(&self.stack, id));
+                }
+                self.stack.receive(now, peer, endpoint, packet, out)
+            }
         }
     }
 
@@ -141,6 +159,9 @@ impl NetworkTask {
             self.events.set_starved();
         }
         for (peer, packet) in out.packets.drain(..) {
+            if let Some(tap) = &mut self.capture {
+                tap.packet(now, peer, Direction::ToPeer, &packet, |id| key(&self.stack, id));
+            }
             // The WireGuard task ends only after this task: a failed send means shutdown is under way.
             let _ = self
                 .to_wireguard
@@ -151,4 +172,9 @@ impl NetworkTask {
         }
         self.events.wake();
     }
+}
+
+/// A peer's public key, which names its interface in a capture.
+fn key(stack: &Stack, peer: PeerId) -> Option<Arc<str>> {
+    stack.peer(peer).map(|info| info.public_key.clone())
 }

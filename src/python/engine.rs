@@ -2,12 +2,14 @@
 //! messages for the network task, and hands out the network task's events as tuples.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use super::config::Configuration;
+use crate::capture::{self, Capture};
 use crate::events::{self, EventReceiver};
 use crate::messages::{ConnectionId, NetworkToPython, PythonToNetwork};
 use crate::network::stack::{WRITE_HIGH_WATER, WRITE_LOW_WATER};
@@ -52,13 +54,19 @@ fn start_engine(host: &str, config: &Configuration) -> PyResult<Engine> {
     }
     let (sender, events) = events::channel()?;
     let server = Server::start(host, &config.0, sender)?;
-    Ok(Engine { server, events })
+    Ok(Engine {
+        server,
+        events,
+        capture: None,
+    })
 }
 
 #[pyclass(module = "mitmproxy_wireguard._mitmproxy_wireguard")]
 pub struct Engine {
     server: Server,
     events: EventReceiver,
+    /// The running packet capture's writer; the network task holds its tap.
+    capture: Option<Capture>,
 }
 
 /// Python sees addresses as (host, port); an IPv4 peer on a dual-stack socket as plain IPv4.
@@ -185,14 +193,45 @@ impl Engine {
         })
     }
 
+    /// Creates `path` (mode 0600) and starts copying every packet to and from peers into it, as pcapng. Raises
+    /// `OSError` with the path if it cannot be created, `RuntimeError` if a capture runs or the server is closed.
+    fn start_capture(&mut self, path: PathBuf) -> PyResult<()> {
+        if let Some(running) = &self.capture {
+            return Err(PyRuntimeError::new_err(format!(
+                "a packet capture to {} is running: stop it first",
+                running.path().display()
+            )));
+        }
+        let (capture, tap) = capture::start(&path)?;
+        if let Err(e) = self.server.send(PythonToNetwork::Capture(Some(tap))) {
+            // The tap went with the message: the writer ends at once.
+            capture.finish();
+            return Err(e.into());
+        }
+        log::info!("capturing packets to {}", path.display());
+        self.capture = Some(capture);
+        Ok(())
+    }
+
+    /// Stops the capture, if one runs, and waits until its file is written and closed.
+    fn stop_capture(&mut self, py: Python<'_>) {
+        if self.capture.is_some() {
+            // Fails only if the network task is gone, and its tap with it.
+            let _ = self.server.send(PythonToNetwork::Capture(None));
+        }
+        self.finish_capture(py);
+    }
+
     /// Asks the engine to stop; `EVENT_SERVER_CLOSED` follows.
     fn close(&self) {
         self.server.close();
     }
 
-    /// Waits for the engine thread, without holding the GIL; call after `EVENT_SERVER_CLOSED`.
+    /// Waits for the engine thread, without holding the GIL; call after `EVENT_SERVER_CLOSED`. A capture ends
+    /// with the engine: its file is complete when this returns.
     fn join(&mut self, py: Python<'_>) {
         py.detach(|| self.server.join());
+        self.finish_capture(py);
     }
 }
 
@@ -202,11 +241,37 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.server.close();
-        Python::attach(|py| py.detach(|| self.server.join()));
+        Python::attach(|py| {
+            py.detach(|| self.server.join());
+            self.finish_capture(py);
+        });
     }
 }
 
 impl Engine {
+    /// Waits, without the GIL, for the capture's writer once its tap is gone, and logs how the capture went.
+    fn finish_capture(&mut self, py: Python<'_>) {
+        let Some(capture) = self.capture.take() else {
+            return;
+        };
+        let path = capture.path().to_owned();
+        let summary = py.detach(|| capture.finish());
+        if let Some(error) = summary.error {
+            log::error!("packet capture to {} failed: {error}", path.display());
+        }
+        let message = format!(
+            "packet capture to {} stopped: {} packets written, {} dropped because the writer fell behind",
+            path.display(),
+            summary.packets,
+            summary.dropped
+        );
+        if summary.dropped > 0 {
+            log::warn!("{message}");
+        } else {
+            log::info!("{message}");
+        }
+    }
+
     fn send(&self, msg: PythonToNetwork) -> PyResult<()> {
         Ok(self.server.send(msg)?)
     }

@@ -4,7 +4,7 @@
 mod config;
 mod engine;
 
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::error::Error;
@@ -17,6 +17,18 @@ impl From<Error> for PyErr {
                 PyValueError::new_err(e.to_string())
             }
             Error::Io(io) => io.into(),
+            Error::File { path, source } => match source.raw_os_error() {
+                // As Python's own `open` raises it: `OSError(errno, strerror, filename)` makes the subclass
+                // (`PermissionError`, ...) and the message `[Errno N] strerror: 'path'`.
+                Some(errno) => {
+                    let text = source.to_string();
+                    let strerror = text
+                        .strip_suffix(&format!(" (os error {errno})"))
+                        .unwrap_or(&text);
+                    PyOSError::new_err((errno, strerror.to_owned(), path.into_os_string()))
+                }
+                None => PyOSError::new_err(format!("{}: {source}", path.display())),
+            },
             Error::Closed => PyRuntimeError::new_err(e.to_string()),
         }
     }

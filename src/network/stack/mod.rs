@@ -171,6 +171,10 @@ impl Stack {
         self.connections.len()
     }
 
+    pub fn peer(&self, peer: PeerId) -> Option<&PeerInfo> {
+        self.peers.get(peer)
+    }
+
     /// How many bytes may be read for Python from now on.
     pub fn set_read_budget(&mut self, bytes: usize) {
         self.budget.bytes = bytes;

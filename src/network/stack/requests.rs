@@ -20,6 +20,7 @@ impl Stack {
                 self.resume_starved();
                 return;
             }
+            PythonToNetwork::Capture(_) => unreachable!("the network task keeps the capture"),
             PythonToNetwork::Write { id, .. }
             | PythonToNetwork::WriteEof { id }
             | PythonToNetwork::Close { id }
@@ -49,7 +50,9 @@ impl Stack {
             }
             PythonToNetwork::PauseReading { .. } => conn.reading = false,
             PythonToNetwork::ResumeReading { .. } => conn.reading = true,
-            PythonToNetwork::SendDatagram { .. } | PythonToNetwork::ResumeStarved => unreachable!(),
+            PythonToNetwork::SendDatagram { .. }
+            | PythonToNetwork::ResumeStarved
+            | PythonToNetwork::Capture(_) => unreachable!(),
         }
         self.mark_dirty(id);
     }

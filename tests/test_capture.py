@@ -1,0 +1,151 @@
+"""Packet capture through real WireGuard clients: the file is read back with tcpdump, and with a pcapng library
+for what tcpdump does not print (which peer, which way)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import mitmproxy_wireguard as wg
+from helpers import close_writer, needs_client, open_connection
+
+pytestmark = [needs_client, pytest.mark.timeout(60)]
+
+needs_tcpdump = pytest.mark.skipif(
+    subprocess.run(["sh", "-c", "command -v tcpdump"], capture_output=True).returncode != 0,
+    reason="needs tcpdump",
+)
+
+LINKTYPE_LINUX_SLL = 113
+SLL_HEADER = 16
+INBOUND, OUTBOUND = 1, 2
+
+
+def tcpdump(path: Path) -> list[str]:
+    out = subprocess.run(
+        ["tcpdump", "-r", str(path), "-n", "-tt"], capture_output=True, text=True, timeout=20
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+async def udp_exchange(host: str, port: int, messages: list[bytes]) -> int:
+    """Sends each message and waits for its echo; returns the client's port."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect((host, port))
+        for message in messages:
+            await loop.sock_sendall(sock, message)
+            assert await asyncio.wait_for(loop.sock_recv(sock, 2048), 5) == message
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@needs_tcpdump
+# python-pcapng 2.1 warns about its own field definitions.
+@pytest.mark.filterwarnings("ignore:Field type should not be:DeprecationWarning")
+async def test_capture_holds_a_tcp_handshake_and_udp_datagrams_of_each_peer(start, wg_clients, tmp_path):
+    setup = await start(peers=2)
+    second = await wg_clients(
+        setup.server,
+        setup.cfg.server_public_key,
+        setup.cfg.client_private_keys[1],
+        addresses=("10.0.1.1/32",),
+        routes=("10.0.1.0/24",),
+    )
+    path = tmp_path / "tunnel.pcapng"
+    before = time.time()
+    setup.server.start_capture(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+    reader, writer = await open_connection("10.0.0.42", 8080)
+    writer.write(b"hello capture")
+    assert await asyncio.wait_for(reader.readexactly(13), 5) == b"hello capture"
+    tcp_port = writer.get_extra_info("sockname")[1]
+    await close_writer(writer)
+    messages = [b"datagram %d" % i for i in range(3)]
+    udp_port = await udp_exchange("10.0.0.42", 40000, messages)
+    second_port = await udp_exchange("10.0.1.42", 40001, [b"from the second peer"])
+    setup.server.stop_capture()
+    after = time.time()
+
+    lines = tcpdump(path)
+    text = "\n".join(lines)
+    assert re.search(rf"IP 10\.0\.0\.1\.{tcp_port} > 10\.0\.0\.42\.8080: Flags \[S\],", text), text
+    assert re.search(rf"IP 10\.0\.0\.42\.8080 > 10\.0\.0\.1\.{tcp_port}: Flags \[S\.\],", text), text
+    assert re.search(
+        rf"IP 10\.0\.0\.1\.{tcp_port} > 10\.0\.0\.42\.8080: Flags \[P\.\].*length 13", text
+    ), text
+    for ends in [f"10.0.0.1.{udp_port} > 10.0.0.42.40000", f"10.0.0.42.40000 > 10.0.0.1.{udp_port}"]:
+        assert text.count(f"IP {ends}: UDP, length 10") == 3, text
+    for ends in [f"10.0.1.1.{second_port} > 10.0.1.42.40001", f"10.0.1.42.40001 > 10.0.1.1.{second_port}"]:
+        assert text.count(f"IP {ends}: UDP, length 20") == 1, text
+    # Wall-clock times (tcpdump honours the file's timestamp resolution), in order.
+    times = [float(line.split()[0]) for line in lines]
+    assert before - 1 <= times[0] and times[-1] <= after + 1, (before, times, after)
+    assert times == sorted(times)
+
+    # Which peer and which way: an interface per peer, named by its public key, and each packet's direction.
+    pcapng = pytest.importorskip("pcapng")
+    interfaces: list[str] = []
+    packets: list[tuple[str, int, bytes]] = []
+    with open(path, "rb") as f:
+        for block in pcapng.FileScanner(f):
+            if isinstance(block, pcapng.blocks.InterfaceDescription):
+                assert block.link_type == LINKTYPE_LINUX_SLL
+                interfaces.append(block.options["if_name"])
+            elif isinstance(block, pcapng.blocks.EnhancedPacket):
+                direction = int(block.options["epb_flags"]) & 3
+                packets.append((interfaces[block.interface_id], direction, block.packet_data[SLL_HEADER:]))
+    assert interfaces == [setup.client.public_key, second.public_key]
+    first, second_key = interfaces
+    udp = [(key, way) for key, way, data in packets if data[9] == socket.IPPROTO_UDP]
+    assert udp == [(first, INBOUND), (first, OUTBOUND)] * 3 + [(second_key, INBOUND), (second_key, OUTBOUND)]
+    tcp = [(way, data[33]) for key, way, data in packets if key == first and data[9] == socket.IPPROTO_TCP]
+    syn, syn_ack = 0x02, 0x12
+    assert tcp[:2] == [(INBOUND, syn), (OUTBOUND, syn_ack)]
+
+
+async def test_closing_the_server_completes_the_capture_with_its_resets(start, tmp_path):
+    setup = await start()
+    path = tmp_path / "closing.pcapng"
+    setup.server.start_capture(str(path))
+    reader, writer = await open_connection("10.0.0.42", 8080)
+    writer.write(b"x")
+    assert await asyncio.wait_for(reader.readexactly(1), 5) == b"x"
+    setup.server.close()
+    await asyncio.wait_for(setup.server.wait_closed(), 5)
+    # The server's close ended the capture after the reset that ended the open connection.
+    if subprocess.run(["sh", "-c", "command -v tcpdump"], capture_output=True).returncode == 0:
+        text = "\n".join(tcpdump(path))
+        assert re.search(r"IP 10\.0\.0\.42\.8080 > 10\.0\.0\.1\.\d+: Flags \[R", text), text
+    await close_writer(writer)
+
+
+async def test_start_capture_errors_name_the_path(start, tmp_path):
+    setup = await start()
+    missing = tmp_path / "no-such-directory" / "out.pcapng"
+    with pytest.raises(FileNotFoundError) as info:
+        setup.server.start_capture(missing)
+    assert info.value.filename == str(missing)
+    assert str(missing) in str(info.value)
+
+    path = tmp_path / "one.pcapng"
+    setup.server.start_capture(path)
+    with pytest.raises(RuntimeError, match="one.pcapng"):
+        setup.server.start_capture(tmp_path / "two.pcapng")
+    setup.server.stop_capture()
+    setup.server.stop_capture()  # none runs: nothing to do
+    # A new capture after the first one stopped.
+    setup.server.start_capture(tmp_path / "two.pcapng")
+    setup.server.stop_capture()
+    assert (tmp_path / "two.pcapng").stat().st_size > 0
