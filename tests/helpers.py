@@ -273,3 +273,17 @@ def decode_png_qr(path: Path) -> str:
     pixels = bytes(255 * v // top for row in rows for v in row)
     (code,) = zxingcpp.read_barcodes(memoryview(pixels).cast("B", (height, width)))
     return code.text
+
+
+# Packet captures.
+
+needs_tcpdump = pytest.mark.skipif(shutil.which("tcpdump") is None, reason="needs tcpdump")
+
+
+def tcpdump(path: Path, *options: str) -> list[str]:
+    """The lines `tcpdump -r` prints for a capture file: numeric addresses, Unix times."""
+    out = subprocess.run(
+        ["tcpdump", "-r", str(path), "-n", "-tt", *options], capture_output=True, text=True, timeout=20
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()

@@ -8,39 +8,25 @@ import os
 import re
 import socket
 import stat
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 import mitmproxy_wireguard as wg
-from helpers import close_writer, needs_client, open_connection
+from helpers import close_writer, needs_client, needs_tcpdump, open_connection, tcpdump
 
 pytestmark = [needs_client, pytest.mark.timeout(60)]
-
-needs_tcpdump = pytest.mark.skipif(
-    subprocess.run(["sh", "-c", "command -v tcpdump"], capture_output=True).returncode != 0,
-    reason="needs tcpdump",
-)
 
 LINKTYPE_LINUX_SLL = 113
 SLL_HEADER = 16
 INBOUND, OUTBOUND = 1, 2
 
 
-def tcpdump(path: Path) -> list[str]:
-    out = subprocess.run(
-        ["tcpdump", "-r", str(path), "-n", "-tt"], capture_output=True, text=True, timeout=20
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.splitlines()
-
-
 async def udp_exchange(host: str, port: int, messages: list[bytes]) -> int:
     """Sends each message and waits for its echo; returns the client's port."""
     loop = asyncio.get_running_loop()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         sock.connect((host, port))
         for message in messages:
@@ -75,6 +61,7 @@ async def test_capture_holds_a_tcp_handshake_and_udp_datagrams_of_each_peer(star
     messages = [b"datagram %d" % i for i in range(3)]
     udp_port = await udp_exchange("10.0.0.42", 40000, messages)
     second_port = await udp_exchange("10.0.1.42", 40001, [b"from the second peer"])
+    v6_port = await udp_exchange("fd00::42", 40002, [b"over IPv6"])
     setup.server.stop_capture()
     after = time.time()
 
@@ -89,6 +76,18 @@ async def test_capture_holds_a_tcp_handshake_and_udp_datagrams_of_each_peer(star
         assert text.count(f"IP {ends}: UDP, length 10") == 3, text
     for ends in [f"10.0.1.1.{second_port} > 10.0.1.42.40001", f"10.0.1.42.40001 > 10.0.1.1.{second_port}"]:
         assert text.count(f"IP {ends}: UDP, length 20") == 1, text
+    for ends in [f"fd00::1.{v6_port} > fd00::42.40002", f"fd00::42.40002 > fd00::1.{v6_port}"]:
+        assert text.count(f"IP6 {ends}: UDP, length 9") == 1, text
+    # Each packet's direction, from the cooked header.
+    with_direction = "\n".join(tcpdump(path, "-e"))
+    assert re.search(
+        rf" In ethertype IPv4 .*: 10\.0\.0\.1\.{tcp_port} > 10\.0\.0\.42\.8080: Flags \[S\],", with_direction
+    )
+    assert re.search(
+        rf" Out ethertype IPv4 .*: 10\.0\.0\.42\.8080 > 10\.0\.0\.1\.{tcp_port}: Flags \[S\.\],",
+        with_direction,
+    )
+    assert re.search(r" Out ethertype IPv6 .*: fd00::42\.40002 > ", with_direction), with_direction
     # Wall-clock times (tcpdump honours the file's timestamp resolution), in order.
     times = [float(line.split()[0]) for line in lines]
     assert before - 1 <= times[0] and times[-1] <= after + 1, (before, times, after)
@@ -110,11 +109,14 @@ async def test_capture_holds_a_tcp_handshake_and_udp_datagrams_of_each_peer(star
     first, second_key = interfaces
     udp = [(key, way) for key, way, data in packets if data[9] == socket.IPPROTO_UDP]
     assert udp == [(first, INBOUND), (first, OUTBOUND)] * 3 + [(second_key, INBOUND), (second_key, OUTBOUND)]
+    udp6 = [(key, way) for key, way, data in packets if data[0] >> 4 == 6 and data[6] == socket.IPPROTO_UDP]
+    assert udp6 == [(first, INBOUND), (first, OUTBOUND)]
     tcp = [(way, data[33]) for key, way, data in packets if key == first and data[9] == socket.IPPROTO_TCP]
     syn, syn_ack = 0x02, 0x12
     assert tcp[:2] == [(INBOUND, syn), (OUTBOUND, syn_ack)]
 
 
+@needs_tcpdump
 async def test_closing_the_server_completes_the_capture_with_its_resets(start, tmp_path):
     setup = await start()
     path = tmp_path / "closing.pcapng"
@@ -125,9 +127,8 @@ async def test_closing_the_server_completes_the_capture_with_its_resets(start, t
     setup.server.close()
     await asyncio.wait_for(setup.server.wait_closed(), 5)
     # The server's close ended the capture after the reset that ended the open connection.
-    if subprocess.run(["sh", "-c", "command -v tcpdump"], capture_output=True).returncode == 0:
-        text = "\n".join(tcpdump(path))
-        assert re.search(r"IP 10\.0\.0\.42\.8080 > 10\.0\.0\.1\.\d+: Flags \[R", text), text
+    text = "\n".join(tcpdump(path))
+    assert re.search(r"IP 10\.0\.0\.42\.8080 > 10\.0\.0\.1\.\d+: Flags \[R", text), text
     await close_writer(writer)
 
 

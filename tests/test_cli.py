@@ -20,9 +20,11 @@ from helpers import (
     close_writer,
     decode_png_qr,
     needs_client,
+    needs_tcpdump,
     open_connection,
     png_size,
     start_client,
+    tcpdump,
 )
 from helpers_cli import Cli, Listening, client_configs, client_settings, config_fields
 
@@ -247,6 +249,52 @@ async def test_a_client_set_up_from_the_printed_config_reaches_the_echo_server(c
     await close_writer(writer)
     client.stop()
     assert process.stop() == 0
+
+
+@needs_client
+@needs_tcpdump
+@pytest.mark.parametrize("command", ["echo", "forward"])
+async def test_pcap_captures_the_tunnels_packets_until_the_server_stops(cli, wg_clients, tmp_path, command):
+    """`--pcap FILE`: a ping (answered by the server itself in both commands) and, with echo, a TCP connection
+    and a UDP datagram; the file is complete once the command has stopped."""
+    pcap = tmp_path / "tunnel.pcapng"
+    process = cli(command, "--pcap", str(pcap), "--host", "127.0.0.1", "--port", "0", "--no-qr")
+    port = int(process.wait_for_stdout(LISTENING).group(1))
+    assert process.wait_for_stdout(f"Capturing packets to {pcap}")
+    settings = client_settings(client_configs(process.stdout)[0])
+    await wg_clients(Listening(port), **dict(settings, routes=("10.0.0.0/24",)))
+    ping = await asyncio.create_subprocess_exec(
+        "ping", "-c", "2", "-i", "0.2", "-W", "5", "10.0.0.42", stdout=subprocess.DEVNULL
+    )
+    assert await asyncio.wait_for(ping.wait(), 20) == 0
+    if command == "echo":
+        reader, writer = await open_connection("10.0.0.42", 7)
+        writer.write(b"captured")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 10) == b"captured"
+        await close_writer(writer)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.sendto(b"a datagram", ("10.0.0.42", 40000))
+            assert sock.recv(100) == b"a datagram"
+    assert process.stop() == 0
+    assert stat.S_IMODE(pcap.stat().st_mode) == 0o600
+
+    text = "\n".join(tcpdump(pcap))
+    assert text.count("> 10.0.0.42: ICMP echo request") == 2, text
+    assert text.count("10.0.0.42 > 10.0.0.") == 2 and text.count("ICMP echo reply") == 2, text
+    if command == "echo":
+        assert "> 10.0.0.42.7: Flags [S]," in text and "10.0.0.42.7 > " in text, text
+        assert ": Flags [S.]," in text, text
+        assert text.count("UDP, length 10") == 2, text
+
+
+def test_pcap_to_an_unwritable_path_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "out.pcapng"
+    out = run_cli("echo", "--pcap", str(path), "--host", "127.0.0.1", "--port", "0", "--no-qr")
+    assert out.returncode == 1, out.stderr
+    assert f"No such file or directory: '{path}'" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 @needs_client
