@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import socket
 import stat
+import subprocess
 import time
 
 import pytest
@@ -114,6 +116,44 @@ async def test_capture_holds_a_tcp_handshake_and_udp_datagrams_of_each_peer(star
     tcp = [(way, data[33]) for key, way, data in packets if key == first and data[9] == socket.IPPROTO_TCP]
     syn, syn_ack = 0x02, 0x12
     assert tcp[:2] == [(INBOUND, syn), (OUTBOUND, syn_ack)]
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark (Wireshark)")
+async def test_wireshark_reads_the_peer_and_direction_of_each_packet(start, tmp_path):
+    setup = await start()
+    path = tmp_path / "wireshark.pcapng"
+    setup.server.start_capture(path)
+    reader, writer = await open_connection("10.0.0.42", 8080)
+    tcp_port = writer.get_extra_info("sockname")[1]
+    await close_writer(writer)
+    setup.server.stop_capture()
+    fields = [
+        "frame.interface_name",
+        "frame.packet_flags_direction",
+        "ip.src",
+        "tcp.srcport",
+        "tcp.flags.str",
+    ]
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(path),
+            "-T",
+            "fields",
+            *(f for name in fields for f in ("-e", name)),
+            "-Y",
+            "tcp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    key = setup.client.public_key
+    assert rows[0][:4] == [key, "0x00000001", "10.0.0.1", str(tcp_port)] and "S" in rows[0][4], rows
+    assert rows[1][:4] == [key, "0x00000002", "10.0.0.42", "8080"] and "A" in rows[1][4], rows
 
 
 @needs_tcpdump
