@@ -207,9 +207,10 @@ pub fn start(path: &Path) -> Result<(Capture, Tap)> {
     let writer =
         PcapNgWriter::with_section_header(BufWriter::new(file), section_header()).map_err(io_error)?;
     let (queue, entries) = mpsc::sync_channel(QUEUE);
-    let writer = std::thread::Builder::new()
-        .name("packet-capture".into())
-        .spawn(move || write_all(writer, entries))?;
+    let writer = std::thread::Builder::new().name("packet-capture".into()).spawn({
+        let path = path.to_owned();
+        move || write_all(&path, writer, entries)
+    })?;
     let dropped = Arc::new(AtomicU64::new(0));
     let wall = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -239,8 +240,13 @@ fn section_header() -> SectionHeaderBlock<'static> {
 }
 
 /// The writer thread: writes entries until the tap is gone, flushing whenever the queue runs empty so that the
-/// file can be followed while it grows. Returns the packets written, and the error that stopped it, if any.
-fn write_all(writer: PcapNgWriter<BufWriter<File>>, entries: Receiver<Entry>) -> (u64, io::Result<()>) {
+/// file can be followed while it grows. Returns the packets written, and the error that stopped it, if any: that
+/// is logged at once (a full disk), and the packets after it are dropped from the capture.
+fn write_all(
+    path: &Path,
+    writer: PcapNgWriter<BufWriter<File>>,
+    entries: Receiver<Entry>,
+) -> (u64, io::Result<()>) {
     let mut writer = Writer::new(writer);
     let result = (|| {
         while let Ok(entry) = entries.recv() {
@@ -252,6 +258,12 @@ fn write_all(writer: PcapNgWriter<BufWriter<File>>, entries: Receiver<Entry>) ->
         }
         writer.flush()
     })();
+    if let Err(e) = &result {
+        log::error!(
+            "packet capture to {} failed, packets from now on are left out: {e}",
+            path.display()
+        );
+    }
     // Dropping the writer closes the file.
     (writer.packets, result)
 }

@@ -246,3 +246,26 @@ fn the_cooked_header_tells_ipv6_from_ipv4() {
     // Not IP at all: no protocol, still captured as it was.
     assert_eq!(sll_header(Direction::FromPeer, &[0x10, 0])[14..], [0, 0]);
 }
+
+/// A write error (here: a full disk) ends the writer, and from then on the tap counts every packet as dropped.
+#[test]
+fn a_write_error_ends_the_capture_and_later_packets_are_counted() {
+    let (capture, mut tap) = start(Path::new("/dev/full")).unwrap();
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(10);
+    let mut sent = 0u64;
+    while tap.dropped.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the writer never gave up");
+        tap.packet(t0, 0, Direction::FromPeer, &packet(100, 0), key);
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(tap);
+    let summary = capture.finish();
+    let error = summary.error.as_ref().expect("the error that ended the capture");
+    assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
+    assert!(
+        summary.dropped >= 1 && summary.packets < sent,
+        "{summary:?} of {sent}"
+    );
+}

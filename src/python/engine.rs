@@ -256,11 +256,13 @@ impl Engine {
         };
         let path = capture.path().to_owned();
         let summary = py.detach(|| capture.finish());
-        if let Some(error) = summary.error {
-            log::error!("packet capture to {} failed: {error}", path.display());
-        }
+        // A write error was logged when it happened.
+        let why = match summary.error {
+            Some(_) => "the writer failed or fell behind",
+            None => "the writer fell behind",
+        };
         let message = format!(
-            "packet capture to {} stopped: {} packets written, {} dropped because the writer fell behind",
+            "packet capture to {} stopped: {} packets written, {} dropped because {why}",
             path.display(),
             summary.packets,
             summary.dropped
