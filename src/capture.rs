@@ -2,7 +2,7 @@
 //! interface per peer.
 //!
 //! Each packet is written behind a Linux "cooked" header (LINKTYPE_LINUX_SLL), which says which way it went and
-//! whether it is IPv4 or IPv6: tcpdump then prints `In` and `Out`. Raw IP (LINKTYPE_RAW) would need no header, but
+//! whether it is IPv4 or IPv6 (`tcpdump -e` prints `In` and `Out`). Raw IP (LINKTYPE_RAW) would need no header, but
 //! libpcap, and so tcpdump, refuses a pcapng file with more than one raw IP interface: it compares the second
 //! interface's link type (101) with the first one's after translating that to its DLT_RAW (12).
 //!
