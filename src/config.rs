@@ -374,7 +374,8 @@ impl Configuration {
     }
 
     /// Writes the file as a whole (a new file, then renamed over the old one), readable by its owner only: it
-    /// holds private keys.
+    /// holds private keys. The new file is created afresh: a file or a link left where it is made (by a crash,
+    /// or by someone else in a shared folder) is replaced, never written through.
     pub fn to_file(&self, path: &Path) -> Result<()> {
         use std::io::Write;
         let name = path
@@ -384,8 +385,12 @@ impl Configuration {
         temp_name.push(name);
         temp_name.push(".tmp");
         let temp = path.with_file_name(temp_name);
+        match std::fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let result = options.open(&temp).and_then(|mut file| {

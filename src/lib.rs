@@ -2,7 +2,7 @@
 //!
 //! Where a packet goes: `wireguard` (the UDP socket and the WireGuard protocol) passes decrypted IP packets to
 //! `network` (the TCP/IP stack), which passes connections, data and datagrams to Python through `events`;
-//! Python's writes come back as `messages::PythonToNetwork`. `server` starts and joins the tasks.
+//! Python's writes come back as `messages::PythonToNetwork`. `server` starts the tasks and `supervisor` joins them.
 
 pub mod config;
 mod console;
@@ -13,6 +13,7 @@ pub mod messages;
 pub mod network;
 pub mod server;
 pub mod shutdown;
+pub mod supervisor;
 pub mod wireguard;
 
 #[cfg(feature = "python")]

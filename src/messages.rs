@@ -107,6 +107,8 @@ pub enum NetworkToPython {
         dst: SocketAddr,
         peer: PeerId,
     },
-    /// Every task ended: the server is closed.
-    ServerClosed,
+    /// Every task ended: the server is closed. `error` says why, if it was not asked to close: a task failed.
+    ServerClosed {
+        error: Option<String>,
+    },
 }

@@ -14,6 +14,7 @@ use crate::events::EventSender;
 use crate::messages::{NetworkToPython, PythonToNetwork};
 use crate::network::{stack::Stack, NetworkTask};
 use crate::shutdown;
+use crate::supervisor;
 use crate::wireguard::{peers::Peers, WireGuardTask};
 
 /// Packets from the WireGuard task that wait for the network task; beyond this the WireGuard task waits
@@ -32,7 +33,7 @@ pub struct Server {
 
 impl Server {
     /// Binds `host:config.listen_port` and starts the tasks. `events` receives everything meant for Python,
-    /// last of all `ServerClosed`.
+    /// last of all `ServerClosed`, with the reason if a task failed.
     pub fn start(host: &str, config: &Configuration, events: EventSender) -> Result<Server> {
         let peers = Peers::new(config)?;
         let infos = (0..config.peers.len())
@@ -64,21 +65,21 @@ impl Server {
             events,
             signal,
         );
+        let supervisor = trigger.clone();
         let thread = std::thread::Builder::new()
             .name("wireguard-engine".into())
             .spawn(move || {
-                runtime.block_on(async {
-                    let network = console::spawn("network", network.run());
-                    let wireguard = console::spawn("wireguard", wireguard.run());
-                    if let Err(e) = network.await {
-                        log::error!("network task failed: {e}");
-                    }
-                    if let Err(e) = wireguard.await {
-                        log::error!("WireGuard task failed: {e}");
-                    }
+                let failure = runtime.block_on(async {
+                    let tasks = vec![
+                        ("network", console::spawn("network", network.run())),
+                        ("wireguard", console::spawn("wireguard", wireguard.run())),
+                    ];
+                    supervisor::join_all(tasks, &supervisor).await
                 });
                 drop(runtime);
-                closed.send(NetworkToPython::ServerClosed);
+                closed.send(NetworkToPython::ServerClosed {
+                    error: failure.map(|f| f.to_string()),
+                });
                 closed.wake();
             })?;
         Ok(Server {

@@ -2,8 +2,9 @@
 
 use tokio::sync::watch;
 
-/// Held by whoever may stop the server; dropping it also stops every task.
-#[derive(Debug)]
+/// Held by whoever may stop the server: Python's handle, and the supervisor that stops every task when one
+/// fails. Dropping every copy also stops every task.
+#[derive(Debug, Clone)]
 pub struct Trigger(watch::Sender<bool>);
 
 /// Held by each task; `wait` completes once shutdown was triggered.
@@ -18,6 +19,10 @@ pub fn channel() -> (Trigger, Signal) {
 impl Trigger {
     pub fn trigger(&self) {
         self.0.send_replace(true);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
     }
 }
 

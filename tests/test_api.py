@@ -6,6 +6,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -18,7 +19,15 @@ def ignore_datagram(data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> 
 
 
 def test_public_names():
-    assert set(wg.__all__) == {"Configuration", "Server", "TcpStream", "genkey", "pubkey", "start_server"}
+    assert set(wg.__all__) == {
+        "Configuration",
+        "Server",
+        "ServerError",
+        "TcpStream",
+        "genkey",
+        "pubkey",
+        "start_server",
+    }
     assert wg._mitmproxy_wireguard.__name__ == "mitmproxy_wireguard._mitmproxy_wireguard"
 
 
@@ -128,3 +137,27 @@ async def test_close_is_idempotent_and_wait_closed_returns():
     server.close()
     await server.wait_closed()
     await server.wait_closed()
+
+
+NEVER_CLOSED = """
+import asyncio, gc, logging
+import mitmproxy_wireguard as wg
+
+logging.basicConfig(level=logging.DEBUG)  # the engine logs through Python while it stops
+
+async def main():
+    cfg = wg.Configuration.generate(listen_port=0)
+    await wg.start_server("127.0.0.1", cfg, lambda stream: asyncio.sleep(0), lambda *args: None)
+
+asyncio.run(main())
+gc.collect()
+print("stopped")
+"""
+
+
+def test_a_server_never_closed_stops_when_its_loop_ends():
+    """Dropping a server that was never closed stops its engine; it once waited for the engine with the GIL held
+    while the engine waited for the GIL to log, and the process hung."""
+    done = subprocess.run([sys.executable, "-c", NEVER_CLOSED], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"

@@ -152,6 +152,43 @@ def test_export_writes_each_clients_config_and_qr_code(cli, tmp_path: Path) -> N
         assert decode_png_qr(out / f"client-{i}.png") == text
 
 
+def test_export_over_existing_files_and_links_writes_private_files(cli, tmp_path: Path) -> None:
+    """Files left by an earlier export with a looser mode, or links planted where the files go, neither keep
+    their mode nor are written through: the client's private key stays private."""
+    out = tmp_path / "clients"
+    out.mkdir()
+    (out / "client-1.conf").write_text("old")
+    (out / "client-1.conf").chmod(0o644)
+    elsewhere = tmp_path / "elsewhere.png"
+    elsewhere.write_text("not to be touched")
+    (out / "client-1.png").symlink_to(elsewhere)
+    process = cli("echo", "--host", "127.0.0.1", "--port", "0", "--export", str(out))
+    process.wait_for_stdout("nc -u")
+    assert process.stop() == 0
+    for name in ("client-1.conf", "client-1.png"):
+        path = out / name
+        assert not path.is_symlink()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert elsewhere.read_text() == "not to be touched"
+    assert decode_png_qr(out / "client-1.png") == client_configs(process.stdout)[0]
+    assert sorted(p.name for p in out.iterdir()) == ["client-1.conf", "client-1.png"]
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
+    """Each forwarded connection holds a socket: a soft limit of 256 would cap the proxy at about that many."""
+    process = Cli(
+        "forward", "--host", "127.0.0.1", "--port", "0", "--no-qr", prefix=("prlimit", "--nofile=256:8192")
+    )
+    try:
+        process.wait_for_stdout(LISTENING)
+        limits = Path(f"/proc/{process.process.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == ["8192", "8192"], line
+        assert process.stop() == 0
+    finally:
+        process.kill()
+
+
 def test_json_log_writes_json_lines(cli, tmp_path: Path) -> None:
     conf = tmp_path / "server.conf"
     process = cli(

@@ -65,6 +65,18 @@ def test_the_file_is_private_and_replaced_as_a_whole(tmp_path: Path) -> None:
     assert wg.Configuration.from_file(path) == cfg
 
 
+def test_a_link_planted_where_the_new_file_is_made_is_not_written_through(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("not to be touched")
+    os.chmod(elsewhere, 0o644)
+    (tmp_path / ".wg0.conf.tmp").symlink_to(elsewhere)
+    cfg = wg.Configuration.generate()
+    cfg.to_file(tmp_path / "wg0.conf")
+    assert elsewhere.read_text() == "not to be touched"
+    assert stat.S_IMODE((tmp_path / "wg0.conf").stat().st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["elsewhere", "wg0.conf"]
+
+
 def test_a_file_as_people_write_it(tmp_path: Path) -> None:
     server, _ = keypair()
     _, phone = keypair()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import socket
 import struct
+import threading
+import time
 
 import pytest
 
@@ -284,3 +287,54 @@ async def test_a_slow_handler_slows_the_client_and_loses_nothing(start):
     writer.write_eof()
     assert await asyncio.wait_for(digest, 30) == hashlib.sha256(payload).digest()
     await close_writer(writer)
+
+
+@pytest.mark.parametrize(
+    "host, size",
+    [pytest.param("10.0.0.42", 65507, id="ipv4"), pytest.param("fd00::42", 65500, id="ipv6")],
+)
+async def test_the_largest_ping_is_answered_and_the_server_keeps_serving(start, host, size):
+    """A peer's largest echo request (fragments that reassemble to nearly 64 KiB) gets its reply, in fragments
+    the tunnel carries; it once made a reply too large to encrypt and killed the server for every peer."""
+    setup = await start()
+    ping = await asyncio.create_subprocess_exec(
+        "ping", "-c", "1", "-W", "5", "-s", str(size), host, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(ping.communicate(), 20)
+    assert ping.returncode == 0, out.decode()
+    assert f"{size + 8} bytes from {host}" in out.decode()
+
+    reader, writer = await open_connection(host, 1234)
+    writer.write(b"still here")
+    assert await asyncio.wait_for(reader.readexactly(10), 10) == b"still here"
+    await close_writer(writer)
+    assert not setup.server.is_closing()
+
+
+async def test_closing_while_python_is_behind_still_ends_wait_closed(start):
+    """The engine stops while connections wait for room in Python's queue: the batch of events that reaches
+    Python then holds the server-closed event, and the request to resume reading can no longer be delivered.
+    That failed request once cost the whole batch, and `wait_closed` never returned."""
+    connected = asyncio.Event()
+
+    async def handle(stream: wg.TcpStream) -> None:
+        connected.set()
+        await asyncio.Event().wait()
+
+    setup = await start(handle)
+    sock = socket.create_connection(("10.0.0.42", 80), timeout=10)
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(os.urandom(24 << 20))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    await asyncio.wait_for(connected.wait(), 10)
+    # Python falls behind by more than its queue holds, and the engine stops meanwhile.
+    time.sleep(3)
+    setup.server.close()
+    time.sleep(1)
+    await asyncio.wait_for(setup.server.wait_closed(), 10)
+    sock.close()
+    sender.join(10)

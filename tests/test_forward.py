@@ -18,6 +18,8 @@ import dns.message
 import dns.rdatatype
 import pytest
 
+import mitmproxy_wireguard as wg
+from mitmproxy_wireguard import forward
 from conftest import Namespace, needs_client, run, start_client
 from helpers_cli import Cli, Listening, client_configs, client_settings, config_fields
 
@@ -176,3 +178,26 @@ async def test_the_proxy_hosts_own_addresses_are_refused(test_host, proxy):
         record = process.wait_for(lambda: flow_records(process, "tcp", f"{host.here}:{port}"), timeout=10)[0]
         assert record["outcome"] == "refused: an address of this host", record
         assert record["bytes_up"] == record["bytes_down"] == 0
+
+
+@pytest.mark.parametrize(
+    "address, refusal",
+    [
+        ("169.254.169.254", "a link-local address"),
+        ("fd00:ec2::254", "a cloud metadata address"),
+        ("100.100.100.200", "a cloud metadata address"),
+        ("168.63.129.16", "a cloud metadata address"),
+        ("192.0.0.192", "a cloud metadata address"),
+        ("127.0.0.1", "a loopback address"),
+        ("10.0.0.2", "an address inside the tunnel"),
+        ("198.51.100.7", None),
+    ],
+)
+def test_metadata_services_and_local_destinations_are_refused_unless_allowed(
+    address: str, refusal: str | None
+) -> None:
+    """Checked on the proxy's policy alone: a connection to a real metadata service would leave this machine."""
+    cfg = wg.Configuration.generate()
+    assert forward.Policy(cfg).refusal(address) == refusal
+    allowed = None if refusal != "an address inside the tunnel" else refusal
+    assert forward.Policy(cfg, allow_local=True).refusal(address) == allowed

@@ -5,7 +5,7 @@ handed to asyncio code: see `start_server`.
 """
 
 from ._mitmproxy_wireguard import Configuration, genkey, pubkey
-from .server import Server, start_server
+from .server import Server, ServerError, start_server
 from .stream import TcpStream
 
-__all__ = ["Configuration", "Server", "TcpStream", "genkey", "pubkey", "start_server"]
+__all__ = ["Configuration", "Server", "ServerError", "TcpStream", "genkey", "pubkey", "start_server"]

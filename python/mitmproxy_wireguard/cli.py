@@ -9,11 +9,13 @@ import datetime
 import json
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import Configuration, Server, echo, forward, qr
+from . import Configuration, Server, ServerError, echo, forward, qr
+from ._files import write_private
 
 logger = logging.getLogger("mitmproxy_wireguard.cli")
 
@@ -98,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     fwd.add_argument(
         "--allow-local",
         action="store_true",
-        help="allow destinations on this machine itself: its loopback, link-local and own addresses",
+        help="allow destinations on this machine itself (its loopback, link-local and own addresses) and "
+        "cloud metadata services",
     )
     return parser
 
@@ -131,6 +134,20 @@ def setup_logging(verbose: bool, json_log: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     # Quiet, yet telling who connects, which handshakes fail and how each flow went.
     logging.getLogger("mitmproxy_wireguard").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def raise_open_file_limit() -> None:
+    """Every connection `forward` carries holds a socket: the soft limit on open files (often 1024) goes up to the
+    hard limit, as far as the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Without a hard limit, the kernel's own cap (fs.nr_open) is 2**20 by default.
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as e:
+        logger.debug("could not raise the open-file limit from %d to %d: %s", soft, target, e)
 
 
 def load_configuration(path: Path | None, port: int | None, peers: int) -> Configuration:
@@ -181,9 +198,7 @@ def client_report(
             lines += [qr.terminal(text, color=color)]
         if export is not None:
             conf = export / f"client-{i}.conf"
-            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(fd, "w") as f:
-                f.write(text)
+            write_private(conf, text.encode())
             qr.save_png(text, export / f"client-{i}.png")
             lines += [f"Written to {conf} and {export / f'client-{i}.png'}.", ""]
     return "\n".join(lines)
@@ -223,13 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.json_log)
+    raise_open_file_limit()
     try:
         cfg = load_configuration(args.conf, args.port, args.peers)
     except (ValueError, OSError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     try:
         asyncio.run(run(args, cfg))
-    except OSError as e:
+    except (OSError, ServerError) as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
         return 130

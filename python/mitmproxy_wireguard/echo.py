@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import signal
 import socket
 from typing import Callable
 
 from . import Configuration, Server, TcpStream, start_server
+from ._running import serve_until_signal
 
 logger = logging.getLogger("mitmproxy_wireguard.echo")
 
@@ -73,7 +73,7 @@ async def serve(
     *,
     announce: Callable[[Server], None] | None = None,
 ) -> None:
-    """Runs the echo server until SIGINT or SIGTERM. `announce(server)` tells users how to connect once the
+    """Runs the echo server until SIGINT or SIGTERM; raises `ServerError` if the server fails. `announce(server)` tells users how to connect once the
     server runs; by default, `instructions` are printed."""
     cfg = cfg or Configuration.generate(listen_port=port)
     server: Server
@@ -82,14 +82,12 @@ async def serve(
         server.send_datagram(data, dst_addr, src_addr)
 
     server = await start_server(host, cfg, echo_connection, echo_datagram)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if announce is None:
-        print(instructions(cfg, server, host), flush=True)
-    else:
-        announce(server)
-    async with server:
-        await stop.wait()
+
+    def ready() -> None:
+        if announce is None:
+            print(instructions(cfg, server, host), flush=True)
+        else:
+            announce(server)
+
+    await serve_until_signal(server, ready)
     print("Server closed.", flush=True)

@@ -1,9 +1,10 @@
 """A transparent proxy: every TCP connection and UDP datagram of the peers goes on to the destination it was sent
 to, from this host; DNS queries to the tunnel's DNS addresses are answered with this host's resolver.
 
-Destinations on this host itself (loopback, link-local and its own addresses) are refused unless `allow_local`
-says otherwise, and so are addresses inside the tunnel (the server's and the peers'), which are not behind this
-host. A refused or unreachable TCP connection is reset; a refused datagram is dropped. Each finished flow is
+Destinations on this host itself (loopback, link-local and its own addresses) and the metadata services of cloud
+providers (which hand out the host's credentials to whoever asks from it) are refused unless `allow_local` says
+otherwise, and so are addresses inside the tunnel (the server's and the peers'), which are not behind this host.
+Everything else is reached, private networks around this host included. A refused or unreachable TCP connection is reset; a refused datagram is dropped. Each finished flow is
 logged once, on the logger `mitmproxy_wireguard.forward`, with its numbers in the log record's `flow` attribute
 (see `Flow.record`).
 """
@@ -14,7 +15,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import signal
 import socket
 import struct
 import time
@@ -31,6 +31,7 @@ import dns.rdatatype
 import dns.rrset
 
 from . import Configuration, Server, TcpStream, start_server
+from ._running import serve_until_signal
 
 logger = logging.getLogger("mitmproxy_wireguard.forward")
 
@@ -128,6 +129,13 @@ def is_own_address(ip: IPAddress) -> bool:
         return False  # No route: not this host's, and unreachable anyway.
 
 
+# Cloud metadata services outside the link-local ranges (169.254.169.254 and 169.254.170.2 are link-local):
+# AWS over IPv6, Alibaba Cloud, Azure's wire server, Oracle Cloud.
+CLOUD_METADATA = frozenset(
+    ipaddress.ip_address(a) for a in ("fd00:ec2::254", "100.100.100.200", "168.63.129.16", "192.0.0.192")
+)
+
+
 class Policy:
     """Which destinations the proxy connects to."""
 
@@ -157,6 +165,8 @@ class Policy:
             return "a loopback address"
         if ip.is_link_local:
             return "a link-local address"
+        if ip in CLOUD_METADATA:
+            return "a cloud metadata address"
         if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
             return "a multicast or broadcast address"
         if is_own_address(ip):
@@ -534,20 +544,14 @@ async def serve(
     allow_local: bool = False,
     announce: Callable[[Server], None] | None = None,
 ) -> None:
-    """Runs the proxy on `host` and the configuration's listen port until SIGINT or SIGTERM. `announce(server)`
+    """Runs the proxy on `host` and the configuration's listen port until SIGINT or SIGTERM; raises `ServerError`
+    if the server fails. `announce(server)`
     tells users how to connect once the server runs."""
     forwarder = Forwarder(cfg, allow_local)
     server = await start_server(host, cfg, forwarder.handle_connection, forwarder.receive_datagram)
     forwarder.server = server
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if announce is not None:
-        announce(server)
     try:
-        async with server:
-            await stop.wait()
+        await serve_until_signal(server, lambda: announce(server) if announce is not None else None)
     finally:
         await forwarder.close()
     logger.info("server closed")

@@ -7,6 +7,8 @@ import os
 
 import segno
 
+from ._files import write_private
+
 # White on black, whatever the terminal's own colors: the code is drawn with its light modules as blocks.
 _ANSI_START = "\x1b[97;40m"
 _ANSI_END = "\x1b[0m"
@@ -32,8 +34,8 @@ def terminal(text: str, color: bool = False) -> str:
 
 
 def save_png(text: str, path: str | os.PathLike[str], scale: int = 6) -> None:
-    """Writes the QR code of `text` as a PNG image, `scale` pixels a module, with the standard quiet zone. A new
-    file is readable by its owner only: a client configuration holds its private key."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "wb") as f:
-        _make(text).save(f, kind="png", scale=scale, border=4)
+    """Writes the QR code of `text` as a PNG image, `scale` pixels a module, with the standard quiet zone. The
+    file is readable by its owner only, even if it existed: a client configuration holds its private key."""
+    out = io.BytesIO()
+    _make(text).save(out, kind="png", scale=scale, border=4)
+    write_private(path, out.getvalue())

@@ -30,6 +30,11 @@ def _peer_address(addr: Address, peer: int) -> Address:
     return result
 
 
+class ServerError(RuntimeError):
+    """The server stopped on its own because a part of its engine failed; the message says which and why. Raised
+    by `Server.wait_closed` (and so at the end of `async with server`); every connection was ended."""
+
+
 class Server:
     """A running WireGuard server. Create it with `start_server`."""
 
@@ -47,6 +52,7 @@ class Server:
         self._handlers: set[asyncio.Task[None]] = set()
         self._closing = False
         self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._error: ServerError | None = None
         self._wakeup_fd = engine.wakeup_fd()
         self._loop.add_reader(self._wakeup_fd, self._process_events)
 
@@ -71,11 +77,14 @@ class Server:
         return self._closing
 
     async def wait_closed(self) -> None:
-        """Waits until the server has stopped and every handler has ended."""
+        """Waits until the server has stopped and every handler has ended. Raises `ServerError` if the server
+        stopped because its engine failed rather than because `close()` was called."""
         await asyncio.shield(self._closed)
         handlers = list(self._handlers)
         if handlers:
             await asyncio.gather(*handlers, return_exceptions=True)
+        if self._error is not None:
+            raise self._error
 
     async def __aenter__(self) -> Server:
         return self
@@ -123,7 +132,7 @@ class Server:
                 exc = ConnectionResetError("Connection reset by peer") if event[2] else None
                 conn.connection_lost(exc)
         elif tag == _native.EVENT_SERVER_CLOSED:
-            self._server_closed()
+            self._server_closed(event[1])
 
     def _connection_established(
         self, id: int, peer_public_key: str, original_src: Address, peername: Address, sockname: Address
@@ -156,7 +165,11 @@ class Server:
             logger.exception("connection handler failed for %r", stream)
             stream.close()
 
-    def _server_closed(self) -> None:
+    def _server_closed(self, error: str | None) -> None:
+        if error is not None:
+            logger.error("the server stopped: %s", error)
+            self._error = ServerError(error)
+        self._closing = True
         self._loop.remove_reader(self._wakeup_fd)
         self._engine.join()
         for conn in list(self._connections.values()):

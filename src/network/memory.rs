@@ -93,7 +93,7 @@ impl MemoryPool {
         }
     }
 
-    /// Memory of `len` bytes, with stale contents if it was used before.
+    /// Memory of `len` bytes, all zeros.
     pub fn take(&mut self) -> io::Result<LazyMemory> {
         match self.free.pop() {
             Some(memory) => Ok(memory),
@@ -101,9 +101,12 @@ impl MemoryPool {
         }
     }
 
-    /// Memory that nothing refers to any more (see `LazyMemory::split`).
+    /// Memory that nothing refers to any more (see `LazyMemory::split`). Its pages go back to the kernel
+    /// (which zeroes them) before it waits for the next connection: one connection's data never shows through
+    /// in another's buffers, and a pooled mapping costs no memory.
     pub fn give(&mut self, memory: LazyMemory) {
         if self.free.len() < self.keep && memory.len == self.len {
+            memory.release(0, memory.len);
             self.free.push(memory);
         }
     }
@@ -146,5 +149,18 @@ mod tests {
         let again = pool.take().unwrap();
         assert!(addresses.contains(&again.ptr));
         assert_eq!(again.len, 1 << 16);
+    }
+
+    #[test]
+    fn memory_from_the_pool_holds_nothing_of_its_last_user() {
+        let mut pool = MemoryPool::new(1 << 16, 1);
+        let mut memory = pool.take().unwrap();
+        let (a, b) = unsafe { memory.split(1 << 15) };
+        a.fill(0xAA);
+        b[..100].fill(0xBB);
+        pool.give(memory);
+        let mut again = pool.take().unwrap();
+        let (a, b) = unsafe { again.split(1 << 15) };
+        assert!(a.iter().chain(b.iter()).all(|x| *x == 0));
     }
 }

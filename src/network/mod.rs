@@ -9,6 +9,7 @@ mod udp_routes;
 
 use tokio::sync::mpsc;
 
+use crate::error::Result;
 use crate::events::EventSender;
 use crate::messages::{NetworkToWireGuard, PythonToNetwork, WireGuardToNetwork};
 use crate::shutdown;
@@ -45,7 +46,8 @@ impl NetworkTask {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Serves until shutdown, or until the WireGuard task or Python is gone.
+    pub async fn run(mut self) -> Result<()> {
         let mut out = Outputs::default();
         let mut shutdown = self.shutdown.clone();
         // Both futures live across iterations: re-creating them per wakeup costs a timer insertion each time.
@@ -95,6 +97,7 @@ impl NetworkTask {
         // Every client sees its connections end at once.
         self.stack.abort_all(&mut out);
         self.flush(&mut out);
+        Ok(())
     }
 
     /// When the next connection timer is due.

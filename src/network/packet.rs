@@ -286,15 +286,22 @@ pub fn udp_packets(
     if payload.len() > 65535 - 48 {
         return None;
     }
-    let packet = udp(src, dst, payload)?;
+    Some(fit_mtu(udp(src, dst, payload)?, mtu, ident))
+}
+
+/// A packet built here (an IPv4 header without options, or an IPv6 header without extensions) as packets of at
+/// most `mtu` bytes: itself, or its fragments with identification `ident`. Every packet the server makes up
+/// goes through here or is smaller than the MTU by construction: a packet larger than the tunnel's MTU would
+/// not reach the client, and one larger than a WireGuard datagram cannot even be encrypted.
+pub fn fit_mtu(packet: Vec<u8>, mtu: usize, ident: u32) -> Vec<Vec<u8>> {
     if packet.len() <= mtu {
-        return Some(vec![packet]);
+        return vec![packet];
     }
-    Some(if src.is_ipv4() {
+    if packet[0] >> 4 == 4 {
         fragment_v4(&packet, mtu, ident as u16)
     } else {
         fragment_v6(&packet, mtu, ident)
-    })
+    }
 }
 
 fn fragment_v4(packet: &[u8], mtu: usize, ident: u16) -> Vec<Vec<u8>> {
@@ -476,6 +483,33 @@ mod tests {
     fn small_datagrams_are_not_fragmented() {
         let packets = udp_packets(addr("10.0.0.42:53"), addr("10.0.0.1:5000"), &[1; 1000], 1420, 1).unwrap();
         assert_eq!(packets.len(), 1);
+    }
+
+    /// The largest echo request a client can send (a reassembled `ping -s 65500`, or `-s 65507` over IPv4)
+    /// is answered in fragments of at most the MTU that reassemble into the whole reply.
+    #[test]
+    fn the_largest_echo_replies_are_fragmented_to_the_mtu() {
+        use crate::network::fragments::{is_fragment, Reassembler};
+        for (client, target, size) in [
+            ("10.0.0.1", "198.51.100.9", 65507),
+            ("fd00::1", "2001:db8::9", 65500),
+        ] {
+            let (client, target): (IpAddr, IpAddr) = (client.parse().unwrap(), target.parse().unwrap());
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let reply = echo_reply(client, target, 7, 3, &data).unwrap();
+            let fragments = fit_mtu(reply.clone(), 1420, 99);
+            assert!(fragments.len() > 40);
+            assert!(fragments.iter().all(|f| f.len() <= 1420 && is_fragment(f)));
+            let mut reassembler = Reassembler::default();
+            let now = std::time::Instant::now();
+            let whole: Vec<_> = fragments
+                .iter()
+                .filter_map(|f| reassembler.insert(0, f, now))
+                .collect();
+            assert_eq!(whole.len(), 1);
+            let header = if client.is_ipv4() { 20 } else { 40 };
+            assert_eq!(whole[0][header..], reply[header..]);
+        }
     }
 
     #[test]

@@ -207,7 +207,9 @@ impl Stack {
                 data,
             } => {
                 if let Some(reply) = packet::echo_reply(src, dst, ident, seq_no, data) {
-                    out.packets.push((peer, reply));
+                    self.next_ident = self.next_ident.wrapping_add(1);
+                    let fragments = packet::fit_mtu(reply, MTU, self.next_ident);
+                    out.packets.extend(fragments.into_iter().map(|p| (peer, p)));
                 }
             }
             Inbound::Udp { src, dst, payload } => {

@@ -123,12 +123,14 @@ impl Engine {
                     peer,
                 )
                     .into_pyobject(py)?,
-                NetworkToPython::ServerClosed => (EVENT_SERVER_CLOSED,).into_pyobject(py)?,
+                NetworkToPython::ServerClosed { error } => (EVENT_SERVER_CLOSED, error).into_pyobject(py)?,
             };
             out.push(tuple);
         }
         if self.events.take_starved() {
-            self.send(PythonToNetwork::ResumeStarved)?;
+            // Fails only once the engine has ended: then nothing waits to be resumed, and the events taken
+            // (`EVENT_SERVER_CLOSED` among them) must still reach Python.
+            let _ = self.server.send(PythonToNetwork::ResumeStarved);
         }
         Ok(out)
     }
@@ -191,6 +193,16 @@ impl Engine {
     /// Waits for the engine thread, without holding the GIL; call after `EVENT_SERVER_CLOSED`.
     fn join(&mut self, py: Python<'_>) {
         py.detach(|| self.server.join());
+    }
+}
+
+/// An engine that Python drops without closing it (a server never closed, at the end of its event loop) stops
+/// here. Python holds the GIL while it drops objects, and the engine thread needs the GIL for its last log
+/// records: the join waits without it, or neither side could go on.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.server.close();
+        Python::attach(|py| py.detach(|| self.server.join()));
     }
 }
 

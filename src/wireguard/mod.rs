@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::error::Result;
 use crate::messages::{NetworkToWireGuard, WireGuardToNetwork};
 use crate::shutdown;
 use peers::{Output, Peers, BUFFER_SIZE};
@@ -100,7 +101,9 @@ impl WireGuardTask {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Serves until shutdown; an error of the socket ends it early.
+    pub async fn run(mut self) -> Result<()> {
+        let mut result = Ok(());
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
@@ -121,13 +124,13 @@ impl WireGuardTask {
                 }
                 ready = self.socket.readable() => {
                     if let Err(e) = ready {
-                        log::error!("WireGuard socket failed: {e}");
+                        result = Err(e.into());
                         break;
                     }
                     self.receive_batch();
                     for delivery in self.deliveries.drain(..) {
                         if self.to_network.send(delivery).await.is_err() {
-                            return;
+                            return Ok(()); // The network task ended; the supervisor knows why.
                         }
                     }
                 }
@@ -148,6 +151,7 @@ impl WireGuardTask {
         {
             self.encrypt(msg);
         }
+        result
     }
 
     fn receive_batch(&mut self) {

@@ -45,6 +45,14 @@ pub const BUFFER_SIZE: usize = 65536 + 32;
 /// The message type of a cookie reply (WireGuard's message type 3).
 const COOKIE_REPLY: u8 = 3;
 
+/// What encryption adds to a packet: the data message's header (16 bytes) and the authentication tag (16).
+const DATA_OVERHEAD: usize = 32;
+
+/// The largest IP packet that fits in `BUFFER_SIZE` once encrypted. The stack fragments everything it makes up
+/// to the tunnel's MTU, far below this; the check in `send` is the last line of defence, since boringtun panics
+/// on a packet that does not fit.
+pub const MAX_PACKET: usize = BUFFER_SIZE - DATA_OVERHEAD;
+
 /// What the caller must do after feeding a datagram or a packet in.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output<'a> {
@@ -270,6 +278,13 @@ impl Peers {
             log::debug!("dropped a packet for peer {id}: it never connected");
             return;
         };
+        if packet.len() > MAX_PACKET.min(buf.len().saturating_sub(DATA_OVERHEAD)) {
+            log::warn!(
+                "dropped a packet of {} bytes for peer {id}: too large to encrypt",
+                packet.len()
+            );
+            return;
+        }
         match peer.tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(datagram) => emit(Output::Send(endpoint, datagram)),
             TunnResult::Err(e) => log::debug!("could not encrypt a packet for peer {id}: {e:?}"),

@@ -430,3 +430,19 @@ fn peers_without_allowed_ips_may_use_any_address_and_stay_apart() {
     }
     assert_eq!(peers.drops.foreign_source + peers.drops.local_source, 0);
 }
+
+/// A packet too large for a WireGuard datagram is dropped, not handed to boringtun (which panics on it); the
+/// largest one that fits goes out.
+#[test]
+fn packets_too_large_to_encrypt_are_dropped_not_a_panic() {
+    let (mut peers, mut client) = setup();
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    connect(&mut peers, &mut client, "127.0.0.1:1000".parse().unwrap());
+
+    let too_large = vec![0x60; MAX_PACKET + 1];
+    assert!(collect(|e| peers.send(0, &too_large, &mut buf, &mut |o| e(o))).is_empty());
+    let largest = vec![0x60; MAX_PACKET];
+    let out = collect(|e| peers.send(0, &largest, &mut buf, &mut |o| e(o)));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.len(), BUFFER_SIZE);
+}
