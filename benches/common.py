@@ -10,8 +10,12 @@ Network layout (everything is created by the harness and removed on exit, Ctrl-C
         peer "new"    -> 192.0.2.2:51821, 10.0.1.0/24     51821/udp  this project (benches/servers/new_server.py)
         peer "kernel" -> 192.0.2.2:51822, 10.0.2.0/24     51822/udp  wireguard-go "wgbs<pid>" 10.0.2.1/32 with
         peer "old"    -> 192.0.2.2:51823, 10.0.3.0/24                the kernel's TCP/IP stack and
-      load generator (benches/loadgen.py)                            benches/servers/kernel_server.py on :7
-                                                         51823/udp  mitmproxy_wireguard 0.1.23 (old_server.py)
+        peer "rs"     -> 192.0.2.2:51824, 10.0.4.0/24                benches/servers/kernel_server.py on :7, :9
+      load generator (benches/loadgen.py)               51823/udp  mitmproxy_wireguard 0.1.23 (old_server.py)
+                                                         51824/udp  mitmproxy_rs 0.11.5 (rs_server.py)
+                                                         52821..52824/udp  paths.py only: the emulated path
+                                                           (path.py) in front of each server; the client's
+                                                           peers point there for the cases through it
 
 Neither namespace has a default route: the tunnel destinations (10.0.x.y) exist only inside the tunnel, and
 every packet stays inside the two namespaces.
@@ -39,6 +43,7 @@ RESULTS = BENCHES / "results"
 
 DEFAULT_NEW_VENV = Path("/tmp/bench-venv-new")
 DEFAULT_OLD_VENV = Path("/tmp/bench-venv-old")
+DEFAULT_RS_VENV = Path("/tmp/bench-venv-rs")
 WG_RUN_DIR = Path("/var/run/wireguard")
 NS_PREFIX = "wgbench-"
 
@@ -47,6 +52,7 @@ SERVER_VETH_ADDR = "192.0.2.2"
 CLIENT_TUNNEL_ADDR = "10.0.0.1"
 ECHO_PORT = 7
 OLD_VERSION = "0.1.23"
+RS_VERSION = "0.11.5"  # mitmproxy_rs, whose WireGuard mode followed this project
 
 INSTALL_HINT = "apt-get install wireguard-go wireguard-tools iproute2"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -65,9 +71,11 @@ SERVER_KINDS = {
     "new": ServerKind("new", "this server", 51821, "10.0.1.0/24", "10.0.1.42"),
     "kernel": ServerKind("kernel", "kernel path", 51822, "10.0.2.0/24", "10.0.2.1"),
     "old": ServerKind("old", f"{OLD_VERSION}", 51823, "10.0.3.0/24", "10.0.3.42"),
+    "rs": ServerKind("rs", f"mitmproxy_rs {RS_VERSION}", 51824, "10.0.4.0/24", "10.0.4.42"),
     "plain": ServerKind("plain", "plain asyncio (no tunnel)", None, None, SERVER_VETH_ADDR),
 }
 KERNEL_TUNNEL_ADDR = "10.0.2.1"
+RELAY_PORT_OFFSET = 1000  # benches/path.py listens for each server on its WireGuard port + this
 
 
 class BenchError(Exception):
@@ -103,19 +111,21 @@ def venv_python(venv: Path) -> Path:
 def check_venv(venv: Path, kind: str) -> dict[str, Any]:
     """Checks that the venv exists and imports the package; returns what it reports about itself."""
     python = venv_python(venv)
-    hint = "build it with: python3 benches/build.py" + (" --old" if kind == "old" else " --new")
+    hint = f"build it with: python3 benches/build.py --{kind}"
     if not python.exists():
         raise BenchError(f"no venv at {venv} for the {kind!r} server; {hint}")
+    package, wanted = {"new": ("mitmproxy_wireguard", None), "old": ("mitmproxy_wireguard", OLD_VERSION),
+                       "rs": ("mitmproxy_rs", RS_VERSION)}[kind]  # fmt: skip
     code = (
-        "import json, mitmproxy_wireguard as m, importlib.metadata as md;"
-        "print(json.dumps({'version': md.version('mitmproxy_wireguard'), 'file': m.__file__}))"
+        f"import json, {package} as m, importlib.metadata as md;"
+        f"print(json.dumps({{'version': md.version('{package}'), 'file': m.__file__}}))"
     )
     proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
-        raise BenchError(f"{python} cannot import mitmproxy_wireguard ({proc.stderr.strip()[-300:]}); {hint}")
+        raise BenchError(f"{python} cannot import {package} ({proc.stderr.strip()[-300:]}); {hint}")
     info = json.loads(proc.stdout)
-    if kind == "old" and info["version"] != OLD_VERSION:
-        raise BenchError(f"{venv} has mitmproxy_wireguard {info['version']}, not {OLD_VERSION}; {hint}")
+    if wanted is not None and info["version"] != wanted:
+        raise BenchError(f"{venv} has {package} {info['version']}, not {wanted}; {hint}")
     build_info = venv / "BENCH_BUILD_INFO.json"
     if build_info.exists():
         info["build"] = json.loads(build_info.read_text())
@@ -249,6 +259,7 @@ class Bench:
         self.servers: dict[str, Proc] = {}
         self.server_info: dict[str, dict[str, Any]] = {}
         self.loadgen: LoadGen | None = None
+        self.relay: LoadGen | None = None
 
     # -- lifecycle
 
@@ -361,26 +372,27 @@ class Bench:
 
     # -- servers
 
-    def start_servers(self, kinds: list[str], python_new: Path, python_old: Path, python_plain: Path) -> None:
+    def start_servers(self, kinds: list[str], pythons: dict[str, Path]) -> None:
+        """`pythons`: the interpreter of each server kind ("plain" for the kernel path's echo)."""
         for name in kinds:
             if SERVER_KINDS[name].wg_port is not None:
                 self.keys[name] = self.genkeys()
         for name in kinds:
-            self.start_server(name, python_new=python_new, python_old=python_old, python_plain=python_plain)
+            self.start_server(name, pythons)
 
-    def start_server(self, name: str, *, python_new: Path, python_old: Path, python_plain: Path) -> Proc:
+    def start_server(self, name: str, pythons: dict[str, Path]) -> Proc:
         kind = SERVER_KINDS[name]
         cfg: dict[str, Any] = {"port": ECHO_PORT}
         if name == "new":
-            python, script = python_new, "new_server.py"
+            python, script = pythons["new"], "new_server.py"
             cfg.update(host=SERVER_VETH_ADDR, wg_port=kind.wg_port, server_key=self.keys[name][0],
                        client_key=self.client_key, client_address=f"{CLIENT_TUNNEL_ADDR}/32")  # fmt: skip
-        elif name == "old":
-            python, script = python_old, "old_server.py"
+        elif name in ("old", "rs"):
+            python, script = pythons[name], f"{name}_server.py"
             cfg.update(host=SERVER_VETH_ADDR, wg_port=kind.wg_port, server_key=self.keys[name][0],
                        client_pub=self.client_pub)  # fmt: skip
         elif name in ("kernel", "plain"):
-            python, script = python_plain, "kernel_server.py"
+            python, script = pythons["plain"], "kernel_server.py"
             cfg.update(host="0.0.0.0")
         else:
             raise BenchError(f"unknown server {name!r}")
@@ -443,6 +455,35 @@ class Bench:
         proc.pids = [hello["pid"]]
         return self.loadgen
 
+    def start_relay(self, kinds: list[str]) -> LoadGen:
+        """The emulated path (benches/path.py) in the server namespace, in front of each server's WireGuard
+        port; the client uses it once `set_endpoint(name, relayed=True)`."""
+        relays = [[SERVER_KINDS[n].wg_port + RELAY_PORT_OFFSET, SERVER_VETH_ADDR, SERVER_KINDS[n].wg_port]
+                  for n in kinds if SERVER_KINDS[n].wg_port is not None]  # fmt: skip
+        cfg_path = self.workdir / "relay.json"
+        cfg_path.write_text(json.dumps({"host": SERVER_VETH_ADDR, "relays": relays}))
+        proc = self.spawn(
+            "relay",
+            ["ip", "netns", "exec", self.ns_server, sys.executable, str(BENCHES / "path.py"), str(cfg_path)],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
+        line = read_line(proc.popen, timeout=30)
+        if not line:
+            raise BenchError(f"the relay did not start:\n{proc.log_tail()}")
+        proc.pids = [json.loads(line)["pid"]]
+        self.relay = LoadGen(proc, "the relay")
+        return self.relay
+
+    def set_endpoint(self, name: str, relayed: bool) -> None:
+        """Where the client sends the WireGuard datagrams for server `name`: through the relay or directly.
+        The server learns the new address from the next datagram (every server here follows its peer)."""
+        port = SERVER_KINDS[name].wg_port
+        assert port is not None
+        port += RELAY_PORT_OFFSET if relayed else 0
+        sh("ip", "netns", "exec", self.ns_client, "wg", "set", self.if_client,
+           "peer", self.keys[name][1], "endpoint", f"{SERVER_VETH_ADDR}:{port}")  # fmt: skip
+
     def client_pids(self) -> list[int]:
         pids = []
         if self.client_wg is not None:
@@ -502,22 +543,24 @@ def read_line(popen: subprocess.Popen[bytes], timeout: float) -> str | None:
 
 
 class LoadGen:
-    """The load generator process in the client namespace; one command at a time."""
+    """A child that takes one JSON command per line and answers each with one JSON line: the load generator
+    in the client namespace, or the relay (benches/path.py). One command at a time."""
 
-    def __init__(self, proc: Proc):
+    def __init__(self, proc: Proc, what: str = "the load generator"):
         self.proc = proc
+        self.what = what
 
     def request(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
         popen = self.proc.popen
         if popen.poll() is not None:
-            raise BenchError(f"the load generator exited ({popen.returncode}):\n{self.proc.log_tail()}")
+            raise BenchError(f"{self.what} exited ({popen.returncode}):\n{self.proc.log_tail()}")
         assert popen.stdin is not None
         popen.stdin.write((json.dumps(command) + "\n").encode())
         popen.stdin.flush()
         line = read_line(popen, timeout)
         if line is None:
             raise BenchError(
-                f"no answer from the load generator within {timeout:.0f} s for {command['op']}:\n"
+                f"no answer from {self.what} within {timeout:.0f} s for {command['op']}:\n"
                 f"{self.proc.log_tail()}"
             )
         return json.loads(line)

@@ -69,7 +69,7 @@ def main() -> int:
     try:
         with Bench(workdir) as bench:
             bench.setup_network()
-            bench.start_servers(["new", "plain"], python_new=python, python_old=python, python_plain=python)
+            bench.start_servers(["new", "plain"], {"new": python, "plain": python})
             bench.start_client(["new", "plain"])
             loadgen = bench.start_loadgen()
             for name in SERIES.values():

@@ -207,12 +207,7 @@ class Runner:
 
         stop_process(self.bench.servers[name].popen)
         try:
-            self.bench.start_server(
-                name,
-                python_new=self.pythons["new"],
-                python_old=self.pythons["old"],
-                python_plain=self.pythons["plain"],
-            )
+            self.bench.start_server(name, self.pythons)
             self.warmup(name)
             return True
         except Exception as e:
@@ -616,9 +611,7 @@ def main() -> int:
     try:
         with Bench(workdir) as bench:
             bench.setup_network()
-            bench.start_servers(
-                servers, python_new=pythons["new"], python_old=pythons["old"], python_plain=pythons["plain"]
-            )
+            bench.start_servers(servers, pythons)
             bench.start_client(servers)
             bench.start_loadgen()
             for name in servers:

@@ -11,6 +11,7 @@
 //! free. Taken are the server's own addresses, the DNS addresses and every peer's AllowedIPs; so with the
 //! defaults the peers get 10.0.0.2 and fd00::2, 10.0.0.3 and fd00::3, and so on.
 
+mod allocator;
 mod wg_quick;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::keys;
+use allocator::Allocator;
 
 /// The server's tunnel addresses of a new configuration.
 pub const DEFAULT_ADDRESS: [&str; 2] = ["10.0.0.1/16", "fd00::1/64"];
@@ -131,20 +133,51 @@ fn key_error(text: &str) -> Option<String> {
     }
 }
 
-/// A resolver address or search domain, as wg-quick takes them.
-pub(crate) fn is_dns_entry(entry: &str) -> bool {
-    entry.parse::<IpAddr>().is_ok()
-        || (!entry.is_empty()
-            && entry.len() <= 253
-            && entry.split('.').all(|label| {
-                !label.is_empty()
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            }))
+/// A resolver address or search domain, as wg-quick takes them; the reason otherwise.
+fn check_dns_entry(entry: &str) -> std::result::Result<(), String> {
+    let domain = !entry.is_empty()
+        && entry.len() <= 253
+        && entry.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if domain || entry.parse::<IpAddr>().is_ok() {
+        Ok(())
+    } else {
+        Err(format!("{entry:?} is neither an IP address nor a domain"))
+    }
 }
 
-fn parse_nets(text: &str) -> std::result::Result<Vec<IpNet>, String> {
+/// The entries of a comma-separated list of resolvers and search domains.
+pub(crate) fn parse_dns(text: &str) -> std::result::Result<Vec<String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| check_dns_entry(e).map(|()| e.to_string()))
+        .collect()
+}
+
+/// An MTU: `MIN_MTU` to 65535; the reason otherwise.
+pub(crate) fn check_mtu(mtu: i64) -> std::result::Result<u16, String> {
+    u16::try_from(mtu)
+        .ok()
+        .filter(|m| *m >= MIN_MTU)
+        .ok_or_else(|| not_an_mtu(mtu))
+}
+
+/// An MTU written as text.
+fn parse_mtu(text: &str) -> std::result::Result<u16, String> {
+    check_mtu(text.parse().map_err(|_| not_an_mtu(format!("{text:?}")))?)
+}
+
+fn not_an_mtu(value: impl std::fmt::Display) -> String {
+    format!("{value} is not an MTU ({MIN_MTU} to 65535)")
+}
+
+/// A comma-separated list of addresses or networks (see `parse_net`).
+pub(crate) fn parse_nets(text: &str) -> std::result::Result<Vec<IpNet>, String> {
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -153,7 +186,7 @@ fn parse_nets(text: &str) -> std::result::Result<Vec<IpNet>, String> {
 }
 
 /// An address with or without a prefix length (without: a single host).
-pub(crate) fn parse_net(text: &str) -> std::result::Result<IpNet, String> {
+fn parse_net(text: &str) -> std::result::Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{text:?} is not an IP address or network (like 10.0.0.2/32)"))
@@ -168,86 +201,6 @@ fn default_address() -> Vec<IpNet> {
         .iter()
         .map(|a| a.parse().expect("a valid default"))
         .collect()
-}
-
-/// Hands out tunnel addresses to new peers; see the module's documentation.
-struct Allocator {
-    /// One network per address family.
-    networks: Vec<IpNet>,
-    hosts: HashSet<IpAddr>,
-    /// Taken networks that are more than one host.
-    ranges: Vec<IpNet>,
-    next: u128,
-}
-
-impl Allocator {
-    fn new(config: &Configuration) -> Self {
-        let server = if config.address.is_empty() {
-            default_address()
-        } else {
-            config.address.clone()
-        };
-        let mut networks: Vec<IpNet> = vec![];
-        for net in &server {
-            if !networks
-                .iter()
-                .any(|n| n.addr().is_ipv4() == net.addr().is_ipv4())
-            {
-                networks.push(net.trunc());
-            }
-        }
-        let mut hosts: HashSet<IpAddr> = server.iter().map(IpNet::addr).collect();
-        hosts.extend(config.dns.iter().filter_map(|d| d.parse::<IpAddr>().ok()));
-        let mut ranges = vec![];
-        for net in config.peers.iter().flat_map(|p| &p.allowed_ips) {
-            if net.prefix_len() == net.max_prefix_len() {
-                hosts.insert(net.addr());
-            } else {
-                ranges.push(net.trunc());
-            }
-        }
-        Allocator {
-            networks,
-            hosts,
-            ranges,
-            next: 1,
-        }
-    }
-
-    /// Host numbers of a network are below this: IPv4 keeps the last address for broadcast.
-    fn host_limit(net: &IpNet) -> u128 {
-        let bits = u32::from(net.max_prefix_len() - net.prefix_len());
-        let size = 1u128.checked_shl(bits).unwrap_or(u128::MAX);
-        match net {
-            IpNet::V4(_) => size.saturating_sub(1),
-            IpNet::V6(_) => size,
-        }
-    }
-
-    fn host(net: &IpNet, n: u128) -> IpAddr {
-        match net {
-            IpNet::V4(v4) => IpAddr::V4((u32::from(v4.network()) + n as u32).into()),
-            IpNet::V6(v6) => IpAddr::V6((u128::from(v6.network()) + n).into()),
-        }
-    }
-
-    fn is_free(&self, addr: IpAddr) -> bool {
-        !self.hosts.contains(&addr) && !self.ranges.iter().any(|r| r.contains(&addr))
-    }
-
-    fn next(&mut self) -> std::result::Result<Vec<IpNet>, String> {
-        let limit = self.networks.iter().map(Self::host_limit).min().unwrap_or(0);
-        while self.next < limit {
-            let n = self.next;
-            self.next += 1;
-            let addrs: Vec<IpAddr> = self.networks.iter().map(|net| Self::host(net, n)).collect();
-            if addrs.iter().all(|a| self.is_free(*a)) {
-                self.hosts.extend(&addrs);
-                return Ok(addrs.into_iter().map(IpNet::from).collect());
-            }
-        }
-        Err(format!("no free tunnel address left in {}", join(&self.networks)))
-    }
 }
 
 impl Configuration {
@@ -420,14 +373,11 @@ impl Configuration {
         if let Some(reason) = key_error(&self.private_key) {
             return Err((Field::PrivateKey, reason));
         }
-        if let Some(entry) = self.dns.iter().find(|d| !is_dns_entry(d)) {
-            return Err((
-                Field::Dns,
-                format!("{entry:?} is neither an IP address nor a domain"),
-            ));
+        if let Some(reason) = self.dns.iter().find_map(|d| check_dns_entry(d).err()) {
+            return Err((Field::Dns, reason));
         }
-        if let Some(mtu) = self.mtu.filter(|m| *m < MIN_MTU) {
-            return Err((Field::Mtu, format!("{mtu} is not an MTU ({MIN_MTU} to 65535)")));
+        if let Some(Err(reason)) = self.mtu.map(|m| check_mtu(m.into())) {
+            return Err((Field::Mtu, reason));
         }
         let mut seen = HashSet::new();
         for (i, peer) in self.peers.iter().enumerate() {
@@ -563,146 +513,4 @@ impl Configuration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn options() -> ClientOptions {
-        ClientOptions {
-            allowed_ips: "0.0.0.0/0".into(),
-            endpoint: "192.0.2.1:51820".into(),
-            ..ClientOptions::default()
-        }
-    }
-
-    #[test]
-    fn json_round_trips() {
-        let config = Configuration::generate(51820, 3).unwrap();
-        let back = Configuration::from_json(&config.to_json()).unwrap();
-        assert_eq!(config, back);
-        assert_eq!(back.peers.len(), 3);
-    }
-
-    #[test]
-    fn json_of_earlier_versions_still_reads() {
-        let server = keys::generate();
-        let client = keys::generate();
-        let json = format!(
-            r#"{{"listen_port": 51820, "private_key": "{server}", "peers": [{{"public_key": "{}"}}]}}"#,
-            keys::public_of("", &client).unwrap()
-        );
-        let config = Configuration::from_json(&json).unwrap();
-        assert!(config.address.is_empty() && config.peers[0].allowed_ips.is_empty());
-    }
-
-    #[test]
-    fn custom_derives_public_keys() {
-        let client = keys::generate();
-        let config = Configuration::custom(1, &keys::generate(), std::slice::from_ref(&client)).unwrap();
-        assert_eq!(config.peers[0].public_key, keys::public_of("", &client).unwrap());
-    }
-
-    #[test]
-    fn bad_keys_name_their_field() {
-        let err = Configuration::custom(1, "nope", &[]).unwrap_err();
-        assert!(err.to_string().contains("server_private_key"), "{err}");
-        let err = Configuration::custom(1, &keys::generate(), &["x".into()]).unwrap_err();
-        assert!(err.to_string().contains("client_private_keys[0]"), "{err}");
-    }
-
-    #[test]
-    fn duplicate_and_mismatched_peers_are_rejected() {
-        let mut config = Configuration::generate(1, 2).unwrap();
-        config.peers[1].public_key = config.peers[0].public_key.clone();
-        assert!(config.validate().unwrap_err().to_string().contains("peers[1]"));
-        let json = config
-            .to_json()
-            .replace("\"listen_port\": 1", "\"listen_port\": 70000");
-        assert!(Configuration::from_json(&json).is_err());
-    }
-
-    #[test]
-    fn peers_get_consecutive_addresses_of_both_families() {
-        let config = Configuration::generate(1, 3).unwrap();
-        let addresses: Vec<String> = config.peers.iter().map(|p| join(&p.allowed_ips)).collect();
-        assert_eq!(
-            addresses,
-            [
-                "10.0.0.2/32, fd00::2/128",
-                "10.0.0.3/32, fd00::3/128",
-                "10.0.0.4/32, fd00::4/128"
-            ]
-        );
-    }
-
-    #[test]
-    fn addresses_skip_taken_ones_and_reuse_freed_ones() {
-        let mut config = Configuration::generate(1, 60).unwrap();
-        let all: HashSet<String> = config
-            .peers
-            .iter()
-            .map(|p| p.allowed_ips[0].to_string())
-            .collect();
-        assert_eq!(all.len(), 60);
-        assert!(!all.contains("10.0.0.53/32"), "the DNS address is not handed out");
-        assert!(!all.contains("10.0.0.83/32"), "nor the host number of fd00::53");
-        let removed = config.peers[2].public_key.clone();
-        config.remove_peer(&removed).unwrap();
-        let peer = Peer::from_private_key("k", &keys::generate()).unwrap();
-        let added = config.add_peer(peer).unwrap();
-        assert_eq!(join(&added.allowed_ips), "10.0.0.4/32, fd00::4/128");
-    }
-
-    #[test]
-    fn addresses_follow_the_servers_networks() {
-        let mut config = Configuration::generate(1, 0).unwrap();
-        config.address = vec!["192.168.7.1/24".parse().unwrap()];
-        for _ in 0..253 {
-            let peer = Peer::from_private_key("k", &keys::generate()).unwrap();
-            config.add_peer(peer).unwrap();
-        }
-        assert_eq!(
-            config.peers[0].allowed_ips,
-            ["192.168.7.2/32".parse::<IpNet>().unwrap()]
-        );
-        assert_eq!(config.peers[252].allowed_ips[0].to_string(), "192.168.7.254/32");
-        let peer = Peer::from_private_key("k", &keys::generate()).unwrap();
-        let err = config.add_peer(peer).unwrap_err().to_string();
-        assert!(err.contains("no free tunnel address"), "{err}");
-        assert_eq!(config.peers.len(), 253);
-    }
-
-    #[test]
-    fn overlapping_allowed_ips_are_rejected() {
-        let mut config = Configuration::generate(1, 2).unwrap();
-        config.peers[1].allowed_ips = vec!["10.0.0.0/24".parse().unwrap()];
-        let err = config.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("peers[1].allowed_ips") && err.contains("10.0.0.0/24"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn client_configs_name_server_key_address_dns_and_endpoint() {
-        let config = Configuration::generate(51820, 2).unwrap();
-        let texts = config.client_configs(&options()).unwrap();
-        assert_eq!(texts.len(), 2);
-        for (text, peer) in texts.iter().zip(&config.peers) {
-            assert!(text.contains(peer.private_key.as_ref().unwrap()));
-            assert!(text.contains(&config.server_public_key().unwrap()));
-            assert!(text.contains(&format!("Address = {}\n", join(&peer.allowed_ips))));
-            assert!(text.contains("DNS = 10.0.0.53, fd00::53\nMTU = 1420\n"));
-            assert!(text.contains("Endpoint = 192.0.2.1:51820"));
-        }
-        let texts = config
-            .client_configs(&ClientOptions {
-                address: Some("10.9.9.9/32".into()),
-                dns: Some(String::new()),
-                mtu: Some(0),
-                ..options()
-            })
-            .unwrap();
-        assert!(texts[0].contains("Address = 10.9.9.9/32\n"));
-        assert!(!texts[0].contains("DNS") && !texts[0].contains("MTU"));
-    }
-}
+mod tests;

@@ -1,4 +1,4 @@
-//! The crate's error type. Each variant maps to one Python exception at the boundary (see `python.rs`).
+//! The crate's error type. Each variant maps to one Python exception at the boundary (`From<Error> for PyErr` in `python/mod.rs`).
 
 use std::io;
 

@@ -1,7 +1,7 @@
 //! The messages that tasks send each other, one enum per direction.
 //!
-//! The WireGuard task and the network task run on the engine thread; Python calls in from its own thread and is
-//! woken through `python::EventQueue` when events wait for it.
+//! The WireGuard task and the network task run on the engine thread; Python calls in from its own thread. Events
+//! for Python go through the queue in `events.rs`, whose wakeup socket tells Python's event loop when they wait.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ pub type PeerId = usize;
 /// A TCP connection, numbered by the network task.
 pub type ConnectionId = u64;
 
-/// Who a packet or connection belongs to: the peer and where its last packet came from.
+/// Who a connection or datagram belongs to, for Python: the peer's index and public key.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub id: PeerId,
@@ -76,7 +76,7 @@ pub enum NetworkToPython {
     ConnectionEstablished {
         id: ConnectionId,
         peer: PeerInfo,
-        /// The client's outer UDP endpoint.
+        /// The client's outer UDP endpoint when its SYN arrived (Python's `original_src`).
         endpoint: SocketAddr,
         /// The client's address inside the tunnel.
         src: SocketAddr,

@@ -58,7 +58,7 @@ impl Server {
 
         let wireguard = WireGuardTask::new(socket, peers, wg_to_net, wg_from_net, signal.clone());
         let network = NetworkTask::new(
-            Stack::new(infos),
+            Stack::new(infos, std::time::Instant::now()),
             net_from_wg,
             net_to_wg,
             net_from_py,

@@ -1,113 +1,16 @@
-"""Shared fixtures. The whole test session runs in a network namespace of its own (made at import, before any
-thread exists), with only `lo` and the WireGuard clients' tunnels: the server listens on loopback there, real
-WireGuard clients (wireguard-go) connect to it, and test code reaches tunnel destinations directly.
-
-Traffic never leaves that namespace. Under CI=true, everything these tests need must be there: a missing piece
-fails the run instead of skipping tests.
-"""
+"""Shared fixtures. The helpers they build on are in helpers.py, whose import, here and before any test, moves the
+test session into a network namespace of its own."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import itertools
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 import mitmproxy_wireguard as wg
-
-CI = os.environ.get("CI") == "true"
-CLONE_NEWNET = 0x40000000
-
-
-def _enter_private_namespace() -> str | None:
-    """Moves this process into a new network namespace; returns why it could not, or None."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces and tun devices)"
-    for tool in ("wireguard-go", "wg", "ip"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (apt-get install wireguard-go wireguard-tools iproute2)"
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) != 0:
-        return f"unshare(CLONE_NEWNET) failed: {os.strerror(ctypes.get_errno())}"
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    return None
-
-
-NAMESPACE_PROBLEM = _enter_private_namespace()
-if NAMESPACE_PROBLEM and CI:
-    raise RuntimeError(f"end-to-end tests cannot run in CI: {NAMESPACE_PROBLEM}")
-
-needs_client = pytest.mark.skipif(NAMESPACE_PROBLEM is not None, reason=str(NAMESPACE_PROBLEM))
-
-_interface_numbers = itertools.count()
-
-
-def run(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=10)
-
-
-_namespace_numbers = itertools.count()
-
-
-class Namespace:
-    """A network namespace of the tests' own, linked to the test namespace by a veth pair on 192.0.2.0/24
-    (a documentation range): `here` is this side's address, `there` the namespace's."""
-
-    def __init__(self) -> None:
-        i = next(_namespace_numbers)
-        self.name = f"wgt{os.getpid() % 10000}n{i}"
-        self.here = f"192.0.2.{4 * i + 1}"
-        self.there = f"192.0.2.{4 * i + 2}"
-        run("ip", "netns", "add", self.name)
-        outside, inside = f"vt{os.getpid() % 10000}n{i}", f"vc{os.getpid() % 10000}n{i}"
-        run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", self.name)
-        run("ip", "address", "add", f"{self.here}/30", "dev", outside)
-        run("ip", "link", "set", outside, "up")
-        self.ip("address", "add", f"{self.there}/30", "dev", inside)
-        self.ip("link", "set", inside, "up")
-        self.ip("link", "set", "lo", "up")
-
-    def ip(self, *args: str) -> None:
-        run("ip", "-n", self.name, *args)
-
-    def exec(self, *cmd: str) -> list[str]:
-        """The command line that runs `cmd` inside the namespace."""
-        return ["ip", "netns", "exec", self.name, *cmd]
-
-    def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
-        """A socket that lives in this namespace; it can be used from any thread afterwards."""
-        result: list[socket.socket | BaseException] = []
-
-        def make() -> None:
-            # setns changes only the calling thread: this short-lived one.
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                with open(f"/run/netns/{self.name}") as ns:
-                    if libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), "setns failed")
-                result.append(socket.socket(family, type))
-            except BaseException as e:
-                result.append(e)
-
-        thread = threading.Thread(target=make)
-        thread.start()
-        thread.join()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        return result[0]
-
-    def delete(self) -> None:
-        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, timeout=10)
+from helpers import Namespace, WireGuardClient, echo, start_client
 
 
 @pytest.fixture
@@ -124,113 +27,6 @@ def namespaces() -> Iterator[Callable[[], Namespace]]:
         namespace.delete()
 
 
-@dataclass
-class WireGuardClient:
-    """A wireguard-go client in this namespace, with its tunnel addresses and routes."""
-
-    interface: str
-    process: subprocess.Popen[bytes]
-    private_key: str
-    addresses: tuple[str, ...]
-    routes: tuple[str, ...]
-    conf_dir: str
-    listen_port: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def public_key(self) -> str:
-        return wg.pubkey(self.private_key)
-
-    def set(self, *args: str) -> None:
-        """`wg set` on this client, e.g. `set("listen-port", "4000")`."""
-        run("wg", "set", self.interface, *args)
-
-    def latest_handshake(self) -> int:
-        """When the client's last handshake completed (Unix time), 0 for never."""
-        out = subprocess.run(
-            ["wg", "show", self.interface, "latest-handshakes"], capture_output=True, text=True, timeout=10
-        )
-        return max((int(line.split()[1]) for line in out.stdout.splitlines() if line.strip()), default=0)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        shutil.rmtree(self.conf_dir, ignore_errors=True)
-
-
-async def start_client(
-    server: wg.Server,
-    server_public_key: str,
-    private_key: str,
-    addresses: tuple[str, ...] = ("10.0.0.2/32", "fd00::2/128"),
-    routes: tuple[str, ...] = ("10.0.0.0/24", "fd00::/64"),
-    mtu: int | None = None,
-    keepalive: int | None = None,
-    namespace: Namespace | None = None,
-    preshared_key: str | None = None,
-) -> WireGuardClient:
-    """Starts wireguard-go, points it at `server` and routes `routes` into its tunnel; in `namespace` if given
-    (the server must then listen on the namespace's `here` address or on all addresses). `addresses` must be
-    the peer's AllowedIPs (the default: those of the first peer of a generated configuration), or the server
-    drops its packets."""
-    host, port = server.getsockname()
-    if namespace is not None:
-        host = namespace.here
-    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    ip = namespace.ip if namespace is not None else (lambda *args: run("ip", *args))
-    interface = f"wgt{os.getpid() % 10000}x{next(_interface_numbers)}"
-    conf_dir = tempfile.mkdtemp(prefix="wgtest-")
-    conf = os.path.join(conf_dir, "wg.conf")
-    with open(conf, "w") as f:
-        f.write(
-            f"[Interface]\nPrivateKey = {private_key}\n\n[Peer]\nPublicKey = {server_public_key}\n"
-            f"Endpoint = {endpoint}\nAllowedIPs = 0.0.0.0/0, ::/0\n"
-            + (f"PersistentKeepalive = {keepalive}\n" if keepalive else "")
-            + (f"PresharedKey = {preshared_key}\n" if preshared_key else "")
-        )
-    env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
-    command = ["wireguard-go", "-f", interface]
-    if namespace is not None:
-        command = namespace.exec(*command)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = WireGuardClient(interface, process, private_key, addresses, routes, conf_dir)
-    try:
-        deadline = time.monotonic() + 10
-        # wireguard-go creates the device, then its control socket.
-        while not os.path.exists(f"/var/run/wireguard/{interface}.sock"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"wireguard-go did not create {interface}")
-            await asyncio.sleep(0.02)
-        while True:
-            try:
-                run("wg", "setconf", interface, conf)
-                break
-            except subprocess.CalledProcessError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.02)
-        for address in addresses:
-            ip("address", "add", address, "dev", interface)
-        if mtu:
-            ip("link", "set", interface, "mtu", str(mtu))
-        ip("link", "set", interface, "up")
-        for route in routes:
-            ip("route", "add", route, "dev", interface)
-        out = subprocess.run(
-            ["wg", "show", interface, "listen-port"], capture_output=True, text=True, timeout=10
-        )
-        client.listen_port = int(out.stdout.strip())
-    except BaseException:
-        client.stop()
-        raise
-    return client
-
-
 @pytest.fixture
 async def wg_clients() -> AsyncIterator[Callable[..., Awaitable[WireGuardClient]]]:
     """Factory of WireGuard clients; all are stopped at the end of the test."""
@@ -244,14 +40,6 @@ async def wg_clients() -> AsyncIterator[Callable[..., Awaitable[WireGuardClient]
     yield factory
     for client in clients:
         client.stop()
-
-
-async def echo(stream: wg.TcpStream) -> None:
-    """Echoes until EOF, then closes."""
-    while data := await stream.read(65536):
-        stream.write(data)
-        await stream.drain()
-    stream.close()
 
 
 @dataclass
@@ -297,18 +85,3 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Setup]]]:
     for server in servers:
         server.close()
         await asyncio.wait_for(server.wait_closed(), 5)
-
-
-async def open_connection(
-    host: str, port: int, timeout: float = 10
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection through the tunnel; the first one also waits out the WireGuard handshake."""
-    return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-
-
-async def close_writer(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    try:
-        await asyncio.wait_for(writer.wait_closed(), 5)
-    except (ConnectionError, asyncio.TimeoutError):
-        pass

@@ -131,7 +131,7 @@ def config_fields(text: str) -> dict[str, str]:
 
 
 class Listening:
-    """What `conftest.start_client` needs of a server: where it listens. A client in a namespace of its own
+    """What `helpers.start_client` needs of a server: where it listens. A client in a namespace of its own
     reaches it at the namespace's `here` address instead of this one."""
 
     def __init__(self, port: int):
@@ -142,7 +142,7 @@ class Listening:
 
 
 def client_settings(text: str) -> dict[str, Any]:
-    """`conftest.start_client`'s arguments (all but the server) for a printed client configuration."""
+    """`helpers.start_client`'s arguments (all but the server) for a printed client configuration."""
     fields = config_fields(text)
     return {
         "server_public_key": fields["Peer.PublicKey"],

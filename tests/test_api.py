@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import mitmproxy_wireguard as wg
-from conftest import NAMESPACE_PROBLEM, echo
+from helpers import NAMESPACE_PROBLEM, echo
 
 
 def ignore_datagram(data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:

@@ -15,9 +15,16 @@ from pathlib import Path
 import pytest
 
 import mitmproxy_wireguard as wg
-from conftest import Namespace, close_writer, needs_client, open_connection, start_client
+from helpers import (
+    Namespace,
+    close_writer,
+    decode_png_qr,
+    needs_client,
+    open_connection,
+    png_size,
+    start_client,
+)
 from helpers_cli import Cli, Listening, client_configs, client_settings, config_fields
-from test_config_files import decode_png_qr, png_size
 
 pytestmark = pytest.mark.timeout(90)
 

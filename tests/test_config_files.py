@@ -7,13 +7,12 @@ import json
 import os
 import re
 import stat
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 
 import mitmproxy_wireguard as wg
+from helpers import decode_png_qr, png_size
 from helpers_cli import config_fields
 from mitmproxy_wireguard import qr
 
@@ -367,33 +366,6 @@ def test_plain_comments_that_look_like_keys_are_comments(tmp_path: Path) -> None
 
 
 # QR codes.
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    """Checks a PNG's signature and chunk CRCs; returns its width and height."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    offset, kinds = 8, []
-    while offset < len(data):
-        (length,) = struct.unpack(">I", data[offset : offset + 4])
-        kind = data[offset + 4 : offset + 8]
-        body = data[offset + 8 : offset + 8 + length]
-        (crc,) = struct.unpack(">I", data[offset + 8 + length : offset + 12 + length])
-        assert zlib.crc32(kind + body) == crc
-        kinds.append(kind)
-        offset += 12 + length
-    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
-    return struct.unpack(">II", data[16:24])
-
-
-def decode_png_qr(path: Path) -> str:
-    png = pytest.importorskip("png")
-    zxingcpp = pytest.importorskip("zxingcpp")
-    width, height, rows, info = png.Reader(bytes=path.read_bytes()).asDirect()
-    assert info["greyscale"] and not info["alpha"]
-    top = (1 << info["bitdepth"]) - 1
-    pixels = bytes(255 * v // top for row in rows for v in row)
-    (code,) = zxingcpp.read_barcodes(memoryview(pixels).cast("B", (height, width)))
-    return code.text
 
 
 def test_png_qr_code_of_a_client_config_decodes_to_it(tmp_path: Path) -> None:

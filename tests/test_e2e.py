@@ -15,7 +15,7 @@ import time
 import pytest
 
 import mitmproxy_wireguard as wg
-from conftest import close_writer, needs_client, open_connection
+from helpers import close_writer, needs_client, open_connection
 
 pytestmark = [needs_client, pytest.mark.timeout(90)]
 

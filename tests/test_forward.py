@@ -20,7 +20,7 @@ import pytest
 
 import mitmproxy_wireguard as wg
 from mitmproxy_wireguard import forward
-from conftest import Namespace, needs_client, run, start_client
+from helpers import Namespace, needs_client, run, start_client
 from helpers_cli import Cli, Listening, client_configs, client_settings, config_fields
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]

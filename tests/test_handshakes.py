@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import close_writer, needs_client, open_connection, start_client
+from helpers import close_writer, needs_client, open_connection, start_client
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
 

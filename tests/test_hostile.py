@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from conftest import close_writer, needs_client, open_connection, run
+from helpers import close_writer, needs_client, open_connection, run
 
 pytestmark = [needs_client, pytest.mark.timeout(60)]
 

@@ -26,7 +26,7 @@ import pytest
 
 import mitmproxy_wireguard as wg
 
-from conftest import close_writer, needs_client, open_connection, start_client
+from helpers import close_writer, needs_client, open_connection, start_client
 
 pytestmark = needs_client
 

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 import mitmproxy_wireguard as wg
-from conftest import close_writer, needs_client, open_connection
+from helpers import close_writer, needs_client, open_connection
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
 

@@ -1,16 +1,18 @@
-"""What the three server scripts share: their configuration file, the ready line, raised file limits and a
-stop on SIGTERM/SIGINT. Each server runs in its own process so that the runner can read its CPU time and RSS
-from /proc; the echo itself is the same asyncio stream loop in all of them."""
+"""What the server scripts share: their configuration file, the ready line, raised file limits, a stop on
+SIGTERM/SIGINT, and the download/upload protocol of benches/paths.py. Each server runs in its own process so
+that the runner can read its CPU time and RSS from /proc; the echo itself is the same asyncio stream loop in
+all of them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import random
 import resource
 import signal
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 
 def config() -> dict[str, Any]:
@@ -30,9 +32,100 @@ def ready(**info: Any) -> None:
     print(json.dumps({"pid": os.getpid(), **info}), flush=True)
 
 
+async def echo_stream(stream: Any) -> None:
+    """The echo for a tunnel server's TCP stream (asyncio's stream methods on one object)."""
+    try:
+        while data := await stream.read(65536):
+            stream.write(data)
+            await stream.drain()
+    except OSError:  # ConnectionError, and mitmproxy_rs's plain OSError for a closed connection
+        pass
+    finally:
+        stream.close()
+
+
 async def wait_for_stop() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# downloads and uploads (benches/paths.py): the same protocol on TRANSFER_PORT in every server
+#
+# The client sends a 9-byte header: b"D" or b"U" and a byte count N (8 bytes, big-endian).
+# D (download, server to client): the server writes N bytes of the pattern; the client checks them.
+# U (upload, client to server): the client writes N bytes of the pattern; the server checks them and answers
+#   with two 8-byte counts: the bytes that arrived intact (in order, up to the first wrong byte), and all
+#   bytes that arrived.
+# Either way the server then waits for the client to close first, so that closing loses nothing.
+
+TRANSFER_PORT = 9
+HEADER_SIZE = 9
+PATTERN = random.Random(7).randbytes(1 << 18)  # repeated: a transfer's byte i is PATTERN[i % len(PATTERN)]
+CHUNK = 1 << 16
+
+
+class PatternCheck:
+    """Checks a byte stream against the repeated pattern: `intact` bytes so far, until the first wrong one."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.intact = 0
+        self.ok = True
+        self._twice = PATTERN + PATTERN
+
+    def feed(self, data: bytes) -> bool:
+        size, i, m = len(PATTERN), 0, len(data)
+        if self.ok:
+            offset = self.received % size
+            while i < m:
+                k = min(m - i, size)
+                if data[i : i + k] != self._twice[offset : offset + k]:
+                    self.ok = False
+                    break
+                offset = (offset + k) % size
+                i += k
+            self.intact += i
+        self.received += m
+        return self.ok
+
+
+def pattern_chunks(total: int) -> Iterator[bytes]:
+    """The first `total` bytes of the repeated pattern, in chunks of at most CHUNK bytes."""
+    sent, size = 0, len(PATTERN)
+    while sent < total:
+        offset = sent % size
+        k = min(CHUNK, size - offset, total - sent)
+        yield PATTERN[offset : offset + k]
+        sent += k
+
+
+async def serve_transfer(reader: Any, writer: Any) -> None:
+    """One download or upload (see above); `reader`/`writer` have asyncio's stream methods (the tunnel
+    servers' streams have both: pass the stream twice)."""
+    try:
+        header = b""
+        while len(header) < HEADER_SIZE and (data := await reader.read(HEADER_SIZE - len(header))):
+            header += data
+        if len(header) < HEADER_SIZE or header[:1] not in (b"D", b"U"):
+            return
+        total = int.from_bytes(header[1:], "big")
+        if header[:1] == b"D":
+            for chunk in pattern_chunks(total):
+                writer.write(chunk)
+                await writer.drain()
+        else:
+            check = PatternCheck()
+            while check.received < total and (data := await reader.read(CHUNK)):
+                check.feed(data)
+            writer.write(check.intact.to_bytes(8, "big") + check.received.to_bytes(8, "big"))
+            await writer.drain()
+        while await reader.read(CHUNK):  # until the client closes
+            pass
+    except OSError:  # ConnectionError, and mitmproxy_rs's plain OSError for a closed connection
+        pass
+    finally:
+        writer.close()

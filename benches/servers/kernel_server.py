@@ -9,7 +9,7 @@ import asyncio
 import logging
 import platform
 
-from _common import config, raise_file_limit, ready, wait_for_stop
+from _common import TRANSFER_PORT, config, raise_file_limit, ready, serve_transfer, wait_for_stop
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -39,6 +39,7 @@ async def main() -> None:
     cfg = config()
     loop = asyncio.get_running_loop()
     server = await asyncio.start_server(echo, cfg["host"], cfg["port"], backlog=4096, reuse_address=True)
+    transfers = await asyncio.start_server(serve_transfer, cfg["host"], TRANSFER_PORT, reuse_address=True)
     transport, _ = await loop.create_datagram_endpoint(EchoDatagram, local_addr=(cfg["host"], cfg["port"]))
     ready(
         sockname=list(server.sockets[0].getsockname()), version=f"asyncio, Python {platform.python_version()}"
@@ -46,6 +47,7 @@ async def main() -> None:
     await wait_for_stop()
     transport.close()
     server.close()
+    transfers.close()
 
 
 if __name__ == "__main__":

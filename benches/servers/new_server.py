@@ -7,10 +7,12 @@ import importlib.metadata
 import logging
 
 import mitmproxy_wireguard as wg
-from _common import config, raise_file_limit, ready, wait_for_stop
+from _common import TRANSFER_PORT, config, raise_file_limit, ready, serve_transfer, wait_for_stop
 
 
 async def echo(stream: wg.TcpStream) -> None:
+    if stream.get_extra_info("original_dst")[1] == TRANSFER_PORT:
+        return await serve_transfer(stream, stream)
     try:
         while data := await stream.read(65536):
             stream.write(data)

@@ -7,18 +7,13 @@ import importlib.metadata
 import logging
 
 import mitmproxy_wireguard as wg
-from _common import config, raise_file_limit, ready, wait_for_stop
+from _common import TRANSFER_PORT, config, echo_stream, raise_file_limit, ready, serve_transfer, wait_for_stop
 
 
 async def echo(stream) -> None:  # type: ignore[no-untyped-def]
-    try:
-        while data := await stream.read(65536):
-            stream.write(data)
-            await stream.drain()
-    except ConnectionError:
-        pass
-    finally:
-        stream.close()
+    if stream.get_extra_info("original_dst")[1] == TRANSFER_PORT:
+        return await serve_transfer(stream, stream)
+    await echo_stream(stream)
 
 
 async def main() -> None:

@@ -1,7 +1,7 @@
 """Type stubs of the native module. The public names are re-exported by `mitmproxy_wireguard`."""
 
 import os
-from typing import Any, Final, final
+from typing import Any, Final, Literal, TypeAlias, Union, final
 
 __all__ = [
     "genkey",
@@ -158,19 +158,48 @@ def pubkey(private_key: str) -> str:
 
 WRITE_HIGH_WATER: Final[int]
 WRITE_LOW_WATER: Final[int]
-EVENT_ESTABLISHED: Final[int]
-EVENT_DATA: Final[int]
-EVENT_EOF: Final[int]
-EVENT_DRAINED: Final[int]
-EVENT_CLOSED: Final[int]
-EVENT_DATAGRAM: Final[int]
-EVENT_SERVER_CLOSED: Final[int]
+
+# `Engine.take_events` returns tuples whose first item, one of the `EVENT_*` numbers, tells their fields: the
+# alias below each number. This is the one description of the format. The tags are repeated as `Literal`s (a
+# type cannot name a constant's value): stubtest checks the constants against the module, and `mypy --strict`
+# fails on the dispatch in server.py if a tag and its alias disagree.
+# `id` names a connection, `peer` a peer of the configuration; addresses are `(host, port)`.
+_Address: TypeAlias = tuple[str, int]
+
+EVENT_ESTABLISHED: Final = 0
+# A TCP handshake completed. `endpoint` is the peer's outer UDP address, `src` the client's address inside the
+# tunnel, `dst` the destination it asked for.
+# (EVENT_ESTABLISHED, id, peer_public_key, endpoint, src, dst)
+_EstablishedEvent: TypeAlias = tuple[Literal[0], int, str, _Address, _Address, _Address]
+EVENT_DATA: Final = 1
+# (EVENT_DATA, id, data): bytes the client sent.
+_DataEvent: TypeAlias = tuple[Literal[1], int, bytes]
+EVENT_EOF: Final = 2
+# (EVENT_EOF, id): the client sent FIN.
+_EofEvent: TypeAlias = tuple[Literal[2], int]
+EVENT_DRAINED: Final = 3
+# (EVENT_DRAINED, id, bytes): this many written bytes were handed to the TCP stack.
+_DrainedEvent: TypeAlias = tuple[Literal[3], int, int]
+EVENT_CLOSED: Final = 4
+# (EVENT_CLOSED, id, reset): the connection is gone; `reset` if by an abort or a timeout, not an orderly close.
+_ClosedEvent: TypeAlias = tuple[Literal[4], int, bool]
+EVENT_DATAGRAM: Final = 5
+# (EVENT_DATAGRAM, data, src, dst, peer): a UDP datagram from a peer.
+_DatagramEvent: TypeAlias = tuple[Literal[5], bytes, _Address, _Address, int]
+EVENT_SERVER_CLOSED: Final = 6
+# (EVENT_SERVER_CLOSED, error): every task of the engine ended; error says why if it was not asked to close (a
+# task failed), else None.
+_ServerClosedEvent: TypeAlias = tuple[Literal[6], str | None]
+
+_Event: TypeAlias = Union[
+    _EstablishedEvent, _DataEvent, _EofEvent, _DrainedEvent, _ClosedEvent, _DatagramEvent, _ServerClosedEvent
+]
 
 @final
 class Engine:
-    def getsockname(self) -> tuple[str, int]: ...
+    def getsockname(self) -> _Address: ...
     def wakeup_fd(self) -> int: ...
-    def take_events(self) -> list[tuple]: ...  # type: ignore[type-arg]
+    def take_events(self) -> list[_Event]: ...
     def write(self, id: int, data: bytes) -> None: ...
     def write_eof(self, id: int) -> None: ...
     def close_connection(self, id: int) -> None: ...
@@ -178,7 +207,7 @@ class Engine:
     def pause_reading(self, id: int) -> None: ...
     def resume_reading(self, id: int) -> None: ...
     def send_datagram(
-        self, data: bytes, src_addr: tuple[str, int], dst_addr: tuple[str, int], peer: int | None = None
+        self, data: bytes, src_addr: _Address, dst_addr: _Address, peer: int | None = None
     ) -> None: ...
     def close(self) -> None: ...
     def join(self) -> None: ...

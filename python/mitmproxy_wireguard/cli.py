@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from . import Configuration, Server, ServerError, echo, forward, qr
 from ._files import write_private
+from ._program import host_port
 
 logger = logging.getLogger("mitmproxy_wireguard.cli")
 
@@ -168,13 +169,13 @@ def load_configuration(path: Path | None, port: int | None, peers: int) -> Confi
 def client_endpoint(requested: str | None, host: str, port: int) -> str:
     """The Endpoint line of client configurations: `requested` (its port defaults to `port`), or this machine."""
     if not requested:
-        return echo.endpoint(echo.endpoint_host(host), port)
+        return host_port(echo.endpoint_host(host), port)
     if requested.startswith("["):
         address, _, rest = requested[1:].partition("]")
         return f"[{address}]{rest}" if rest.startswith(":") else f"[{address}]:{port}"
     if requested.count(":") == 1:
         return requested
-    return echo.endpoint(requested, port)
+    return host_port(requested, port)
 
 
 def client_report(

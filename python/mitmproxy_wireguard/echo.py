@@ -3,14 +3,13 @@ destination. Prints a client configuration to connect with."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import socket
 from typing import Callable
 
 from . import Configuration, Server, TcpStream, start_server
-from ._running import serve_until_signal
+from ._program import host_port, serve_until_signal
 
 logger = logging.getLogger("mitmproxy_wireguard.echo")
 
@@ -35,11 +34,6 @@ def endpoint_host(host: str) -> str:
         return "127.0.0.1"
 
 
-def endpoint(host: str, port: int) -> str:
-    """`host:port` as a client configuration's Endpoint writes it."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def tunnel_networks(cfg: Configuration) -> str:
     """The tunnel's networks, as a client's AllowedIPs: only traffic into the tunnel goes to the server."""
     networks = [str(ipaddress.ip_interface(a).network) for a in cfg.address]
@@ -49,7 +43,7 @@ def tunnel_networks(cfg: Configuration) -> str:
 def instructions(cfg: Configuration, server: Server, host: str) -> str:
     port = server.getsockname()[1]
     configs = cfg.pretty_print(
-        allowed_ips=tunnel_networks(cfg), endpoint=endpoint(endpoint_host(host), port), dns=""
+        allowed_ips=tunnel_networks(cfg), endpoint=host_port(endpoint_host(host), port), dns=""
     )
     lines = [f"WireGuard echo server listening on {host or '*'}:{port}.", ""]
     for i, text in enumerate(configs, 1):

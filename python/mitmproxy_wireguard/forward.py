@@ -31,11 +31,11 @@ import dns.rdatatype
 import dns.rrset
 
 from . import Configuration, Server, TcpStream, start_server
-from ._running import serve_until_signal
+from ._program import host_port, serve_until_signal
+from .server import Address
 
 logger = logging.getLogger("mitmproxy_wireguard.forward")
 
-Address = tuple[str, int]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 CHUNK = 65536
@@ -54,8 +54,7 @@ DNS_TCP_IDLE_TIMEOUT = 30.0
 
 
 def format_address(addr: Address) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(addr[0], addr[1])
 
 
 def _ip(host: str) -> IPAddress:
@@ -185,7 +184,8 @@ class Resolver:
         infos = await asyncio.wait_for(
             self._loop.getaddrinfo(name, None, family=family, type=socket.SOCK_STREAM), DNS_TIMEOUT
         )
-        return list(dict.fromkeys(str(_ip(info[4][0])) for info in infos))
+        # An IP family's address starts with the host as text (str() for the type checker: other families differ).
+        return list(dict.fromkeys(str(_ip(str(info[4][0]))) for info in infos))
 
     async def _exists(self, name: str) -> bool:
         try:

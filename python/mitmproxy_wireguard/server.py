@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from . import _mitmproxy_wireguard as _native
 from ._mitmproxy_wireguard import Configuration
 from .stream import TcpStream, _Connection
+
+if TYPE_CHECKING:
+    from ._mitmproxy_wireguard import _Event
 
 logger = logging.getLogger("mitmproxy_wireguard")
 
@@ -105,33 +108,33 @@ class Server:
                 # One faulty protocol or callback must not cost the other events of the batch.
                 logger.exception("error while handling event %r", event[:2])
 
-    def _dispatch(self, event: tuple[Any, ...]) -> None:
-        tag = event[0]
-        if tag == _native.EVENT_DATA:
+    def _dispatch(self, event: _Event) -> None:
+        # `event[0] ==` rather than a local: mypy narrows the event's type by the tag only then.
+        if event[0] == _native.EVENT_DATA:
             conn = self._connections.get(event[1])
             if conn is not None:
                 conn.data_received(event[2])
-        elif tag == _native.EVENT_DATAGRAM:
+        elif event[0] == _native.EVENT_DATAGRAM:
             try:
                 self._receive_datagram(event[1], _peer_address(event[2], event[4]), event[3])
             except Exception:
                 logger.exception("receive_datagram failed for a datagram from %s to %s", event[2], event[3])
-        elif tag == _native.EVENT_DRAINED:
+        elif event[0] == _native.EVENT_DRAINED:
             conn = self._connections.get(event[1])
             if conn is not None:
                 conn.drained(event[2])
-        elif tag == _native.EVENT_ESTABLISHED:
+        elif event[0] == _native.EVENT_ESTABLISHED:
             self._connection_established(*event[1:])
-        elif tag == _native.EVENT_EOF:
+        elif event[0] == _native.EVENT_EOF:
             conn = self._connections.get(event[1])
             if conn is not None:
                 conn.eof_received()
-        elif tag == _native.EVENT_CLOSED:
+        elif event[0] == _native.EVENT_CLOSED:
             conn = self._connections.pop(event[1], None)
             if conn is not None:
                 exc = ConnectionResetError("Connection reset by peer") if event[2] else None
                 conn.connection_lost(exc)
-        elif tag == _native.EVENT_SERVER_CLOSED:
+        elif event[0] == _native.EVENT_SERVER_CLOSED:
             self._server_closed(event[1])
 
     def _connection_established(

@@ -11,8 +11,64 @@
 
 use super::*;
 
-const INTERFACE_KEYS: [&str; 5] = ["PrivateKey", "ListenPort", "Address", "DNS", "MTU"];
-const PEER_KEYS: [&str; 4] = ["PublicKey", "PresharedKey", "AllowedIPs", "PersistentKeepalive"];
+/// The keys of a file, the one place that spells their names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Setting {
+    PrivateKey,
+    ListenPort,
+    Address,
+    Dns,
+    Mtu,
+    PublicKey,
+    PresharedKey,
+    AllowedIps,
+    PersistentKeepalive,
+}
+
+impl Setting {
+    const INTERFACE: [Setting; 5] = [
+        Setting::PrivateKey,
+        Setting::ListenPort,
+        Setting::Address,
+        Setting::Dns,
+        Setting::Mtu,
+    ];
+    /// A peer's private key is not among them: it is written as a comment (see the module's documentation).
+    const PEER: [Setting; 4] = [
+        Setting::PublicKey,
+        Setting::PresharedKey,
+        Setting::AllowedIps,
+        Setting::PersistentKeepalive,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Setting::PrivateKey => "PrivateKey",
+            Setting::ListenPort => "ListenPort",
+            Setting::Address => "Address",
+            Setting::Dns => "DNS",
+            Setting::Mtu => "MTU",
+            Setting::PublicKey => "PublicKey",
+            Setting::PresharedKey => "PresharedKey",
+            Setting::AllowedIps => "AllowedIPs",
+            Setting::PersistentKeepalive => "PersistentKeepalive",
+        }
+    }
+
+    /// The key that `text` names, ignoring case, among `known`.
+    fn find(known: &[Setting], text: &str) -> Option<Setting> {
+        known
+            .iter()
+            .copied()
+            .find(|k| k.name().eq_ignore_ascii_case(text))
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 /// wg-quick keys that set up a kernel interface or dial out, which this server has no use for.
 const UNSUPPORTED_KEYS: [(&str, &str); 8] = [
     ("Table", "routes"),
@@ -37,15 +93,14 @@ pub(super) fn line_of(text: &[u8], offset: usize) -> usize {
 #[derive(Default)]
 struct Lines {
     interface: Option<usize>,
-    /// Interface values by their names in `INTERFACE_KEYS`.
-    values: HashMap<&'static str, usize>,
+    values: HashMap<Setting, usize>,
     peers: Vec<PeerLines>,
 }
 
 #[derive(Default)]
 struct PeerLines {
     header: usize,
-    values: HashMap<&'static str, usize>,
+    values: HashMap<Setting, usize>,
 }
 
 enum Section {
@@ -86,7 +141,11 @@ impl Parser<'_> {
             return self.header(n, content, header);
         }
         let Some((key, value)) = content.split_once('=') else {
-            return Err(self.error(Some(n), content, "expected a `Key = value` line or a [Section]"));
+            return Err(self.error(
+                Some(n),
+                content,
+                "expected a `Setting = value` line or a [Section]",
+            ));
         };
         let (key, value) = (key.trim(), value.trim());
         match self.section {
@@ -131,39 +190,43 @@ impl Parser<'_> {
         Ok(())
     }
 
-    /// The key's name as `known` spells it; an error for any other key.
-    fn known_key(&self, n: usize, key: &str, known: &[&'static str], section: &str) -> Result<&'static str> {
-        if let Some(name) = known.iter().find(|k| k.eq_ignore_ascii_case(key)) {
-            return Ok(name);
+    /// The key among `known`; an error for any other key.
+    fn known_key(&self, n: usize, key: &str, known: &[Setting], section: &str) -> Result<Setting> {
+        if let Some(key) = Setting::find(known, key) {
+            return Ok(key);
         }
         let reason = match UNSUPPORTED_KEYS.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
             Some((_, what)) => format!("not supported: this user-space server does no {what}"),
-            None => format!("unknown field in [{section}] (known: {})", known.join(", ")),
+            None => format!("unknown field in [{section}] (known: {})", join(known)),
         };
         Err(self.error(Some(n), key, reason))
     }
 
     /// Records where a single value is given; an error if it was given before.
-    fn once(&self, values: &mut HashMap<&'static str, usize>, n: usize, name: &'static str) -> Result<()> {
-        match values.insert(name, n) {
-            Some(first) => Err(self.error(Some(n), name, format!("given twice (first on line {first})"))),
+    fn once(&self, values: &mut HashMap<Setting, usize>, n: usize, key: Setting) -> Result<()> {
+        match values.insert(key, n) {
+            Some(first) => Err(self.error(
+                Some(n),
+                key.name(),
+                format!("given twice (first on line {first})"),
+            )),
             None => Ok(()),
         }
     }
 
-    fn non_empty<'v>(&self, n: usize, name: &str, value: &'v str) -> Result<&'v str> {
+    fn non_empty<'v>(&self, n: usize, key: Setting, value: &'v str) -> Result<&'v str> {
         if value.is_empty() {
-            return Err(self.error(Some(n), name, "no value"));
+            return Err(self.error(Some(n), key.name(), "no value"));
         }
         Ok(value)
     }
 
-    fn nets(&self, n: usize, name: &str, value: &str) -> Result<Vec<IpNet>> {
-        parse_nets(value).map_err(|reason| self.error(Some(n), name, reason))
+    fn nets(&self, n: usize, key: Setting, value: &str) -> Result<Vec<IpNet>> {
+        parse_nets(value).map_err(|reason| self.error(Some(n), key.name(), reason))
     }
 
     fn interface_value(&mut self, n: usize, key: &str, value: &str) -> Result<()> {
-        let name = self.known_key(n, key, &INTERFACE_KEYS, "Interface")?;
+        let name = self.known_key(n, key, &Setting::INTERFACE, "Interface")?;
         let mut values = std::mem::take(&mut self.lines.values);
         let result = self.set_interface_value(&mut values, n, name, value);
         self.lines.values = values;
@@ -172,59 +235,48 @@ impl Parser<'_> {
 
     fn set_interface_value(
         &mut self,
-        values: &mut HashMap<&'static str, usize>,
+        values: &mut HashMap<Setting, usize>,
         n: usize,
-        name: &'static str,
+        name: Setting,
         value: &str,
     ) -> Result<()> {
         match name {
-            "PrivateKey" => {
+            Setting::PrivateKey => {
                 self.once(values, n, name)?;
                 self.config.private_key = self.non_empty(n, name, value)?.to_string();
             }
-            "ListenPort" => {
+            Setting::ListenPort => {
                 self.once(values, n, name)?;
                 self.config.listen_port = value.parse().map_err(|_| {
-                    self.error(Some(n), name, format!("{value:?} is not a port (0 to 65535)"))
+                    self.error(
+                        Some(n),
+                        name.name(),
+                        format!("{value:?} is not a port (0 to 65535)"),
+                    )
                 })?;
             }
-            "Address" => {
+            Setting::Address => {
                 values.entry(name).or_insert(n);
                 let nets = self.nets(n, name, value)?;
                 self.config.address.extend(nets);
             }
-            "DNS" => {
+            Setting::Dns => {
                 values.entry(name).or_insert(n);
-                for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-                    if !is_dns_entry(entry) {
-                        let reason = format!("{entry:?} is neither an IP address nor a domain");
-                        return Err(self.error(Some(n), name, reason));
-                    }
-                    self.config.dns.push(entry.to_string());
-                }
+                let entries = parse_dns(value).map_err(|reason| self.error(Some(n), name.name(), reason))?;
+                self.config.dns.extend(entries);
             }
-            "MTU" => {
+            Setting::Mtu => {
                 self.once(values, n, name)?;
-                let mtu = value
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|m| *m >= MIN_MTU)
-                    .ok_or_else(|| {
-                        self.error(
-                            Some(n),
-                            name,
-                            format!("{value:?} is not an MTU ({MIN_MTU} to 65535)"),
-                        )
-                    })?;
+                let mtu = parse_mtu(value).map_err(|reason| self.error(Some(n), name.name(), reason))?;
                 self.config.mtu = Some(mtu);
             }
-            _ => unreachable!("every key of INTERFACE_KEYS is handled"),
+            _ => unreachable!("every key of Setting::INTERFACE is handled"),
         }
         Ok(())
     }
 
     fn peer_value(&mut self, n: usize, key: &str, value: &str) -> Result<()> {
-        let name = self.known_key(n, key, &PEER_KEYS, "Peer")?;
+        let name = self.known_key(n, key, &Setting::PEER, "Peer")?;
         let mut lines = self.lines.peers.pop().expect("in a [Peer] section");
         let mut peer = self.config.peers.pop().expect("in a [Peer] section");
         let result = self.set_peer_value(&mut lines.values, &mut peer, n, name, value);
@@ -235,26 +287,26 @@ impl Parser<'_> {
 
     fn set_peer_value(
         &self,
-        values: &mut HashMap<&'static str, usize>,
+        values: &mut HashMap<Setting, usize>,
         peer: &mut Peer,
         n: usize,
-        name: &'static str,
+        name: Setting,
         value: &str,
     ) -> Result<()> {
         match name {
-            "PublicKey" => {
+            Setting::PublicKey => {
                 self.once(values, n, name)?;
                 peer.public_key = self.non_empty(n, name, value)?.to_string();
             }
-            "PresharedKey" => {
+            Setting::PresharedKey => {
                 self.once(values, n, name)?;
                 peer.preshared_key = Some(self.non_empty(n, name, value)?.to_string());
             }
-            "AllowedIPs" => {
+            Setting::AllowedIps => {
                 values.entry(name).or_insert(n);
                 peer.allowed_ips.extend(self.nets(n, name, value)?);
             }
-            "PersistentKeepalive" => {
+            Setting::PersistentKeepalive => {
                 self.once(values, n, name)?;
                 peer.persistent_keepalive = match value {
                     v if v.eq_ignore_ascii_case("off") => None,
@@ -263,12 +315,12 @@ impl Parser<'_> {
                         Ok(seconds) => Some(seconds),
                         Err(_) => {
                             let reason = format!("{value:?} is not a number of seconds (1 to 65535) or off");
-                            return Err(self.error(Some(n), name, reason));
+                            return Err(self.error(Some(n), name.name(), reason));
                         }
                     },
                 };
             }
-            _ => unreachable!("every key of PEER_KEYS is handled"),
+            _ => unreachable!("every key of Setting::PEER is handled"),
         }
         Ok(())
     }
@@ -279,11 +331,11 @@ impl Parser<'_> {
             return Ok(());
         };
         let value = value.trim();
-        if !key.trim().eq_ignore_ascii_case("PrivateKey") || key_error(value).is_some() {
+        if Setting::find(&[Setting::PrivateKey], key.trim()).is_none() || key_error(value).is_some() {
             return Ok(());
         }
         let mut lines = self.lines.peers.pop().expect("in a [Peer] section");
-        let result = self.once(&mut lines.values, n, "PrivateKey");
+        let result = self.once(&mut lines.values, n, Setting::PrivateKey);
         self.lines.peers.push(lines);
         result?;
         self.config
@@ -298,12 +350,20 @@ impl Parser<'_> {
         let Some(interface) = self.lines.interface else {
             return Err(self.error(None, "[Interface]", "the file has no [Interface] section"));
         };
-        if !self.lines.values.contains_key("PrivateKey") {
-            return Err(self.error(Some(interface), "PrivateKey", "missing from [Interface]"));
+        if !self.lines.values.contains_key(&Setting::PrivateKey) {
+            return Err(self.error(
+                Some(interface),
+                Setting::PrivateKey.name(),
+                "missing from [Interface]",
+            ));
         }
         for (peer, lines) in self.config.peers.iter().zip(&self.lines.peers) {
             if peer.public_key.is_empty() {
-                return Err(self.error(Some(lines.header), "PublicKey", "missing from [Peer]"));
+                return Err(self.error(
+                    Some(lines.header),
+                    Setting::PublicKey.name(),
+                    "missing from [Peer]",
+                ));
             }
         }
         if let Err((field, reason)) = self.config.check() {
@@ -315,23 +375,23 @@ impl Parser<'_> {
 
     /// The line and name of a value that `Configuration::check` found bad.
     fn locate(&self, field: Field) -> (Option<usize>, &'static str) {
-        let interface = |name: &'static str| (self.lines.values.get(name).copied(), name);
-        let peer = |i: usize, name: &'static str| {
+        let interface = |key: Setting| (self.lines.values.get(&key).copied(), key.name());
+        let peer = |i: usize, key: Setting| {
             let lines = &self.lines.peers[i];
             (
-                Some(lines.values.get(name).copied().unwrap_or(lines.header)),
-                name,
+                Some(lines.values.get(&key).copied().unwrap_or(lines.header)),
+                key.name(),
             )
         };
         match field {
-            Field::PrivateKey => interface("PrivateKey"),
-            Field::Dns => interface("DNS"),
-            Field::Mtu => interface("MTU"),
-            Field::PeerPublicKey(i) => peer(i, "PublicKey"),
-            Field::PeerPrivateKey(i) => peer(i, "PrivateKey"),
-            Field::PeerPresharedKey(i) => peer(i, "PresharedKey"),
-            Field::PeerAllowedIps(i) => peer(i, "AllowedIPs"),
-            Field::PeerKeepalive(i) => peer(i, "PersistentKeepalive"),
+            Field::PrivateKey => interface(Setting::PrivateKey),
+            Field::Dns => interface(Setting::Dns),
+            Field::Mtu => interface(Setting::Mtu),
+            Field::PeerPublicKey(i) => peer(i, Setting::PublicKey),
+            Field::PeerPrivateKey(i) => peer(i, Setting::PrivateKey),
+            Field::PeerPresharedKey(i) => peer(i, Setting::PresharedKey),
+            Field::PeerAllowedIps(i) => peer(i, Setting::AllowedIps),
+            Field::PeerKeepalive(i) => peer(i, Setting::PersistentKeepalive),
         }
     }
 }
@@ -354,33 +414,37 @@ pub(super) fn write(config: &Configuration) -> String {
         "# A WireGuard server's configuration. \"# PrivateKey\" in a [Peer] section is the client's key,\n\
          # kept to print its client configuration again.\n\n[Interface]\n",
     );
-    out += &format!("PrivateKey = {}\n", config.private_key);
+    let line = |out: &mut String, key: Setting, value: &dyn std::fmt::Display| {
+        *out += &format!("{key} = {value}\n");
+    };
+    line(&mut out, Setting::PrivateKey, &config.private_key);
     if config.listen_port != 0 {
-        out += &format!("ListenPort = {}\n", config.listen_port);
+        line(&mut out, Setting::ListenPort, &config.listen_port);
     }
     if !config.address.is_empty() {
-        out += &format!("Address = {}\n", join(&config.address));
+        line(&mut out, Setting::Address, &join(&config.address));
     }
     if !config.dns.is_empty() {
-        out += &format!("DNS = {}\n", config.dns.join(", "));
+        line(&mut out, Setting::Dns, &config.dns.join(", "));
     }
     if let Some(mtu) = config.mtu {
-        out += &format!("MTU = {mtu}\n");
+        line(&mut out, Setting::Mtu, &mtu);
     }
     for peer in &config.peers {
         out += "\n[Peer]\n";
         if let Some(key) = &peer.private_key {
-            out += &format!("# PrivateKey = {key}\n");
+            out += "# ";
+            line(&mut out, Setting::PrivateKey, key);
         }
-        out += &format!("PublicKey = {}\n", peer.public_key);
+        line(&mut out, Setting::PublicKey, &peer.public_key);
         if let Some(key) = &peer.preshared_key {
-            out += &format!("PresharedKey = {key}\n");
+            line(&mut out, Setting::PresharedKey, key);
         }
         if !peer.allowed_ips.is_empty() {
-            out += &format!("AllowedIPs = {}\n", join(&peer.allowed_ips));
+            line(&mut out, Setting::AllowedIps, &join(&peer.allowed_ips));
         }
         if let Some(seconds) = peer.persistent_keepalive {
-            out += &format!("PersistentKeepalive = {seconds}\n");
+            line(&mut out, Setting::PersistentKeepalive, &seconds);
         }
     }
     out

@@ -219,7 +219,8 @@ impl Reassembler {
         }
     }
 
-    pub fn held_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
         self.held
     }
 }

@@ -7,6 +7,8 @@ pub mod packet;
 pub mod stack;
 mod udp_routes;
 
+use std::time::Instant;
+
 use tokio::sync::mpsc;
 
 use crate::error::Result;
@@ -17,6 +19,13 @@ use stack::{Outputs, Stack};
 
 /// Messages handled before the task flushes what they produced; keeps a burst from starving the others.
 const BATCH: usize = 64;
+
+/// What woke the task.
+enum Wakeup {
+    Python(Option<PythonToNetwork>),
+    WireGuard(Option<WireGuardToNetwork>),
+    Timer,
+}
 
 pub struct NetworkTask {
     stack: Stack,
@@ -57,68 +66,77 @@ impl NetworkTask {
         let timer = tokio::time::sleep_until(never);
         tokio::pin!(timer);
         loop {
-            let deadline = self.deadline().unwrap_or(never);
+            let deadline = self
+                .stack
+                .next_deadline()
+                .map_or(never, tokio::time::Instant::from_std);
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
-            tokio::select! {
+            let wakeup = tokio::select! {
                 biased;
                 _ = &mut stop => break,
-                msg = self.from_python.recv() => {
-                    let Some(msg) = msg else {
-                        log::debug!("network task: Python is gone");
-                        break;
-                    };
-                    self.stack.handle(msg, &mut out);
+                msg = self.from_python.recv() => Wakeup::Python(msg),
+                msg = self.from_wireguard.recv() => Wakeup::WireGuard(msg),
+                _ = &mut timer => Wakeup::Timer,
+            };
+            // The time of this wakeup, for all it does.
+            let now = Instant::now();
+            match wakeup {
+                Wakeup::Python(None) => {
+                    log::debug!("network task: Python is gone");
+                    break;
+                }
+                Wakeup::Python(Some(msg)) => {
+                    self.stack.handle(now, msg, &mut out);
                     for _ in 1..BATCH {
-                        let Ok(msg) = self.from_python.try_recv() else { break };
-                        self.stack.handle(msg, &mut out);
+                        let Ok(msg) = self.from_python.try_recv() else {
+                            break;
+                        };
+                        self.stack.handle(now, msg, &mut out);
                     }
                 }
-                msg = self.from_wireguard.recv() => {
-                    let Some(msg) = msg else {
-                        log::debug!("network task: the WireGuard task is gone");
-                        break;
-                    };
-                    self.receive(msg, &mut out);
+                Wakeup::WireGuard(None) => {
+                    log::debug!("network task: the WireGuard task is gone");
+                    break;
+                }
+                Wakeup::WireGuard(Some(msg)) => {
+                    self.receive(now, msg, &mut out);
                     for _ in 1..BATCH {
-                        let Ok(msg) = self.from_wireguard.try_recv() else { break };
-                        self.receive(msg, &mut out);
+                        let Ok(msg) = self.from_wireguard.try_recv() else {
+                            break;
+                        };
+                        self.receive(now, msg, &mut out);
                     }
                 }
-                _ = &mut timer => self.stack.poll_timers(&mut out),
+                Wakeup::Timer => self.stack.poll_timers(now, &mut out),
             }
-            self.flush(&mut out);
+            self.flush(now, &mut out);
         }
         log::debug!(
             "network task: shutting down with {} connections",
             self.stack.connection_count()
         );
         // Every client sees its connections end at once.
-        self.stack.abort_all(&mut out);
-        self.flush(&mut out);
+        let now = Instant::now();
+        self.stack.abort_all(now, &mut out);
+        self.flush(now, &mut out);
         Ok(())
     }
 
-    /// When the next connection timer is due.
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        let at = self.stack.next_deadline()?;
-        Some(tokio::time::Instant::from_std(self.stack.to_std(at)))
-    }
-
-    fn receive(&mut self, msg: WireGuardToNetwork, out: &mut Outputs) {
+    fn receive(&mut self, now: Instant, msg: WireGuardToNetwork, out: &mut Outputs) {
         match msg {
             WireGuardToNetwork::Packet {
                 peer,
                 endpoint,
                 packet,
-            } => self.stack.receive(peer, endpoint, packet, out),
+            } => self.stack.receive(now, peer, endpoint, packet, out),
         }
     }
 
-    fn flush(&mut self, out: &mut Outputs) {
+    fn flush(&mut self, now: Instant, out: &mut Outputs) {
         self.stack.set_read_budget(self.events.room());
-        self.stack.flush(out);
+        self.stack.flush(now, out);
         if self.stack.has_starved() {
             self.events.set_starved();
         }

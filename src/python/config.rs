@@ -39,12 +39,7 @@ fn port(field: &str, value: i64) -> PyResult<u16> {
 }
 
 fn addresses(field: &str, text: &str) -> PyResult<Vec<ipnet::IpNet>> {
-    let nets = text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(config::parse_net)
-        .collect::<Result<Vec<_>, _>>()
+    let nets = config::parse_nets(text)
         .map_err(|reason| PyValueError::new_err(format!("invalid {field}: {reason}")))?;
     if nets.is_empty() {
         return Err(PyValueError::new_err(format!("invalid {field}: no address")));
@@ -196,30 +191,17 @@ impl Configuration {
         dns: Option<String>,
         mtu: Option<i64>,
     ) -> PyResult<Vec<String>> {
-        let mtu = match mtu {
-            None => None,
-            Some(0) => Some(0),
-            Some(m) => Some(
-                u16::try_from(m)
-                    .ok()
-                    .filter(|m| *m >= config::MIN_MTU)
-                    .ok_or_else(|| {
-                        PyValueError::new_err(format!(
-                            "invalid mtu: {m} is not an MTU ({} to 65535, or 0 for none)",
-                            config::MIN_MTU
-                        ))
-                    })?,
-            ),
-        };
-        if let Some(entry) = dns
-            .iter()
-            .flat_map(|d| d.split(','))
-            .map(str::trim)
-            .find(|e| !e.is_empty() && !config::is_dns_entry(e))
-        {
-            return Err(PyValueError::new_err(format!(
-                "invalid dns: {entry:?} is neither an IP address nor a domain"
-            )));
+        let mtu =
+            match mtu {
+                None => None,
+                Some(0) => Some(0),
+                Some(m) => Some(config::check_mtu(m).map_err(|reason| {
+                    PyValueError::new_err(format!("invalid mtu: {reason}, or 0 for none"))
+                })?),
+            };
+        if let Some(dns) = &dns {
+            config::parse_dns(dns)
+                .map_err(|reason| PyValueError::new_err(format!("invalid dns: {reason}")))?;
         }
         let endpoint = endpoint.unwrap_or_else(|| format!("127.0.0.1:{}", self.0.listen_port));
         Ok(self.0.client_configs(&ClientOptions {

@@ -1,0 +1,306 @@
+//! A TCP connection: its socket, what Python wrote that is not yet in the socket, and the steps that move it on,
+//! which `Stack::service` runs in order.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use smoltcp::iface::{Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::IpListenEndpoint;
+
+use super::lifecycle::Lifecycle;
+use super::recovery::SeqTracker;
+use super::{Flow, Outputs, ReadBudget, Stack, RX_BUFFER, WRITE_LOW_WATER};
+use crate::messages::{ConnectionId, NetworkToPython, PeerInfo};
+use crate::network::device::VirtualDevice;
+use crate::network::memory::LazyMemory;
+
+pub(super) struct Connection {
+    pub(super) id: ConnectionId,
+    pub(super) flow: Flow,
+    /// The client's outer UDP endpoint when its SYN arrived (Python's `original_src`).
+    endpoint: SocketAddr,
+    /// Borrows `memory`: declared first so that it is dropped first.
+    pub(super) sockets: SocketSet<'static>,
+    pub(super) handle: SocketHandle,
+    /// How far the segments went, both ways.
+    pub(super) seq: SeqTracker,
+    /// The state at the end of the last poll, to tell a reset from an orderly close.
+    last_state: tcp::State,
+    /// What Python knows of the connection.
+    pub(super) lifecycle: Lifecycle,
+    /// Python wants data (asyncio's pause_reading / resume_reading).
+    pub(super) reading: bool,
+    /// Written by Python, not yet in the socket's send buffer.
+    pub(super) pending: VecDeque<Vec<u8>>,
+    pending_offset: usize,
+    /// Bytes written by Python since the last `Drained`.
+    pub(super) unconfirmed: usize,
+    /// When the connection must be polled next.
+    pub(super) deadline: Option<Instant>,
+    /// Set when Python closed it: the latest moment to give up waiting for the client.
+    pub(super) linger_until: Option<Instant>,
+    /// Waits in `Stack::dirty` for `flush`.
+    pub(super) dirty: bool,
+    /// Waits in `ReadBudget::starved` for room in Python's queue.
+    pub(super) starved: bool,
+    /// The buffers hold pages that can be released once both are empty (at `release_at`).
+    pub(super) committed: bool,
+    pub(super) release_at: Option<Instant>,
+    /// The pages of both buffers: receive buffer first, then the send buffer.
+    pub(super) memory: LazyMemory,
+}
+
+impl Stack {
+    /// A connection for a SYN, listening on the destination the client asked for.
+    pub(super) fn open(&mut self, flow: Flow, endpoint: SocketAddr) -> Option<ConnectionId> {
+        let mut memory = match self.memory.take() {
+            Ok(memory) => memory,
+            Err(e) => {
+                log::warn!(
+                    "dropped a SYN to {}: no memory for buffers: {e}",
+                    flow.destination
+                );
+                return None;
+            }
+        };
+        // SAFETY: the slices live in the connection's socket set, which is dropped before `memory`.
+        let (rx, tx) = unsafe { memory.split(RX_BUFFER) };
+        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
+        // Like asyncio's transports (TCP_NODELAY): a write goes out at once.
+        socket.set_nagle_enabled(false);
+        if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
+            log::debug!("dropped a SYN to {}: {e}", flow.destination);
+            return None;
+        }
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(socket);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.flows.insert(flow, id);
+        self.connections.insert(
+            id,
+            Connection {
+                id,
+                flow,
+                endpoint,
+                sockets,
+                handle,
+                seq: SeqTracker::default(),
+                last_state: tcp::State::Listen,
+                lifecycle: Lifecycle::Connecting,
+                reading: true,
+                pending: VecDeque::new(),
+                pending_offset: 0,
+                unconfirmed: 0,
+                deadline: None,
+                linger_until: None,
+                dirty: false,
+                starved: false,
+                committed: false,
+                release_at: None,
+                memory,
+            },
+        );
+        Some(id)
+    }
+
+    /// Moves everything that can move on one connection: Python's writes, data for Python, FIN, and the packets
+    /// that result. Then reschedules its timer or forgets it.
+    pub(super) fn service(&mut self, id: ConnectionId, now: Instant, out: &mut Outputs) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        conn.announce(&self.peers, out);
+        conn.fill_send_buffer(out);
+        conn.deliver(&mut self.budget, out);
+        conn.report_eof(out);
+        conn.transmit(&mut self.iface, &mut self.device, now, out);
+        if conn.report_close(out) {
+            self.forget(id);
+            return;
+        }
+        conn.release_pages(now);
+        conn.reschedule(&mut self.iface, now, &mut self.timers);
+    }
+
+    /// A new SYN for a flow whose last connection waits in TIME-WAIT starts a new connection, as kernels accept
+    /// one (RFC 6191): the old one has exchanged both FINs, and a client that reuses its port (a fixed source
+    /// port, or many connections to one destination) must not be left without an answer.
+    pub(super) fn retire_time_wait(&mut self, flow: &Flow) {
+        let Some(&id) = self.flows.get(flow) else {
+            return;
+        };
+        if let Some(conn) = self.connections.get_mut(&id) {
+            if conn.socket().state() == tcp::State::TimeWait {
+                log::debug!("connection {id}: a new SYN ends its TIME-WAIT");
+                self.forget(id);
+            }
+        }
+    }
+
+    pub(super) fn forget(&mut self, id: ConnectionId) {
+        if let Some(conn) = self.connections.remove(&id) {
+            self.flows.remove(&conn.flow);
+            if let Some(at) = conn.deadline {
+                self.timers.remove(&(at, id));
+            }
+            let Connection { sockets, memory, .. } = conn;
+            // The socket's buffers borrow the memory: they go first.
+            drop(sockets);
+            self.memory.give(memory);
+        }
+    }
+}
+
+impl Connection {
+    pub(super) fn socket(&mut self) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut(self.handle)
+    }
+
+    /// Resets the connection now; Python's unsent writes are dropped.
+    pub(super) fn abort(&mut self) {
+        self.pending.clear();
+        self.socket().abort();
+    }
+
+    /// Tells Python of the connection once the handshake is done.
+    fn announce(&mut self, peers: &[PeerInfo], out: &mut Outputs) {
+        let state = self.socket().state();
+        if self.lifecycle == Lifecycle::Connecting
+            && matches!(state, tcp::State::Established | tcp::State::CloseWait)
+        {
+            self.lifecycle.announce();
+            out.events.push(NetworkToPython::ConnectionEstablished {
+                id: self.id,
+                peer: peers[self.flow.peer].clone(),
+                endpoint: self.endpoint,
+                src: self.flow.client,
+                dst: self.flow.destination,
+            });
+        }
+    }
+
+    /// Python's writes into the send buffer, then FIN once they are all in; confirms what was taken in.
+    fn fill_send_buffer(&mut self, out: &mut Outputs) {
+        let socket = self.sockets.get_mut::<tcp::Socket>(self.handle);
+        while let Some(front) = self.pending.front() {
+            match socket.send_slice(&front[self.pending_offset..]) {
+                Ok(n) if n > 0 => {
+                    self.committed = true;
+                    self.pending_offset += n;
+                    if self.pending_offset == front.len() {
+                        self.pending.pop_front();
+                        self.pending_offset = 0;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if !self.pending.is_empty() {
+            return;
+        }
+        if self.lifecycle.fin_requested() {
+            socket.close();
+        }
+        if self.unconfirmed >= WRITE_LOW_WATER && self.lifecycle.python_listens() {
+            out.events.push(NetworkToPython::Drained {
+                id: self.id,
+                bytes: self.unconfirmed,
+            });
+            self.unconfirmed = 0;
+        }
+    }
+
+    /// Data for Python, if it wants some and has room; after it closed, data is read and dropped to keep the
+    /// window open.
+    fn deliver(&mut self, budget: &mut ReadBudget, out: &mut Outputs) {
+        let socket = self.sockets.get_mut::<tcp::Socket>(self.handle);
+        let detached = self.lifecycle == Lifecycle::Detached;
+        let wanted = (self.lifecycle.python_listens() && self.reading) || detached;
+        if !(wanted && socket.can_recv()) {
+            return;
+        }
+        let limit = if detached { usize::MAX } else { budget.bytes };
+        let mut data = Vec::with_capacity(socket.recv_queue().min(limit));
+        while data.len() < limit {
+            let room = limit - data.len();
+            match socket.recv(|buf| {
+                let n = buf.len().min(room);
+                data.extend_from_slice(&buf[..n]);
+                (n, n)
+            }) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        if detached {
+            return;
+        }
+        budget.bytes -= data.len();
+        if socket.can_recv() && !self.starved {
+            self.starved = true;
+            budget.starved.push(self.id);
+        }
+        if !data.is_empty() {
+            out.events.push(NetworkToPython::Data { id: self.id, data });
+        }
+    }
+
+    /// EOF for Python once it read everything before the client's FIN.
+    fn report_eof(&mut self, out: &mut Outputs) {
+        let socket = self.sockets.get_mut::<tcp::Socket>(self.handle);
+        if self.lifecycle.eof_due() && socket.recv_queue() == 0 && fin_received(socket.state()) {
+            self.lifecycle.report_eof();
+            out.events.push(NetworkToPython::Eof { id: self.id });
+        }
+    }
+
+    /// The packets the socket has to send.
+    fn transmit(
+        &mut self,
+        iface: &mut Interface,
+        device: &mut VirtualDevice,
+        now: Instant,
+        out: &mut Outputs,
+    ) {
+        while iface.poll_egress(now, device, &mut self.sockets) != PollResult::None {}
+        let peer = self.flow.peer;
+        for p in device.tx.drain(..) {
+            self.seq.sent(&p);
+            out.packets.push((peer, p));
+        }
+    }
+
+    /// Tells Python when the connection ended. Returns whether it is gone and can be forgotten.
+    fn report_close(&mut self, out: &mut Outputs) -> bool {
+        let state = self.socket().state();
+        let gone = state == tcp::State::Closed
+            || (state == tcp::State::Listen && self.last_state != tcp::State::Listen);
+        if matches!(self.lifecycle, Lifecycle::Open { .. }) && (gone || state == tcp::State::TimeWait) {
+            self.lifecycle.end();
+            let reset = gone && !orderly_end(self.last_state);
+            out.events
+                .push(NetworkToPython::ConnectionClosed { id: self.id, reset });
+        }
+        self.last_state = state;
+        gone
+    }
+}
+
+/// The client's FIN arrived.
+fn fin_received(state: tcp::State) -> bool {
+    matches!(
+        state,
+        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+    )
+}
+
+/// Reaching CLOSED from these states is the normal end of a connection; from any other it was reset.
+fn orderly_end(last: tcp::State) -> bool {
+    matches!(
+        last,
+        tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing
+    )
+}

@@ -1,0 +1,225 @@
+//! The TCP/IP side of the server: one smoltcp TCP socket per connection, each in a socket set of its own, so a
+//! packet costs a lookup and a poll of its own connection only, whatever the number of open connections.
+//!
+//! No I/O happens here: packets and Python's requests go in, and `Outputs` (packets for peers, events for
+//! Python) come out. Nor does the stack read the clock: every entry point takes the time (`now`) from its caller,
+//! as smoltcp does, so that a test moves time by passing it.
+//!
+//! - `receive`: packets from peers, dispatched by protocol (ping, UDP, TCP).
+//! - `requests`: Python's requests (writes, closes, flow control, datagrams).
+//! - `connection`: a TCP connection and the steps that move it on (`Stack::service`).
+//! - `lifecycle`: what Python knows of a connection, as a state machine.
+//! - `recovery`: what was sent and received on a connection, and the resend of a lost reply.
+//! - `release`: giving an idle connection's buffer pages back.
+//! - `timers`: when each connection needs a poll next.
+
+mod connection;
+mod lifecycle;
+mod receive;
+mod recovery;
+mod release;
+mod requests;
+#[cfg(test)]
+mod tests;
+mod timers;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant as StdInstant};
+
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpCidr};
+
+use super::device::VirtualDevice;
+use super::fragments::Reassembler;
+use super::memory::MemoryPool;
+use super::udp_routes::UdpRoutes;
+use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo};
+use connection::Connection;
+
+/// Receive and send buffer of each connection, mapped on demand (`LazyMemory`): an idle connection pays for the
+/// pages its data touched, not for these sizes. The receive buffer sets the largest TCP window; it stays at 64 KiB,
+/// without window scaling: with a scaled window, smoltcp 0.14 ignores the ACKs in segments that arrive while its
+/// window is closed and whose sequence number is not the next expected one, and a connection under backpressure
+/// and loss stalls for good.
+const RX_BUFFER: usize = 64 * 1024;
+const TX_BUFFER: usize = 64 * 1024;
+
+/// How many mappings of ended connections are kept for new ones.
+const POOLED_BUFFERS: usize = 64;
+
+/// How long emptied buffers stay committed before their pages go back to the kernel.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
+
+/// Python pauses writing when more than `WRITE_HIGH_WATER` bytes are not yet handed to the TCP stack, and
+/// resumes at `WRITE_LOW_WATER`. The stack confirms (with `Drained`) whenever it has taken in a backlog of at least
+/// `WRITE_LOW_WATER` bytes, so a paused Python always hears of it. Both sides use these constants.
+pub const WRITE_HIGH_WATER: usize = 64 * 1024;
+pub const WRITE_LOW_WATER: usize = WRITE_HIGH_WATER / 4;
+
+/// How long a connection that Python closed may wait for the client's FIN (the kernel's FIN-WAIT-2 timeout).
+const LINGER: Duration = Duration::from_secs(60);
+
+/// The stack's own addresses. They only give smoltcp a route for every destination; sockets answer from
+/// whatever address the client asked for.
+const OWN_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 8);
+const OWN_V6: Ipv6Addr = Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1);
+
+/// What a step of the stack produced.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub packets: Vec<(PeerId, Vec<u8>)>,
+    pub events: Vec<NetworkToPython>,
+}
+
+/// A TCP connection as the client sees it: the same addresses from two peers are two connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Flow {
+    peer: PeerId,
+    client: SocketAddr,
+    destination: SocketAddr,
+}
+
+/// How much may still be read for Python in this batch, and who was left unread for lack of it.
+#[derive(Debug)]
+struct ReadBudget {
+    /// Bytes that may still be read (room in Python's queue).
+    bytes: usize,
+    /// Connections with data left unread because the budget ran out; they wait for `ResumeStarved`.
+    starved: Vec<ConnectionId>,
+}
+
+pub struct Stack {
+    iface: Interface,
+    device: VirtualDevice,
+    peers: Vec<PeerInfo>,
+    connections: HashMap<ConnectionId, Connection>,
+    flows: HashMap<Flow, ConnectionId>,
+    timers: BTreeSet<(Instant, ConnectionId)>,
+    next_id: ConnectionId,
+    /// For packets that belong to no connection: smoltcp answers them (with a RST) from an empty set.
+    no_sockets: SocketSet<'static>,
+    /// Which peer a client UDP address was last seen from, so replies reach the right peer.
+    udp_routes: UdpRoutes,
+    /// Connections touched since the last `flush`: each is serviced once per batch of packets and requests, so
+    /// a burst yields one read and one acknowledgement rather than one per packet.
+    dirty: Vec<ConnectionId>,
+    fragments: Reassembler,
+    /// Buffer memory of ended connections, for new ones.
+    memory: MemoryPool,
+    budget: ReadBudget,
+    /// Identification of the next fragmented datagram.
+    next_ident: u32,
+    /// smoltcp counts time from here.
+    epoch: StdInstant,
+}
+
+impl Stack {
+    /// A stack for these peers; `now` is when it starts.
+    pub fn new(peers: Vec<PeerInfo>, now: StdInstant) -> Self {
+        let mut device = VirtualDevice::default();
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = rand_seed();
+        let mut iface = Interface::new(config, &mut device, Instant::ZERO);
+        iface.set_any_ip(true);
+        iface.update_ip_addrs(|addrs| {
+            addrs.push(IpCidr::new(OWN_V4.into(), 32)).unwrap();
+            addrs.push(IpCidr::new(OWN_V6.into(), 128)).unwrap();
+        });
+        iface.routes_mut().add_default_ipv4_route(OWN_V4).unwrap();
+        iface.routes_mut().add_default_ipv6_route(OWN_V6).unwrap();
+        Stack {
+            iface,
+            device,
+            peers,
+            connections: HashMap::new(),
+            flows: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_id: 1,
+            no_sockets: SocketSet::new(vec![]),
+            udp_routes: UdpRoutes::default(),
+            dirty: Vec::new(),
+            fragments: Reassembler::default(),
+            memory: MemoryPool::new(RX_BUFFER + TX_BUFFER, POOLED_BUFFERS),
+            budget: ReadBudget {
+                bytes: usize::MAX,
+                starved: Vec::new(),
+            },
+            next_ident: 0,
+            epoch: now,
+        }
+    }
+
+    /// A moment in smoltcp's time.
+    fn clock(&self, now: StdInstant) -> Instant {
+        Instant::from_micros(now.saturating_duration_since(self.epoch).as_micros() as i64)
+    }
+
+    /// A moment of smoltcp's time as the caller's.
+    fn unclock(&self, instant: Instant) -> StdInstant {
+        self.epoch + Duration::from_micros(instant.total_micros().max(0) as u64)
+    }
+
+    /// The identification of the next datagram this stack fragments.
+    fn fragment_ident(&mut self) -> u32 {
+        self.next_ident = self.next_ident.wrapping_add(1);
+        self.next_ident
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// How many bytes may be read for Python from now on.
+    pub fn set_read_budget(&mut self, bytes: usize) {
+        self.budget.bytes = bytes;
+    }
+
+    /// Whether connections wait for `resume_starved`.
+    pub fn has_starved(&self) -> bool {
+        !self.budget.starved.is_empty()
+    }
+
+    fn mark_dirty(&mut self, id: ConnectionId) {
+        if let Some(conn) = self.connections.get_mut(&id) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Services every connection touched since the last flush. Call after each batch.
+    pub fn flush(&mut self, now: StdInstant, out: &mut Outputs) {
+        let now = self.clock(now);
+        let dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.dirty = false;
+                self.service(id, now, out);
+            }
+        }
+        // Reuse the allocation.
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Resets every connection (server shutdown).
+    pub fn abort_all(&mut self, now: StdInstant, out: &mut Outputs) {
+        let now = self.clock(now);
+        let ids: Vec<_> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.abort();
+            }
+            self.service(id, now, out);
+        }
+    }
+}
+
+fn rand_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    u64::from_le_bytes(seed)
+}

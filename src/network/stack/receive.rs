@@ -1,0 +1,178 @@
+//! Packets from peers: reassembled if fragmented, parsed, and dispatched by protocol to a handler each.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant as StdInstant;
+
+use smoltcp::time::Instant;
+
+use super::recovery::resend_lost;
+use super::{Flow, Outputs, Stack};
+use crate::messages::{ConnectionId, NetworkToPython, PeerId};
+use crate::network::device::MTU;
+use crate::network::fragments;
+use crate::network::packet::{self, Inbound, Segment};
+
+impl Stack {
+    /// An IP packet from a peer, which it sent from its outer UDP endpoint `endpoint`.
+    pub fn receive(
+        &mut self,
+        now: StdInstant,
+        peer: PeerId,
+        endpoint: SocketAddr,
+        packet: Vec<u8>,
+        out: &mut Outputs,
+    ) {
+        let Some(packet) = self.reassemble(now, peer, packet) else {
+            return;
+        };
+        let inbound = match packet::parse(&packet) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                log::debug!("dropped a packet from peer {peer}: {e}");
+                return;
+            }
+        };
+        match inbound {
+            Inbound::Ping {
+                src,
+                dst,
+                ident,
+                seq_no,
+                data,
+            } => self.receive_ping(peer, src, dst, ident, seq_no, data, out),
+            Inbound::Udp { src, dst, payload } => self.receive_udp(peer, src, dst, payload, out),
+            Inbound::Tcp {
+                src,
+                dst,
+                opens,
+                segment,
+            } => {
+                let flow = Flow {
+                    peer,
+                    client: src,
+                    destination: dst,
+                };
+                let now = self.clock(now);
+                self.receive_tcp(now, flow, endpoint, opens, segment, packet, out)
+            }
+        }
+    }
+
+    /// The packet itself, or the whole packet once its last fragment arrived.
+    fn reassemble(&mut self, now: StdInstant, peer: PeerId, packet: Vec<u8>) -> Option<Vec<u8>> {
+        if fragments::is_fragment(&packet) {
+            self.fragments.insert(peer, &packet, now)
+        } else {
+            Some(packet)
+        }
+    }
+
+    /// A datagram goes straight to Python; its source is remembered so that replies reach this peer.
+    fn receive_udp(
+        &mut self,
+        peer: PeerId,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+        out: &mut Outputs,
+    ) {
+        self.udp_routes.insert(src, peer);
+        out.events.push(NetworkToPython::Datagram {
+            data: payload.to_vec(),
+            src,
+            dst,
+            peer,
+        });
+    }
+
+    /// A TCP segment goes to its connection (a SYN opens one); the connection is serviced at the next flush.
+    #[allow(clippy::too_many_arguments)] // the parts of `Inbound::Tcp`, and where it came from
+    fn receive_tcp(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        endpoint: SocketAddr,
+        opens: bool,
+        segment: Segment,
+        packet: Vec<u8>,
+        out: &mut Outputs,
+    ) {
+        if opens {
+            self.retire_time_wait(&flow);
+        }
+        let id = match self.flows.get(&flow) {
+            Some(&id) => id,
+            None if opens => match self.open(flow, endpoint) {
+                Some(id) => id,
+                None => return,
+            },
+            None => return self.reset_unknown(now, flow.peer, packet, out),
+        };
+        self.ingress(now, id, segment, packet, out);
+        self.mark_dirty(id);
+    }
+
+    /// A segment that no connection takes: smoltcp answers it with a RST.
+    fn reset_unknown(&mut self, now: Instant, peer: PeerId, packet: Vec<u8>, out: &mut Outputs) {
+        self.device.rx = Some(packet);
+        self.iface.poll(now, &mut self.device, &mut self.no_sockets);
+        out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
+    }
+
+    /// Feeds a segment to its connection's socket, and resends what the client shows it lost.
+    fn ingress(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        segment: Segment,
+        packet: Vec<u8>,
+        out: &mut Outputs,
+    ) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if segment.has_data {
+            conn.committed = true;
+            conn.seq.received(&segment);
+        }
+        let acks = conn.seq.lost_before(&segment).and_then(|seq| {
+            Some([
+                packet::bare_ack(&packet, seq, true)?,
+                packet::bare_ack(&packet, seq, false)?,
+            ])
+        });
+        self.device.rx = Some(packet);
+        self.iface
+            .poll_ingress_single(now, &mut self.device, &mut conn.sockets);
+        self.device.rx = None;
+        if let Some(acks) = acks {
+            resend_lost(&mut self.iface, &mut self.device, conn, acks, now);
+        }
+        // Answers to segments the socket rejects (e.g. a RST for a bad ACK) go out at once.
+        let peer = conn.flow.peer;
+        for p in self.device.tx.drain(..) {
+            conn.seq.sent(&p);
+            out.packets.push((peer, p));
+        }
+    }
+}
+
+impl Stack {
+    /// An echo request to any address gets its reply, in fragments if it is larger than the tunnel's MTU.
+    #[allow(clippy::too_many_arguments)]
+    fn receive_ping(
+        &mut self,
+        peer: PeerId,
+        src: IpAddr,
+        dst: IpAddr,
+        ident: u16,
+        seq_no: u16,
+        data: &[u8],
+        out: &mut Outputs,
+    ) {
+        if let Some(reply) = packet::echo_reply(src, dst, ident, seq_no, data) {
+            let fragments = packet::fit_mtu(reply, MTU, self.fragment_ident());
+            out.packets.extend(fragments.into_iter().map(|p| (peer, p)));
+        }
+    }
+}

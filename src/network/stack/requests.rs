@@ -1,0 +1,93 @@
+//! Python's requests: writes, half-close, close, abort and flow control on a connection, and datagrams to send.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Outputs, Stack, LINGER};
+use crate::messages::{PeerId, PythonToNetwork};
+use crate::network::device::MTU;
+use crate::network::packet;
+
+impl Stack {
+    /// A request from Python.
+    pub fn handle(&mut self, now: Instant, msg: PythonToNetwork, out: &mut Outputs) {
+        let id = match msg {
+            PythonToNetwork::SendDatagram { data, src, dst, peer } => {
+                self.send_datagram(&data, src, dst, peer, out);
+                return;
+            }
+            PythonToNetwork::ResumeStarved => {
+                self.resume_starved();
+                return;
+            }
+            PythonToNetwork::Write { id, .. }
+            | PythonToNetwork::WriteEof { id }
+            | PythonToNetwork::Close { id }
+            | PythonToNetwork::Abort { id }
+            | PythonToNetwork::PauseReading { id }
+            | PythonToNetwork::ResumeReading { id } => id,
+        };
+        let now = self.clock(now);
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return; // Already gone; Python hears (or heard) of it through ConnectionClosed.
+        };
+        match msg {
+            PythonToNetwork::Write { data, .. } => {
+                if conn.lifecycle.takes_writes() && !data.is_empty() {
+                    conn.unconfirmed += data.len();
+                    conn.pending.push_back(data);
+                }
+            }
+            PythonToNetwork::WriteEof { .. } => conn.lifecycle.request_fin(),
+            PythonToNetwork::Close { .. } => {
+                conn.lifecycle.detach();
+                conn.linger_until = Some(now + LINGER.into());
+            }
+            PythonToNetwork::Abort { .. } => {
+                conn.lifecycle.detach();
+                conn.abort();
+            }
+            PythonToNetwork::PauseReading { .. } => conn.reading = false,
+            PythonToNetwork::ResumeReading { .. } => conn.reading = true,
+            PythonToNetwork::SendDatagram { .. } | PythonToNetwork::ResumeStarved => unreachable!(),
+        }
+        self.mark_dirty(id);
+    }
+
+    /// Python emptied its queue: the connections left unread for lack of room are read again.
+    fn resume_starved(&mut self) {
+        for id in std::mem::take(&mut self.budget.starved) {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.starved = false;
+            }
+            self.mark_dirty(id);
+        }
+    }
+
+    fn send_datagram(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        dst: SocketAddr,
+        peer: Option<PeerId>,
+        out: &mut Outputs,
+    ) {
+        let peer = match peer
+            .filter(|p| *p < self.peers.len())
+            .or_else(|| self.udp_routes.get(&dst))
+        {
+            Some(peer) => peer,
+            None if self.peers.len() == 1 => 0,
+            None => {
+                log::debug!("dropped a datagram to {dst}: no peer sent from that address");
+                return;
+            }
+        };
+        match packet::udp_packets(src, dst, data, MTU, self.fragment_ident()) {
+            Some(packets) => out.packets.extend(packets.into_iter().map(|p| (peer, p))),
+            None => {
+                log::debug!("dropped a datagram from {src} to {dst}: address families differ or too large")
+            }
+        }
+    }
+}

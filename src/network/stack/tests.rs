@@ -1,0 +1,534 @@
+use std::net::SocketAddr;
+use std::time::{Duration, Instant as StdInstant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+
+use super::*;
+use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToNetwork};
+use crate::network::device::VirtualDevice;
+use crate::network::packet;
+
+/// A TCP client made of a smoltcp socket of its own, wired to the stack under test.
+struct Client {
+    iface: Interface,
+    device: VirtualDevice,
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
+    peer: PeerId,
+}
+
+impl Client {
+    fn connect(peer: PeerId, src: &str, dst: &str) -> Client {
+        let src: SocketAddr = src.parse().unwrap();
+        let dst: SocketAddr = dst.parse().unwrap();
+        let mut device = VirtualDevice::default();
+        let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, Instant::ZERO);
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::from(src.ip()), 32)).unwrap();
+        });
+        match src.ip() {
+            std::net::IpAddr::V4(ip) => iface.routes_mut().add_default_ipv4_route(ip).unwrap(),
+            std::net::IpAddr::V6(ip) => iface.routes_mut().add_default_ipv6_route(ip).unwrap(),
+        };
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 1 << 20]),
+            tcp::SocketBuffer::new(vec![0; 1 << 20]),
+        );
+        socket.set_nagle_enabled(false);
+        socket.connect(iface.context(), dst, src.port()).unwrap();
+        let mut sockets = SocketSet::new(vec![]);
+        let handle = sockets.add(socket);
+        Client {
+            iface,
+            device,
+            sockets,
+            handle,
+            peer,
+        }
+    }
+
+    fn socket(&mut self) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut(self.handle)
+    }
+
+    /// Exchanges packets between client and stack until neither has more to say; returns Python's events.
+    fn pump(&mut self, stack: &mut TestStack) -> Vec<NetworkToPython> {
+        let mut events = vec![];
+        let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..10_000 {
+            let now = stack.now();
+            self.iface.poll(now, &mut self.device, &mut self.sockets);
+            let mut out = Outputs::default();
+            let sent: Vec<_> = self.device.tx.drain(..).collect();
+            for p in &sent {
+                stack.receive(self.peer, endpoint, p.clone(), &mut out);
+            }
+            stack.flush(&mut out);
+            stack.poll_timers(&mut out);
+            events.append(&mut out.events);
+            if sent.is_empty() && out.packets.is_empty() {
+                return events;
+            }
+            for (peer, p) in out.packets {
+                assert_eq!(peer, self.peer, "a packet went to the wrong peer");
+                self.device.rx = Some(p);
+                self.iface.poll(now, &mut self.device, &mut self.sockets);
+            }
+        }
+        panic!("no quiet moment after 10,000 rounds");
+    }
+}
+
+/// The stack under test and the test's clock, which stands still unless a test moves it. Every call passes the
+/// clock's time to the stack.
+struct TestStack {
+    stack: Stack,
+    start: StdInstant,
+    clock: StdInstant,
+}
+
+impl TestStack {
+    /// The clock's time, as the clients' smoltcp interfaces count it.
+    fn now(&self) -> Instant {
+        Instant::from_micros((self.clock - self.start).as_micros() as i64)
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.clock += by;
+    }
+
+    fn receive(&mut self, peer: PeerId, endpoint: SocketAddr, packet: Vec<u8>, out: &mut Outputs) {
+        self.stack.receive(self.clock, peer, endpoint, packet, out);
+    }
+
+    fn handle(&mut self, msg: PythonToNetwork, out: &mut Outputs) {
+        self.stack.handle(self.clock, msg, out);
+    }
+
+    fn flush(&mut self, out: &mut Outputs) {
+        self.stack.flush(self.clock, out);
+    }
+
+    fn poll_timers(&mut self, out: &mut Outputs) {
+        self.stack.poll_timers(self.clock, out);
+    }
+}
+
+impl std::ops::Deref for TestStack {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+impl std::ops::DerefMut for TestStack {
+    fn deref_mut(&mut self) -> &mut Stack {
+        &mut self.stack
+    }
+}
+
+fn stack() -> TestStack {
+    let peers = (0..2)
+        .map(|id| PeerInfo {
+            id,
+            public_key: format!("key{id}").into(),
+        })
+        .collect();
+    let start = StdInstant::now();
+    TestStack {
+        stack: Stack::new(peers, start),
+        start,
+        clock: start,
+    }
+}
+
+fn established(events: &[NetworkToPython]) -> ConnectionId {
+    match events
+        .iter()
+        .find(|e| matches!(e, NetworkToPython::ConnectionEstablished { .. }))
+    {
+        Some(NetworkToPython::ConnectionEstablished { id, peer, .. }) => {
+            assert_eq!(peer.public_key.as_ref(), format!("key{}", peer.id));
+            *id
+        }
+        _ => panic!("no connection in {events:?}"),
+    }
+}
+
+fn data(events: &[NetworkToPython]) -> Vec<u8> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            NetworkToPython::Data { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn connections_to_any_address_carry_data_both_ways_and_half_close() {
+    for (src, dst) in [
+        ("10.0.0.1:40000", "198.51.100.7:443"),
+        ("[fd00::1]:40000", "[2001:db8::7]:80"),
+    ] {
+        let mut stack = stack();
+        let mut client = Client::connect(0, src, dst);
+        let events = client.pump(&mut stack);
+        let id = established(&events);
+        match &events[0] {
+            NetworkToPython::ConnectionEstablished { src: s, dst: d, .. } => {
+                assert_eq!((s.to_string(), d.to_string()), (src.to_string(), dst.to_string()));
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+
+        // 300 KB from the client, more than the window: it arrives whole and in order.
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut received = vec![];
+        let mut sent = 0;
+        while received.len() < payload.len() {
+            sent += client.socket().send_slice(&payload[sent..]).unwrap();
+            received.extend(data(&client.pump(&mut stack)));
+        }
+        assert_eq!(received, payload);
+
+        // Python answers, then half-closes: the client reads it all, then EOF.
+        let mut out = Outputs::default();
+        stack.handle(
+            PythonToNetwork::Write {
+                id,
+                data: b"hello".to_vec(),
+            },
+            &mut out,
+        );
+        stack.handle(PythonToNetwork::WriteEof { id }, &mut out);
+        stack.flush(&mut out);
+        for (_, p) in out.packets {
+            client.device.rx = Some(p);
+            client
+                .iface
+                .poll(stack.now(), &mut client.device, &mut client.sockets);
+        }
+        client.pump(&mut stack);
+        let mut buf = [0u8; 16];
+        let n = client.socket().recv_slice(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert!(!client.socket().may_recv(), "the client saw the FIN");
+
+        // The client still sends after Python's FIN; then closes: Python gets the data, then EOF.
+        client.socket().send_slice(b"bye").unwrap();
+        client.socket().close();
+        let events = client.pump(&mut stack);
+        assert_eq!(data(&events), b"bye");
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, NetworkToPython::Eof { id: i } if *i == id)));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, NetworkToPython::ConnectionClosed { id: i, reset: false } if *i == id)));
+    }
+}
+
+/// The client sends "request", kept as a packet so that a test can send it again; Python answers "reply".
+/// Returns the request and what the stack put out.
+fn request_and_reply(stack: &mut TestStack, client: &mut Client, id: ConnectionId) -> (Vec<u8>, Outputs) {
+    let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    client.socket().send_slice(b"request").unwrap();
+    let now = stack.now();
+    client.iface.poll(now, &mut client.device, &mut client.sockets);
+    let request = client.device.tx.pop().unwrap();
+    let mut out = Outputs::default();
+    stack.receive(client.peer, endpoint, request.clone(), &mut out);
+    stack.flush(&mut out);
+    stack.handle(
+        PythonToNetwork::Write {
+            id,
+            data: b"reply".to_vec(),
+        },
+        &mut out,
+    );
+    stack.flush(&mut out);
+    (request, out)
+}
+
+#[test]
+fn a_reply_lost_in_the_tunnel_is_resent_each_time_the_client_repeats_its_request() {
+    for (src, dst) in [
+        ("10.0.0.1:40000", "10.0.0.42:1234"),
+        ("[fd00::1]:40000", "[fd00::42]:1234"),
+    ] {
+        let mut stack = stack();
+        let mut client = Client::connect(0, src, dst);
+        let id = established(&client.pump(&mut stack));
+        let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+
+        // The stack acknowledges the request with Python's reply, which the tunnel loses.
+        let (request, out) = request_and_reply(&mut stack, &mut client, id);
+        assert_eq!(data(&out.events), b"request");
+        assert_eq!(out.packets.len(), 1, "the reply went out");
+        let now = stack.now();
+
+        // Long before the stack's retransmission timer, the client repeats its request: the reply is sent
+        // again at once. The first resend is lost too; the second arrives.
+        for attempt in 0..2 {
+            let mut out = Outputs::default();
+            stack.receive(0, endpoint, request.clone(), &mut out);
+            stack.flush(&mut out);
+            assert!(
+                out.events.is_empty(),
+                "Python does not get the request again: {:?}",
+                out.events
+            );
+            let resent = out
+                .packets
+                .iter()
+                .filter(|(_, p)| packet::sent_segment(p).unwrap().has_data)
+                .count();
+            assert_eq!(resent, 1, "attempt {attempt}: the reply was sent again");
+            if attempt == 1 {
+                for (_, p) in out.packets {
+                    client.device.rx = Some(p);
+                    client.iface.poll(now, &mut client.device, &mut client.sockets);
+                }
+            }
+        }
+        let mut buf = [0u8; 16];
+        let n = client.socket().recv_slice(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"reply");
+    }
+}
+
+#[test]
+fn a_repeated_request_whose_reply_arrived_resends_nothing() {
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    let id = established(&client.pump(&mut stack));
+    let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let (request, out) = request_and_reply(&mut stack, &mut client, id);
+    client.socket().set_ack_delay(None);
+    for (_, p) in out.packets {
+        client.device.rx = Some(p);
+        client
+            .iface
+            .poll(stack.now(), &mut client.device, &mut client.sockets);
+    }
+    client.pump(&mut stack); // the reply arrived and is acknowledged at once
+
+    // The client resends its request (say its timer fired early), now acknowledging the reply.
+    let mut request = request;
+    let acked = stack.connections[&id].seq.sent_end.unwrap();
+    request[28..32].copy_from_slice(&acked.to_be_bytes());
+    let mut out = Outputs::default();
+    stack.receive(0, endpoint, request, &mut out);
+    stack.flush(&mut out);
+    let data_segments = out
+        .packets
+        .iter()
+        .filter(|(_, p)| packet::sent_segment(p).unwrap().has_data)
+        .count();
+    assert_eq!(data_segments, 0, "only an acknowledgement answers a stale repeat");
+}
+
+/// Lets the stack's clock run on, in steps as long as idle buffers wait before they are released (a delayed
+/// acknowledgement goes out in the first), servicing what is due.
+fn idle(stack: &mut TestStack) {
+    for _ in 0..3 {
+        stack.advance(RELEASE_AFTER + Duration::from_millis(10));
+        stack.poll_timers(&mut Outputs::default());
+    }
+}
+
+#[test]
+fn an_idle_connection_gives_its_pages_back_but_keeps_data_that_arrived_out_of_order() {
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    let id = established(&client.pump(&mut stack));
+    let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+
+    client.socket().send_slice(b"first").unwrap();
+    assert_eq!(data(&client.pump(&mut stack)), b"first");
+    assert!(stack.connections[&id].committed);
+    idle(&mut stack);
+    assert!(
+        !stack.connections[&id].committed,
+        "Python read all, nothing to send: released"
+    );
+
+    // The tunnel loses a segment and delivers the next: the stack holds that one beyond a gap.
+    let mut segments = vec![];
+    for text in [b"lost ", b"later"] {
+        client.socket().send_slice(text).unwrap();
+        let now = stack.now();
+        client.iface.poll(now, &mut client.device, &mut client.sockets);
+        segments.push(client.device.tx.pop().unwrap());
+    }
+    let mut out = Outputs::default();
+    stack.receive(0, endpoint, segments[1].clone(), &mut out);
+    stack.flush(&mut out);
+    assert!(data(&out.events).is_empty());
+    idle(&mut stack);
+    assert!(
+        stack.connections[&id].committed,
+        "out-of-order data keeps its pages"
+    );
+
+    // The client retransmits the lost segment: both arrive whole, in order.
+    let mut out = Outputs::default();
+    stack.receive(0, endpoint, segments[0].clone(), &mut out);
+    stack.flush(&mut out);
+    assert_eq!(data(&out.events), b"lost later");
+    idle(&mut stack);
+    assert!(!stack.connections[&id].committed);
+}
+
+#[test]
+fn a_client_reset_is_reported_as_such() {
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    let id = established(&client.pump(&mut stack));
+    client.socket().abort();
+    let events = client.pump(&mut stack);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, NetworkToPython::ConnectionClosed { id: i, reset: true } if *i == id)),
+        "{events:?}"
+    );
+    assert_eq!(stack.connection_count(), 0);
+}
+
+#[test]
+fn python_close_flushes_before_fin() {
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    let id = established(&client.pump(&mut stack));
+    let payload: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
+    let mut out = Outputs::default();
+    stack.handle(
+        PythonToNetwork::Write {
+            id,
+            data: payload.clone(),
+        },
+        &mut out,
+    );
+    stack.handle(PythonToNetwork::Close { id }, &mut out);
+    stack.flush(&mut out);
+    for (_, p) in out.packets {
+        client.device.rx = Some(p);
+        client
+            .iface
+            .poll(stack.now(), &mut client.device, &mut client.sockets);
+    }
+    let mut received = vec![];
+    for _ in 0..1000 {
+        while let Ok(n) = client.socket().recv(|b| (b.len(), b.to_vec())) {
+            if n.is_empty() {
+                break;
+            }
+            received.extend(n);
+        }
+        if !client.socket().may_recv() {
+            break;
+        }
+        client.pump(&mut stack);
+    }
+    assert_eq!(received.len(), payload.len());
+    assert_eq!(received, payload);
+    assert_eq!(client.socket().state(), tcp::State::CloseWait, "FIN, not RST");
+}
+
+#[test]
+fn reading_stops_at_the_budget_and_resumes_when_python_caught_up() {
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    established(&client.pump(&mut stack));
+    let payload: Vec<u8> = (0..600_000u32).map(|i| (i % 249) as u8).collect();
+    stack.set_read_budget(10_000);
+    let mut sent = 0;
+    let mut received = vec![];
+    for _ in 0..20 {
+        sent += client.socket().send_slice(&payload[sent..]).unwrap();
+        stack.set_read_budget(10_000usize.saturating_sub(received.len()));
+        received.extend(data(&client.pump(&mut stack)));
+    }
+    assert_eq!(received.len(), 10_000, "no more than the budget is read");
+    assert!(stack.has_starved());
+    // The window closed: the client holds the rest.
+    assert!(client.socket().send_queue() > 0);
+
+    stack.set_read_budget(usize::MAX);
+    let mut out = Outputs::default();
+    stack.handle(PythonToNetwork::ResumeStarved, &mut out);
+    stack.flush(&mut out);
+    received.extend(data(&out.events));
+    for (_, p) in out.packets {
+        client.device.rx = Some(p);
+        client
+            .iface
+            .poll(stack.now(), &mut client.device, &mut client.sockets);
+    }
+    while received.len() < payload.len() {
+        sent += client.socket().send_slice(&payload[sent..]).unwrap();
+        received.extend(data(&client.pump(&mut stack)));
+    }
+    assert_eq!(received, payload);
+    assert!(!stack.has_starved());
+}
+
+#[test]
+fn two_peers_with_one_address_are_kept_apart() {
+    let mut stack = stack();
+    let mut a = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    let mut b = Client::connect(1, "10.0.0.1:40000", "10.0.0.42:1234");
+    let id_a = established(&a.pump(&mut stack));
+    let id_b = established(&b.pump(&mut stack));
+    assert_ne!(id_a, id_b);
+    a.socket().send_slice(b"from a").unwrap();
+    b.socket().send_slice(b"from b").unwrap();
+    assert_eq!(data(&a.pump(&mut stack)), b"from a");
+    assert_eq!(data(&b.pump(&mut stack)), b"from b");
+}
+
+#[test]
+fn a_new_syn_reopens_a_flow_in_time_wait() {
+    let mut stack = stack();
+    let mut a = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    let first = established(&a.pump(&mut stack));
+    // The server closes first, so its side of the flow waits in TIME-WAIT.
+    let mut out = Outputs::default();
+    stack.handle(PythonToNetwork::Close { id: first }, &mut out);
+    stack.flush(&mut out);
+    for (_, p) in out.packets {
+        a.device.rx = Some(p);
+        let now = stack.now();
+        a.iface.poll(now, &mut a.device, &mut a.sockets);
+    }
+    a.pump(&mut stack);
+    a.socket().close();
+    a.pump(&mut stack);
+    assert_eq!(a.socket().state(), tcp::State::Closed);
+    assert_eq!(stack.connection_count(), 1, "the server's side is in TIME-WAIT");
+
+    // The client connects again from the same port at once.
+    let mut b = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    let second = established(&b.pump(&mut stack));
+    assert_ne!(first, second);
+    b.socket().send_slice(b"again").unwrap();
+    assert_eq!(data(&b.pump(&mut stack)), b"again");
+}
+
+#[test]
+fn segments_of_unknown_connections_get_a_reset() {
+    let mut stack = stack();
+    let mut a = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    established(&a.pump(&mut stack));
+    // The same connection seen from another peer is unknown there: the stack resets it.
+    a.peer = 1;
+    a.socket().send_slice(b"x").unwrap();
+    a.pump(&mut stack);
+    assert_eq!(a.socket().state(), tcp::State::Closed);
+}

@@ -1,0 +1,64 @@
+//! Timers: each connection is in `Stack::timers` at the moment it next needs a poll (smoltcp's retransmission
+//! and delayed-ACK timers, the linger of a connection Python closed, the release of idle pages), so that a tick
+//! polls the connections that are due and no other.
+
+use std::collections::BTreeSet;
+use std::time::Instant as StdInstant;
+
+use smoltcp::iface::Interface;
+use smoltcp::time::Instant;
+
+use super::connection::Connection;
+use super::{Outputs, Stack};
+use crate::messages::ConnectionId;
+
+impl Stack {
+    /// The earliest moment a connection needs a poll.
+    pub fn next_deadline(&self) -> Option<StdInstant> {
+        self.timers.first().map(|(at, _)| self.unclock(*at))
+    }
+
+    /// Polls the connections whose timers are due.
+    pub fn poll_timers(&mut self, now: StdInstant, out: &mut Outputs) {
+        let now = self.clock(now);
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.deadline = None;
+                if conn.linger_until.is_some_and(|t| t <= now) {
+                    log::debug!("connection {id}: the client did not close in time, resetting");
+                    conn.socket().abort();
+                }
+                self.service(id, now, out);
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// Puts the connection in `timers` at the earliest moment it needs a poll, or takes it out.
+    pub(super) fn reschedule(
+        &mut self,
+        iface: &mut Interface,
+        now: Instant,
+        timers: &mut BTreeSet<(Instant, ConnectionId)>,
+    ) {
+        let mut next = iface.poll_at(now, &self.sockets);
+        for at in [self.linger_until, self.release_at].into_iter().flatten() {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        if next == self.deadline {
+            return;
+        }
+        if let Some(old) = self.deadline {
+            timers.remove(&(old, self.id));
+        }
+        if let Some(new) = next {
+            timers.insert((new, self.id));
+        }
+        self.deadline = next;
+    }
+}
