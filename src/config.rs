@@ -287,6 +287,36 @@ impl Configuration {
         Ok(config)
     }
 
+    /// The configuration of the 0.1.x call form `start_server(host, port, private_key, peer_public_keys, ...)`:
+    /// the peers have no AllowedIPs, so each may use any tunnel address (the network stack keeps peers that use
+    /// the same one apart), and the server has no tunnel address of its own to reserve: mitmproxy 9's clients
+    /// use 10.0.0.1, the server's address of a generated configuration. Errors name the call's arguments.
+    pub fn from_keys(listen_port: u16, private_key: &str, peer_public_keys: &[String]) -> Result<Self> {
+        keys::decode("private_key", private_key)?;
+        let peers = peer_public_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                keys::decode(&format!("peer_public_keys[{i}]"), key)?;
+                Ok(Peer {
+                    public_key: key.trim().to_string(),
+                    ..Peer::default()
+                })
+            })
+            .collect::<Result<_>>()?;
+        let config = Configuration {
+            listen_port,
+            private_key: private_key.trim().to_string(),
+            peers,
+            ..Configuration::default()
+        };
+        config.check().map_err(|(field, reason)| match field {
+            Field::PeerPublicKey(i) => Error::config(format!("peer_public_keys[{i}]"), reason),
+            field => Error::config(field.json_name(), reason),
+        })?;
+        Ok(config)
+    }
+
     /// Adds peers, giving tunnel addresses to those without; `field` names them in errors.
     fn add_peers(&mut self, field: &str, peers: Vec<Peer>) -> Result<()> {
         let mut allocator = Allocator::new(self);
@@ -598,6 +628,39 @@ mod tests {
         let client = keys::generate();
         let config = Configuration::custom(1, &keys::generate(), std::slice::from_ref(&client)).unwrap();
         assert_eq!(config.peers[0].public_key, keys::public_of("", &client).unwrap());
+    }
+
+    #[test]
+    fn peers_given_by_key_alone_may_use_any_address() {
+        let keys_of_peers: Vec<String> = (0..2)
+            .map(|_| keys::public_of("", &keys::generate()).unwrap())
+            .collect();
+        let config = Configuration::from_keys(51820, &keys::generate(), &keys_of_peers).unwrap();
+        assert_eq!(config.listen_port, 51820);
+        assert!(config.address.is_empty(), "no tunnel address is the server's");
+        assert!(config.peers.iter().all(|p| p.allowed_ips.is_empty()));
+        let listed: Vec<&String> = config.peers.iter().map(|p| &p.public_key).collect();
+        assert_eq!(listed, keys_of_peers.iter().collect::<Vec<_>>());
+        assert_eq!(Configuration::from_json(&config.to_json()).unwrap(), config);
+    }
+
+    #[test]
+    fn keys_of_the_old_call_form_are_named_by_its_arguments() {
+        let peer = keys::public_of("", &keys::generate()).unwrap();
+        let err = Configuration::from_keys(1, "nope", std::slice::from_ref(&peer)).unwrap_err();
+        assert!(err.to_string().starts_with("invalid private_key: "), "{err}");
+        let peers = [peer.clone(), "x".into()];
+        let err = Configuration::from_keys(1, &keys::generate(), &peers).unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid peer_public_keys[1]: "),
+            "{err}"
+        );
+        let peers = [peer.clone(), format!(" {peer}\n")];
+        let err = Configuration::from_keys(1, &keys::generate(), &peers).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid peer_public_keys[1]: the same peer is listed twice"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, overload
 
 from . import _mitmproxy_wireguard as _native
 from ._mitmproxy_wireguard import Configuration
@@ -180,12 +180,27 @@ class Server:
             self._closed.set_result(None)
 
 
+@overload
 async def start_server(
     host: str,
     cfg: Configuration,
     handle_connection: ConnectionHandler,
     receive_datagram: DatagramHandler,
-) -> Server:
+) -> Server: ...
+
+
+@overload
+async def start_server(
+    host: str,
+    port: int,
+    private_key: str,
+    peer_public_keys: list[str],
+    handle_connection: ConnectionHandler,
+    receive_datagram: DatagramHandler,
+) -> Server: ...
+
+
+async def start_server(host: str, *args: Any, **kwargs: Any) -> Server:
     """Starts a WireGuard server on `host` and the configuration's listen port.
 
     `handle_connection(stream)` runs as a task for every TCP connection a peer opens, to any address;
@@ -208,5 +223,47 @@ async def start_server(
         async with server:
             await asyncio.Event().wait()
     ```
+
+    The call of mitmproxy_wireguard 0.1.x works too, with the same arguments (by position or by these names):
+    `start_server(host, port, private_key, peer_public_keys, handle_connection, receive_datagram)`, the
+    server's private key and each peer's public key as base64 text. Peers given this way may use any tunnel
+    address, and two peers may use the same one: replies reach the peer a connection or datagram came from.
+    So mitmproxy 9's WireGuard mode runs on this package unchanged.
     """
+    if _is_0_1_call(args, kwargs):
+        return _start_with_keys(host, *args, **kwargs)
+    cfg = args[0] if args else kwargs.get("cfg")
+    if cfg is not None and not isinstance(cfg, Configuration):
+        raise TypeError(
+            f"start_server() takes a Configuration or a port after host, not {type(cfg).__name__}"
+        )
+    return _start(host, *args, **kwargs)
+
+
+def _is_0_1_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether `start_server`'s arguments after `host` are those of the 0.1.x form: `port` by name, or a port
+    number where the configuration would be (a bool is no port)."""
+    if args:
+        return isinstance(args[0], int) and not isinstance(args[0], bool)
+    return "port" in kwargs
+
+
+def _start(
+    host: str,
+    cfg: Configuration,
+    handle_connection: ConnectionHandler,
+    receive_datagram: DatagramHandler,
+) -> Server:
     return Server(_native.start_engine(host, cfg), handle_connection, receive_datagram)
+
+
+def _start_with_keys(
+    host: str,
+    port: int,
+    private_key: str,
+    peer_public_keys: list[str],
+    handle_connection: ConnectionHandler,
+    receive_datagram: DatagramHandler,
+) -> Server:
+    cfg = Configuration._from_keys(port, private_key, peer_public_keys)
+    return _start(host, cfg, handle_connection, receive_datagram)
