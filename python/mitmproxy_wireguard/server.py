@@ -201,11 +201,20 @@ async def start_server(
 
 
 async def start_server(host: str, *args: Any, **kwargs: Any) -> Server:
-    """Starts a WireGuard server on `host` and the configuration's listen port.
+    """Starts a WireGuard server on `host` and returns it, in either of two forms:
+
+    - `start_server(host, cfg, handle_connection, receive_datagram)`: the key, listen port and peers of a
+      `Configuration`.
+    - `start_server(host, port, private_key, peer_public_keys, handle_connection, receive_datagram)`: the call
+      of mitmproxy_wireguard 0.1.x, by position or by these names, with the server's private key and each
+      peer's public key as base64 text. Peers given this way may use any tunnel address, and two of them the
+      same one (replies reach the peer a connection or datagram came from); the server claims no tunnel
+      address of its own. So mitmproxy 9's WireGuard mode, whose clients all use 10.0.0.1, runs unchanged.
 
     `handle_connection(stream)` runs as a task for every TCP connection a peer opens, to any address;
     `receive_datagram(data, src_addr, dst_addr)` is called for every UDP datagram a peer sends. `host` may be
     IPv4 or IPv6, or "" for every address of both; a listen port of 0 picks a free one (see `getsockname`).
+    Bad keys or ports are a `ValueError` naming the argument.
 
     ```python
     async def main() -> None:
@@ -223,12 +232,6 @@ async def start_server(host: str, *args: Any, **kwargs: Any) -> Server:
         async with server:
             await asyncio.Event().wait()
     ```
-
-    The call of mitmproxy_wireguard 0.1.x works too, with the same arguments (by position or by these names):
-    `start_server(host, port, private_key, peer_public_keys, handle_connection, receive_datagram)`, the
-    server's private key and each peer's public key as base64 text. Peers given this way may use any tunnel
-    address, and two peers may use the same one: replies reach the peer a connection or datagram came from.
-    So mitmproxy 9's WireGuard mode runs on this package unchanged.
     """
     if _is_0_1_call(args, kwargs):
         return _start_with_keys(host, *args, **kwargs)
