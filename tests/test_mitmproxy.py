@@ -3,7 +3,7 @@
 `mitmdump --mode wireguard` runs from a venv of its own (made by tests/mitmproxy_venv.sh) with this package in
 place of mitmproxy_wireguard, in this namespace. A real WireGuard client in a second namespace, set up from the
 client configuration that mitmdump prints, fetches a page over HTTP and over HTTPS (trusting mitmproxy's CA) from a
-test host in a third namespace, through the tunnel and through mitmproxy.
+test host in a third namespace, through the tunnel and through mitmproxy, and asks mitmproxy's DNS at 10.0.0.53.
 """
 
 from __future__ import annotations
