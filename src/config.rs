@@ -287,10 +287,11 @@ impl Configuration {
         Ok(config)
     }
 
-    /// The configuration of the 0.1.x call form `start_server(host, port, private_key, peer_public_keys, ...)`:
-    /// the peers have no AllowedIPs, so each may use any tunnel address (the network stack keeps peers that use
-    /// the same one apart), and the server has no tunnel address of its own to reserve: mitmproxy 9's clients
-    /// use 10.0.0.1, the server's address of a generated configuration. Errors name the call's arguments.
+    /// The configuration of the 0.1.x call form, `start_server(host, port, private_key, peer_public_keys,
+    /// ...)`: the peers have no AllowedIPs, so each may use any tunnel address (the network stack keeps peers
+    /// that use the same one apart), and the server has no tunnel address of its own to reserve: mitmproxy 9's
+    /// clients use 10.0.0.1, the server's address in a generated configuration. Errors name the call's
+    /// arguments.
     pub fn from_keys(listen_port: u16, private_key: &str, peer_public_keys: &[String]) -> Result<Self> {
         keys::decode("private_key", private_key)?;
         let peers = peer_public_keys

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Makes the venv of tests/test_mitmproxy.py: mitmproxy 9.0.1 with its dependencies, and this package in place of
-# the mitmproxy_wireguard 0.1.x that mitmproxy pins (installed without dependencies, so the pin is not obeyed).
+# Makes the venv of tests/test_mitmproxy.py: mitmproxy 9.0.1 with its dependencies, and this package in place
+# of the mitmproxy_wireguard 0.1.x that mitmproxy pins (installed without dependencies: the pin is ignored).
 #
 #   bash tests/mitmproxy_venv.sh [WHEEL]
 #
 # WHEEL is a wheel of this package; without one, a debug build of the tree is made with maturin. The venv is
-# $MITMPROXY_VENV (default /tmp/mitmproxy-9.0.1-venv). It is kept: mitmproxy's dependencies are installed once,
-# the package again only when its wheel differs from the one installed last.
+# $MITMPROXY_VENV (default /tmp/mitmproxy-9.0.1-venv). It is kept: mitmproxy's dependencies are installed
+# once, the package again only when its wheel differs from the one installed last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

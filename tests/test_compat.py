@@ -52,8 +52,8 @@ def echo_handlers(
 
 
 async def tcp_round_trip(ns: Namespace | None, public_key: str, source_port: int = 0) -> tuple[str, int]:
-    """A connection from 10.0.0.1 to 10.0.0.42:443 through the client's tunnel; checks the reply and returns the
-    connection's source address."""
+    """A connection from 10.0.0.1 to 10.0.0.42:443 through the client's tunnel; checks the reply and returns
+    the connection's source address."""
     loop = asyncio.get_running_loop()
     if ns is None:
         reader, writer = await open_connection("10.0.0.42", 443)
@@ -128,7 +128,7 @@ async def test_the_0_1_call_form_serves_tcp_and_udp_of_a_client_at_10_0_0_1(serv
 
 
 async def test_two_peers_of_the_0_1_call_form_may_use_one_address(servers, namespaces, wg_clients):
-    """Both peers copied mitmproxy's config: same tunnel address, same source ports. Each gets its own data."""
+    """Both peers copied mitmproxy's config: same tunnel address, same source ports. Each gets its own."""
     server_key = wg.genkey()
     client_keys = [wg.genkey(), wg.genkey()]
     datagrams: list[Datagram] = []

@@ -1,9 +1,10 @@
 """mitmproxy 9.0.1, built on mitmproxy_wireguard 0.1.x, runs its WireGuard mode on this package unchanged.
 
-`mitmdump --mode wireguard` runs from a venv of its own (made by tests/mitmproxy_venv.sh) with this package in
-place of mitmproxy_wireguard, in this namespace. A real WireGuard client in a second namespace, set up from the
-client configuration that mitmdump prints, fetches a page over HTTP and over HTTPS (trusting mitmproxy's CA) from a
-test host in a third namespace, through the tunnel and through mitmproxy, and asks mitmproxy's DNS at 10.0.0.53.
+`mitmdump --mode wireguard` runs from a venv of its own (made by tests/mitmproxy_venv.sh) with this package
+in place of mitmproxy_wireguard, in this namespace. A real WireGuard client in a second namespace, set up from
+the client configuration that mitmdump prints, fetches a page over HTTP and over HTTPS (trusting mitmproxy's
+CA) from a test host in a third namespace, through the tunnel and through mitmproxy, and asks mitmproxy's DNS
+at 10.0.0.53.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def mitmdump() -> Path:
     """The venv's mitmdump, after checking that the venv has mitmproxy 9.0.1 and this tree's package (its
     Python files, at least). Without them the test is skipped, or fails under CI=true."""
     program = VENV / "bin" / "mitmdump"
-    check = "import mitmproxy.version, mitmproxy_wireguard; print(mitmproxy.version.VERSION, mitmproxy_wireguard.__file__)"
+    check = "import mitmproxy.version as v, mitmproxy_wireguard as w; print(v.VERSION, w.__file__)"
     problem = None
     if not program.exists():
         problem = f"no mitmproxy venv at {VENV}"
@@ -188,7 +189,7 @@ async def mitmproxy_client(
     confdir.mkdir()
     port = free_udp_port()
     options = ["--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={test_ca}"]
-    # mitmproxy answers DNS sent to 10.0.0.53 with its host's resolver: there, an /etc/hosts of the test's own.
+    # mitmproxy answers DNS sent to 10.0.0.53 with its host's resolver: there, with a hosts file of the test.
     hosts = tmp_path / "hosts"
     hosts.write_text(f"127.0.0.1 localhost\n{TEST_HOST} {TEST_NAME}\n")
     mount = f'mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec "$@"'
@@ -245,7 +246,7 @@ async def test_mitmproxy_9_intercepts_http_and_https_through_a_real_client(test_
 
 
 async def test_mitmproxy_9_answers_dns_through_the_tunnel(mitmproxy_client):
-    """UDP both ways: the query reaches mitmproxy, its answer (sent with `send_datagram`) reaches the client."""
+    """UDP both ways: the query reaches mitmproxy, its answer (by `send_datagram`) reaches the client."""
     process, client_ns, _ = mitmproxy_client
     loop = asyncio.get_running_loop()
     with client_ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
