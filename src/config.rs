@@ -241,6 +241,37 @@ impl Configuration {
         Ok(config)
     }
 
+    /// The configuration of the 0.1.x call form, `start_server(host, port, private_key, peer_public_keys,
+    /// ...)`: the peers have no AllowedIPs, so each may use any tunnel address (the network stack keeps peers
+    /// that use the same one apart), and the server has no tunnel address of its own to reserve: mitmproxy 9's
+    /// clients use 10.0.0.1, the server's address in a generated configuration. Errors name the call's
+    /// arguments.
+    pub fn from_keys(listen_port: u16, private_key: &str, peer_public_keys: &[String]) -> Result<Self> {
+        keys::decode("private_key", private_key)?;
+        let peers = peer_public_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                keys::decode(&format!("peer_public_keys[{i}]"), key)?;
+                Ok(Peer {
+                    public_key: key.trim().to_string(),
+                    ..Peer::default()
+                })
+            })
+            .collect::<Result<_>>()?;
+        let config = Configuration {
+            listen_port,
+            private_key: private_key.trim().to_string(),
+            peers,
+            ..Configuration::default()
+        };
+        config.check().map_err(|(field, reason)| match field {
+            Field::PeerPublicKey(i) => Error::config(format!("peer_public_keys[{i}]"), reason),
+            field => Error::config(field.json_name(), reason),
+        })?;
+        Ok(config)
+    }
+
     /// Adds peers, giving tunnel addresses to those without; `field` names them in errors.
     fn add_peers(&mut self, field: &str, peers: Vec<Peer>) -> Result<()> {
         let mut allocator = Allocator::new(self);

@@ -55,6 +55,8 @@ class Configuration:
     ) -> Configuration:
         """A configuration from existing keys, with the default tunnel settings."""
 
+    @staticmethod
+    def _from_keys(listen_port: int, private_key: str, peer_public_keys: list[str]) -> Configuration: ...
     def to_json(self) -> str:
         """The configuration as JSON, private keys included."""
 

@@ -87,6 +87,18 @@ impl Configuration {
         )?))
     }
 
+    /// The configuration of `start_server`'s 0.1.x call form, whose peers may use any tunnel address; errors
+    /// name that call's arguments. Private: the package's own plumbing.
+    #[staticmethod]
+    fn _from_keys(listen_port: i64, private_key: &str, peer_public_keys: Vec<String>) -> PyResult<Self> {
+        let listen_port = port("port", listen_port)?;
+        Ok(Configuration(config::Configuration::from_keys(
+            listen_port,
+            private_key,
+            &peer_public_keys,
+        )?))
+    }
+
     /// The configuration as JSON, private keys included.
     fn to_json(&self) -> String {
         self.0.to_json()
