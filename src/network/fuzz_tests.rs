@@ -2,7 +2,7 @@
 //! mutations), parsing never panics, and the TCP stack survives any sequence of segments and of Python's
 //! requests, answering only with packets that fit the tunnel. Uses only the stack's public API.
 //!
-//! A longer run: `PROPTEST_CASES=100000 cargo test --release fuzz` (see README).
+//! A longer run: `PROPTEST_CASES=100000 cargo test --release --lib fuzz` (see README).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -2,7 +2,7 @@
 //! mutations, replays and truncations, from any address. Nothing panics, nothing that does not authenticate is
 //! delivered or answered (but for cookie replies), and the client's session survives all of it.
 //!
-//! A longer run: `PROPTEST_CASES=100000 cargo test --release fuzz` (see README).
+//! A longer run: `PROPTEST_CASES=100000 cargo test --release --lib fuzz` (see README).
 
 use std::net::SocketAddr;
 use std::time::Instant;
