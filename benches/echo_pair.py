@@ -25,16 +25,15 @@ from common import (  # noqa: E402
     ECHO_PORT,
     RESULTS,
     SERVER_KINDS,
-    Bench,
     BenchError,
     check_prerequisites,
     check_venv,
-    cleanup_stale,
     git_state,
     log,
     median,
     venv_python,
 )
+from harness import Bench, cleanup_stale  # noqa: E402
 
 SERIES = {"plain": "plain", "wireguard": "new"}
 LABELS = {"plain": "asyncio echo, no tunnel", "wireguard": "asyncio echo behind this server (WireGuard)"}

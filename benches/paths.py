@@ -35,19 +35,18 @@ from common import (  # noqa: E402
     DEFAULT_RS_VENV,
     RESULTS,
     SERVER_KINDS,
-    Bench,
     BenchError,
-    alive,
     check_prerequisites,
     check_venv,
-    cleanup_stale,
-    cpu_seconds,
+    cpu_model,
     git_state,
     log,
     median,
     venv_python,
 )
-from run import Runner, cpu_model  # noqa: E402
+from harness import Bench, cleanup_stale  # noqa: E402
+from readings import alive, cpu_seconds  # noqa: E402
+from run import Runner  # noqa: E402
 
 SERVER_ORDER = ["new", "kernel", "old", "rs"]
 OTHERS = ["old", "rs"]  # the earlier user-space servers: the target is the better of them

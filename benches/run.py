@@ -36,21 +36,17 @@ from common import (  # noqa: E402
     OLD_VERSION,
     RESULTS,
     SERVER_KINDS,
-    Bench,
     BenchError,
-    alive,
     check_prerequisites,
     check_venv,
-    cleanup_stale,
-    cpu_ns,
-    cpu_seconds,
+    cpu_model,
     git_state,
     log,
-    machine_busy_seconds,
     median,
-    rss_kib,
     venv_python,
 )
+from harness import Bench, cleanup_stale  # noqa: E402
+from readings import alive, cpu_ns, cpu_seconds, machine_busy_seconds, rss_kib  # noqa: E402
 
 SERVER_ORDER = ["new", "kernel", "old"]
 
@@ -203,7 +199,7 @@ class Runner:
             return False
         self.restarts[name] += 1
         log(f"  .. restarting the {name} server ({self.restarts[name]}/{self.max_restarts})")
-        from common import stop_process
+        from children import stop_process
 
         stop_process(self.bench.servers[name].popen)
         try:
@@ -672,17 +668,6 @@ def main() -> int:
 
             shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
