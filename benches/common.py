@@ -6,6 +6,7 @@ readings.py.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,3 +140,34 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def pick(parser: argparse.ArgumentParser, what: str, given: str, known: list[str]) -> list[str]:
+    """The names of the comma-separated `given`, in the order of `known`; an unknown one is a usage error."""
+    names = given.split(",")
+    unknown = sorted(set(names) - set(known))
+    chosen = [k for k in known if k in names]
+    if unknown or not chosen:
+        parser.error(f"unknown {what}: {', '.join(unknown) or '(none given)'}")
+    return chosen
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def print_errors(errors: list[dict[str, Any]], started: float, out: Path) -> None:
+    """The end of a run's output: how many errors, how long it took, where the JSON is, the first line of
+    each error."""
+    print(f"\n{len(errors)} error(s); took {time.time() - started:.0f} s; JSON: {out}")
+    for e in errors:
+        print(f"  round {e['round'] + 1} {e['server']} {e['case']}: {e['error'].splitlines()[0]}")
+
+
+def finish_workdir(workdir: Path, keep: bool) -> None:
+    """Keeps the logs of a run where something failed (or when asked), removes them otherwise."""
+    if keep:
+        log(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)

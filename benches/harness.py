@@ -116,6 +116,16 @@ class Bench:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         self.namespaces.clear()
 
+    def start(self, kinds: list[str], pythons: dict[str, Path], relay: bool = False) -> LoadGen:
+        """The whole set-up of a run: the network, the servers, the client, the relay if asked, and the load
+        generator."""
+        self.setup_network()
+        self.start_servers(kinds, pythons)
+        self.start_client(kinds)
+        if relay:
+            self.start_relay(kinds)
+        return self.start_loadgen()
+
     # -- network
 
     def setup_network(self) -> None:
