@@ -92,7 +92,7 @@ SMALL = Sizes(transfer_bytes=1 << 20, par_bytes=256 << 10, idle_probes=5, timeou
 
 
 class PathRunner(Runner):
-    """run.py's runner (server restarts, health checks, errors) with the path cases instead of its own."""
+    """runner.py's Runner (rounds, server restarts, health checks, errors) with the path cases instead of its own."""
 
     def __init__(self, bench: Bench, sizes: Sizes, servers: list[str], pythons: dict[str, Path],
                  max_restarts: int, cases: list[str]):  # fmt: skip
@@ -161,18 +161,9 @@ class PathRunner(Runner):
                 f"{rec['wall_s']:.1f} s)")  # fmt: skip
         return out
 
-    def run(self, rounds: int) -> list[dict[str, Any]]:  # type: ignore[override]
-        for name in self.servers:
-            self.warmup(name)
-        results = []
-        for round_ in range(rounds):
-            order = self.round_order(round_, rounds)
-            cases: dict[str, dict[str, Any]] = {}
-            for i, case in enumerate(self.cases):
-                seed = 1000 * round_ + i  # every server sees the same random drops in a round
-                cases[case] = {name: self.run_path_case(round_, name, case, seed) for name in order}
-            results.append({"round": round_ + 1, "order": order, "cases": cases})
-        return results
+    def case_in_round(self, round_: int, i: int, case: str, order: list[str]) -> dict[str, Any]:
+        seed = 1000 * round_ + i  # every server sees the same random drops in a round
+        return {name: self.run_path_case(round_, name, case, seed) for name in order}
 
 
 # ---------------------------------------------------------------------------------------------------------

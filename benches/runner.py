@@ -289,14 +289,17 @@ class Runner:
         results = []
         for round_ in range(rounds):
             order = self.round_order(round_, rounds)
-            cases: dict[str, dict[str, Any]] = {}
-            for case in self.cases:
-                cases[case] = {}
-                for name in order:
-                    cases[case][name] = self.run_case(round_, name, case)
-                    log_record(case, name, cases[case][name])
+            cases = {case: self.case_in_round(round_, i, case, order) for i, case in enumerate(self.cases)}
             results.append({"round": round_ + 1, "order": order, "cases": cases})
         return results
+
+    def case_in_round(self, round_: int, i: int, case: str, order: list[str]) -> dict[str, Any]:
+        """One case (the i-th) against every server, in this round's order."""
+        recs = {}
+        for name in order:
+            recs[name] = self.run_case(round_, name, case)
+            log_record(case, name, recs[name])
+        return recs
 
 
 def log_record(case: str, name: str, rec: dict[str, Any]) -> None:
