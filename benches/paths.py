@@ -92,7 +92,8 @@ SMALL = Sizes(transfer_bytes=1 << 20, par_bytes=256 << 10, idle_probes=5, timeou
 
 
 class PathRunner(Runner):
-    """runner.py's Runner (rounds, server restarts, health checks, errors) with the path cases instead of its own."""
+    """runner.py's Runner (rounds, server restarts, health checks, errors) with the path cases instead of its
+    own."""
 
     def __init__(self, bench: Bench, sizes: Sizes, servers: list[str], pythons: dict[str, Path],
                  max_restarts: int, cases: list[str]):  # fmt: skip

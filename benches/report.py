@@ -152,11 +152,11 @@ def fmt(value: float | None, spec: str = "{:,.0f}") -> str:
 def table(summary: dict[str, Any], servers: list[str], sizes: Sizes, rounds: int, cases: list[str]) -> str:
     lines = [f"Medians of {rounds} round(s).", ""]
     lines += metric_rows(summary, servers, [m for m in metrics(sizes) if m.case in cases])
-    lines += ["", "Server CPU seconds per case (kernel path: wireguard-go + asyncio echo; the kernel's own TCP/IP "
-              "and softirq time is not in it)", ""]  # fmt: skip
+    lines += ["", "Server CPU seconds per case (kernel path: wireguard-go + asyncio echo; the kernel's own "
+              "TCP/IP and softirq time is not in it)", ""]  # fmt: skip
     lines += cpu_rows(summary, servers, cases)
-    lines += ["", "Client CPU seconds per case: wireguard-go client + load generator (load generator alone) / "
-              "other:", "the rest of the machine's busy time meanwhile (the kernel's softirq work for the "
+    lines += ["", "Client CPU seconds per case: wireguard-go client + load generator (load generator alone) "
+              "/ other:", "the rest of the machine's busy time meanwhile (the kernel's softirq work for the "
               "traffic, other processes)", ""]  # fmt: skip
     lines += client_rows(summary, servers, cases)
     if "new" in servers:
@@ -204,10 +204,10 @@ def client_rows(summary: dict[str, Any], servers: list[str], cases: list[str]) -
         c = summary["cpu_seconds"][case]
         text = f"{c['label']:<40} {'s':<7}"
         for n in servers:
-            cell = (
-                f"{fmt(c['client_cpu_s_median'][n], '{:.2f}')} ({fmt(c['loadgen_cpu_s_median'][n], '{:.2f}')})"
-                f" / {fmt(c['other_cpu_s_median'][n], '{:.2f}')}"
+            client, loadgen, other = (
+                fmt(c[f"{k}_cpu_s_median"][n], "{:.2f}") for k in ("client", "loadgen", "other")
             )
+            cell = f"{client} ({loadgen}) / {other}"
             text += f" {cell:>22}"
         lines.append(text)
     return lines

@@ -82,8 +82,9 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--build", action="store_true", help="run benches/build.py first (both venvs)")
     parser.add_argument("--new-venv", type=Path, default=DEFAULT_NEW_VENV)
     parser.add_argument("--old-venv", type=Path, default=DEFAULT_OLD_VENV)
-    parser.add_argument("--out", type=Path,
-                        help="JSON output (default results/latest.json, results/small.json with --small)")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, help="JSON output (default results/latest.json, results/small.json with --small)"
+    )
     parser.add_argument("--max-restarts", type=int, default=2, help="restarts of a crashed server per run")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server and client logs")
     parser.add_argument("--cleanup", action="store_true", help="only remove namespaces left by killed runs")
@@ -138,7 +139,7 @@ def build_venvs(new_venv: Path, old_venv: Path) -> None:
 
 
 def run(plan: Plan, keep_logs: bool) -> int:
-    """The run proper, its JSON and its tables; exits non-zero when anything failed, and keeps the logs then."""
+    """The run proper, its JSON and its tables; non-zero when anything failed, and then the logs are kept."""
     workdir = Path(tempfile.mkdtemp(prefix="wgbench-"))
     started = time.time()
     load_at_start = os.getloadavg()

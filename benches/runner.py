@@ -233,8 +233,8 @@ class Runner:
         return {"idle_cpu": (n1 - n0) / 1e9 / s.idle_cpu_window_s * 100}
 
     def idle_conns(self, round_: int, name: str) -> dict[str, Any]:
-        """Opens many connections, holds them (RSS per connection, CPU while idle), closes them and checks that
-        the server closed them too."""
+        """Opens many connections, holds them (RSS per connection, CPU while idle), closes them and checks
+        that the server closed them too."""
         s, pids = self.s, self.pids(name)
         host, port = self.target(name)
         rss0 = rss_kib(pids)
@@ -270,9 +270,9 @@ class Runner:
                             f"{closed['value']} connections not closed by the server within 10 s of the "
                             "client's FIN")  # fmt: skip
         if closed.get("closed_by_server") or closed.get("check_failed"):
-            self.note_error(round_, name, "idle_conns", f"{closed['closed_by_server']} idle connections closed "
-                            f"by the server; {closed['check_failed']} of {closed['checked']} checked no longer "
-                            "echo")  # fmt: skip
+            self.note_error(round_, name, "idle_conns", f"{closed['closed_by_server']} idle connections "
+                            f"closed by the server; {closed['check_failed']} of {closed['checked']} checked "
+                            "no longer echo")  # fmt: skip
 
     # -- the rounds
 
