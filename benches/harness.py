@@ -214,7 +214,7 @@ class Bench:
         if name == "new":
             python, script = pythons["new"], "new_server.py"
             cfg.update(host=SERVER_VETH_ADDR, wg_port=kind.wg_port, server_key=self.keys[name][0],
-                       client_key=self.client_key)  # fmt: skip
+                       client_key=self.client_key, client_address=f"{CLIENT_TUNNEL_ADDR}/32")  # fmt: skip
         elif name in ("old", "rs"):
             python, script = pythons[name], f"{name}_server.py"
             cfg.update(host=SERVER_VETH_ADDR, wg_port=kind.wg_port, server_key=self.keys[name][0],

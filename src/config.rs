@@ -62,7 +62,8 @@ pub struct Peer {
     pub private_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preshared_key: Option<String>,
-    /// The peer's tunnel addresses (AllowedIPs): the Address of its client configuration.
+    /// The peer's tunnel addresses (AllowedIPs): the Address of its client configuration, and the only source
+    /// addresses the server accepts from it. Empty: any (a peer of JSON from earlier versions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_ips: Vec<IpNet>,
     /// Seconds between the keepalives the server sends the peer; `None` for none.
