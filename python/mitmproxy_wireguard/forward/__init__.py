@@ -8,21 +8,26 @@ Everything else is reached, private networks around this host included. A refuse
 is reset; a refused datagram is dropped. Each finished flow is logged once, on the logger
 `mitmproxy_wireguard.forward`, with its numbers in the log record's `flow` attribute (see `Flow.record`).
 
+Timeouts and each peer's share of what is limited (UDP flows, DNS lookups, the resolver's threads) are in
+`Limits`: one peer flooding the proxy exhausts its own share, not the others'.
+
 The parts, one module each: `policy` (which destinations), `tcp` and `udp` (the flows), `resolver` (the DNS
-service), `flows` (addresses and the log record of a flow) and `proxy` (the handlers and `serve`).
+service) over `lookups` (the resolver's threads), `limits` (timeouts and shares), `flows` (addresses and the log
+record of a flow) and `proxy` (the handlers and `serve`).
 """
 
 from .flows import Flow, IPAddress, format_address, logger
+from .limits import Limits, Shares
+from .lookups import LookupPool
 from .policy import CLOUD_METADATA, Policy, is_own_address
-from .proxy import MAX_DNS_QUERIES, Forwarder, serve
+from .proxy import Forwarder, serve
 from .resolver import DNS_PORT, DNS_TCP_IDLE_TIMEOUT, DNS_TIMEOUT, DNS_TTL, Resolver
-from .tcp import CHUNK, CONNECT_TIMEOUT, abort, relay
-from .udp import MAX_PENDING_DATAGRAMS, MAX_UDP_FLOWS, UDP_IDLE_TIMEOUT
+from .tcp import CHUNK, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, abort, keep_alive, relay
+from .udp import MAX_PENDING_DATAGRAMS
 
 __all__ = [
     "CHUNK",
     "CLOUD_METADATA",
-    "CONNECT_TIMEOUT",
     "DNS_PORT",
     "DNS_TCP_IDLE_TIMEOUT",
     "DNS_TIMEOUT",
@@ -30,15 +35,19 @@ __all__ = [
     "Flow",
     "Forwarder",
     "IPAddress",
-    "MAX_DNS_QUERIES",
+    "KEEPALIVE_COUNT",
+    "KEEPALIVE_IDLE",
+    "KEEPALIVE_INTERVAL",
+    "Limits",
+    "LookupPool",
     "MAX_PENDING_DATAGRAMS",
-    "MAX_UDP_FLOWS",
     "Policy",
     "Resolver",
-    "UDP_IDLE_TIMEOUT",
+    "Shares",
     "abort",
     "format_address",
     "is_own_address",
+    "keep_alive",
     "logger",
     "relay",
     "serve",

@@ -11,32 +11,31 @@ from .. import Configuration, Server, TcpStream, start_server
 from .._program import serve_until_signal
 from ..server import Address
 from .flows import Flow, IPAddress, format_address, ip_of, logger
+from .limits import Limits
 from .policy import Policy
 from .resolver import DNS_PORT, Resolver, dns_over_tcp
 from .tcp import forward_connection
 from .udp import UdpFlows
-
-MAX_DNS_QUERIES = 64
 
 
 class Forwarder:
     """The handlers for `start_server`. Set `server` to the running server before traffic arrives, and call
     `close` when done."""
 
-    def __init__(self, cfg: Configuration, allow_local: bool = False):
+    def __init__(self, cfg: Configuration, allow_local: bool = False, limits: Limits | None = None):
+        self.limits = limits or Limits()
         self.policy = Policy(cfg, allow_local)
         self.dns_addresses: set[IPAddress] = set()
         for entry in cfg.dns:
             with contextlib.suppress(ValueError):
                 self.dns_addresses.add(ip_of(entry))
-        self.resolver = Resolver()
+        self.resolver = Resolver(self.limits)
         self._server: Server | None = None
         self._loop = asyncio.get_running_loop()
         self._peer_keys = cfg.client_public_keys
         self._seen_peers: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._udp = UdpFlows(self.policy, self._spawn)
-        self._dns_queries = 0
+        self._udp = UdpFlows(self.policy, self.limits, self._spawn)
 
     @property
     def server(self) -> Server | None:
@@ -94,7 +93,7 @@ class Forwarder:
                 flow.outcome = f"refused: {refusal}"
                 stream.abort()
                 return
-            await forward_connection(stream, flow)
+            await forward_connection(stream, flow, self.limits)
         except asyncio.CancelledError:
             flow.outcome = "stopped"
             stream.abort()
@@ -113,20 +112,19 @@ class Forwarder:
             self._udp.receive(data, peer, src, dst)
 
     def _dns_over_udp(self, data: bytes, peer: str, src: Address, dst: Address) -> None:
-        if self._dns_queries >= MAX_DNS_QUERIES:
-            logger.debug("dropped a DNS query from %s: too many queries at once", format_address(src))
+        # Checked before a task is made for it: a flood of queries beyond the peer's share costs no more.
+        if not self.resolver.pool.shares.admits(peer):
+            logger.debug("dropped a DNS query from %s: too many lookups in progress", format_address(src))
             return
-        self._dns_queries += 1
         self._spawn(self._answer_udp(data, Flow("dns", peer, src, dst, bytes_up=len(data)), src, dst))
 
     async def _answer_udp(self, data: bytes, flow: Flow, src: Address, dst: Address) -> None:
         try:
-            reply, flow.outcome = await self.resolver.answer(data)
+            reply, flow.outcome = await self.resolver.answer(data, flow.peer)
             if reply is not None and self.server is not None:
                 self.server.send_datagram(reply, dst, src)
                 flow.bytes_down = len(reply)
         finally:
-            self._dns_queries -= 1
             flow.log()
 
 
@@ -135,11 +133,13 @@ async def serve(
     cfg: Configuration,
     *,
     allow_local: bool = False,
+    limits: Limits | None = None,
     announce: Callable[[Server], None] | None = None,
 ) -> None:
     """Runs the proxy on `host` and the configuration's listen port until SIGINT or SIGTERM; raises `ServerError`
-    if the server fails. `announce(server)` tells users how to connect once the server runs."""
-    forwarder = Forwarder(cfg, allow_local)
+    if the server fails. `limits` sets timeouts and each peer's share (see `Limits`); `announce(server)` tells
+    users how to connect once the server runs."""
+    forwarder = Forwarder(cfg, allow_local, limits)
     server = await start_server(host, cfg, forwarder.handle_connection, forwarder.receive_datagram)
     forwarder.server = server
     try:

@@ -18,6 +18,8 @@ import dns.rrset
 
 from ..stream import TcpStream
 from .flows import Flow, format_address, ip_of, logger, reason
+from .limits import Limits
+from .lookups import Busy, LookupPool
 
 DNS_PORT = 53
 DNS_TIMEOUT = 10.0
@@ -28,27 +30,26 @@ DNS_TCP_IDLE_TIMEOUT = 30.0
 
 class Resolver:
     """Answers DNS queries for A and AAAA records with the host's resolver (`getaddrinfo`); other types get an
-    empty answer."""
+    empty answer. Lookups run in a `LookupPool`: a query beyond its peer's share is dropped (and logged)."""
 
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, limits: Limits) -> None:
+        self.pool = LookupPool(limits)
 
-    async def _lookup(self, name: str, family: int) -> list[str]:
-        infos = await asyncio.wait_for(
-            self._loop.getaddrinfo(name, None, family=family, type=socket.SOCK_STREAM), DNS_TIMEOUT
-        )
+    async def _lookup(self, peer: str, name: str, family: int) -> list[str]:
+        # Cancelled by the timeout, the lookup leaves the pool's queue (or its thread returns in its own time).
+        infos = await asyncio.wait_for(self.pool.lookup(peer, name, family), DNS_TIMEOUT)
         # An IP family's address starts with the host as text (str() for the type checker: other families differ).
         return list(dict.fromkeys(str(ip_of(str(info[4][0]))) for info in infos))
 
-    async def _exists(self, name: str) -> bool:
+    async def _exists(self, peer: str, name: str) -> bool:
         try:
-            await self._lookup(name, socket.AF_UNSPEC)
+            await self._lookup(peer, name, socket.AF_UNSPEC)
             return True
         except (OSError, asyncio.TimeoutError):
             return False
 
-    async def answer(self, wire: bytes, tcp: bool = False) -> tuple[bytes | None, str]:
-        """The reply to a query in DNS wire format (None for no reply) and a summary for the log."""
+    async def answer(self, wire: bytes, peer: str, tcp: bool = False) -> tuple[bytes | None, str]:
+        """The reply to `peer`'s query in DNS wire format (None for no reply) and a summary for the log."""
         try:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException as e:
@@ -62,21 +63,26 @@ class Resolver:
         name = question.name.to_text(omit_final_dot=True)
         summary = f"{dns.rdatatype.to_text(question.rdtype)} {name}"
         if question.rdclass == dns.rdataclass.IN and question.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            summary += await self._resolve(response, question, name)
+            try:
+                summary += await self._resolve(response, question, peer, name)
+            except Busy:
+                return None, summary + ": dropped, too many lookups in progress"
         else:
             summary += ": not answered"
         return _to_wire(query, response, tcp, summary)
 
-    async def _resolve(self, response: dns.message.Message, question: dns.rrset.RRset, name: str) -> str:
+    async def _resolve(
+        self, response: dns.message.Message, question: dns.rrset.RRset, peer: str, name: str
+    ) -> str:
         """Puts the addresses of `name` into `response`; returns what happened, for the log."""
         family = socket.AF_INET if question.rdtype == dns.rdatatype.A else socket.AF_INET6
         try:
-            addresses = await self._lookup(name, family)
+            addresses = await self._lookup(peer, name, family)
         except asyncio.TimeoutError:
             response.set_rcode(dns.rcode.SERVFAIL)
             return ": timed out"
         except OSError:
-            if await self._exists(name):
+            if await self._exists(peer, name):
                 return ": no address"
             response.set_rcode(dns.rcode.NXDOMAIN)
             return ": no such name"
@@ -119,11 +125,12 @@ async def dns_over_tcp(resolver: Resolver, stream: TcpStream, flow: Flow) -> Non
             except asyncio.IncompleteReadError:
                 break
             flow.bytes_up += 2 + size
-            reply, summary = await resolver.answer(query, tcp=True)
-            queries += 1
+            reply, summary = await resolver.answer(query, flow.peer, tcp=True)
             logger.debug("dns-tcp %s: %s", format_address(flow.client), summary)
             if reply is None:
-                break
+                flow.outcome = f"{queries} queries, then one unanswered: {summary}"
+                return
+            queries += 1
             stream.write(struct.pack("!H", len(reply)) + reply)
             flow.bytes_down += 2 + len(reply)
             await stream.drain()

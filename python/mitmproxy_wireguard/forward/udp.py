@@ -9,11 +9,9 @@ from typing import Any, Callable, cast
 
 from ..server import Address, Server
 from .flows import Flow, format_address, logger, reason
+from .limits import Limits, Shares
 from .policy import Policy
 
-# A UDP flow ends when no datagram went either way for this long.
-UDP_IDLE_TIMEOUT = 60.0
-MAX_UDP_FLOWS = 4096
 # Datagrams held for a flow whose socket is still being opened.
 MAX_PENDING_DATAGRAMS = 64
 
@@ -21,10 +19,13 @@ FlowKey = tuple[Any, ...]
 
 
 class UdpFlows:
-    """The open UDP flows, by the peer and both addresses. Set `server` before traffic arrives."""
+    """The open UDP flows, by the peer and both addresses; each peer has a share of `limits.udp_flows_per_peer`
+    (a datagram that would open one more is dropped). Set `server` before traffic arrives."""
 
-    def __init__(self, policy: Policy, spawn: Callable[[Any], None]):
+    def __init__(self, policy: Policy, limits: Limits, spawn: Callable[[Any], None]):
         self.policy = policy
+        self.idle_timeout = limits.udp_idle_timeout
+        self.shares = Shares("UDP flows", limits.udp_flows_per_peer, limits.udp_flows)
         self.server: Server | None = None
         self._spawn = spawn
         self._flows: dict[FlowKey, _UdpFlow] = {}
@@ -34,7 +35,7 @@ class UdpFlows:
         key = (getattr(src, "peer", None), src[0], src[1], dst[0], dst[1])
         udp = self._flows.get(key)
         if udp is None:
-            if len(self._flows) >= MAX_UDP_FLOWS:
+            if not self.shares.take(peer):
                 logger.debug("dropped a datagram to %s: too many UDP flows", format_address(dst))
                 return
             udp = _UdpFlow(self, key, Flow("udp", peer, src, dst))
@@ -55,7 +56,8 @@ class UdpFlows:
             udp.refuse(f"unreachable: {reason(e)}")
 
     def ended(self, udp: _UdpFlow) -> None:
-        self._flows.pop(udp.key, None)
+        if self._flows.pop(udp.key, None) is not None:
+            self.shares.give_back(udp.flow.peer)
 
     def close(self) -> None:
         """Ends every flow (and logs it)."""
@@ -75,7 +77,7 @@ class _UdpFlow(asyncio.DatagramProtocol):
         self.last = time.monotonic()
         self.closed = False
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(UDP_IDLE_TIMEOUT, self._check_idle)
+        self.timer = loop.call_later(flows.idle_timeout, self._check_idle)
 
     def refuse(self, outcome: str) -> None:
         self.flow.outcome = outcome
@@ -116,10 +118,13 @@ class _UdpFlow(asyncio.DatagramProtocol):
         )
 
     def _check_idle(self) -> None:
+        timeout = self.flows.idle_timeout
         idle = time.monotonic() - self.last
-        if idle < UDP_IDLE_TIMEOUT:
-            self.timer = asyncio.get_running_loop().call_later(UDP_IDLE_TIMEOUT - idle, self._check_idle)
+        if idle < timeout:
+            self.timer = asyncio.get_running_loop().call_later(timeout - idle, self._check_idle)
         else:
+            if self.flow.outcome == "closed":
+                self.flow.outcome = f"idle for {timeout:g} s"
             self.close()
 
     def close(self) -> None:
