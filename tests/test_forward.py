@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -408,3 +409,40 @@ async def test_one_peer_flooding_dns_queries_leaves_the_other_peers_theirs(test_
     finally:
         for sock in held:
             sock.close()
+
+
+async def test_the_resolvers_threads_are_shared_fairly_and_a_given_up_lookup_frees_its_place(monkeypatch):
+    """Without the network: lookups that block until released. One peer keeps at most its threads busy, the
+    other's lookup runs meanwhile; a waiting lookup given up leaves at once, a running one holds its share until
+    its thread returns; beyond its share a peer's lookup is refused."""
+    release = threading.Event()
+    started: list[str] = []
+
+    def getaddrinfo(host: str, *args: Any) -> list[tuple[Any, ...]]:
+        started.append(host)
+        if host.startswith("slow"):
+            release.wait(10)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    pool = forward.LookupPool(
+        forward.Limits(resolver_threads=4, resolver_threads_per_peer=2, dns_lookups_per_peer=4)
+    )
+    slow = [pool.lookup("a", f"slow{i}", socket.AF_INET) for i in range(4)]
+    with pytest.raises(forward.lookups.Busy):
+        pool.lookup("a", "slow4", socket.AF_INET)
+    assert (await asyncio.wait_for(pool.lookup("b", "fast", socket.AF_INET), 5))[0][4][0] == "192.0.2.1"
+    assert sorted(started) == ["fast", "slow0", "slow1"]
+    slow[3].cancel()  # waiting: gone at once
+    await asyncio.sleep(0)
+    assert pool.shares.held("a") == 3
+    slow[0].cancel()  # running: holds its place until the thread returns
+    await asyncio.sleep(0)
+    assert pool.shares.held("a") == 3
+    release.set()
+    await asyncio.wait_for(asyncio.gather(slow[1], slow[2]), 5)
+    for _ in range(100):
+        if pool.shares.held("a") == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert pool.shares.held("a") == 0 and "slow3" not in started
