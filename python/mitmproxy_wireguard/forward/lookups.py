@@ -49,8 +49,9 @@ class LookupPool:
         self._in_turn: set[str] = set()
         self._running: dict[str, int] = {}
         self._busy = 0
-        self._jobs: queue.SimpleQueue[_Lookup] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Lookup | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
+        self._closed = False
 
     def lookup(self, peer: str, host: str, family: int) -> asyncio.Future[AddrInfo]:
         """The addresses of `host`, as `getaddrinfo` returns them, once a thread has looked them up; raises `Busy`
@@ -74,7 +75,7 @@ class LookupPool:
             self._in_turn.add(peer)
 
     def _start(self) -> None:
-        while self._busy < self._threads and self._turns:
+        while not self._closed and self._busy < self._threads and self._turns:
             peer = self._turns.popleft()
             self._in_turn.discard(peer)
             waiting = self._waiting.get(peer)
@@ -93,9 +94,18 @@ class LookupPool:
             self._jobs.put(job)
             self._schedule(peer)
 
+    def close(self) -> None:
+        """Ends the threads once their lookups have returned; lookups waiting are given up."""
+        self._closed = True
+        for waiting in list(self._waiting.values()):
+            for job in list(waiting):
+                job.future.cancel()
+        for _ in self._workers:
+            self._jobs.put(None)
+        self._workers.clear()
+
     def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
+        while (job := self._jobs.get()) is not None:
             result: AddrInfo | None = None
             error: OSError | None = None
             try:

@@ -71,11 +71,12 @@ class Forwarder:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Ends the UDP flows and the tasks still running (and logs them)."""
+        """Ends the UDP flows and the tasks still running (and logs them), and the resolver's threads."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._udp.close()
+        self.resolver.pool.close()
 
     async def handle_connection(self, stream: TcpStream) -> None:
         client = stream.get_extra_info("peername")
