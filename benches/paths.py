@@ -19,7 +19,6 @@ stalls), never because of a figure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -35,19 +34,23 @@ from common import (  # noqa: E402
     DEFAULT_RS_VENV,
     RESULTS,
     SERVER_KINDS,
-    Bench,
     BenchError,
-    alive,
     check_prerequisites,
     check_venv,
-    cleanup_stale,
-    cpu_seconds,
+    cpu_model,
+    finish_workdir,
     git_state,
     log,
     median,
+    pick,
+    print_errors,
     venv_python,
+    write_json,
 )
-from run import Runner, cpu_model  # noqa: E402
+from harness import Bench, cleanup_stale  # noqa: E402
+from readings import alive, cpu_seconds  # noqa: E402
+from report import fmt  # noqa: E402
+from runner import Runner  # noqa: E402
 
 SERVER_ORDER = ["new", "kernel", "old", "rs"]
 OTHERS = ["old", "rs"]  # the earlier user-space servers: the target is the better of them
@@ -89,12 +92,12 @@ SMALL = Sizes(transfer_bytes=1 << 20, par_bytes=256 << 10, idle_probes=5, timeou
 
 
 class PathRunner(Runner):
-    """run.py's runner (server restarts, health checks, errors) with the path cases instead of its own."""
+    """runner.py's Runner (rounds, server restarts, health checks, errors) with the path cases instead of its
+    own."""
 
     def __init__(self, bench: Bench, sizes: Sizes, servers: list[str], pythons: dict[str, Path],
                  max_restarts: int, cases: list[str]):  # fmt: skip
-        super().__init__(bench, sizes, servers, pythons, max_restarts)  # type: ignore[arg-type]
-        self.cases = cases
+        super().__init__(bench, sizes, servers, pythons, max_restarts, cases)  # type: ignore[arg-type]
         assert bench.relay is not None
         self.relay = bench.relay
 
@@ -159,20 +162,9 @@ class PathRunner(Runner):
                 f"{rec['wall_s']:.1f} s)")  # fmt: skip
         return out
 
-    def run(self, rounds: int) -> list[dict[str, Any]]:  # type: ignore[override]
-        for name in self.servers:
-            self.warmup(name)
-        results = []
-        for round_ in range(rounds):
-            k = round_ % len(self.servers)
-            order = self.servers[k:] + self.servers[:k]
-            log(f"round {round_ + 1}/{rounds}, server order {' '.join(order)}")
-            cases: dict[str, dict[str, Any]] = {}
-            for i, case in enumerate(self.cases):
-                seed = 1000 * round_ + i  # every server sees the same random drops in a round
-                cases[case] = {name: self.run_path_case(round_, name, case, seed) for name in order}
-            results.append({"round": round_ + 1, "order": order, "cases": cases})
-        return results
+    def case_in_round(self, round_: int, i: int, case: str, order: list[str]) -> dict[str, Any]:
+        seed = 1000 * round_ + i  # every server sees the same random drops in a round
+        return {name: self.run_path_case(round_, name, case, seed) for name in order}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -225,10 +217,6 @@ def summarize(rounds: list[dict[str, Any]], servers: list[str], cases: list[str]
     return summary
 
 
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else spec.format(value)
-
-
 def table(summary: dict[str, Any], servers: list[str], cases: list[str], sizes: Sizes, rounds: int) -> str:
     """Markdown, as benches/README.md shows it."""
     labels = [SERVER_KINDS[n].label for n in servers]
@@ -273,7 +261,7 @@ def document(started: float, meta: dict[str, Any], cases: list[str], summary: di
     return {"meta": meta, "summary": summary, "rounds": results, "errors": errors}
 
 
-def main() -> int:
+def arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -288,13 +276,14 @@ def main() -> int:
         "--out", type=Path, help="JSON (default results/paths.json, results/paths_small.json)"
     )
     parser.add_argument("--max-restarts", type=int, default=2, help="restarts of a crashed server per run")
+    return parser
+
+
+def main() -> int:
+    parser = arg_parser()
     args = parser.parse_args()
-    servers = [s for s in SERVER_ORDER if s in args.servers.split(",")]
-    if set(args.servers.split(",")) - set(SERVER_ORDER) or not servers:
-        parser.error(f"unknown servers in {args.servers!r}")
-    cases = [c for c in PATHS if c in args.cases.split(",")]
-    if set(args.cases.split(",")) - set(PATHS) or not cases:
-        parser.error(f"unknown cases in {args.cases!r}")
+    servers = pick(parser, "servers", args.servers, SERVER_ORDER)
+    cases = pick(parser, "cases", args.cases, list(PATHS))
     sizes = SMALL if args.small else Sizes()
     rounds = args.rounds or (1 if args.small else 3)
     out = args.out or RESULTS / ("paths_small.json" if args.small else "paths.json")
@@ -312,11 +301,7 @@ def main() -> int:
     started, load_at_start = time.time(), os.getloadavg()
     try:
         with Bench(workdir) as bench:
-            bench.setup_network()
-            bench.start_servers(servers, pythons)
-            bench.start_client(servers)
-            bench.start_relay(servers)
-            bench.start_loadgen()
+            bench.start(servers, pythons, relay=True)
             runner = PathRunner(bench, sizes, servers, pythons, args.max_restarts, cases)
             results = runner.run(rounds)
             server_info = {n: {"label": SERVER_KINDS[n].label, **bench.server_info[n], **infos.get(n, {})}
@@ -331,20 +316,11 @@ def main() -> int:
     meta = {"loadavg_at_start": load_at_start, "rounds": rounds, "small": args.small, "sizes": asdict(sizes),
             "servers": server_info, "restarts": runner.restarts}  # fmt: skip
     doc = document(started, meta, cases, summary, results, runner.errors)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_json(out, doc)
     print(table(summary, servers, cases, sizes, rounds))
-    errors = runner.errors
-    print(f"\n{len(errors)} error(s); took {time.time() - started:.0f} s; JSON: {out}")
-    for e in errors:
-        print(f"  round {e['round'] + 1} {e['server']} {e['case']}: {e['error'].splitlines()[0]}")
-    if errors:
-        log(f"logs kept in {workdir}")
-    else:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if errors else 0
+    print_errors(runner.errors, started, out)
+    finish_workdir(workdir, bool(runner.errors))
+    return 1 if runner.errors else 0
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ pub struct Peer {
     pub private_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preshared_key: Option<String>,
-    /// The peer's tunnel addresses (AllowedIPs): the Address of its client configuration.
+    /// The peer's tunnel addresses (AllowedIPs): the Address of its client configuration, and the only source
+    /// addresses the server accepts from it. Empty: any (a peer of JSON from earlier versions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_ips: Vec<IpNet>,
     /// Seconds between the keepalives the server sends the peer; `None` for none.
@@ -237,6 +238,37 @@ impl Configuration {
             .collect::<Result<_>>()?;
         let mut config = Configuration::empty(listen_port, server_private_key.trim().to_string());
         config.add_peers("client_private_keys", peers)?;
+        Ok(config)
+    }
+
+    /// The configuration of the 0.1.x call form, `start_server(host, port, private_key, peer_public_keys,
+    /// ...)`: the peers have no AllowedIPs, so each may use any tunnel address (the network stack keeps peers
+    /// that use the same one apart), and the server has no tunnel address of its own to reserve: mitmproxy 9's
+    /// clients use 10.0.0.1, the server's address in a generated configuration. Errors name the call's
+    /// arguments.
+    pub fn from_keys(listen_port: u16, private_key: &str, peer_public_keys: &[String]) -> Result<Self> {
+        keys::decode("private_key", private_key)?;
+        let peers = peer_public_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                keys::decode(&format!("peer_public_keys[{i}]"), key)?;
+                Ok(Peer {
+                    public_key: key.trim().to_string(),
+                    ..Peer::default()
+                })
+            })
+            .collect::<Result<_>>()?;
+        let config = Configuration {
+            listen_port,
+            private_key: private_key.trim().to_string(),
+            peers,
+            ..Configuration::default()
+        };
+        config.check().map_err(|(field, reason)| match field {
+            Field::PeerPublicKey(i) => Error::config(format!("peer_public_keys[{i}]"), reason),
+            field => Error::config(field.json_name(), reason),
+        })?;
         Ok(config)
     }
 

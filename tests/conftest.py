@@ -74,6 +74,7 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Setup]]]:
 
         server = await wg.start_server(host, cfg, handle_connection, receive_datagram or echo_datagram)
         servers.append(server)
+        client_args.setdefault("addresses", tuple(cfg.peers[0]["allowed_ips"]))
         client = await start_client(server, cfg.server_public_key, cfg.client_private_keys[0], **client_args)
         clients.append(client)
         return Setup(server, cfg, client, datagrams)

@@ -161,7 +161,7 @@ async def start_client(
     server: wg.Server,
     server_public_key: str,
     private_key: str,
-    addresses: tuple[str, ...] = ("10.0.0.1/32", "fd00::1/128"),
+    addresses: tuple[str, ...] = ("10.0.0.2/32", "fd00::2/128"),
     routes: tuple[str, ...] = ("10.0.0.0/24", "fd00::/64"),
     mtu: int | None = None,
     keepalive: int | None = None,
@@ -169,7 +169,9 @@ async def start_client(
     preshared_key: str | None = None,
 ) -> WireGuardClient:
     """Starts wireguard-go, points it at `server` and routes `routes` into its tunnel; in `namespace` if given
-    (the server must then listen on the namespace's `here` address or on all addresses)."""
+    (the server must then listen on the namespace's `here` address or on all addresses). `addresses` must be
+    the peer's AllowedIPs (the default: those of the first peer of a generated configuration), or the server
+    drops its packets."""
     host, port = server.getsockname()
     if namespace is not None:
         host = namespace.here

@@ -13,12 +13,17 @@ from typing import Any, Callable
 
 
 class Cli:
-    """`python -m mitmproxy_wireguard ARGS`, its output lines collected as they come."""
+    """`python -m mitmproxy_wireguard ARGS` (or another `program`), its output lines collected as they come."""
 
-    def __init__(self, *args: str, prefix: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        *args: str,
+        prefix: tuple[str, ...] = (),
+        program: tuple[str, ...] = (sys.executable, "-m", "mitmproxy_wireguard"),
+    ):
         """`prefix` is a command that runs the command line, e.g. in a mount namespace of its own."""
         self.process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "mitmproxy_wireguard", *args],
+            [*prefix, *program, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -69,7 +69,9 @@ def test_help_names_the_commands_and_their_options() -> None:
         assert out.returncode == 0, out.stderr
         for option in ("--conf", "--host", "--port", "--endpoint", "--export", "--json-log", "--verbose"):
             assert option in out.stdout
-    assert "--allow-local" in run_cli("forward", "--help").stdout
+    forward_help = run_cli("forward", "--help").stdout
+    for option in ("--allow-local", "--tcp-idle-timeout", "--udp-idle-timeout", "--connect-timeout"):
+        assert option in forward_help
     out = run_cli()
     assert out.returncode == 2 and "COMMAND" in out.stderr
 
@@ -226,6 +228,13 @@ def test_a_broken_conf_is_an_error_that_names_file_and_line(tmp_path: Path, text
     assert str(conf) in out.stderr and where in out.stderr
     assert "Traceback" not in out.stderr
     assert conf.read_text() == text
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "inf", "nan"])
+def test_a_timeout_that_is_not_a_positive_number_is_an_error(value: str) -> None:
+    out = run_cli("forward", "--host", "127.0.0.1", "--tcp-idle-timeout", value)
+    assert out.returncode == 2
+    assert "--tcp-idle-timeout" in out.stderr and "not a number of seconds" in out.stderr
 
 
 def test_a_port_in_use_is_an_error(tmp_path: Path) -> None:

@@ -53,5 +53,11 @@ def test_pdoc_documents_every_public_name(tmp_path: Path) -> None:
     for name in wg.__all__:
         assert f'id="{name}"' in page, f"{name} is not documented"
     # Docstrings and examples reach the page, not only the names.
-    for text in ("ready to import into a WireGuard client", "start_server", "readexactly", "wg genkey"):
+    for text in (
+        "ready to import into a WireGuard client",
+        "start_server",
+        "peer_public_keys",
+        "readexactly",
+        "wg genkey",
+    ):
         assert text in page

@@ -55,7 +55,7 @@ async def test_tcp_echo_of_16_mib_with_half_close(start, host):
     assert received[len(payload) :] == hashlib.sha256(payload).digest()
 
     stream = seen[0]
-    client_ip = "10.0.0.1" if "." in host else "fd00::1"
+    client_ip = "10.0.0.2" if "." in host else "fd00::2"
     assert stream.get_extra_info("peername")[0] == client_ip
     assert stream.get_extra_info("sockname") == (host, 1234)
     assert stream.get_extra_info("original_dst") == (host, 1234)
@@ -97,7 +97,7 @@ async def test_udp_echo(start, host):
             assert reply == message
         client_port = sock.getsockname()[1]
     data, src, dst = setup.datagrams[0]
-    assert src == ("10.0.0.1" if family == socket.AF_INET else "fd00::1", client_port)
+    assert src == ("10.0.0.2" if family == socket.AF_INET else "fd00::2", client_port)
     assert dst == (host, 5353)
 
 

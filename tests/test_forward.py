@@ -1,6 +1,7 @@
-"""`forward` as a user runs it: the proxy in this namespace, a test host in a namespace of its own (an HTTP server
-and a UDP echo on a documentation address), and a real WireGuard client in a third, set up from the configuration
-that the command printed. Everything the client sends goes through the tunnel and on through the proxy."""
+"""`forward` as a user runs it: the proxy in this namespace, a test host in a namespace of its own (an HTTP server,
+a TCP and UDP echo and a DNS server that never answers, on a documentation address), and real WireGuard clients in
+namespaces of their own, set up from the configurations that the command printed. Everything a client sends goes
+through the tunnel and on through the proxy."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import hashlib
 import os
 import shlex
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.rdatatype
@@ -27,10 +31,31 @@ pytestmark = [needs_client, pytest.mark.timeout(120)]
 
 TEST_HOST = "192.0.2.80"
 TEST_NAME = "testhost.example"
+# An address routed to the test host, which drops what is sent to it: a destination that never answers.
+SILENT_HOST = "203.0.113.9"
 LISTENING = r"listening on [^ ]+:(\d+)\."
 
-UDP_ECHO = """
-import socket
+ECHO = """
+import socket, threading
+
+def silent_dns():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(({host!r}, 53))
+    while True:
+        s.recv(65535)
+
+def tcp_echo(conn):
+    with conn:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+def tcp_server():
+    server = socket.create_server(({host!r}, 7))
+    while True:
+        threading.Thread(target=tcp_echo, args=(server.accept()[0],), daemon=True).start()
+
+threading.Thread(target=silent_dns, daemon=True).start()
+threading.Thread(target=tcp_server, daemon=True).start()
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(({host!r}, 7))
 while True:
@@ -53,11 +78,13 @@ def wait_for_tcp(host: str, port: int, timeout: float = 10) -> None:
 
 @pytest.fixture
 def test_host(namespaces, tmp_path: Path):
-    """A namespace with an HTTP server (a 4 MiB file) and a UDP echo on TEST_HOST, routed from here."""
+    """A namespace with an HTTP server (a 4 MiB file), a TCP and UDP echo (port 7) and a DNS server that never
+    answers on TEST_HOST, routed from here; SILENT_HOST is routed there too."""
     host: Namespace = namespaces()
     host.ip("address", "add", f"{TEST_HOST}/32", "dev", "lo")
     # `replace`: the route of an earlier test may outlive its namespace for a moment.
     run("ip", "route", "replace", f"{TEST_HOST}/32", "via", host.there)
+    run("ip", "route", "replace", f"{SILENT_HOST}/32", "via", host.there)
     site = tmp_path / "site"
     site.mkdir()
     (site / "blob").write_bytes(os.urandom(4 << 20))
@@ -69,7 +96,7 @@ def test_host(namespaces, tmp_path: Path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ),
-        subprocess.Popen(host.exec(sys.executable, "-c", UDP_ECHO.format(host=TEST_HOST))),
+        subprocess.Popen(host.exec(sys.executable, "-c", ECHO.format(host=TEST_HOST))),
     ]
     try:
         wait_for_tcp(TEST_HOST, 80)
@@ -82,25 +109,37 @@ def test_host(namespaces, tmp_path: Path):
 
 @pytest.fixture
 async def proxy(namespaces, tmp_path: Path):
-    """`forward` with JSON logs, in a mount namespace whose /etc/hosts knows TEST_NAME, and a client namespace
-    whose wireguard-go is set up from the printed configuration."""
+    """`forward` with JSON logs, in a mount namespace whose /etc/hosts knows TEST_NAME and whose resolver asks
+    the test host's DNS server (which never answers) for other names, and a client namespace for each of `peers`
+    clients, whose wireguard-go is set up from the printed configuration. Returns the process and the clients'
+    namespaces."""
     started: list[Cli] = []
     clients = []
 
-    async def start(*extra: str) -> tuple[Cli, Namespace]:
-        hosts = tmp_path / "hosts"
-        hosts.write_text(f"127.0.0.1 localhost\n{TEST_HOST} {TEST_NAME}\n")
-        mount = f'mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec "$@"'
+    async def start(*extra: str, peers: int = 1) -> tuple[Any, ...]:
+        hosts, resolv = tmp_path / "hosts", tmp_path / "resolv.conf"
+        # This host's name too: the endpoint in the printed configurations is its address.
+        hosts.write_text(f"127.0.0.1 localhost {socket.gethostname()}\n{TEST_HOST} {TEST_NAME}\n")
+        resolv.write_text(f"nameserver {TEST_HOST}\n")
+        mount = " && ".join(
+            f"mount --bind {shlex.quote(str(path))} {target}"
+            for path, target in ((hosts, "/etc/hosts"), (resolv, "/etc/resolv.conf"))
+        )
         args = ("forward", "--conf", str(tmp_path / "server.conf"), "--port", "0", "--json-log", *extra)
-        process = Cli(*args, prefix=("unshare", "--mount", "sh", "-c", mount, "sh"))
+        args += ("--peers", str(peers))
+        process = Cli(*args, prefix=("unshare", "--mount", "sh", "-c", mount + ' && exec "$@"', "sh"))
         started.append(process)
         port = int(process.wait_for_stdout(LISTENING).group(1))
-        text = client_configs(process.stdout)[0]
-        assert config_fields(text)["DNS"] and config_fields(text)["MTU"]
-        client_ns: Namespace = namespaces()
-        client = await start_client(Listening(port), **client_settings(text), namespace=client_ns)
-        clients.append(client)
-        return process, client_ns
+        texts = process.wait_for(
+            lambda: len(client_configs(process.stdout)) == peers and client_configs(process.stdout)
+        )
+        client_namespaces = []
+        for text in texts:
+            assert config_fields(text)["DNS"] and config_fields(text)["MTU"]
+            client_ns: Namespace = namespaces()
+            clients.append(await start_client(Listening(port), **client_settings(text), namespace=client_ns))
+            client_namespaces.append(client_ns)
+        return (process, *client_namespaces)
 
     yield start
     for client in clients:
@@ -201,3 +240,209 @@ def test_metadata_services_and_local_destinations_are_refused_unless_allowed(
     assert forward.Policy(cfg).refusal(address) == refusal
     allowed = None if refusal != "an address inside the tunnel" else refusal
     assert forward.Policy(cfg, allow_local=True).refusal(address) == allowed
+
+
+def outbound_connections(host: str, port: int) -> str:
+    """`ss` lines of the proxy's established connections to `host:port`, with their timers."""
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", "dst", f"{host}:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+async def connect(ns: Namespace, address: tuple[str, int]) -> socket.socket:
+    sock = ns.socket()
+    sock.setblocking(False)
+    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), 10)
+    return sock
+
+
+async def test_a_tcp_connection_idle_for_the_timeout_is_reset_on_both_sides(test_host, proxy):
+    process, client_ns = await proxy("--tcp-idle-timeout", "2")
+    loop = asyncio.get_running_loop()
+    with await connect(client_ns, (TEST_HOST, 7)) as sock:
+        # Talking for longer than the timeout keeps the connection.
+        for i in range(8):
+            await loop.sock_sendall(sock, b"ping %d" % i)
+            assert await asyncio.wait_for(loop.sock_recv(sock, 100), 10) == b"ping %d" % i
+            await asyncio.sleep(0.5)
+        silent = time.monotonic()
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(loop.sock_recv(sock, 100), 10)
+        assert 1 <= time.monotonic() - silent <= 5
+    record = process.wait_for(lambda: flow_records(process, "tcp", f"{TEST_HOST}:7"), timeout=10)[0]
+    assert record["outcome"] == "idle for 2 s", record
+    assert record["duration"] >= 5.5 and record["bytes_up"] == record["bytes_down"] > 0
+    assert outbound_connections(TEST_HOST, 7) == ""
+
+
+async def test_connections_to_destinations_have_tcp_keepalive(test_host, proxy):
+    """A destination that vanishes without a word is noticed by keepalive probes, and its flow ends."""
+    _, client_ns = await proxy()
+    loop = asyncio.get_running_loop()
+    with await connect(client_ns, (TEST_HOST, 7)) as sock:
+        await loop.sock_sendall(sock, b"hello")
+        assert await asyncio.wait_for(loop.sock_recv(sock, 100), 10) == b"hello"
+        line = outbound_connections(TEST_HOST, 7)
+        assert "timer:(keepalive," in line, line
+
+
+async def test_an_idle_udp_flow_ends_after_the_timeout(test_host, proxy):
+    process, client_ns = await proxy("--udp-idle-timeout", "1")
+    loop = asyncio.get_running_loop()
+    with client_ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect((TEST_HOST, 7))
+        for expected_flows in (1, 2):
+            await loop.sock_sendall(sock, b"hello")
+            assert await asyncio.wait_for(loop.sock_recv(sock, 100), 10) == b"hello"
+            records = process.wait_for(
+                lambda: len(flow_records(process, "udp", f"{TEST_HOST}:7")) == expected_flows
+                and flow_records(process, "udp", f"{TEST_HOST}:7"),
+                timeout=10,
+            )
+            assert records[-1]["outcome"] == "idle for 1 s", records
+            assert 1 <= records[-1]["duration"] < 5
+
+
+async def test_a_destination_that_never_answers_is_given_up_after_the_connect_timeout(test_host, proxy):
+    process, client_ns = await proxy("--connect-timeout", "1")
+    loop = asyncio.get_running_loop()
+    with client_ns.socket() as sock:
+        sock.setblocking(False)
+        with pytest.raises(ConnectionResetError):
+            # The tunnel's handshake completes first; the reset comes when the proxy gives up.
+            await asyncio.wait_for(loop.sock_connect(sock, (SILENT_HOST, 80)), 10)
+            await asyncio.wait_for(loop.sock_recv(sock, 100), 10)
+    record = process.wait_for(lambda: flow_records(process, "tcp", f"{SILENT_HOST}:80"), timeout=10)[0]
+    assert record["outcome"] == "unreachable: timed out", record
+    assert 1 <= record["duration"] < 4
+
+
+async def udp_echoes(ns: Namespace, count: int, timeout: float) -> int:
+    """How many of `count` datagrams to the test host's UDP echo came back, from a new socket (a new flow)."""
+    loop = asyncio.get_running_loop()
+    answered = 0
+    with ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect((TEST_HOST, 7))
+        for i in range(count):
+            await loop.sock_sendall(sock, b"echo %d" % i)
+            try:
+                answered += await asyncio.wait_for(loop.sock_recv(sock, 100), timeout) == b"echo %d" % i
+            except asyncio.TimeoutError:
+                pass
+    return answered
+
+
+async def test_one_peer_opening_udp_flows_without_end_leaves_the_other_peers_theirs(test_host, proxy):
+    """The flooding peer gets its share of flows (and no more); the other peer's new flows work meanwhile. More
+    flows than all peers together may open (4096) are sent, so that a global limit alone would let the flood
+    take all of them."""
+    process, flooder, other = await proxy(peers=2)
+    loop = asyncio.get_running_loop()
+    with flooder.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for port in range(10000, 15000):
+            await loop.sock_sendto(sock, b"flood", (TEST_HOST, port))
+            if port % 100 == 0:
+                await asyncio.sleep(0.01)
+    await asyncio.sleep(1)
+    assert await udp_echoes(other, 5, timeout=5) == 5
+    assert await udp_echoes(flooder, 1, timeout=1) == 0
+    record = process.wait_for_log(lambda r: "UDP flows" in r["message"], timeout=10)
+    assert record["level"] == "warning" and "its share of 256 UDP flows" in record["message"], record
+
+
+def dns_query(name: str, number: int = 0) -> bytes:
+    query = dns.message.make_query(name, dns.rdatatype.A)
+    query.id = number
+    return query.to_wire()
+
+
+async def resolves(ns: Namespace, transport: str, timeout: float) -> list[str]:
+    """TEST_NAME's addresses, asked of the tunnel's DNS address over `transport` from `ns`."""
+    loop = asyncio.get_running_loop()
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    with ns.socket(socket.AF_INET, kind) as sock:
+        sock.setblocking(False)
+        await asyncio.wait_for(loop.sock_connect(sock, ("10.0.0.53", 53)), 10)
+        query = dns_query(TEST_NAME)
+        if transport == "udp":
+            await loop.sock_sendall(sock, query)
+            wire = await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout)
+        else:
+            await loop.sock_sendall(sock, struct.pack("!H", len(query)) + query)
+            wire = (await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout))[2:]
+    return [rr.address for rrset in dns.message.from_wire(wire).answer for rr in rrset]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_one_peer_flooding_dns_queries_leaves_the_other_peers_theirs(test_host, proxy, transport):
+    """The flooding peer asks for names that only the test host's DNS server could answer, and it never does:
+    each lookup holds a resolver thread for seconds. The other peer's queries (a name in /etc/hosts) are answered
+    at once, over UDP and TCP, whichever way the flood came."""
+    process, flooder, other = await proxy(peers=2)
+    loop = asyncio.get_running_loop()
+    held = []
+    if transport == "udp":
+        with flooder.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect(("10.0.0.53", 53))
+            for i in range(200):
+                await loop.sock_sendall(sock, dns_query(f"n{i}.flood.test", i))
+    else:
+        for i in range(40):
+            held.append(await connect(flooder, ("10.0.0.53", 53)))
+            query = dns_query(f"n{i}.flood.test", i)
+            await loop.sock_sendall(held[-1], struct.pack("!H", len(query)) + query)
+    try:
+        await asyncio.sleep(1)
+        for way in ("udp", "tcp"):
+            assert await resolves(other, way, timeout=3) == [TEST_HOST]
+        record = process.wait_for_log(lambda r: "DNS lookups" in r["message"], timeout=10)
+        assert record["level"] == "warning" and "its share of 16 DNS lookups" in record["message"], record
+    finally:
+        for sock in held:
+            sock.close()
+
+
+async def test_the_resolvers_threads_are_shared_fairly_and_a_given_up_lookup_frees_its_place(monkeypatch):
+    """Without the network: lookups that block until released. One peer keeps at most its threads busy, the
+    other's lookup runs meanwhile; a waiting lookup given up leaves at once, a running one holds its share until
+    its thread returns; beyond its share a peer's lookup is refused."""
+    release = threading.Event()
+    started: list[str] = []
+
+    def getaddrinfo(host: str, *args: Any) -> list[tuple[Any, ...]]:
+        started.append(host)
+        if host.startswith("slow"):
+            release.wait(10)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    pool = forward.LookupPool(
+        forward.Limits(resolver_threads=4, resolver_threads_per_peer=2, dns_lookups_per_peer=4)
+    )
+    slow = [pool.lookup("a", f"slow{i}", socket.AF_INET) for i in range(4)]
+    with pytest.raises(forward.lookups.Busy):
+        pool.lookup("a", "slow4", socket.AF_INET)
+    assert (await asyncio.wait_for(pool.lookup("b", "fast", socket.AF_INET), 5))[0][4][0] == "192.0.2.1"
+    assert sorted(started) == ["fast", "slow0", "slow1"]
+    slow[3].cancel()  # waiting: gone at once
+    await asyncio.sleep(0)
+    assert pool.shares.held("a") == 3
+    slow[0].cancel()  # running: holds its place until the thread returns
+    await asyncio.sleep(0)
+    assert pool.shares.held("a") == 3
+    release.set()
+    await asyncio.wait_for(asyncio.gather(slow[1], slow[2]), 5)
+    for _ in range(100):
+        if pool.shares.held("a") == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert pool.shares.held("a") == 0 and "slow3" not in started

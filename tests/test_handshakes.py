@@ -66,7 +66,7 @@ async def test_a_handshake_flood_gets_cookies_and_peers_keep_their_pace(start):
                 setup.server,
                 setup.cfg.server_public_key,
                 setup.cfg.client_private_keys[1],
-                addresses=("10.0.1.1/32",),
+                addresses=tuple(setup.cfg.peers[1]["allowed_ips"]),
                 routes=("10.0.1.0/24",),
             )
             try:
@@ -112,7 +112,7 @@ async def test_data_for_a_peer_whose_session_expired_starts_a_handshake_and_arri
             stream.write(line)
         stream.close()
 
-    setup = await start(handle, addresses=("10.0.0.1/32",), routes=("10.0.0.0/24",))
+    setup = await start(handle, addresses=("10.0.0.2/32",), routes=("10.0.0.0/24",))
     # Silence means silence: no IPv6 router or multicast messages from the client's kernel either.
     with open(f"/proc/sys/net/ipv6/conf/{setup.client.interface}/disable_ipv6", "w") as f:
         f.write("1")

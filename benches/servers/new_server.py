@@ -34,7 +34,9 @@ async def main() -> None:
     def echo_datagram(data: bytes, src_addr: tuple[str, int], dst_addr: tuple[str, int]) -> None:
         server.send_datagram(data, dst_addr, src_addr)
 
-    conf = wg.Configuration.custom(cfg["wg_port"], cfg["server_key"], [cfg["client_key"]])
+    # The client's tunnel address is its AllowedIPs: the server drops packets from any other source.
+    conf = wg.Configuration.custom(cfg["wg_port"], cfg["server_key"], [])
+    conf.add_peer(private_key=cfg["client_key"], address=cfg["client_address"])
     server = await wg.start_server(cfg["host"], conf, echo, echo_datagram)
     ready(sockname=list(server.getsockname()), version=importlib.metadata.version("mitmproxy_wireguard"))
     await wait_for_stop()

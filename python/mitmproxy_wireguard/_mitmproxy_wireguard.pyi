@@ -31,6 +31,8 @@ class Configuration:
     the tunnel's networks. A peer added without an address gets host number n of each network, 10.0.0.n/32 and
     fd00::n/128 (n in hex there), for the lowest n whose addresses are free: not the server's, not a DNS
     address, not another peer's. So the first peers get 10.0.0.2 and fd00::2, 10.0.0.3 and fd00::3, ...
+    A peer's addresses are its AllowedIPs: the server drops its packets from any other source address, as
+    WireGuard does. A peer without addresses (as in JSON of earlier versions) may use any.
 
     ```python
     cfg = Configuration.generate(listen_port=51820, peers=2)
@@ -53,6 +55,8 @@ class Configuration:
     ) -> Configuration:
         """A configuration from existing keys, with the default tunnel settings."""
 
+    @staticmethod
+    def _from_keys(listen_port: int, private_key: str, peer_public_keys: list[str]) -> Configuration: ...
     def to_json(self) -> str:
         """The configuration as JSON, private keys included."""
 
@@ -106,10 +110,11 @@ class Configuration:
     ) -> list[str]:
         """One WireGuard client configuration text per peer, ready to import into a WireGuard client.
 
-        `address` is the client's tunnel address (default: each peer's own), `allowed_ips` what it routes into
-        the tunnel, `endpoint` the server's address as the client reaches it (default:
-        `127.0.0.1:<listen_port>`), `dns` its resolvers, comma-separated ("" for none; default: the
-        configuration's DNS) and `mtu` its MTU (0 for none; default: the configuration's MTU, else 1420).
+        `address` is the client's tunnel address (default: each peer's own; the server drops packets from
+        addresses that are not the peer's), `allowed_ips` what it routes into the tunnel, `endpoint` the
+        server's address as the client reaches it (default: `127.0.0.1:<listen_port>`), `dns` its resolvers,
+        comma-separated ("" for none; default: the configuration's DNS) and `mtu` its MTU (0 for none;
+        default: the configuration's MTU, else 1420).
         """
 
     @property

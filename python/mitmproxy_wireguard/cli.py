@@ -39,6 +39,16 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (more than 0)")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -110,6 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow destinations on this machine itself (its loopback, link-local and own addresses) and "
         "cloud metadata services",
+    )
+    limits = forward.Limits()
+    fwd.add_argument(
+        "--tcp-idle-timeout",
+        type=_seconds,
+        default=limits.tcp_idle_timeout,
+        metavar="SECONDS",
+        help="reset a TCP connection with no data either way for this long (default: %(default)g)",
+    )
+    fwd.add_argument(
+        "--udp-idle-timeout",
+        type=_seconds,
+        default=limits.udp_idle_timeout,
+        metavar="SECONDS",
+        help="end a UDP flow with no datagram either way for this long (default: %(default)g)",
+    )
+    fwd.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=limits.connect_timeout,
+        metavar="SECONDS",
+        help="reset a TCP connection whose destination does not answer within this time (default: %(default)g)",
     )
     return parser
 
@@ -243,7 +275,12 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
         dns = ", ".join(cfg.dns)
         hint = [f"DNS queries to {dns} are answered with this machine's resolver."] if dns else []
         announce = announcer(args, cfg, "0.0.0.0/0, ::/0", None, hint)
-        await forward.serve(args.host, cfg, allow_local=args.allow_local, announce=announce)
+        limits = forward.Limits(
+            tcp_idle_timeout=args.tcp_idle_timeout,
+            udp_idle_timeout=args.udp_idle_timeout,
+            connect_timeout=args.connect_timeout,
+        )
+        await forward.serve(args.host, cfg, allow_local=args.allow_local, limits=limits, announce=announce)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, overload
 
 from . import _mitmproxy_wireguard as _native
 from ._mitmproxy_wireguard import Configuration
@@ -202,17 +202,41 @@ class Server:
             self._closed.set_result(None)
 
 
+@overload
 async def start_server(
     host: str,
     cfg: Configuration,
     handle_connection: ConnectionHandler,
     receive_datagram: DatagramHandler,
-) -> Server:
-    """Starts a WireGuard server on `host` and the configuration's listen port.
+) -> Server: ...
+
+
+@overload
+async def start_server(
+    host: str,
+    port: int,
+    private_key: str,
+    peer_public_keys: list[str],
+    handle_connection: ConnectionHandler,
+    receive_datagram: DatagramHandler,
+) -> Server: ...
+
+
+async def start_server(host: str, *args: Any, **kwargs: Any) -> Server:
+    """Starts a WireGuard server on `host` and returns it, in either of two forms:
+
+    - `start_server(host, cfg, handle_connection, receive_datagram)`: the key, listen port and peers of a
+      `Configuration`.
+    - `start_server(host, port, private_key, peer_public_keys, handle_connection, receive_datagram)`: the call
+      of mitmproxy_wireguard 0.1.x, by position or by these names, with the server's private key and each
+      peer's public key as base64 text. Peers given this way may use any tunnel address, and two of them the
+      same one (replies reach the peer a connection or datagram came from); the server claims no tunnel
+      address of its own. So mitmproxy 9's WireGuard mode, whose clients all use 10.0.0.1, runs unchanged.
 
     `handle_connection(stream)` runs as a task for every TCP connection a peer opens, to any address;
     `receive_datagram(data, src_addr, dst_addr)` is called for every UDP datagram a peer sends. `host` may be
     IPv4 or IPv6, or "" for every address of both; a listen port of 0 picks a free one (see `getsockname`).
+    Bad keys or ports are a `ValueError` naming the argument.
 
     ```python
     async def main() -> None:
@@ -231,4 +255,40 @@ async def start_server(
             await asyncio.Event().wait()
     ```
     """
+    if _is_0_1_call(args, kwargs):
+        return _start_with_keys(host, *args, **kwargs)
+    cfg = args[0] if args else kwargs.get("cfg")
+    if cfg is not None and not isinstance(cfg, Configuration):
+        raise TypeError(
+            f"start_server() takes a Configuration or a port after host, not {type(cfg).__name__}"
+        )
+    return _start(host, *args, **kwargs)
+
+
+def _is_0_1_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether `start_server`'s arguments after `host` are those of the 0.1.x form: `port` by name, or a port
+    number where the configuration would be (a bool is no port)."""
+    if args:
+        return isinstance(args[0], int) and not isinstance(args[0], bool)
+    return "port" in kwargs
+
+
+def _start(
+    host: str,
+    cfg: Configuration,
+    handle_connection: ConnectionHandler,
+    receive_datagram: DatagramHandler,
+) -> Server:
     return Server(_native.start_engine(host, cfg), handle_connection, receive_datagram)
+
+
+def _start_with_keys(
+    host: str,
+    port: int,
+    private_key: str,
+    peer_public_keys: list[str],
+    handle_connection: ConnectionHandler,
+    receive_datagram: DatagramHandler,
+) -> Server:
+    cfg = Configuration._from_keys(port, private_key, peer_public_keys)
+    return _start(host, cfg, handle_connection, receive_datagram)

@@ -139,3 +139,36 @@ fn client_configs_name_server_key_address_dns_and_endpoint() {
     assert!(texts[0].contains("Address = 10.9.9.9/32\n"));
     assert!(!texts[0].contains("DNS") && !texts[0].contains("MTU"));
 }
+
+#[test]
+fn peers_given_by_key_alone_may_use_any_address() {
+    let keys_of_peers: Vec<String> = (0..2)
+        .map(|_| keys::public_of("", &keys::generate()).unwrap())
+        .collect();
+    let config = Configuration::from_keys(51820, &keys::generate(), &keys_of_peers).unwrap();
+    assert_eq!(config.listen_port, 51820);
+    assert!(config.address.is_empty(), "no tunnel address is the server's");
+    assert!(config.peers.iter().all(|p| p.allowed_ips.is_empty()));
+    let listed: Vec<&String> = config.peers.iter().map(|p| &p.public_key).collect();
+    assert_eq!(listed, keys_of_peers.iter().collect::<Vec<_>>());
+    assert_eq!(Configuration::from_json(&config.to_json()).unwrap(), config);
+}
+
+#[test]
+fn keys_of_the_old_call_form_are_named_by_its_arguments() {
+    let peer = keys::public_of("", &keys::generate()).unwrap();
+    let err = Configuration::from_keys(1, "nope", std::slice::from_ref(&peer)).unwrap_err();
+    assert!(err.to_string().starts_with("invalid private_key: "), "{err}");
+    let peers = [peer.clone(), "x".into()];
+    let err = Configuration::from_keys(1, &keys::generate(), &peers).unwrap_err();
+    assert!(
+        err.to_string().starts_with("invalid peer_public_keys[1]: "),
+        "{err}"
+    );
+    let peers = [peer.clone(), format!(" {peer}\n")];
+    let err = Configuration::from_keys(1, &keys::generate(), &peers).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid peer_public_keys[1]: the same peer is listed twice"
+    );
+}

@@ -2,10 +2,19 @@
 //! Python whole.
 //!
 //! Fragments are keyed by peer as well as by addresses and identification: two peers that use the same tunnel
-//! address never mix their fragments. Memory is bounded by a total byte budget and a timeout; a datagram whose
-//! fragments overlap is dropped whole (as RFC 5722 asks for IPv6).
+//! address never mix their fragments. A datagram whose fragments overlap is dropped whole (as RFC 5722 asks for
+//! IPv6).
+//!
+//! A peer must not be able to make reassembly costly, nor to take reassembly away from others:
+//! - Each peer has a share of its own (`PEER_BUDGET` bytes, `PEER_PARTIALS` datagrams); a peer over its share
+//!   loses its own oldest partial datagrams. The total budget is a backstop for many peers over their share at
+//!   once: it evicts from the peer holding the most, so a flood costs the flooding peers, not the others.
+//! - Fragments other than the last must be large (`MIN_FRAGMENT_V4`, `MIN_FRAGMENT_V6`), so a datagram has few
+//!   fragments; received ranges are kept sorted and merged, so each fragment costs a binary search.
+//! - The bookkeeping holds exactly the datagrams under reassembly: a datagram that completes, overlaps, expires
+//!   or is evicted leaves no entry behind.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -15,14 +24,26 @@ use crate::messages::PeerId;
 
 /// How long the fragments of one datagram may take to arrive (Linux waits 30 s).
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// The bytes held for datagrams under reassembly, over all peers.
+/// The bytes held for datagrams under reassembly, over all peers (Linux's `ipfrag_high_thresh` is 4 MiB too).
 const BUDGET: usize = 4 << 20;
+/// The bytes held for one peer's datagrams: sixteen of the largest at once.
+const PEER_BUDGET: usize = 1 << 20;
+/// The datagrams under reassembly for one peer.
+const PEER_PARTIALS: usize = 64;
+/// The least data a fragment other than the last carries over IPv4. IPv4 allows fragments of 8 bytes (links of
+/// 68 bytes, RFC 791), but no peer's tunnel has an MTU near that: a client fragments its own datagrams to its
+/// tunnel MTU (1420 by default, rarely under 1280). 512 bytes keep a datagram to at most 129 fragments.
+const MIN_FRAGMENT_V4: usize = 512;
+/// The least data a fragment other than the last carries over IPv6: every IPv6 link carries 1280-byte packets
+/// (RFC 8200), so Linux drops a non-final fragment in a packet under 1280 bytes, and so does this (1280 less the
+/// IPv6 header and the fragment header). A datagram has at most 54 fragments.
+const MIN_FRAGMENT_V6: usize = 1280 - 40 - 8;
 /// The largest datagram: an IP total length field holds no more.
 const MAX_DATAGRAM: usize = 65535;
 /// IPv6 next header value of a fragment header.
 pub const IPV6_FRAGMENT: u8 = 44;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Key {
     peer: PeerId,
     src: IpAddr,
@@ -35,7 +56,7 @@ struct Partial {
     /// The IP header of the reassembled packet (from the fragment at offset 0), without the fragment header.
     header: Vec<u8>,
     payload: Vec<u8>,
-    /// Byte ranges received so far, unordered; few, as fragments come from one MTU.
+    /// Byte ranges received so far: sorted, disjoint, and adjacent ones merged (in-order arrival keeps one).
     ranges: Vec<(usize, usize)>,
     /// Known once the last fragment (no "more fragments" flag) arrived.
     total: Option<usize>,
@@ -43,9 +64,59 @@ struct Partial {
 }
 
 impl Partial {
+    fn new(created: Instant) -> Self {
+        Partial {
+            header: Vec::new(),
+            payload: Vec::new(),
+            ranges: Vec::new(),
+            total: None,
+            created,
+        }
+    }
+
     fn complete(&self) -> bool {
-        let Some(total) = self.total else { return false };
-        !self.header.is_empty() && self.ranges.iter().map(|(s, e)| e - s).sum::<usize>() == total
+        self.total.is_some_and(|total| self.ranges == [(0, total)])
+    }
+
+    /// The memory it holds.
+    fn held(&self) -> usize {
+        self.header.capacity()
+            + self.payload.capacity()
+            + self.ranges.capacity() * std::mem::size_of::<(usize, usize)>()
+    }
+
+    /// Records `start..end` as received; false if it overlaps anything received before.
+    fn add_range(&mut self, start: usize, end: usize) -> bool {
+        // The first range that ends after `start`: the only one that can overlap.
+        let i = self.ranges.partition_point(|&(_, e)| e <= start);
+        if self.ranges.get(i).is_some_and(|&(s, _)| s < end) {
+            return false;
+        }
+        let joins_previous = i > 0 && self.ranges[i - 1].1 == start;
+        let joins_next = self.ranges.get(i).is_some_and(|&(s, _)| s == end);
+        match (joins_previous, joins_next) {
+            (true, true) => {
+                self.ranges[i - 1].1 = self.ranges[i].1;
+                self.ranges.remove(i);
+            }
+            (true, false) => self.ranges[i - 1].1 = end,
+            (false, true) => self.ranges[i].0 = start,
+            (false, false) => self.ranges.insert(i, (start, end)),
+        }
+        true
+    }
+
+    /// Copies a fragment's data in; the payload grows by doubling, up to the largest datagram.
+    fn write(&mut self, start: usize, data: &[u8]) {
+        let end = start + data.len();
+        if self.payload.capacity() < end {
+            let capacity = end.max(2 * self.payload.capacity()).min(MAX_DATAGRAM);
+            self.payload.reserve_exact(capacity - self.payload.len());
+        }
+        if self.payload.len() < end {
+            self.payload.resize(end, 0);
+        }
+        self.payload[start..end].copy_from_slice(data);
     }
 }
 
@@ -63,11 +134,41 @@ struct Fragment<'a> {
     v6: bool,
 }
 
+impl Fragment<'_> {
+    /// Why the fragment cannot be part of a valid datagram, if it cannot.
+    fn invalid(&self) -> Option<&'static str> {
+        let min = if self.v6 { MIN_FRAGMENT_V6 } else { MIN_FRAGMENT_V4 };
+        if self.data.is_empty() {
+            Some("empty fragment")
+        } else if self.offset + self.data.len() > MAX_DATAGRAM {
+            Some("fragment beyond the largest datagram")
+        } else if self.more && !self.data.len().is_multiple_of(8) {
+            // Every fragment but the last carries a multiple of 8 bytes.
+            Some("fragment length not a multiple of 8")
+        } else if self.more && self.data.len() < min {
+            Some("fragment too small")
+        } else {
+            None
+        }
+    }
+}
+
+/// What one peer holds.
+#[derive(Default)]
+struct PeerShare {
+    held: usize,
+    /// The peer's partial datagrams, oldest first: the oldest goes when the peer is over its share.
+    partials: BTreeSet<(Instant, Key)>,
+}
+
 #[derive(Default)]
 pub struct Reassembler {
     partials: HashMap<Key, Partial>,
-    /// Keys in order of arrival, for expiry and for evicting the oldest when over budget.
-    order: VecDeque<(Instant, Key)>,
+    /// Every partial datagram, oldest first, for expiry.
+    order: BTreeSet<(Instant, Key)>,
+    shares: HashMap<PeerId, PeerShare>,
+    /// Peers by bytes held, to find the one holding the most.
+    by_held: BTreeSet<(usize, PeerId)>,
     held: usize,
 }
 
@@ -129,12 +230,11 @@ impl Reassembler {
             log::debug!("dropped a malformed fragment from peer {peer}");
             return None;
         };
-        let (start, end) = (f.offset, f.offset + f.data.len());
-        // Every fragment but the last carries a multiple of 8 bytes.
-        if end > MAX_DATAGRAM || (f.more && f.data.len() % 8 != 0) || f.data.is_empty() {
-            log::debug!("dropped an invalid fragment from peer {peer}");
+        if let Some(why) = f.invalid() {
+            log::debug!("dropped a fragment from peer {peer}: {why}");
             return None;
         }
+        let (start, end) = (f.offset, f.offset + f.data.len());
         let key = Key {
             peer,
             src: f.key_src,
@@ -143,79 +243,105 @@ impl Reassembler {
             protocol: f.protocol,
         };
         if !self.partials.contains_key(&key) {
-            self.order.push_back((now, key));
+            self.start(key, now);
         }
-        let partial = self.partials.entry(key).or_insert_with(|| Partial {
-            header: Vec::new(),
-            payload: Vec::new(),
-            ranges: Vec::new(),
-            total: None,
-            created: now,
-        });
-        if partial.ranges.iter().any(|&(s, e)| start < e && s < end)
-            || (!f.more && partial.total.is_some())
-            || partial.total.is_some_and(|t| end > t)
-        {
-            log::debug!("dropped a datagram from peer {peer}: overlapping fragments");
+        let partial = self.partials.get_mut(&key)?;
+        let before = partial.held();
+        let inconsistent = match partial.total {
+            Some(total) => !f.more || end > total,
+            None => !f.more && partial.payload.len() > end,
+        };
+        if inconsistent || !partial.add_range(start, end) {
+            log::debug!("dropped a datagram from peer {peer}: overlapping or inconsistent fragments");
             self.remove(&key);
             return None;
         }
-        if partial.payload.len() < end {
-            self.held += end - partial.payload.len();
-            partial.payload.resize(end, 0);
-        }
-        partial.payload[start..end].copy_from_slice(f.data);
-        partial.ranges.push((start, end));
+        partial.write(start, f.data);
         if !f.more {
             partial.total = Some(end);
         }
         if start == 0 {
             partial.header = f.header.to_vec();
         }
-        if !partial.complete() {
-            self.evict_over_budget();
-            return None;
+        let (after, complete) = (partial.held(), partial.complete());
+        self.account(peer, before, after);
+        if complete {
+            let partial = self.remove(&key)?;
+            return rebuild(partial, f.protocol, f.v6).or_else(|| {
+                log::debug!("dropped a datagram from peer {peer}: larger than an IP packet can be");
+                None
+            });
         }
-        let partial = self.remove(&key)?;
-        Some(rebuild(partial, f.protocol, f.v6))
+        self.evict_over_budget(peer);
+        None
+    }
+
+    /// Begins a datagram, making room among the peer's own partial datagrams if needed.
+    fn start(&mut self, key: Key, now: Instant) {
+        let share = self.shares.entry(key.peer).or_default();
+        if share.partials.len() >= PEER_PARTIALS {
+            self.evict_oldest(key.peer, "too many incomplete datagrams");
+        }
+        self.partials.insert(key, Partial::new(now));
+        self.order.insert((now, key));
+        let share = self.shares.entry(key.peer).or_default();
+        share.partials.insert((now, key));
+        // A new share holds nothing yet; it is ranked once it does.
+    }
+
+    /// Updates the bytes held by a peer whose datagram went from holding `before` to `after`.
+    fn account(&mut self, peer: PeerId, before: usize, after: usize) {
+        let Some(share) = self.shares.get_mut(&peer) else {
+            return;
+        };
+        self.by_held.remove(&(share.held, peer));
+        share.held = share.held + after - before;
+        self.held = self.held + after - before;
+        if share.partials.is_empty() {
+            self.shares.remove(&peer);
+        } else {
+            self.by_held.insert((share.held, peer));
+        }
     }
 
     fn remove(&mut self, key: &Key) -> Option<Partial> {
         let partial = self.partials.remove(key)?;
-        self.held -= partial.payload.len();
-        // Its entry in `order` goes when it reaches the front.
+        self.order.remove(&(partial.created, *key));
+        if let Some(share) = self.shares.get_mut(&key.peer) {
+            share.partials.remove(&(partial.created, *key));
+        }
+        self.account(key.peer, partial.held(), 0);
         Some(partial)
     }
 
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(at, key)) = self.order.front() {
-            let stale = match self.partials.get(&key) {
-                None => true,
-                Some(p) => p.created != at || now.duration_since(at) >= TIMEOUT,
-            };
-            if !stale {
-                break;
-            }
-            self.order.pop_front();
-            if self.partials.get(&key).is_some_and(|p| p.created == at) {
-                log::debug!("dropped an incomplete datagram from peer {}: timed out", key.peer);
-                self.remove(&key);
-            }
+    fn evict_oldest(&mut self, peer: PeerId, why: &str) {
+        let oldest = self.shares.get(&peer).and_then(|s| s.partials.first().copied());
+        if let Some((_, key)) = oldest {
+            log::debug!("dropped an incomplete datagram from peer {peer}: {why}");
+            self.remove(&key);
         }
     }
 
-    fn evict_over_budget(&mut self) {
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.order.first() {
+            if now.saturating_duration_since(at) < TIMEOUT {
+                break;
+            }
+            log::debug!("dropped an incomplete datagram from peer {}: timed out", key.peer);
+            self.remove(&key);
+        }
+    }
+
+    /// Brings `peer` within its share, then everyone within the total, at the expense of whoever holds most.
+    fn evict_over_budget(&mut self, peer: PeerId) {
+        while self.shares.get(&peer).is_some_and(|s| s.held > PEER_BUDGET) {
+            self.evict_oldest(peer, "its reassembly memory is full");
+        }
         while self.held > BUDGET {
-            let Some((at, key)) = self.order.pop_front() else {
+            let Some(&(_, largest)) = self.by_held.last() else {
                 break;
             };
-            if self.partials.get(&key).is_some_and(|p| p.created == at) {
-                log::debug!(
-                    "dropped an incomplete datagram from peer {}: reassembly memory full",
-                    key.peer
-                );
-                self.remove(&key);
-            }
+            self.evict_oldest(largest, "reassembly memory is full");
         }
     }
 
@@ -225,120 +351,26 @@ impl Reassembler {
     }
 }
 
-/// The whole packet: the first fragment's header, fixed up for the full length, and the payload.
-fn rebuild(partial: Partial, protocol: u8, v6: bool) -> Vec<u8> {
+/// The whole packet: the first fragment's header, fixed up for the full length, and the payload. `None` if the
+/// header and payload together exceed an IP packet's length field.
+fn rebuild(partial: Partial, protocol: u8, v6: bool) -> Option<Vec<u8>> {
     let mut packet = partial.header;
-    packet.extend_from_slice(&partial.payload);
     if v6 {
-        let payload_len = partial.payload.len() as u16;
+        let payload_len = u16::try_from(partial.payload.len()).ok()?;
         packet[4..6].copy_from_slice(&payload_len.to_be_bytes());
         packet[6] = protocol;
+        packet.extend_from_slice(&partial.payload);
     } else {
-        let total = packet.len() as u16;
+        let total = u16::try_from(packet.len() + partial.payload.len()).ok()?;
+        packet.extend_from_slice(&partial.payload);
         let mut ip = Ipv4Packet::new_unchecked(&mut packet);
         ip.set_total_len(total);
         ip.set_more_frags(false);
         ip.set_frag_offset(0);
         ip.fill_checksum();
     }
-    packet
+    Some(packet)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::network::packet::{self, Inbound};
-    use std::net::SocketAddr;
-
-    fn datagram(src: &str, dst: &str, size: usize) -> (SocketAddr, SocketAddr, Vec<u8>) {
-        let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        (src.parse().unwrap(), dst.parse().unwrap(), payload)
-    }
-
-    fn reassemble(r: &mut Reassembler, peer: PeerId, fragments: &[Vec<u8>]) -> Option<Vec<u8>> {
-        let now = Instant::now();
-        let mut result = None;
-        for f in fragments {
-            assert!(is_fragment(f));
-            assert!(result.is_none(), "complete before the last fragment");
-            result = r.insert(peer, f, now);
-        }
-        result
-    }
-
-    #[test]
-    fn fragmented_udp_reassembles_in_both_families_and_any_order() {
-        for (src, dst) in [
-            ("10.0.0.1:5000", "10.0.0.42:53"),
-            ("[fd00::1]:5000", "[fd00::42]:53"),
-        ] {
-            let (src, dst, payload) = datagram(src, dst, 16_000);
-            let mut fragments = packet::udp_packets(src, dst, &payload, 1420, 99).unwrap();
-            assert!(fragments.len() >= 12);
-            assert!(fragments.iter().all(|f| f.len() <= 1420));
-            fragments.reverse();
-            let mut r = Reassembler::default();
-            let whole = reassemble(&mut r, 0, &fragments).expect("reassembled");
-            assert_eq!(
-                packet::parse(&whole),
-                Ok(Inbound::Udp {
-                    src,
-                    dst,
-                    payload: &payload
-                })
-            );
-            assert_eq!(r.held_bytes(), 0);
-        }
-    }
-
-    #[test]
-    fn peers_do_not_mix_fragments() {
-        let (src, dst, payload) = datagram("10.0.0.1:5000", "10.0.0.42:53", 3000);
-        let fragments = packet::udp_packets(src, dst, &payload, 1420, 7).unwrap();
-        let mut r = Reassembler::default();
-        let now = Instant::now();
-        // Peer 1 sends the first fragment, peer 2 the rest: neither completes.
-        assert!(r.insert(1, &fragments[0], now).is_none());
-        for f in &fragments[1..] {
-            assert!(r.insert(2, f, now).is_none());
-        }
-        assert!(r.held_bytes() > 0);
-        // Peer 1 completes its own.
-        let mut last = None;
-        for f in &fragments[1..] {
-            last = r.insert(1, f, now);
-        }
-        assert!(last.is_some());
-    }
-
-    #[test]
-    fn overlaps_drop_the_datagram_and_timeouts_free_memory() {
-        let (src, dst, payload) = datagram("10.0.0.1:5000", "10.0.0.42:53", 3000);
-        let fragments = packet::udp_packets(src, dst, &payload, 1420, 7).unwrap();
-        let mut r = Reassembler::default();
-        let now = Instant::now();
-        assert!(r.insert(0, &fragments[0], now).is_none());
-        assert!(r.insert(0, &fragments[0], now).is_none()); // a duplicate overlaps: all dropped
-        assert_eq!(r.held_bytes(), 0);
-        assert!(r.insert(0, &fragments[1], now).is_none());
-        assert!(r.held_bytes() > 0);
-        // Much later, anything else arriving expires it.
-        assert!(r
-            .insert(0, &fragments[0], now + TIMEOUT + Duration::from_secs(1))
-            .is_none());
-        assert_eq!(r.held_bytes(), fragments[0].len() - 20);
-    }
-
-    #[test]
-    fn memory_stays_within_budget() {
-        let mut r = Reassembler::default();
-        let now = Instant::now();
-        for i in 0..200u32 {
-            let (src, dst, payload) = datagram("10.0.0.1:5000", "10.0.0.42:53", 60_000);
-            let fragments = packet::udp_packets(src, dst, &payload, 1420, i).unwrap();
-            // Only the last fragment: the datagram's full length is held at once.
-            r.insert(0, fragments.last().unwrap(), now);
-            assert!(r.held_bytes() <= BUDGET);
-        }
-    }
-}
+mod tests;

@@ -7,6 +7,9 @@ pub mod packet;
 pub mod stack;
 mod udp_routes;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::sync::Arc;
 use std::time::Instant;
 

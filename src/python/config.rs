@@ -19,6 +19,8 @@ use crate::keys;
 /// the tunnel's networks. A peer added without an address gets host number n of each network, 10.0.0.n/32 and
 /// fd00::n/128 (n in hex there), for the lowest n whose addresses are free: not the server's, not a DNS
 /// address, not another peer's. So the first peers get 10.0.0.2 and fd00::2, 10.0.0.3 and fd00::3, ...
+/// A peer's addresses are its AllowedIPs: the server drops its packets from any other source address, as
+/// WireGuard does. A peer without addresses (as in JSON of earlier versions) may use any.
 ///
 /// ```python
 /// cfg = Configuration.generate(listen_port=51820, peers=2)
@@ -82,6 +84,18 @@ impl Configuration {
             listen_port,
             server_private_key,
             &client_private_keys,
+        )?))
+    }
+
+    /// The configuration of `start_server`'s 0.1.x call form, whose peers may use any tunnel address; errors
+    /// name that call's arguments. Private: the package's own plumbing.
+    #[staticmethod]
+    fn _from_keys(listen_port: i64, private_key: &str, peer_public_keys: Vec<String>) -> PyResult<Self> {
+        let listen_port = port("port", listen_port)?;
+        Ok(Configuration(config::Configuration::from_keys(
+            listen_port,
+            private_key,
+            &peer_public_keys,
         )?))
     }
 
@@ -175,10 +189,11 @@ impl Configuration {
 
     /// One WireGuard client configuration text per peer, ready to import into a WireGuard client.
     ///
-    /// `address` is the client's tunnel address (default: each peer's own), `allowed_ips` what it routes into
-    /// the tunnel, `endpoint` the server's address as the client reaches it (default:
-    /// `127.0.0.1:<listen_port>`), `dns` its resolvers, comma-separated ("" for none; default: the
-    /// configuration's DNS) and `mtu` its MTU (0 for none; default: the configuration's MTU, else 1420).
+    /// `address` is the client's tunnel address (default: each peer's own; the server drops packets from
+    /// addresses that are not the peer's), `allowed_ips` what it routes into the tunnel, `endpoint` the
+    /// server's address as the client reaches it (default: `127.0.0.1:<listen_port>`), `dns` its resolvers,
+    /// comma-separated ("" for none; default: the configuration's DNS) and `mtu` its MTU (0 for none;
+    /// default: the configuration's MTU, else 1420).
     #[pyo3(signature = (address = None, allowed_ips = "0.0.0.0/0, ::/0", endpoint = None, *, dns = None, mtu = None))]
     fn pretty_print(
         &self,

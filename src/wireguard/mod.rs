@@ -2,6 +2,9 @@
 
 pub mod peers;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::SocketAddr;

@@ -2,9 +2,20 @@
 //!
 //! No I/O happens here: the caller passes datagrams in and gets `Output`s back, so the logic is tested with
 //! packets built in the test.
+//!
+//! Who may do what:
+//! - One rate limiter (one cookie secret) sits in front of every peer and checks each handshake message's MAC1
+//!   first; over its limit it answers with a cookie reply, whoever the message claims to be for. A cookie reply
+//!   proves nothing about who sent the datagram (MAC1 needs only the server's public key).
+//! - A peer's endpoint moves only on a datagram that its key authenticated: a handshake message that completed,
+//!   or data. Never on a cookie, in either direction.
+//! - A decrypted packet whose source address is not in its peer's AllowedIPs is dropped (cryptokey routing),
+//!   unless the peer may use any address (configured without AllowedIPs).
+
+mod drops;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,13 +24,15 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use ipnet::IpNet;
 
 use crate::config::Configuration;
 use crate::error::Result;
 use crate::keys;
 use crate::messages::{PeerId, PeerInfo};
+use drops::Drops;
 
-/// Handshake initiations a second, over all peers, before the server asks for cookies (as boringtun's own
+/// Handshake messages a second, over all peers, before the server asks for cookies (as boringtun's own
 /// device does).
 const HANDSHAKES_PER_SECOND: u64 = 100;
 
@@ -28,6 +41,9 @@ const PERIOD: Duration = Duration::from_secs(1);
 
 /// Big enough for any datagram: a decapsulated packet is never larger than the datagram it came in.
 pub const BUFFER_SIZE: usize = 65536 + 32;
+
+/// The message type of a cookie reply (WireGuard's message type 3).
+const COOKIE_REPLY: u8 = 3;
 
 /// What encryption adds to a packet: the data message's header (16 bytes) and the authentication tag (16).
 const DATA_OVERHEAD: usize = 32;
@@ -50,9 +66,36 @@ pub enum Output<'a> {
     },
 }
 
+/// The source addresses a peer's packets may have.
+enum AllowedIps {
+    /// Peers configured without addresses may use any; the network stack keeps peers that use the same address
+    /// apart.
+    Any,
+    /// The peer's AllowedIPs: a short list of its own, so a packet's check does not grow with the peers.
+    Only(Vec<IpNet>),
+}
+
+impl AllowedIps {
+    fn new(nets: &[IpNet]) -> Self {
+        if nets.is_empty() {
+            AllowedIps::Any
+        } else {
+            AllowedIps::Only(nets.to_vec())
+        }
+    }
+
+    fn contains(&self, addr: IpAddr) -> bool {
+        match self {
+            AllowedIps::Any => true,
+            AllowedIps::Only(nets) => nets.iter().any(|net| net.contains(&addr)),
+        }
+    }
+}
+
 struct Peer {
     tunn: Tunn,
     info: PeerInfo,
+    allowed_ips: AllowedIps,
     /// Where the last authenticated datagram came from: replies go there (roaming).
     endpoint: Option<SocketAddr>,
 }
@@ -60,53 +103,13 @@ struct Peer {
 pub struct Peers {
     secret: StaticSecret,
     public: PublicKey,
-    /// Sits in front of all peers, so that a flood of initiations costs a MAC check each, not a Diffie-Hellman.
+    /// Sits in front of all peers, so that a flood of handshake messages costs a MAC check each, not a
+    /// Diffie-Hellman, and so that a cookie reply is decided once for the whole server.
     limiter: Arc<RateLimiter>,
     peers: Vec<Peer>,
     by_key: HashMap<[u8; 32], PeerId>,
-    /// Datagrams that anyone can send in any number are counted, not logged one by one: a log record per
-    /// datagram of a flood would cost more than answering it.
     drops: Drops,
     period_start: Option<Instant>,
-}
-
-#[derive(Default)]
-struct Drops {
-    not_wireguard: u64,
-    bad_mac: u64,
-    cookies: u64,
-    undecryptable: u64,
-    unknown_peer: u64,
-    last_unknown_peer: Option<[u8; 32]>,
-    unknown_index: u64,
-    invalid: u64,
-}
-
-impl Drops {
-    /// One record for the period, if anything was dropped; then the counts start again.
-    fn report(&mut self) {
-        let drops = std::mem::take(self);
-        if let Some(key) = drops.last_unknown_peer {
-            log::info!(
-                "{} handshake(s) by unknown peers, the last by {}",
-                drops.unknown_peer,
-                keys::encode(&key)
-            );
-        }
-        let counts = [
-            (drops.cookies, "handshakes answered with a cookie (under load)"),
-            (drops.not_wireguard, "datagrams that are no WireGuard message"),
-            (drops.bad_mac, "handshakes with a bad MAC"),
-            (drops.undecryptable, "handshakes that do not decrypt"),
-            (drops.unknown_index, "datagrams for an unknown receiver index"),
-            (drops.invalid, "datagrams that do not authenticate"),
-        ];
-        for (n, what) in counts {
-            if n > 0 {
-                log::debug!("in the last second: {n} {what}");
-            }
-        }
-    }
 }
 
 impl Peers {
@@ -114,6 +117,11 @@ impl Peers {
         config.validate()?;
         let secret = keys::secret("server_private_key", &config.private_key)?;
         let public = PublicKey::from(&secret);
+        // Every `Tunn` checks a handshake's MAC1 again, with a limiter of its own unless given one. Given one
+        // that is never over its limit, it never answers with a cookie: that is decided by `limiter`, once per
+        // message, before the message reaches a peer. (With a limiter of its own, each peer had a cookie secret
+        // and a limit of its own.) Its count is never reset; a u64 does not reach the limit.
+        let mac_check = Arc::new(RateLimiter::new(&public, u64::MAX));
         let mut peers = Vec::with_capacity(config.peers.len());
         let mut by_key = HashMap::new();
         for (id, peer) in config.peers.iter().enumerate() {
@@ -128,7 +136,7 @@ impl Peers {
                 psk,
                 peer.persistent_keepalive,
                 id as u32,
-                None,
+                Some(mac_check.clone()),
             );
             peers.push(Peer {
                 tunn,
@@ -136,6 +144,7 @@ impl Peers {
                     id,
                     public_key: peer.public_key.as_str().into(),
                 },
+                allowed_ips: AllowedIps::new(&peer.allowed_ips),
                 endpoint: None,
             });
             by_key.insert(key, id);
@@ -155,7 +164,7 @@ impl Peers {
         self.peers.get(peer).map(|p| &p.info)
     }
 
-    /// Handles one datagram from `src`. Anything that does not authenticate is dropped with a debug log.
+    /// Handles one datagram from `src`. Anything that does not authenticate is dropped and counted.
     pub fn receive(
         &mut self,
         src: SocketAddr,
@@ -163,51 +172,32 @@ impl Peers {
         buf: &mut [u8],
         emit: &mut impl FnMut(Output),
     ) {
-        let id = match Tunn::parse_incoming_packet(datagram) {
-            Err(_) => {
-                self.drops.not_wireguard += 1;
-                return;
-            }
-            Ok(Packet::HandshakeInit(init)) => {
-                match self.limiter.verify_packet(Some(src.ip()), datagram, buf) {
-                    Ok(_) => {}
-                    Err(TunnResult::WriteToNetwork(cookie)) => {
-                        self.drops.cookies += 1;
-                        emit(Output::Send(src, cookie));
-                        return;
-                    }
-                    Err(_) => {
-                        self.drops.bad_mac += 1;
-                        return;
-                    }
-                }
-                let Ok(half) = parse_handshake_anon(&self.secret, &self.public, &init) else {
-                    self.drops.undecryptable += 1;
-                    return;
-                };
-                match self.by_key.get(&half.peer_static_public) {
-                    Some(&id) => id,
-                    None => {
-                        self.drops.unknown_peer += 1;
-                        self.drops.last_unknown_peer = Some(half.peer_static_public);
-                        return;
-                    }
-                }
-            }
-            Ok(Packet::HandshakeResponse(p)) => (p.receiver_idx >> 8) as usize,
-            Ok(Packet::PacketCookieReply(p)) => (p.receiver_idx >> 8) as usize,
-            Ok(Packet::PacketData(p)) => (p.receiver_idx >> 8) as usize,
+        let Some((id, is_cookie_reply)) = self.route(src, datagram, buf, emit) else {
+            return;
         };
         let Some(peer) = self.peers.get_mut(id) else {
             self.drops.unknown_index += 1;
             return;
         };
-        match peer.tunn.decapsulate(Some(src.ip()), datagram, buf) {
-            TunnResult::Done => peer.endpoint = Some(src),
-            TunnResult::Err(WireGuardError::DuplicateCounter) => {}
-            TunnResult::Err(_) => self.drops.invalid += 1,
+        let (packet, inner_src) = match peer.tunn.decapsulate(Some(src.ip()), datagram, buf) {
+            TunnResult::WriteToTunnelV4(packet, inner_src) => (packet, IpAddr::from(inner_src)),
+            TunnResult::WriteToTunnelV6(packet, inner_src) => (packet, IpAddr::from(inner_src)),
+            // A keepalive, or a cookie reply to the server's own handshake: only the keepalive vouches for src.
+            TunnResult::Done => {
+                if !is_cookie_reply {
+                    peer.endpoint = Some(src);
+                }
+                return;
+            }
+            TunnResult::Err(WireGuardError::DuplicateCounter) => return,
+            TunnResult::Err(_) => {
+                self.drops.invalid += 1;
+                return;
+            }
             TunnResult::WriteToNetwork(reply) => {
-                if datagram_is_authenticated(datagram) {
+                // A handshake that completed. `route` answered every cookie already; the check stays so that a
+                // cookie reply, whatever its origin, never moves an endpoint.
+                if reply.first() != Some(&COOKIE_REPLY) {
                     peer.endpoint = Some(src);
                 }
                 emit(Output::Send(src, reply));
@@ -215,16 +205,68 @@ impl Peers {
                 while let TunnResult::WriteToNetwork(packet) = peer.tunn.decapsulate(None, &[], buf) {
                     emit(Output::Send(src, packet));
                 }
+                return;
             }
-            TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
-                peer.endpoint = Some(src);
-                emit(Output::Deliver {
-                    peer: id,
-                    endpoint: src,
-                    packet,
-                });
-            }
+        };
+        // Authenticated, whatever the source inside claims: the endpoint is the peer's.
+        peer.endpoint = Some(src);
+        if !peer.allowed_ips.contains(inner_src) {
+            self.drops.foreign_source(&peer.info.public_key, inner_src);
+            return;
         }
+        emit(Output::Deliver {
+            peer: id,
+            endpoint: src,
+            packet,
+        });
+    }
+
+    /// Checks a datagram's MACs under the shared limiter and finds the peer it is for: for a handshake
+    /// initiation by the initiator's static key (one Diffie-Hellman), for the others by the receiver index the
+    /// server handed out. Returns the peer and whether the datagram is a cookie reply.
+    fn route(
+        &mut self,
+        src: SocketAddr,
+        datagram: &[u8],
+        buf: &mut [u8],
+        emit: &mut impl FnMut(Output),
+    ) -> Option<(PeerId, bool)> {
+        let packet = match self.limiter.verify_packet(Some(src.ip()), datagram, buf) {
+            Ok(packet) => packet,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                self.drops.cookies += 1;
+                emit(Output::Send(src, cookie));
+                return None;
+            }
+            Err(TunnResult::Err(WireGuardError::InvalidMac)) => {
+                self.drops.bad_mac += 1;
+                return None;
+            }
+            Err(_) => {
+                self.drops.not_wireguard += 1;
+                return None;
+            }
+        };
+        let index = match packet {
+            Packet::HandshakeInit(init) => {
+                let Ok(half) = parse_handshake_anon(&self.secret, &self.public, &init) else {
+                    self.drops.undecryptable += 1;
+                    return None;
+                };
+                return match self.by_key.get(&half.peer_static_public) {
+                    Some(&id) => Some((id, false)),
+                    None => {
+                        self.drops.unknown_peer += 1;
+                        self.drops.last_unknown_peer = Some(half.peer_static_public);
+                        None
+                    }
+                };
+            }
+            Packet::HandshakeResponse(p) => p.receiver_idx,
+            Packet::PacketCookieReply(p) => return Some(((p.receiver_idx >> 8) as usize, true)),
+            Packet::PacketData(p) => p.receiver_idx,
+        };
+        Some(((index >> 8) as usize, false))
     }
 
     /// Encrypts one IP packet for a peer. Without a session, boringtun queues it and starts a handshake.
@@ -251,8 +293,8 @@ impl Peers {
     }
 
     /// Drives every peer's timers: handshake retries, keepalives, session expiry. Call a few times a second.
-    /// The limiter's count starts again once a second (it keeps that period itself); drops are reported once
-    /// a second too.
+    /// The limiter's count starts again once a second (`reset_count` does nothing until a second has passed
+    /// since its last reset); drops are reported once a second too.
     pub fn tick(&mut self, now: Instant, buf: &mut [u8], emit: &mut impl FnMut(Output)) {
         self.limiter.reset_count();
         if self
@@ -277,207 +319,5 @@ impl Peers {
     }
 }
 
-/// Cookie replies are the only messages a peer's key does not vouch for.
-fn datagram_is_authenticated(datagram: &[u8]) -> bool {
-    !matches!(
-        Tunn::parse_incoming_packet(datagram),
-        Ok(Packet::PacketCookieReply(_))
-    )
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Peer as PeerConfig;
-
-    /// A client Tunn and a server configured to accept it.
-    fn setup() -> (Peers, Tunn) {
-        let server_key = keys::generate();
-        let client_key = keys::generate();
-        let config = Configuration {
-            listen_port: 0,
-            private_key: server_key.clone(),
-            peers: vec![PeerConfig::from_private_key("c", &client_key).unwrap()],
-            ..Configuration::default()
-        };
-        let client = Tunn::new(
-            keys::secret("c", &client_key).unwrap(),
-            keys::public("s", &keys::public_of("s", &server_key).unwrap()).unwrap(),
-            None,
-            None,
-            7,
-            None,
-        );
-        (Peers::new(&config).unwrap(), client)
-    }
-
-    fn collect(f: impl FnOnce(&mut dyn FnMut(Output))) -> Vec<(String, Vec<u8>)> {
-        let mut out = vec![];
-        f(&mut |o| match o {
-            Output::Send(addr, d) => out.push((format!("send {addr}"), d.to_vec())),
-            Output::Deliver { peer, packet, .. } => out.push((format!("deliver {peer}"), packet.to_vec())),
-        });
-        out
-    }
-
-    fn ipv4_packet() -> Vec<u8> {
-        // A minimal IPv4 header (no payload) from 10.0.0.1 to 10.0.0.42; boringtun checks only the length field.
-        let mut p = vec![
-            0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 42,
-        ];
-        p.resize(20, 0);
-        p
-    }
-
-    #[test]
-    fn handshake_then_data_is_delivered_and_answered_at_the_new_address() {
-        let (mut peers, mut client) = setup();
-        let mut buf = vec![0u8; BUFFER_SIZE];
-        let mut cbuf = vec![0u8; BUFFER_SIZE];
-        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2000".parse().unwrap();
-
-        // The client wants to send a packet: it queues it and starts a handshake.
-        let TunnResult::WriteToNetwork(init) = client.encapsulate(&ipv4_packet(), &mut cbuf) else {
-            panic!()
-        };
-        let init = init.to_vec();
-        let out = collect(|e| peers.receive(a, &init, &mut buf, &mut |o| e(o)));
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].0, format!("send {a}"));
-
-        // The response completes the client's handshake: it confirms with a keepalive, then sends what it queued.
-        let TunnResult::WriteToNetwork(keepalive) = client.decapsulate(None, &out[0].1, &mut cbuf) else {
-            panic!()
-        };
-        let keepalive = keepalive.to_vec();
-        assert!(collect(|e| peers.receive(a, &keepalive, &mut buf, &mut |o| e(o))).is_empty());
-        let TunnResult::WriteToNetwork(data) = client.decapsulate(None, &[], &mut cbuf) else {
-            panic!()
-        };
-        let data = data.to_vec();
-        // The client moved: the data comes from b.
-        let out = collect(|e| peers.receive(b, &data, &mut buf, &mut |o| e(o)));
-        assert_eq!(out, vec![("deliver 0".to_string(), ipv4_packet())]);
-
-        // Replies go to where the client is now.
-        let out = collect(|e| peers.send(0, &ipv4_packet(), &mut buf, &mut |o| e(o)));
-        assert_eq!(out[0].0, format!("send {b}"));
-        let TunnResult::WriteToTunnelV4(p, _) = client.decapsulate(None, &out[0].1, &mut cbuf) else {
-            panic!()
-        };
-        assert_eq!(p, &ipv4_packet()[..]);
-    }
-
-    #[test]
-    fn a_handshake_flood_gets_cookies_and_known_peers_still_get_in() {
-        let (mut peers, mut client) = setup();
-        let mut buf = vec![0u8; BUFFER_SIZE];
-        let mut cbuf = vec![0u8; BUFFER_SIZE];
-        let attacker: SocketAddr = "127.0.0.1:666".parse().unwrap();
-        let home: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-
-        let mut cookies = 0;
-        // Initiations with a valid MAC1 from keys the server does not know.
-        let TunnResult::WriteToNetwork(_) = client.encapsulate(&ipv4_packet(), &mut cbuf) else {
-            panic!()
-        };
-        let server_key = keys::public("s", &keys::encode(peers.public.as_bytes())).unwrap();
-        for i in 0..(HANDSHAKES_PER_SECOND as u32 + 50) {
-            let mut stranger = Tunn::new(
-                keys::secret("x", &keys::generate()).unwrap(),
-                server_key,
-                None,
-                None,
-                i,
-                None,
-            );
-            let TunnResult::WriteToNetwork(init) = stranger.format_handshake_initiation(&mut cbuf, false)
-            else {
-                panic!()
-            };
-            let init = init.to_vec();
-            let out = collect(|e| peers.receive(attacker, &init, &mut buf, &mut |o| e(o)));
-            match out.as_slice() {
-                [] => {}
-                [(to, reply)] => {
-                    assert_eq!(to, &format!("send {attacker}"));
-                    assert_eq!(
-                        (reply.len(), reply[0]),
-                        (64, 3),
-                        "only cookie replies go to strangers"
-                    );
-                    cookies += 1;
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!(
-            cookies, 50,
-            "past the limit, every initiation gets a cookie reply"
-        );
-
-        // The known peer, still under load: its first initiation gets a cookie, its retry with MAC2 gets in.
-        let TunnResult::WriteToNetwork(init) = client.format_handshake_initiation(&mut cbuf, true) else {
-            panic!()
-        };
-        let init = init.to_vec();
-        let out = collect(|e| peers.receive(home, &init, &mut buf, &mut |o| e(o)));
-        assert_eq!(out[0].1.len(), 64, "a cookie reply");
-        assert!(matches!(
-            client.decapsulate(Some(home.ip()), &out[0].1, &mut cbuf),
-            TunnResult::Done
-        ));
-        let TunnResult::WriteToNetwork(init) = client.format_handshake_initiation(&mut cbuf, true) else {
-            panic!()
-        };
-        let init = init.to_vec();
-        let out = collect(|e| peers.receive(home, &init, &mut buf, &mut |o| e(o)));
-        assert_eq!(out[0].1[0], 2, "a handshake response");
-    }
-
-    #[test]
-    fn junk_and_unknown_peers_are_dropped() {
-        let (mut peers, _) = setup();
-        let (_, mut stranger) = setup(); // a client of another server: its key is unknown here
-        let mut buf = vec![0u8; BUFFER_SIZE];
-        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        for junk in [&b""[..], b"\x01\0\0\0", &[1u8; 148], &[4u8; 40], &[9u8; 300]] {
-            assert!(collect(|e| peers.receive(a, junk, &mut buf, &mut |o| e(o))).is_empty());
-        }
-        let mut sbuf = vec![0u8; BUFFER_SIZE];
-        let TunnResult::WriteToNetwork(init) = stranger.encapsulate(&ipv4_packet(), &mut sbuf) else {
-            panic!()
-        };
-        assert!(collect(|e| peers.receive(a, init, &mut buf, &mut |o| e(o))).is_empty());
-        // Nothing is sent to a peer that never connected.
-        assert!(collect(|e| peers.send(0, &ipv4_packet(), &mut buf, &mut |o| e(o))).is_empty());
-    }
-
-    /// A packet too large for a WireGuard datagram is dropped, not handed to boringtun (which panics on it);
-    /// the largest one that fits goes out.
-    #[test]
-    fn packets_too_large_to_encrypt_are_dropped_not_a_panic() {
-        let (mut peers, mut client) = setup();
-        let mut buf = vec![0u8; BUFFER_SIZE];
-        let mut cbuf = vec![0u8; BUFFER_SIZE];
-        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        let TunnResult::WriteToNetwork(init) = client.format_handshake_initiation(&mut cbuf, false) else {
-            panic!()
-        };
-        let init = init.to_vec();
-        let out = collect(|e| peers.receive(a, &init, &mut buf, &mut |o| e(o)));
-        let TunnResult::WriteToNetwork(keepalive) = client.decapsulate(None, &out[0].1, &mut cbuf) else {
-            panic!()
-        };
-        let keepalive = keepalive.to_vec();
-        collect(|e| peers.receive(a, &keepalive, &mut buf, &mut |o| e(o)));
-
-        let too_large = vec![0x60; MAX_PACKET + 1];
-        assert!(collect(|e| peers.send(0, &too_large, &mut buf, &mut |o| e(o))).is_empty());
-        let largest = vec![0x60; MAX_PACKET];
-        let out = collect(|e| peers.send(0, &largest, &mut buf, &mut |o| e(o)));
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].1.len(), BUFFER_SIZE);
-    }
-}
+mod tests;

@@ -1,0 +1,54 @@
+"""A transparent proxy: every TCP connection and UDP datagram of the peers goes on to the destination it was sent
+to, from this host; DNS queries to the tunnel's DNS addresses are answered with this host's resolver.
+
+Destinations on this host itself (loopback, link-local and its own addresses) and the metadata services of cloud
+providers (which hand out the host's credentials to whoever asks from it) are refused unless `allow_local` says
+otherwise, and so are addresses inside the tunnel (the server's and the peers'), which are not behind this host.
+Everything else is reached, private networks around this host included. A refused or unreachable TCP connection
+is reset; a refused datagram is dropped. Each finished flow is logged once, on the logger
+`mitmproxy_wireguard.forward`, with its numbers in the log record's `flow` attribute (see `Flow.record`).
+
+Timeouts and each peer's share of what is limited (UDP flows, DNS lookups, the resolver's threads) are in
+`Limits`: one peer flooding the proxy exhausts its own share, not the others'.
+
+The parts, one module each: `policy` (which destinations), `tcp` and `udp` (the flows), `resolver` (the DNS
+service) over `lookups` (the resolver's threads), `limits` (timeouts and shares), `flows` (addresses and the log
+record of a flow) and `proxy` (the handlers and `serve`).
+"""
+
+from .flows import Flow, IPAddress, format_address, logger
+from .limits import Limits, Shares
+from .lookups import LookupPool
+from .policy import CLOUD_METADATA, Policy, is_own_address
+from .proxy import Forwarder, serve
+from .resolver import DNS_PORT, DNS_TCP_IDLE_TIMEOUT, DNS_TIMEOUT, DNS_TTL, Resolver
+from .tcp import CHUNK, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, abort, keep_alive, relay
+from .udp import MAX_PENDING_DATAGRAMS
+
+__all__ = [
+    "CHUNK",
+    "CLOUD_METADATA",
+    "DNS_PORT",
+    "DNS_TCP_IDLE_TIMEOUT",
+    "DNS_TIMEOUT",
+    "DNS_TTL",
+    "Flow",
+    "Forwarder",
+    "IPAddress",
+    "KEEPALIVE_COUNT",
+    "KEEPALIVE_IDLE",
+    "KEEPALIVE_INTERVAL",
+    "Limits",
+    "LookupPool",
+    "MAX_PENDING_DATAGRAMS",
+    "Policy",
+    "Resolver",
+    "Shares",
+    "abort",
+    "format_address",
+    "is_own_address",
+    "keep_alive",
+    "logger",
+    "relay",
+    "serve",
+]

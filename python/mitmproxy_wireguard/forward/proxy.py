@@ -1,0 +1,150 @@
+"""The proxy as a whole: the handlers `start_server` calls, which hand each flow to its part (TCP, UDP, DNS),
+and `serve`, which runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Callable
+
+from .. import Configuration, Server, TcpStream, start_server
+from .._program import serve_until_signal
+from ..server import Address
+from .flows import Flow, IPAddress, format_address, ip_of, logger
+from .limits import Limits
+from .policy import Policy
+from .resolver import DNS_PORT, Resolver, dns_over_tcp
+from .tcp import forward_connection
+from .udp import UdpFlows
+
+
+class Forwarder:
+    """The handlers for `start_server`. Set `server` to the running server before traffic arrives, and call
+    `close` when done."""
+
+    def __init__(self, cfg: Configuration, allow_local: bool = False, limits: Limits | None = None):
+        self.limits = limits or Limits()
+        self.policy = Policy(cfg, allow_local)
+        self.dns_addresses: set[IPAddress] = set()
+        for entry in cfg.dns:
+            with contextlib.suppress(ValueError):
+                self.dns_addresses.add(ip_of(entry))
+        self.resolver = Resolver(self.limits)
+        self._server: Server | None = None
+        self._loop = asyncio.get_running_loop()
+        self._peer_keys = cfg.client_public_keys
+        self._seen_peers: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._udp = UdpFlows(self.policy, self.limits, self._spawn)
+
+    @property
+    def server(self) -> Server | None:
+        return self._server
+
+    @server.setter
+    def server(self, server: Server | None) -> None:
+        self._server = server
+        self._udp.server = server
+
+    def _peer_of_datagram(self, src: Address) -> str:
+        index = getattr(src, "peer", None)
+        if isinstance(index, int) and 0 <= index < len(self._peer_keys):
+            return self._peer_keys[index]
+        return "?"
+
+    def _seen(self, peer: str, client: Address, endpoint: Address | None = None) -> None:
+        """Logs a peer's first flow."""
+        if peer not in self._seen_peers:
+            self._seen_peers.add(peer)
+            outer = f" from {format_address(endpoint)}" if endpoint else ""
+            logger.info("peer %s connected%s, tunnel address %s", peer, outer, client[0])
+
+    def _is_dns(self, dst: Address) -> bool:
+        try:
+            return dst[1] == DNS_PORT and ip_of(dst[0]) in self.dns_addresses
+        except ValueError:
+            return False
+
+    def _spawn(self, coro: Any) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Ends the UDP flows and the tasks still running (and logs them), and the resolver's threads."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._udp.close()
+        self.resolver.pool.close()
+
+    async def handle_connection(self, stream: TcpStream) -> None:
+        client = stream.get_extra_info("peername")
+        dst = stream.get_extra_info("original_dst")
+        peer = stream.get_extra_info("peer_public_key", "?")
+        self._seen(peer, client, stream.get_extra_info("original_src"))
+        flow = Flow("tcp", peer, client, dst)
+        try:
+            if self._is_dns(dst):
+                flow.protocol = "dns-tcp"
+                await dns_over_tcp(self.resolver, stream, flow)
+                return
+            refusal = self.policy.refusal(dst[0])
+            if refusal is not None:
+                flow.outcome = f"refused: {refusal}"
+                stream.abort()
+                return
+            await forward_connection(stream, flow, self.limits)
+        except asyncio.CancelledError:
+            flow.outcome = "stopped"
+            stream.abort()
+            raise
+        finally:
+            if not stream.is_closing():
+                stream.close()
+            flow.log()
+
+    def receive_datagram(self, data: bytes, src: Address, dst: Address) -> None:
+        peer = self._peer_of_datagram(src)
+        self._seen(peer, src)
+        if self._is_dns(dst):
+            self._dns_over_udp(data, peer, src, dst)
+        else:
+            self._udp.receive(data, peer, src, dst)
+
+    def _dns_over_udp(self, data: bytes, peer: str, src: Address, dst: Address) -> None:
+        # Checked before a task is made for it: a flood of queries beyond the peer's share costs no more.
+        if not self.resolver.pool.shares.admits(peer):
+            logger.debug("dropped a DNS query from %s: too many lookups in progress", format_address(src))
+            return
+        self._spawn(self._answer_udp(data, Flow("dns", peer, src, dst, bytes_up=len(data)), src, dst))
+
+    async def _answer_udp(self, data: bytes, flow: Flow, src: Address, dst: Address) -> None:
+        try:
+            reply, flow.outcome = await self.resolver.answer(data, flow.peer)
+            if reply is not None and self.server is not None:
+                self.server.send_datagram(reply, dst, src)
+                flow.bytes_down = len(reply)
+        finally:
+            flow.log()
+
+
+async def serve(
+    host: str,
+    cfg: Configuration,
+    *,
+    allow_local: bool = False,
+    limits: Limits | None = None,
+    announce: Callable[[Server], None] | None = None,
+) -> None:
+    """Runs the proxy on `host` and the configuration's listen port until SIGINT or SIGTERM; raises `ServerError`
+    if the server fails. `limits` sets timeouts and each peer's share (see `Limits`); `announce(server)` tells
+    users how to connect once the server runs."""
+    forwarder = Forwarder(cfg, allow_local, limits)
+    server = await start_server(host, cfg, forwarder.handle_connection, forwarder.receive_datagram)
+    forwarder.server = server
+    try:
+        await serve_until_signal(server, lambda: announce(server) if announce is not None else None)
+    finally:
+        await forwarder.close()
+    logger.info("server closed")
