@@ -47,9 +47,12 @@ async def test_capture_holds_a_tcp_handshake_and_udp_datagrams_of_each_peer(star
         setup.server,
         setup.cfg.server_public_key,
         setup.cfg.client_private_keys[1],
-        addresses=("10.0.1.1/32",),
+        addresses=tuple(setup.cfg.peers[1]["allowed_ips"]),
         routes=("10.0.1.0/24",),
     )
+    # Each client's tunnel addresses, as the configuration gave them.
+    me, me6 = (a.split("/")[0] for a in setup.cfg.peers[0]["allowed_ips"])
+    other = setup.cfg.peers[1]["allowed_ips"][0].split("/")[0]
     path = tmp_path / "tunnel.pcapng"
     before = time.time()
     setup.server.start_capture(path)
@@ -69,25 +72,21 @@ async def test_capture_holds_a_tcp_handshake_and_udp_datagrams_of_each_peer(star
 
     lines = tcpdump(path)
     text = "\n".join(lines)
-    assert re.search(rf"IP 10\.0\.0\.1\.{tcp_port} > 10\.0\.0\.42\.8080: Flags \[S\],", text), text
-    assert re.search(rf"IP 10\.0\.0\.42\.8080 > 10\.0\.0\.1\.{tcp_port}: Flags \[S\.\],", text), text
-    assert re.search(
-        rf"IP 10\.0\.0\.1\.{tcp_port} > 10\.0\.0\.42\.8080: Flags \[P\.\].*length 13", text
-    ), text
-    for ends in [f"10.0.0.1.{udp_port} > 10.0.0.42.40000", f"10.0.0.42.40000 > 10.0.0.1.{udp_port}"]:
+    client = re.escape(f"{me}.{tcp_port}")
+    assert re.search(rf"IP {client} > 10\.0\.0\.42\.8080: Flags \[S\],", text), text
+    assert re.search(rf"IP 10\.0\.0\.42\.8080 > {client}: Flags \[S\.\],", text), text
+    assert re.search(rf"IP {client} > 10\.0\.0\.42\.8080: Flags \[P\.\].*length 13", text), text
+    for ends in [f"{me}.{udp_port} > 10.0.0.42.40000", f"10.0.0.42.40000 > {me}.{udp_port}"]:
         assert text.count(f"IP {ends}: UDP, length 10") == 3, text
-    for ends in [f"10.0.1.1.{second_port} > 10.0.1.42.40001", f"10.0.1.42.40001 > 10.0.1.1.{second_port}"]:
+    for ends in [f"{other}.{second_port} > 10.0.1.42.40001", f"10.0.1.42.40001 > {other}.{second_port}"]:
         assert text.count(f"IP {ends}: UDP, length 20") == 1, text
-    for ends in [f"fd00::1.{v6_port} > fd00::42.40002", f"fd00::42.40002 > fd00::1.{v6_port}"]:
+    for ends in [f"{me6}.{v6_port} > fd00::42.40002", f"fd00::42.40002 > {me6}.{v6_port}"]:
         assert text.count(f"IP6 {ends}: UDP, length 9") == 1, text
     # Each packet's direction, from the cooked header.
     with_direction = "\n".join(tcpdump(path, "-e"))
+    assert re.search(rf" In ethertype IPv4 .*: {client} > 10\.0\.0\.42\.8080: Flags \[S\],", with_direction)
     assert re.search(
-        rf" In ethertype IPv4 .*: 10\.0\.0\.1\.{tcp_port} > 10\.0\.0\.42\.8080: Flags \[S\],", with_direction
-    )
-    assert re.search(
-        rf" Out ethertype IPv4 .*: 10\.0\.0\.42\.8080 > 10\.0\.0\.1\.{tcp_port}: Flags \[S\.\],",
-        with_direction,
+        rf" Out ethertype IPv4 .*: 10\.0\.0\.42\.8080 > {client}: Flags \[S\.\],", with_direction
     )
     assert re.search(r" Out ethertype IPv6 .*: fd00::42\.40002 > ", with_direction), with_direction
     # Wall-clock times (tcpdump honours the file's timestamp resolution), in order.
@@ -109,11 +108,12 @@ async def test_capture_holds_a_tcp_handshake_and_udp_datagrams_of_each_peer(star
                 packets.append((interfaces[block.interface_id], direction, block.packet_data[SLL_HEADER:]))
     assert interfaces == [setup.client.public_key, second.public_key]
     first, second_key = interfaces
-    udp = [(key, way) for key, way, data in packets if data[9] == socket.IPPROTO_UDP]
+    ipv4 = [(key, way, data) for key, way, data in packets if data[0] >> 4 == 4]
+    udp = [(key, way) for key, way, data in ipv4 if data[9] == socket.IPPROTO_UDP]
     assert udp == [(first, INBOUND), (first, OUTBOUND)] * 3 + [(second_key, INBOUND), (second_key, OUTBOUND)]
     udp6 = [(key, way) for key, way, data in packets if data[0] >> 4 == 6 and data[6] == socket.IPPROTO_UDP]
     assert udp6 == [(first, INBOUND), (first, OUTBOUND)]
-    tcp = [(way, data[33]) for key, way, data in packets if key == first and data[9] == socket.IPPROTO_TCP]
+    tcp = [(way, data[33]) for key, way, data in ipv4 if key == first and data[9] == socket.IPPROTO_TCP]
     syn, syn_ack = 0x02, 0x12
     assert tcp[:2] == [(INBOUND, syn), (OUTBOUND, syn_ack)]
 
@@ -152,7 +152,8 @@ async def test_wireshark_reads_the_peer_and_direction_of_each_packet(start, tmp_
     assert out.returncode == 0, out.stderr
     rows = [line.split("\t") for line in out.stdout.splitlines()]
     key = setup.client.public_key
-    assert rows[0][:4] == [key, "0x00000001", "10.0.0.1", str(tcp_port)] and "S" in rows[0][4], rows
+    me = setup.cfg.peers[0]["allowed_ips"][0].split("/")[0]
+    assert rows[0][:4] == [key, "0x00000001", me, str(tcp_port)] and "S" in rows[0][4], rows
     assert rows[1][:4] == [key, "0x00000002", "10.0.0.42", "8080"] and "A" in rows[1][4], rows
 
 
@@ -166,9 +167,8 @@ async def test_closing_the_server_completes_the_capture_with_its_resets(start, t
     assert await asyncio.wait_for(reader.readexactly(1), 5) == b"x"
     setup.server.close()
     await asyncio.wait_for(setup.server.wait_closed(), 5)
-    # The server's close ended the capture after the reset that ended the open connection.
     text = "\n".join(tcpdump(path))
-    assert re.search(r"IP 10\.0\.0\.42\.8080 > 10\.0\.0\.1\.\d+: Flags \[R", text), text
+    assert re.search(r"IP 10\.0\.0\.42\.8080 > 10\.0\.0\.\d+\.\d+: Flags \[R", text), text
     await close_writer(writer)
 
 
