@@ -55,7 +55,7 @@ impl Stack {
         let Some(conn) = self.connections.get_mut(&id) else {
             return true;
         };
-        if !conn.give_up_deadline().is_some_and(|at| at <= now) {
+        if conn.give_up_deadline().is_none_or(|at| at > now) {
             return false;
         }
         if conn.lifecycle == Lifecycle::Connecting {

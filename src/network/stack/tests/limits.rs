@@ -221,7 +221,9 @@ fn a_client_that_keeps_its_window_closed_is_reset_at_the_user_timeout() {
     for (peer, p) in out.packets {
         let client = if peer == 0 { &mut stuck } else { &mut slow };
         client.device.rx = Some(p);
-        client.iface.poll(stack.now(), &mut client.device, &mut client.sockets);
+        client
+            .iface
+            .poll(stack.now(), &mut client.device, &mut client.sockets);
     }
 
     // The slow client reads what it has at 200 s, then stops again; both answer every probe.
@@ -246,7 +248,11 @@ fn a_client_that_keeps_its_window_closed_is_reset_at_the_user_timeout() {
         events.append(&mut e);
     }
     assert_eq!(closed(&events, stuck_id), Some(true), "Python hears of a reset");
-    assert_eq!(closed(&events, slow_id), None, "the slow client moved on within the timeout");
+    assert_eq!(
+        closed(&events, slow_id),
+        None,
+        "the slow client moved on within the timeout"
+    );
 
     // The slow client reads on: everything arrives.
     for _ in 0..100 {
@@ -261,5 +267,10 @@ fn a_client_that_keeps_its_window_closed_is_reset_at_the_user_timeout() {
         }
         exchange(&mut stack, &mut [&mut slow]);
     }
-    assert!(received == payload, "{} of {} bytes", received.len(), payload.len());
+    assert!(
+        received == payload,
+        "{} of {} bytes",
+        received.len(),
+        payload.len()
+    );
 }
