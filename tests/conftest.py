@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 
 import mitmproxy_wireguard as wg
-from helpers import Namespace, WireGuardClient, echo, start_client
+from helpers import Namespace, ServerProcess, WireGuardClient, echo, start_client
 
 
 @pytest.fixture
@@ -85,3 +85,22 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Setup]]]:
     for server in servers:
         server.close()
         await asyncio.wait_for(server.wait_closed(), 5)
+
+
+@pytest.fixture
+async def server_process() -> AsyncIterator[Callable[[], Awaitable[ServerProcess]]]:
+    """Starts the server process and a real WireGuard client for it; both end with the test."""
+    made: list[tuple[ServerProcess, Any]] = []
+
+    async def factory() -> ServerProcess:
+        server = ServerProcess()
+        client = await start_client(
+            server, server.cfg.server_public_key, server.cfg.client_private_keys[0], routes=("10.0.0.0/16",)
+        )
+        made.append((server, client))
+        return server
+
+    yield factory
+    for server, client in made:
+        client.stop()
+        await server.close()

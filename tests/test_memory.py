@@ -9,24 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import re
 import resource
-import select
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
 
-import pytest
-
-import mitmproxy_wireguard as wg
-
-from helpers import close_writer, needs_client, open_connection, start_client
+from helpers import close_writer, needs_client, open_connection
 
 pytestmark = needs_client
 
@@ -43,104 +32,6 @@ def _raise_open_file_limit(needed: int = 32_768) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(needed, hard)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-class ServerProcess:
-    """server_process.py, run with a fresh configuration; `stderr` collects its log."""
-
-    def __init__(self) -> None:
-        self.cfg = wg.Configuration.generate(listen_port=0, peers=1)
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("server_process.py")), self.cfg.to_json()],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        self.closing_log = ""
-        self.port = self._answer(timeout=20)["port"]
-
-    def getsockname(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
-
-    def _answer(self, timeout: float = 20) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        # The process answers each command with one line; a stuck server fails the test through the deadline.
-        deadline = time.monotonic() + timeout
-        ready, _, _ = select.select([self.process.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise TimeoutError("the server process did not answer")
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the server process ended:\n{self.stderr()[-3000:]}")
-        return json.loads(line)
-
-    async def command(self, line: str, timeout: float = 20) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
-        return await asyncio.to_thread(self._answer, timeout)
-
-    def rss(self) -> int:
-        """Resident memory now, in bytes."""
-        return self._status("VmRSS")
-
-    def peak_rss(self) -> int:
-        return self._status("VmHWM")
-
-    def _status(self, key: str) -> int:
-        with open(f"/proc/{self.process.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
-    def reset_peak(self) -> None:
-        """Starts VmHWM anew from the current RSS."""
-        with open(f"/proc/{self.process.pid}/clear_refs", "w") as f:
-            f.write("5")
-
-    def stderr(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    async def close(self) -> str:
-        """Closes the server; returns its log."""
-        if self.log.closed:
-            return self.closing_log
-        if self.process.poll() is None:
-            try:
-                await self.command("close")
-                await asyncio.to_thread(self.process.wait, 10)
-            except (OSError, TimeoutError, RuntimeError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait(5)
-        log = self.closing_log = self.stderr()
-        self.log.close()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                stream.close()
-        return log
-
-
-@pytest.fixture
-async def server_process() -> AsyncIterator[Callable[[], Awaitable[ServerProcess]]]:
-    """Starts the server process and a real WireGuard client for it; both end with the test."""
-    made: list[tuple[ServerProcess, Any]] = []
-
-    async def factory() -> ServerProcess:
-        server = ServerProcess()
-        client = await start_client(
-            server, server.cfg.server_public_key, server.cfg.client_private_keys[0], routes=("10.0.0.0/16",)
-        )
-        made.append((server, client))
-        return server
-
-    yield factory
-    for server, client in made:
-        client.stop()
-        await server.close()
 
 
 async def echo_once(host: str, port: int, payload: bytes = b"x" * 100) -> None:

@@ -11,7 +11,9 @@ use smoltcp::wire::IpListenEndpoint;
 
 use super::lifecycle::Lifecycle;
 use super::recovery::SeqTracker;
-use super::{Flow, Outputs, ReadBudget, Stack, RX_BUFFER, WRITE_LOW_WATER};
+use super::{
+    Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, KEEPALIVE, RX_BUFFER, USER_TIMEOUT, WRITE_LOW_WATER,
+};
 use crate::messages::{ConnectionId, NetworkToPython, PeerInfo};
 use crate::network::device::VirtualDevice;
 use crate::network::memory::LazyMemory;
@@ -39,8 +41,13 @@ pub(super) struct Connection {
     pub(super) unconfirmed: usize,
     /// When the connection must be polled next.
     pub(super) deadline: Option<Instant>,
-    /// Set when Python closed it: the latest moment to give up waiting for the client.
-    pub(super) linger_until: Option<Instant>,
+    /// The latest moment to wait for the client: to complete its handshake, or, once Python closed the
+    /// connection, to close its side (see `timeouts`).
+    pub(super) give_up_at: Option<Instant>,
+    /// The send side's progress, while data waits for the client's acknowledgement (see `timeouts`).
+    pub(super) progress: Option<super::timeouts::Progress>,
+    /// Bytes put into the socket's send buffer so far.
+    pub(super) enqueued: u64,
     /// Waits in `Stack::dirty` for `flush`.
     pub(super) dirty: bool,
     /// Waits in `ReadBudget::starved` for room in Python's queue.
@@ -54,7 +61,10 @@ pub(super) struct Connection {
 
 impl Stack {
     /// A connection for a SYN, listening on the destination the client asked for.
-    pub(super) fn open(&mut self, flow: Flow, endpoint: SocketAddr) -> Option<ConnectionId> {
+    pub(super) fn open(&mut self, now: Instant, flow: Flow, endpoint: SocketAddr) -> Option<ConnectionId> {
+        if !self.admission.admit(flow.peer, now) {
+            return None;
+        }
         let mut memory = match self.memory.take() {
             Ok(memory) => memory,
             Err(e) => {
@@ -70,6 +80,9 @@ impl Stack {
         let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         // Like asyncio's transports (TCP_NODELAY): a write goes out at once.
         socket.set_nagle_enabled(false);
+        // A client that vanished, or stops acknowledging, does not hold the connection forever.
+        socket.set_keep_alive(Some(KEEPALIVE.into()));
+        socket.set_timeout(Some(USER_TIMEOUT.into()));
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
             log::debug!("dropped a SYN to {}: {e}", flow.destination);
             return None;
@@ -79,6 +92,7 @@ impl Stack {
         let id = self.next_id;
         self.next_id += 1;
         self.flows.insert(flow, id);
+        self.admission.opened(flow.peer);
         self.connections.insert(
             id,
             Connection {
@@ -95,7 +109,9 @@ impl Stack {
                 pending_offset: 0,
                 unconfirmed: 0,
                 deadline: None,
-                linger_until: None,
+                give_up_at: Some(now + HANDSHAKE_TIMEOUT.into()),
+                progress: None,
+                enqueued: 0,
                 dirty: false,
                 starved: false,
                 committed: false,
@@ -122,6 +138,7 @@ impl Stack {
             return;
         }
         conn.release_pages(now);
+        conn.watch_progress(now);
         conn.reschedule(&mut self.iface, now, &mut self.timers);
     }
 
@@ -143,6 +160,7 @@ impl Stack {
     pub(super) fn forget(&mut self, id: ConnectionId) {
         if let Some(conn) = self.connections.remove(&id) {
             self.flows.remove(&conn.flow);
+            self.admission.closed(conn.flow.peer);
             if let Some(at) = conn.deadline {
                 self.timers.remove(&(at, id));
             }
@@ -172,6 +190,7 @@ impl Connection {
             && matches!(state, tcp::State::Established | tcp::State::CloseWait)
         {
             self.lifecycle.announce();
+            self.give_up_at = None;
             out.events.push(NetworkToPython::ConnectionEstablished {
                 id: self.id,
                 peer: peers[self.flow.peer].clone(),
@@ -189,6 +208,7 @@ impl Connection {
             match socket.send_slice(&front[self.pending_offset..]) {
                 Ok(n) if n > 0 => {
                     self.committed = true;
+                    self.enqueued += n as u64;
                     self.pending_offset += n;
                     if self.pending_offset == front.len() {
                         self.pending.pop_front();

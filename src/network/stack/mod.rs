@@ -12,7 +12,11 @@
 //! - `recovery`: what was sent and received on a connection, and the resend of a lost reply.
 //! - `release`: giving an idle connection's buffer pages back.
 //! - `timers`: when each connection needs a poll next.
+//! - `admission`: how many connections each peer, and all together, may hold.
+//! - `timeouts`: when the stack gives up on a client: a handshake never completed, a client gone silent, data
+//!   left unacknowledged.
 
+mod admission;
 mod connection;
 mod lifecycle;
 mod receive;
@@ -21,6 +25,7 @@ mod release;
 mod requests;
 #[cfg(test)]
 mod tests;
+mod timeouts;
 mod timers;
 
 use std::collections::{BTreeSet, HashMap};
@@ -36,6 +41,7 @@ use super::fragments::Reassembler;
 use super::memory::MemoryPool;
 use super::udp_routes::UdpRoutes;
 use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo};
+use admission::Admission;
 use connection::Connection;
 
 /// Receive and send buffer of each connection, mapped on demand (`LazyMemory`): an idle connection pays for the
@@ -60,6 +66,21 @@ pub const WRITE_LOW_WATER: usize = WRITE_HIGH_WATER / 4;
 
 /// How long a connection that Python closed may wait for the client's FIN (the kernel's FIN-WAIT-2 timeout).
 const LINGER: Duration = Duration::from_secs(60);
+
+/// How long a connection may stay half-open: one whose client does not complete the handshake this long after
+/// its SYN is dropped, without a word, as a kernel drops it after its 5 SYN-ACK retransmissions (1 + 2 + 4 + 8 +
+/// 16 s, then 32 s more for an answer). A SYN-ACK that the tunnel lost is sent again meanwhile.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(63);
+
+/// An open connection on which the client said nothing for this long gets a keepalive probe, and another each
+/// time this passes again without an answer.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// How long the stack waits for a client before it resets the connection, as a kernel with TCP_USER_TIMEOUT
+/// (Python hears `ConnectionClosed` with `reset`, as of a kernel's ETIMEDOUT): the longest silence of a client
+/// (four unanswered keepalive probes, or no answer to data sent), and the longest time data may wait
+/// unacknowledged, a client that keeps its window closed included.
+const USER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The stack's own addresses. They only give smoltcp a route for every destination; sockets answer from
 /// whatever address the client asked for.
@@ -109,6 +130,8 @@ pub struct Stack {
     /// Buffer memory of ended connections, for new ones.
     memory: MemoryPool,
     budget: ReadBudget,
+    /// How many connections each peer holds, and whether it may open another.
+    admission: Admission,
     /// Identification of the next fragmented datagram.
     next_ident: u32,
     /// smoltcp counts time from here.
@@ -146,6 +169,7 @@ impl Stack {
                 bytes: usize::MAX,
                 starved: Vec::new(),
             },
+            admission: Admission::default(),
             next_ident: 0,
             epoch: now,
         }

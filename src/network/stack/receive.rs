@@ -102,7 +102,7 @@ impl Stack {
         }
         let id = match self.flows.get(&flow) {
             Some(&id) => id,
-            None if opens => match self.open(flow, endpoint) {
+            None if opens => match self.open(now, flow, endpoint) {
                 Some(id) => id,
                 None => return,
             },

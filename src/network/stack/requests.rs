@@ -42,7 +42,7 @@ impl Stack {
             PythonToNetwork::WriteEof { .. } => conn.lifecycle.request_fin(),
             PythonToNetwork::Close { .. } => {
                 conn.lifecycle.detach();
-                conn.linger_until = Some(now + LINGER.into());
+                conn.give_up_at = Some(now + LINGER.into());
             }
             PythonToNetwork::Abort { .. } => {
                 conn.lifecycle.detach();

@@ -11,6 +11,8 @@ use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToN
 use crate::network::device::VirtualDevice;
 use crate::network::packet;
 
+mod limits;
+
 /// A TCP client made of a smoltcp socket of its own, wired to the stack under test.
 struct Client {
     iface: Interface,

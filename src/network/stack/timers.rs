@@ -1,5 +1,5 @@
 //! Timers: each connection is in `Stack::timers` at the moment it next needs a poll (smoltcp's retransmission
-//! and delayed-ACK timers, the linger of a connection Python closed, the release of idle pages), so that a tick
+//! and delayed-ACK timers, the `timeouts` that end a connection, the release of idle pages), so that a tick
 //! polls the connections that are due and no other.
 
 use std::collections::BTreeSet;
@@ -28,11 +28,9 @@ impl Stack {
             self.timers.pop_first();
             if let Some(conn) = self.connections.get_mut(&id) {
                 conn.deadline = None;
-                if conn.linger_until.is_some_and(|t| t <= now) {
-                    log::debug!("connection {id}: the client did not close in time, resetting");
-                    conn.socket().abort();
+                if !self.give_up_if_due(id, now) {
+                    self.service(id, now, out);
                 }
-                self.service(id, now, out);
             }
         }
     }
@@ -47,7 +45,7 @@ impl Connection {
         timers: &mut BTreeSet<(Instant, ConnectionId)>,
     ) {
         let mut next = iface.poll_at(now, &self.sockets);
-        for at in [self.linger_until, self.release_at].into_iter().flatten() {
+        for at in [self.give_up_deadline(), self.release_at].into_iter().flatten() {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
         if next == self.deadline {
