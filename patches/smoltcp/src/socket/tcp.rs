@@ -1712,6 +1712,7 @@ impl<'a> Socket<'a> {
         let segment_start = repr.seq_number;
         let segment_end = repr.seq_number + repr.payload.len();
 
+        let mut ack_of_unacceptable = false;
         let (payload, payload_offset) = match self.state {
             // In LISTEN and SYN-SENT states, we have not yet synchronized with the remote end.
             State::Listen | State::SynSent => (&[][..], 0),
@@ -1782,6 +1783,20 @@ impl<'a> Socket<'a> {
                         &repr.payload[overlap_start - segment_start..overlap_end - segment_start],
                         overlap_start - window_start,
                     )
+                } else if window_start == window_end
+                    && !matches!(repr.control, TcpControl::Rst | TcpControl::Syn)
+                    && self.state != State::TimeWait
+                {
+                    // RFC 9293 (3.10.7.4): with a zero receive window no segment is acceptable,
+                    // "but special allowance should be made to accept valid ACKs". The remote can
+                    // be ahead of a closed window: with window scaling the window we advertise is
+                    // rounded down, so its right edge can move left after the remote has sent up
+                    // to the old edge. Dropping the ACKs of such a remote while the window is
+                    // closed leaves our data unacknowledged; if the application waits for that
+                    // before it reads, the connection stalls for good. Take the ACK and the
+                    // window, drop the rest, and reply below as to any unacceptable segment.
+                    ack_of_unacceptable = true;
+                    (&[][..], 0)
                 } else {
                     // Out-of-window RSTs are silently dropped, per RFC 9293
                     // (3.10.7.4) and RFC 5961 (3.2): no reply is sent, and the
@@ -1863,6 +1878,9 @@ impl<'a> Socket<'a> {
         // Disregard control flags we don't care about or shouldn't act on yet.
         let mut control = repr.control;
         control = control.quash_psh();
+        if ack_of_unacceptable {
+            control = TcpControl::None;
+        }
 
         // If a FIN is received at the end of the current segment, but
         // we have a hole in the assembler before the current segment, disregard this FIN.
@@ -2204,6 +2222,15 @@ impl<'a> Socket<'a> {
         }
 
         let payload_len = payload.len();
+        if ack_of_unacceptable {
+            // As for the unacceptable segments above: data (a probe, or a retransmission) is
+            // always answered, anything else at a limited rate.
+            return if repr.payload.is_empty() {
+                self.challenge_ack_reply(cx, ip_repr, repr)
+            } else {
+                Some(self.ack_reply(ip_repr, repr))
+            };
+        }
         if payload_len == 0 {
             return None;
         }
@@ -7936,6 +7963,95 @@ mod test {
                 ..RECV_TEMPL
             })
         );
+    }
+
+    /// A socket with a 64-byte receive window in units of 16 bytes that has sent "abcdef" and
+    /// then received 60 bytes: the 4 bytes left round down to a zero window, whose right edge
+    /// lies 4 bytes to the left of the one advertised before. The remote may have sent up to
+    /// that old edge.
+    fn socket_scaled_window_closed_early() -> TestSocket {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        s.remote_win_scale = Some(0);
+        s.remote_win_shift = 4;
+        s.remote_last_win = s.scaled_window();
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                window_len: 4,
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[b'x'; 60][..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 6,
+                ack_number: Some(REMOTE_SEQ + 1 + 60),
+                window_len: 0,
+                ..RECV_TEMPL
+            }]
+        );
+        s
+    }
+
+    #[test]
+    fn test_zero_window_takes_ack_of_segment_beyond_window() {
+        let mut s = socket_scaled_window_closed_early();
+        // The remote's last 4 bytes were lost; its next ACK carries its own next sequence number,
+        // beyond our closed window, and acknowledges our data.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 64,
+                ack_number: Some(LOCAL_SEQ + 1 + 6),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 6,
+                ack_number: Some(REMOTE_SEQ + 1 + 60),
+                window_len: 0,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.tx_buffer.len(), 0);
+        assert_eq!(s.rx_buffer.len(), 60);
+    }
+
+    #[test]
+    fn test_zero_window_takes_ack_of_data_segment() {
+        let mut s = socket_scaled_window_closed_early();
+        // The remote resends its last 4 bytes, with a FIN; they do not fit, but the ACK counts.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 60,
+                ack_number: Some(LOCAL_SEQ + 1 + 6),
+                payload: &b"yyyy"[..],
+                control: TcpControl::Fin,
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 6,
+                ack_number: Some(REMOTE_SEQ + 1 + 60),
+                window_len: 0,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.tx_buffer.len(), 0);
+        assert_eq!(s.rx_buffer.len(), 60);
+        assert_eq!(s.state, State::Established);
     }
 
     #[test]
