@@ -21,15 +21,18 @@ use super::udp_routes::UdpRoutes;
 use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToNetwork};
 
 /// Receive and send buffer of each connection, mapped on demand (`LazyMemory`): an idle connection pays for the
-/// pages its data touched, not for these sizes. The receive buffer sets the largest TCP window; it stays at 64 KiB,
-/// without window scaling: with a scaled window, smoltcp 0.14 ignores the ACKs in segments that arrive while its
-/// window is closed and whose sequence number is not the next expected one, and a connection under backpressure
-/// and loss stalls for good.
-const RX_BUFFER: usize = 64 * 1024;
-const TX_BUFFER: usize = 64 * 1024;
+/// pages its data touched, not for these sizes. The receive buffer sets the largest TCP window and, above 64 KiB,
+/// the window scale (smoltcp picks the smallest shift that covers the buffer: 5 for 1 MiB, a window in units of
+/// 32 bytes). 1 MiB carries 20 MB/s at a 50 ms round trip. Larger is cheap in memory that is not touched, but
+/// until a global budget bounds them, every connection whose handler does not read may fill its window: 1 MiB
+/// bounds that, and 10,000 connections reserve 20 GB of address space, not 80.
+const RX_BUFFER: usize = 1 << 20;
+const TX_BUFFER: usize = 1 << 20;
 
-/// How many mappings of ended connections are kept for new ones.
+/// How many mappings of ended connections are kept for new ones, and how much of each buffer's start they keep
+/// committed.
 const POOLED_BUFFERS: usize = 64;
+const POOL_KEEPS: usize = 64 * 1024;
 
 /// How long emptied buffers stay committed before their pages go back to the kernel.
 const RELEASE_AFTER: Duration = Duration::from_secs(1);
@@ -655,9 +658,19 @@ impl Stack {
             if let Some(at) = conn.deadline {
                 self.timers.remove(&(at, id));
             }
-            let Connection { sockets, memory, .. } = conn;
+            let Connection {
+                sockets,
+                memory,
+                committed,
+                ..
+            } = conn;
             // The socket's buffers borrow the memory: they go first.
             drop(sockets);
+            if committed {
+                // A pooled mapping keeps the pages a short connection touches, not all a long one did.
+                memory.release(POOL_KEEPS, RX_BUFFER - POOL_KEEPS);
+                memory.release(RX_BUFFER + POOL_KEEPS, TX_BUFFER - POOL_KEEPS);
+            }
             self.memory.give(memory);
         }
     }
@@ -822,6 +835,15 @@ mod tests {
 
         /// Exchanges packets between client and stack until neither has more to say; returns Python's events.
         fn pump(&mut self, stack: &mut Stack) -> Vec<NetworkToPython> {
+            self.pump_losing(stack, |_| false)
+        }
+
+        /// `pump`, with a tunnel that loses the client's packets for which `lose` says so.
+        fn pump_losing(
+            &mut self,
+            stack: &mut Stack,
+            mut lose: impl FnMut(&[u8]) -> bool,
+        ) -> Vec<NetworkToPython> {
             let mut events = vec![];
             let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
             for _ in 0..10_000 {
@@ -829,7 +851,7 @@ mod tests {
                 self.iface.poll(now, &mut self.device, &mut self.sockets);
                 let mut out = Outputs::default();
                 let sent: Vec<_> = self.device.tx.drain(..).collect();
-                for p in &sent {
+                for p in sent.iter().filter(|p| !lose(p)) {
                     stack.receive(self.peer, endpoint, p.clone(), &mut out);
                 }
                 stack.flush(&mut out);
@@ -1159,7 +1181,9 @@ mod tests {
         let mut stack = stack();
         let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
         established(&client.pump(&mut stack));
-        let payload: Vec<u8> = (0..600_000u32).map(|i| (i % 249) as u8).collect();
+        let payload: Vec<u8> = (0..(2 * RX_BUFFER + 100_000) as u32)
+            .map(|i| (i % 249) as u8)
+            .collect();
         stack.set_read_budget(10_000);
         let mut sent = 0;
         let mut received = vec![];
@@ -1190,6 +1214,131 @@ mod tests {
         }
         assert_eq!(received, payload);
         assert!(!stack.has_starved());
+    }
+
+    /// Passes the client's SYN and the stack's SYN-ACK, checking that the stack offers window scaling; returns the
+    /// client's initial sequence number.
+    fn open_with_window_scale(stack: &mut Stack, client: &mut Client) -> u32 {
+        let now = stack.now();
+        client.iface.poll(now, &mut client.device, &mut client.sockets);
+        let syn = client.device.tx.pop().unwrap();
+        let isn = packet::sent_segment(&syn).unwrap().seq;
+        let mut out = Outputs::default();
+        stack.receive(0, "127.0.0.1:9".parse().unwrap(), syn, &mut out);
+        stack.flush(&mut out);
+        let syn_ack = &out.packets[0].1;
+        let syn_ack = smoltcp::wire::TcpPacket::new_checked(&syn_ack[20..]).unwrap();
+        let scale = smoltcp::wire::TcpRepr::parse(
+            &syn_ack,
+            &IpAddress::v4(10, 0, 0, 42),
+            &IpAddress::v4(10, 0, 0, 1),
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        )
+        .unwrap()
+        .window_scale;
+        assert!(scale.is_some_and(|s| s > 0), "window scaling offered: {scale:?}");
+        for (_, p) in out.packets {
+            client.device.rx = Some(p);
+            client.iface.poll(now, &mut client.device, &mut client.sockets);
+        }
+        isn
+    }
+
+    /// The client's data that the tunnel loses, at these offsets: in the last flight before the window is full.
+    const LOSSES: &[usize] = &[RX_BUFFER - 30_000];
+
+    /// A handler that reads only once its writes are drained (a proxy that pauses reading while its other side is
+    /// slow), on a connection with a scaled window and a tunnel that loses a segment while the window fills. The
+    /// segments after the gap are acknowledged at once, with the window rounded down to the scale: its right edge
+    /// moves left of where the client already sent, and the window closes with the client's sequence number
+    /// beyond it. The client's acknowledgements must count all the same, or the handler's writes never drain, it
+    /// never reads, and the connection stalls. The writes must drain before any retransmission timeout: this client
+    /// (smoltcp) goes back to the edge on its timeout and so gets through in the end; a kernel's TCP keeps its
+    /// sequence number when the window shrank by less than its scale unit, and never would.
+    #[test]
+    fn a_scaled_window_closed_by_a_handler_that_waits_for_its_writes_still_takes_acknowledgements() {
+        let mut stack = stack();
+        let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+        let isn = open_with_window_scale(&mut stack, &mut client);
+        let id = established(&client.pump(&mut stack));
+
+        let download: Vec<u8> = (0..3 * TX_BUFFER as u32).map(|i| (i % 241) as u8).collect();
+        let upload: Vec<u8> = (0..3 * RX_BUFFER as u32).map(|i| (i % 239) as u8).collect();
+        let mut out = Outputs::default();
+        stack.handle(PythonToNetwork::PauseReading { id }, &mut out);
+        stack.handle(
+            PythonToNetwork::Write {
+                id,
+                data: download.clone(),
+            },
+            &mut out,
+        );
+        stack.flush(&mut out);
+        let mut events = out.events;
+        let mut to_client = out.packets;
+
+        let (mut sent, mut drained, mut reading) = (0, 0, false);
+        let (mut uploaded, mut downloaded) = (vec![], vec![]);
+        // The tunnel loses the first copy of the segments that carry the bytes at `LOSSES`.
+        let mut losses = LOSSES.to_vec();
+        let mut lose = |p: &[u8]| {
+            let segment = packet::sent_segment(p).unwrap();
+            let start = segment.seq.wrapping_sub(isn + 1) as usize;
+            let end = start + segment.len as usize;
+            let hit = losses
+                .iter()
+                .position(|&at| segment.has_data && start <= at && at < end);
+            hit.map(|i| losses.swap_remove(i)).is_some()
+        };
+        let start = stack.epoch.elapsed();
+        let mut clock = start;
+        for _ in 0..60 {
+            for (_, p) in to_client.drain(..) {
+                client.device.rx = Some(p);
+                let now = stack.now();
+                client.iface.poll(now, &mut client.device, &mut client.sockets);
+            }
+            sent += client.socket().send_slice(&upload[sent..]).unwrap();
+            events.extend(client.pump_losing(&mut stack, &mut lose));
+            while let Ok(chunk) = client.socket().recv(|b| (b.len(), b.to_vec())) {
+                if chunk.is_empty() {
+                    break;
+                }
+                downloaded.extend(chunk);
+            }
+            for event in events.drain(..) {
+                match event {
+                    NetworkToPython::Drained { bytes, .. } => drained += bytes,
+                    NetworkToPython::Data { data, .. } => uploaded.extend(data),
+                    _ => {}
+                }
+            }
+            let mut out = Outputs::default();
+            if drained == download.len() && !reading {
+                reading = true;
+                assert!(
+                    clock < start + Duration::from_secs(1),
+                    "drained only after a timeout"
+                );
+                stack.handle(PythonToNetwork::ResumeReading { id }, &mut out);
+                stack.flush(&mut out);
+            }
+            if uploaded.len() == upload.len() && downloaded.len() == download.len() {
+                break;
+            }
+            // Until the writes drained: delayed acknowledgements go out, retransmission timers (1 s at least) do
+            // not fire. Then timers too, for the client's own losses at the window's edge.
+            clock += Duration::from_millis(if reading { 250 } else { 20 });
+            stack.epoch = std::time::Instant::now() - clock;
+            stack.poll_timers(&mut out);
+            events.extend(out.events);
+            to_client.extend(out.packets);
+        }
+        assert!(reading, "the handler's writes never drained");
+        assert_eq!(downloaded.len(), download.len());
+        assert!(downloaded == download, "the download arrived intact");
+        assert_eq!(uploaded.len(), upload.len());
+        assert!(uploaded == upload, "the upload arrived intact");
     }
 
     #[test]
