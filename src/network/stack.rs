@@ -330,6 +330,9 @@ impl Stack {
         let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         // Like asyncio's transports (TCP_NODELAY): a write goes out at once.
         socket.set_nagle_enabled(false);
+        // Without a congestion controller a whole window (up to a send buffer) leaves at once, more than the
+        // path's queues hold.
+        socket.set_congestion_control(tcp::CongestionControl::Cubic);
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
             log::debug!("dropped a SYN to {}: {e}", flow.destination);
             return None;
@@ -835,14 +838,14 @@ mod tests {
 
         /// Exchanges packets between client and stack until neither has more to say; returns Python's events.
         fn pump(&mut self, stack: &mut Stack) -> Vec<NetworkToPython> {
-            self.pump_losing(stack, |_| false)
+            self.pump_through(stack, Some)
         }
 
-        /// `pump`, with a tunnel that loses the client's packets for which `lose` says so.
-        fn pump_losing(
+        /// `pump`, with a tunnel that may lose or change the client's packets.
+        fn pump_through(
             &mut self,
             stack: &mut Stack,
-            mut lose: impl FnMut(&[u8]) -> bool,
+            mut tunnel: impl FnMut(Vec<u8>) -> Option<Vec<u8>>,
         ) -> Vec<NetworkToPython> {
             let mut events = vec![];
             let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
@@ -851,8 +854,8 @@ mod tests {
                 self.iface.poll(now, &mut self.device, &mut self.sockets);
                 let mut out = Outputs::default();
                 let sent: Vec<_> = self.device.tx.drain(..).collect();
-                for p in sent.iter().filter(|p| !lose(p)) {
-                    stack.receive(self.peer, endpoint, p.clone(), &mut out);
+                for p in sent.iter().filter_map(|p| tunnel(p.clone())) {
+                    stack.receive(self.peer, endpoint, p, &mut out);
                 }
                 stack.flush(&mut out);
                 stack.poll_timers(&mut out);
@@ -1245,16 +1248,16 @@ mod tests {
     }
 
     /// The client's data that the tunnel loses, at these offsets: in the last flight before the window is full.
-    const LOSSES: &[usize] = &[RX_BUFFER - 30_000];
+    const LOSSES: &[usize] = &[RX_BUFFER - 60_000];
 
     /// A handler that reads only once its writes are drained (a proxy that pauses reading while its other side is
     /// slow), on a connection with a scaled window and a tunnel that loses a segment while the window fills. The
     /// segments after the gap are acknowledged at once, with the window rounded down to the scale: its right edge
     /// moves left of where the client already sent, and the window closes with the client's sequence number
     /// beyond it. The client's acknowledgements must count all the same, or the handler's writes never drain, it
-    /// never reads, and the connection stalls. The writes must drain before any retransmission timeout: this client
-    /// (smoltcp) goes back to the edge on its timeout and so gets through in the end; a kernel's TCP keeps its
-    /// sequence number when the window shrank by less than its scale unit, and never would.
+    /// never reads, and the connection stalls. The client behaves as a kernel's TCP does: it keeps its sequence
+    /// number in acknowledgements when the window shrank by less than a scale unit (Linux's
+    /// `tcp_acceptable_seq`), so they never become acceptable while the window stays closed.
     #[test]
     fn a_scaled_window_closed_by_a_handler_that_waits_for_its_writes_still_takes_acknowledgements() {
         let mut stack = stack();
@@ -1279,16 +1282,28 @@ mod tests {
 
         let (mut sent, mut drained, mut reading) = (0, 0, false);
         let (mut uploaded, mut downloaded) = (vec![], vec![]);
-        // The tunnel loses the first copy of the segments that carry the bytes at `LOSSES`.
+        // The tunnel loses the first copy of the segments that carry the bytes at `LOSSES`. The client's bare
+        // acknowledgements carry the furthest sequence number it sent: this client goes back to the first
+        // unacknowledged byte when it resends, a kernel's TCP does not.
         let mut losses = LOSSES.to_vec();
-        let mut lose = |p: &[u8]| {
-            let segment = packet::sent_segment(p).unwrap();
+        let mut next = isn.wrapping_add(1);
+        let mut tunnel = |p: Vec<u8>| {
+            let segment = packet::sent_segment(&p).unwrap();
+            if segment.len == 0 {
+                return packet::bare_ack(&p, next, false).or(Some(p));
+            }
+            if packet::seq_after(segment.end(), next) {
+                next = segment.end();
+            }
             let start = segment.seq.wrapping_sub(isn + 1) as usize;
             let end = start + segment.len as usize;
-            let hit = losses
-                .iter()
-                .position(|&at| segment.has_data && start <= at && at < end);
-            hit.map(|i| losses.swap_remove(i)).is_some()
+            match losses.iter().position(|&at| start <= at && at < end) {
+                Some(i) => {
+                    losses.swap_remove(i);
+                    None
+                }
+                None => Some(p),
+            }
         };
         let start = stack.epoch.elapsed();
         let mut clock = start;
@@ -1299,7 +1314,7 @@ mod tests {
                 client.iface.poll(now, &mut client.device, &mut client.sockets);
             }
             sent += client.socket().send_slice(&upload[sent..]).unwrap();
-            events.extend(client.pump_losing(&mut stack, &mut lose));
+            events.extend(client.pump_through(&mut stack, &mut tunnel));
             while let Ok(chunk) = client.socket().recv(|b| (b.len(), b.to_vec())) {
                 if chunk.is_empty() {
                     break;
