@@ -25,9 +25,12 @@ use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToN
 /// the window scale (smoltcp picks the smallest shift that covers the buffer: 5 for 1 MiB, a window in units of
 /// 32 bytes). 1 MiB carries 20 MB/s at a 50 ms round trip. Larger is cheap in memory that is not touched, but
 /// until a global budget bounds them, every connection whose handler does not read may fill its window: 1 MiB
-/// bounds that, and 10,000 connections reserve 20 GB of address space, not 80.
+/// bounds that, and 10,000 connections reserve 11 GB of address space (with the send buffer), not 80.
 const RX_BUFFER: usize = 1 << 20;
-const TX_BUFFER: usize = 1 << 20;
+/// The send buffer bounds what the stack has in flight. It stays at 64 KiB until the stack paces its segments and
+/// recovers from several losses in a window: a larger one lets bursts leave that overflow the UDP buffers on the
+/// way, and smoltcp then recovers by its retransmission timeout (a download on a 50 ms path got slower, not faster).
+const TX_BUFFER: usize = 64 * 1024;
 
 /// How many mappings of ended connections are kept for new ones, and how much of each buffer's start they keep
 /// committed.
@@ -330,9 +333,6 @@ impl Stack {
         let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         // Like asyncio's transports (TCP_NODELAY): a write goes out at once.
         socket.set_nagle_enabled(false);
-        // Without a congestion controller a whole window (up to a send buffer) leaves at once, more than the
-        // path's queues hold.
-        socket.set_congestion_control(tcp::CongestionControl::Cubic);
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
             log::debug!("dropped a SYN to {}: {e}", flow.destination);
             return None;
