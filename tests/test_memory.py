@@ -64,15 +64,16 @@ async def ping_pong_rate(host: str, port: int, seconds: float = 1.0, windows: in
 
 
 async def test_a_handler_that_does_not_read_costs_only_its_windows(server_process):
-    """20 clients send 2 MiB each to handlers that do not read for seconds: memory grows by the windows, not by
-    what the clients offered (40 MiB), and every byte arrives once the handlers read."""
+    """20 clients send 8 MiB each to handlers that do not read for seconds: memory grows by the windows (1 MiB
+    each), not by what the clients offered (160 MiB; more than a window and a client's kernel buffers), and every
+    byte arrives once the handlers read."""
     server = await server_process()
     await echo_once("10.0.0.42", 7)  # handshake done, first buffers touched
     await server.command("hold")
     before = server.rss()
     server.reset_peak()
 
-    payloads = [os.urandom(2 * MB) for _ in range(20)]
+    payloads = [os.urandom(8 * MB) for _ in range(20)]
     connections = [await open_connection("10.0.0.42", 1000 + i) for i in range(len(payloads))]
 
     async def send(writer: asyncio.StreamWriter, payload: bytes) -> None:
@@ -83,7 +84,7 @@ async def test_a_handler_that_does_not_read_costs_only_its_windows(server_proces
     senders = [asyncio.create_task(send(w, p)) for (_, w), p in zip(connections, payloads)]
     # The clients push for three seconds; their writes stay blocked on closed windows.
     done, _ = await asyncio.wait(senders, timeout=3)
-    assert not done, "a client sent 2 MiB to a handler that does not read"
+    assert not done, "a client sent 8 MiB to a handler that does not read"
     growth = server.peak_rss() - before
     assert growth < 32 * MB, f"memory grew by {growth / MB:.1f} MB while handlers did not read"
 

@@ -29,6 +29,12 @@ impl LazyMemory {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // Where transparent huge pages are on for every mapping, the first byte written to a buffer of 2 MiB or
+        // more could commit a whole huge page. Advice only: a kernel without THP refuses it, which is fine.
+        // SAFETY: the range is the mapping just created.
+        unsafe {
+            libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE);
+        }
         Ok(LazyMemory {
             ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
             len,

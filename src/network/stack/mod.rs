@@ -45,11 +45,18 @@ use admission::Admission;
 use connection::Connection;
 
 /// Receive and send buffer of each connection, mapped on demand (`LazyMemory`): an idle connection pays for the
-/// pages its data touched, not for these sizes. The receive buffer sets the largest TCP window; it stays at 64 KiB,
-/// without window scaling: with a scaled window, smoltcp 0.14 ignores the ACKs in segments that arrive while its
-/// window is closed and whose sequence number is not the next expected one, and a connection under backpressure
-/// and loss stalls for good.
-const RX_BUFFER: usize = 64 * 1024;
+/// pages its data touched, not for these sizes. The receive buffer sets the largest TCP window and, above 64 KiB,
+/// the window scale (smoltcp picks the smallest shift that covers the buffer: 5 for 1 MiB, a window in units of
+/// 32 bytes). 1 MiB carries 20 MB/s at a 50 ms round trip. Larger is cheap in memory that is not touched, but
+/// until a global budget bounds them, every connection whose handler does not read may fill its window: 1 MiB
+/// bounds that, and 10,000 connections reserve 11 GB of address space (with the send buffer), not 80. Window
+/// scaling needs the patched smoltcp (patches/README.md): the released one stalls a scaled connection under
+/// backpressure and loss.
+const RX_BUFFER: usize = 1 << 20;
+/// The send buffer bounds what the stack has in flight. It stays at 64 KiB until the stack paces its segments and
+/// recovers from several losses in a window: a larger one lets bursts leave that overflow the UDP buffers on the
+/// way, and smoltcp then recovers by its retransmission timeout (a download on a 50 ms path got slower, not
+/// faster).
 const TX_BUFFER: usize = 64 * 1024;
 
 /// How many mappings of ended connections are kept for new ones.

@@ -12,6 +12,7 @@ use crate::network::device::VirtualDevice;
 use crate::network::packet;
 
 mod limits;
+mod window_scale;
 
 /// A TCP client made of a smoltcp socket of its own, wired to the stack under test.
 struct Client {
@@ -58,6 +59,15 @@ impl Client {
 
     /// Exchanges packets between client and stack until neither has more to say; returns Python's events.
     fn pump(&mut self, stack: &mut TestStack) -> Vec<NetworkToPython> {
+        self.pump_through(stack, Some)
+    }
+
+    /// `pump`, with a tunnel that may lose or change the client's packets.
+    fn pump_through(
+        &mut self,
+        stack: &mut TestStack,
+        mut tunnel: impl FnMut(Vec<u8>) -> Option<Vec<u8>>,
+    ) -> Vec<NetworkToPython> {
         let mut events = vec![];
         let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
         for _ in 0..10_000 {
@@ -65,8 +75,8 @@ impl Client {
             self.iface.poll(now, &mut self.device, &mut self.sockets);
             let mut out = Outputs::default();
             let sent: Vec<_> = self.device.tx.drain(..).collect();
-            for p in &sent {
-                stack.receive(self.peer, endpoint, p.clone(), &mut out);
+            for p in sent.iter().filter_map(|p| tunnel(p.clone())) {
+                stack.receive(self.peer, endpoint, p, &mut out);
             }
             stack.flush(&mut out);
             stack.poll_timers(&mut out);
@@ -448,7 +458,9 @@ fn reading_stops_at_the_budget_and_resumes_when_python_caught_up() {
     let mut stack = stack();
     let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
     established(&client.pump(&mut stack));
-    let payload: Vec<u8> = (0..600_000u32).map(|i| (i % 249) as u8).collect();
+    let payload: Vec<u8> = (0..(2 * RX_BUFFER + 100_000) as u32)
+        .map(|i| (i % 249) as u8)
+        .collect();
     stack.set_read_budget(10_000);
     let mut sent = 0;
     let mut received = vec![];
