@@ -95,3 +95,19 @@ async def test_what_follows_the_http_proxys_reply_in_the_same_segment_is_kept() 
         wrong = forward.Upstream.from_url(f"http://user:wrong@127.0.0.1:{port}")
         with pytest.raises(forward.UpstreamError, match="refused: 407 Proxy Authentication Required"):
             await wrong.open_connection("192.0.2.1", 25, timeout=5)
+
+
+def test_the_command_line_checks_the_upstream_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from mitmproxy_wireguard import cli
+
+    args = cli.build_parser().parse_args(
+        ["forward", "--upstream", "socks5://u:topsecret@192.0.2.1:1080", "--upstream-dns", "192.0.2.53"]
+    )
+    assert str(args.upstream) == "socks5://192.0.2.1:1080" and args.upstream_dns == ("192.0.2.53", 53)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["forward", "--upstream", "socks5://u:topsecret@192.0.2.1"])
+    error = capsys.readouterr().err
+    assert "--upstream" in error and "port" in error and "topsecret" not in error
+    with pytest.raises(SystemExit):
+        cli.main(["forward", "--upstream-dns", "192.0.2.53"])
+    assert "--upstream-dns needs --upstream" in capsys.readouterr().err
