@@ -49,6 +49,20 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _upstream(text: str) -> forward.Upstream:
+    try:
+        return forward.Upstream.from_url(text)
+    except ValueError as e:  # The message never shows the credentials.
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _dns_server(text: str) -> tuple[str, int]:
+    try:
+        return forward.parse_dns_server(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -142,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=limits.connect_timeout,
         metavar="SECONDS",
         help="reset a TCP connection whose destination does not answer within this time (default: %(default)g)",
+    )
+    fwd.add_argument(
+        "--upstream",
+        type=_upstream,
+        metavar="URL",
+        help="send every connection through this proxy: socks5://[USER:PASSWORD@]HOST:PORT (UDP too, where it "
+        "allows UDP ASSOCIATE) or http://[USER:PASSWORD@]HOST:PORT (HTTP CONNECT, no UDP)",
+    )
+    fwd.add_argument(
+        "--upstream-dns",
+        type=_dns_server,
+        metavar="IP[:PORT]",
+        help="with --upstream: send DNS queries to the tunnel's DNS address on to this DNS server, over TCP "
+        "through the upstream",
     )
     return parser
 
@@ -273,19 +301,35 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
         await echo.serve(args.host, cfg.listen_port, cfg, announce=announce)
     else:
         dns = ", ".join(cfg.dns)
-        hint = [f"DNS queries to {dns} are answered with this machine's resolver."] if dns else []
+        if args.upstream_dns is not None:
+            server = host_port(*args.upstream_dns)
+            hint = [f"DNS queries to {dns} go to {server} through {args.upstream}."] if dns else []
+        else:
+            hint = [f"DNS queries to {dns} are answered with this machine's resolver."] if dns else []
+        if args.upstream is not None:
+            hint.append(f"Every connection goes through {args.upstream}.")
         announce = announcer(args, cfg, "0.0.0.0/0, ::/0", None, hint)
         limits = forward.Limits(
             tcp_idle_timeout=args.tcp_idle_timeout,
             udp_idle_timeout=args.udp_idle_timeout,
             connect_timeout=args.connect_timeout,
         )
-        await forward.serve(args.host, cfg, allow_local=args.allow_local, limits=limits, announce=announce)
+        await forward.serve(
+            args.host,
+            cfg,
+            allow_local=args.allow_local,
+            limits=limits,
+            announce=announce,
+            upstream=args.upstream,
+            upstream_dns=args.upstream_dns,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "upstream_dns", None) is not None and args.upstream is None:
+        parser.error("--upstream-dns needs --upstream")
     setup_logging(args.verbose, args.json_log)
     raise_open_file_limit()
     try:

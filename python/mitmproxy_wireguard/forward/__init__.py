@@ -8,12 +8,18 @@ Everything else is reached, private networks around this host included. A refuse
 is reset; a refused datagram is dropped. Each finished flow is logged once, on the logger
 `mitmproxy_wireguard.forward`, with its numbers in the log record's `flow` attribute (see `Flow.record`).
 
+With an upstream proxy (`Upstream`: SOCKS5 or HTTP CONNECT), every TCP connection goes through it, and so does
+UDP where a SOCKS5 upstream carries it (UDP ASSOCIATE); an upstream's failure resets the client's connection,
+with the reason in the flow's outcome. DNS queries go through it to a DNS server of the user's choice if asked.
+Which destinations are refused is decided on the address the client asked for, as without an upstream.
+
 Timeouts and each peer's share of what is limited (UDP flows, DNS lookups, the resolver's threads) are in
 `Limits`: one peer flooding the proxy exhausts its own share, not the others'.
 
 The parts, one module each: `policy` (which destinations), `tcp` and `udp` (the flows), `resolver` (the DNS
 service) over `lookups` (the resolver's threads), `limits` (timeouts and shares), `flows` (addresses and the log
-record of a flow) and `proxy` (the handlers and `serve`).
+record of a flow), `upstream` (the upstream proxy) over `socks5` (SOCKS5's UDP ASSOCIATE) and `proxy` (the
+handlers and `serve`).
 """
 
 from .flows import Flow, IPAddress, format_address, logger
@@ -24,6 +30,7 @@ from .proxy import Forwarder, serve
 from .resolver import DNS_PORT, DNS_TCP_IDLE_TIMEOUT, DNS_TIMEOUT, DNS_TTL, Resolver
 from .tcp import CHUNK, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, abort, keep_alive, relay
 from .udp import MAX_PENDING_DATAGRAMS
+from .upstream import Upstream, UpstreamError, parse_dns_server
 
 __all__ = [
     "CHUNK",
@@ -44,11 +51,14 @@ __all__ = [
     "Policy",
     "Resolver",
     "Shares",
+    "Upstream",
+    "UpstreamError",
     "abort",
     "format_address",
     "is_own_address",
     "keep_alive",
     "logger",
+    "parse_dns_server",
     "relay",
     "serve",
 ]

@@ -13,17 +13,31 @@ from ..server import Address
 from .flows import Flow, IPAddress, format_address, ip_of, logger
 from .limits import Limits
 from .policy import Policy
-from .resolver import DNS_PORT, Resolver, dns_over_tcp
+from .resolver import DNS_PORT, Resolver, dns_over_tcp, upstream_answer
 from .tcp import forward_connection
 from .udp import UdpFlows
+from .upstream import Upstream
 
 
 class Forwarder:
     """The handlers for `start_server`. Set `server` to the running server before traffic arrives, and call
     `close` when done."""
 
-    def __init__(self, cfg: Configuration, allow_local: bool = False, limits: Limits | None = None):
+    def __init__(
+        self,
+        cfg: Configuration,
+        allow_local: bool = False,
+        limits: Limits | None = None,
+        upstream: Upstream | None = None,
+        upstream_dns: Address | None = None,
+    ):
+        """`upstream`: every flow goes through it. `upstream_dns`: DNS queries to the tunnel's DNS addresses go
+        to this DNS server over TCP through `upstream` (which it needs), instead of this host's resolver."""
+        if upstream_dns is not None and upstream is None:
+            raise ValueError("upstream_dns needs an upstream")
         self.limits = limits or Limits()
+        self.upstream = upstream
+        self.upstream_dns = upstream_dns
         self.policy = Policy(cfg, allow_local)
         self.dns_addresses: set[IPAddress] = set()
         for entry in cfg.dns:
@@ -35,7 +49,7 @@ class Forwarder:
         self._peer_keys = cfg.client_public_keys
         self._seen_peers: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._udp = UdpFlows(self.policy, self.limits, self._spawn)
+        self._udp = UdpFlows(self.policy, self.limits, self._spawn, upstream)
 
     @property
     def server(self) -> Server | None:
@@ -87,14 +101,18 @@ class Forwarder:
         try:
             if self._is_dns(dst):
                 flow.protocol = "dns-tcp"
-                await dns_over_tcp(self.resolver, stream, flow)
+                if self.upstream_dns is not None:
+                    # The client's DNS-over-TCP connection goes whole to the DNS server, through the upstream.
+                    await forward_connection(stream, flow, self.limits, self.upstream, self.upstream_dns)
+                else:
+                    await dns_over_tcp(self.resolver, stream, flow)
                 return
             refusal = self.policy.refusal(dst[0])
             if refusal is not None:
                 flow.outcome = f"refused: {refusal}"
                 stream.abort()
                 return
-            await forward_connection(stream, flow, self.limits)
+            await forward_connection(stream, flow, self.limits, self.upstream)
         except asyncio.CancelledError:
             flow.outcome = "stopped"
             stream.abort()
@@ -121,7 +139,12 @@ class Forwarder:
 
     async def _answer_udp(self, data: bytes, flow: Flow, src: Address, dst: Address) -> None:
         try:
-            reply, flow.outcome = await self.resolver.answer(data, flow.peer)
+            if self.upstream is not None and self.upstream_dns is not None:
+                reply, flow.outcome = await upstream_answer(
+                    self.upstream, self.upstream_dns, self.resolver.pool.shares, data, flow.peer
+                )
+            else:
+                reply, flow.outcome = await self.resolver.answer(data, flow.peer)
             if reply is not None and self.server is not None:
                 self.server.send_datagram(reply, dst, src)
                 flow.bytes_down = len(reply)
@@ -136,11 +159,13 @@ async def serve(
     allow_local: bool = False,
     limits: Limits | None = None,
     announce: Callable[[Server], None] | None = None,
+    upstream: Upstream | None = None,
+    upstream_dns: Address | None = None,
 ) -> None:
     """Runs the proxy on `host` and the configuration's listen port until SIGINT or SIGTERM; raises `ServerError`
     if the server fails. `limits` sets timeouts and each peer's share (see `Limits`); `announce(server)` tells
-    users how to connect once the server runs."""
-    forwarder = Forwarder(cfg, allow_local, limits)
+    users how to connect once the server runs; `upstream` and `upstream_dns` as for `Forwarder`."""
+    forwarder = Forwarder(cfg, allow_local, limits, upstream, upstream_dns)
     server = await start_server(host, cfg, forwarder.handle_connection, forwarder.receive_datagram)
     forwarder.server = server
     try:

@@ -16,10 +16,12 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from ..server import Address
 from ..stream import TcpStream
 from .flows import Flow, format_address, ip_of, logger, reason
-from .limits import Limits
+from .limits import Limits, Shares
 from .lookups import Busy, LookupPool
+from .upstream import Upstream, UpstreamError
 
 DNS_PORT = 53
 DNS_TIMEOUT = 10.0
@@ -92,17 +94,21 @@ class Resolver:
         return ": " + ", ".join(addresses)
 
 
+def _max_size(query: dns.message.Message, tcp: bool) -> int:
+    """The largest response the query's transport takes."""
+    if tcp:
+        return 65535
+    if query.edns >= 0:
+        return max(512, min(query.payload, 65535))
+    return 512
+
+
 def _to_wire(
     query: dns.message.Message, response: dns.message.Message, tcp: bool, summary: str
 ) -> tuple[bytes, str]:
     """The response as large as the query's transport allows, else truncated (TC) to tell the client to retry
     over TCP."""
-    if tcp:
-        max_size = 65535
-    elif query.edns >= 0:
-        max_size = max(512, min(query.payload, 65535))
-    else:
-        max_size = 512
+    max_size = _max_size(query, tcp)
     try:
         return response.to_wire(max_size=max_size), summary
     except dns.exception.TooBig:
@@ -138,3 +144,38 @@ async def dns_over_tcp(resolver: Resolver, stream: TcpStream, flow: Flow) -> Non
         flow.outcome = f"{queries} queries, then {reason(e)}"
         return
     flow.outcome = f"{queries} queries"
+
+
+async def upstream_answer(
+    upstream: Upstream, server: Address, shares: Shares, wire: bytes, peer: str
+) -> tuple[bytes | None, str]:
+    """The reply to a query over UDP, asked of the DNS server `server` over TCP through the upstream (within
+    the peer's share of lookups in progress), and a summary for the log. A reply too large for the client's
+    UDP is sent truncated (TC), so that it asks again over TCP; an upstream that fails gets SERVFAIL."""
+    try:
+        query = dns.message.from_wire(wire)
+    except dns.exception.DNSException as e:
+        return None, f"malformed query: {e}"
+    summary = " ".join(
+        f"{dns.rdatatype.to_text(q.rdtype)} {q.name.to_text(omit_final_dot=True)}" for q in query.question
+    )
+    summary += f" via {format_address(server)}"
+    if not shares.take(peer):
+        return None, summary + ": dropped, too many lookups in progress"
+    try:
+        reply = await asyncio.wait_for(upstream.dns_query(server, wire, DNS_TIMEOUT), DNS_TIMEOUT)
+        response = dns.message.from_wire(reply)
+    except (UpstreamError, asyncio.TimeoutError, dns.exception.DNSException) as e:
+        failed = dns.message.make_response(query)
+        failed.set_rcode(dns.rcode.SERVFAIL)
+        return failed.to_wire(), f"{summary}: {reason(e)}"
+    finally:
+        shares.give_back(peer)
+    summary += f": {dns.rcode.to_text(response.rcode())}, {sum(len(r) for r in response.answer)} answers"
+    if len(reply) <= _max_size(query, tcp=False):
+        return reply, summary
+    response.answer.clear()
+    response.authority.clear()
+    response.additional.clear()
+    response.flags |= dns.flags.TC
+    return response.to_wire(), summary + " (truncated)"

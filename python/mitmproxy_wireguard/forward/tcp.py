@@ -11,9 +11,11 @@ import struct
 import time
 from typing import Any, Callable
 
+from ..server import Address
 from ..stream import TcpStream
 from .flows import Flow, reason
 from .limits import Limits
+from .upstream import Upstream, UpstreamError
 
 CHUNK = 65536
 # Keepalive on the connection to the destination: the first probe after a minute without traffic, then one
@@ -23,14 +25,28 @@ KEEPALIVE_INTERVAL = 10
 KEEPALIVE_COUNT = 6
 
 
-async def forward_connection(stream: TcpStream, flow: Flow, limits: Limits) -> None:
-    """Connects to the flow's destination and relays until both ways have ended; a destination that cannot be
-    reached in `limits.connect_timeout` resets the client's connection."""
-    dst = flow.destination
+async def forward_connection(
+    stream: TcpStream,
+    flow: Flow,
+    limits: Limits,
+    upstream: Upstream | None = None,
+    target: Address | None = None,
+) -> None:
+    """Connects to `target` (by default the flow's destination), through `upstream` if given, and relays until
+    both ways have ended; a destination that cannot be reached in `limits.connect_timeout`, or an upstream
+    that fails, resets the client's connection."""
+    dst = target or flow.destination
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(dst[0], dst[1]), timeout=limits.connect_timeout
-        )
+        if upstream is not None:
+            reader, writer = await upstream.open_connection(dst[0], dst[1], limits.connect_timeout)
+        else:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(dst[0], dst[1]), timeout=limits.connect_timeout
+            )
+    except UpstreamError as e:
+        flow.outcome = str(e)
+        stream.abort()
+        return
     except (OSError, asyncio.TimeoutError) as e:
         flow.outcome = f"unreachable: {reason(e)}"
         stream.abort()

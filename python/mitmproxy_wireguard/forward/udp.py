@@ -1,5 +1,7 @@
 """UDP flows: the datagrams between a peer's address and a destination go through one socket of this host, and
-replies go back into the tunnel; a flow ends after a time without datagrams."""
+replies go back into the tunnel; a flow ends after a time without datagrams. With a SOCKS5 upstream, each flow
+has a UDP association of its own there, and its datagrams go to the upstream's relay; an HTTP upstream carries
+no UDP, so its flows are refused."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ import asyncio
 import time
 from typing import Any, Callable, cast
 
+from .._program import host_port
 from ..server import Address, Server
-from .flows import Flow, format_address, logger, reason
+from . import socks5
+from .flows import Flow, format_address, ip_of, logger, reason
 from .limits import Limits, Shares
 from .policy import Policy
+from .upstream import Association, Upstream, UpstreamError
 
 # Datagrams held for a flow whose socket is still being opened.
 MAX_PENDING_DATAGRAMS = 64
@@ -22,9 +27,13 @@ class UdpFlows:
     """The open UDP flows, by the peer and both addresses; each peer has a share of `limits.udp_flows_per_peer`
     (a datagram that would open one more is dropped). Set `server` before traffic arrives."""
 
-    def __init__(self, policy: Policy, limits: Limits, spawn: Callable[[Any], None]):
+    def __init__(
+        self, policy: Policy, limits: Limits, spawn: Callable[[Any], None], upstream: Upstream | None = None
+    ):
         self.policy = policy
+        self.upstream = upstream
         self.idle_timeout = limits.udp_idle_timeout
+        self.connect_timeout = limits.connect_timeout
         self.shares = Shares("UDP flows", limits.udp_flows_per_peer, limits.udp_flows)
         self.server: Server | None = None
         self._spawn = spawn
@@ -43,6 +52,8 @@ class UdpFlows:
             refusal = self.policy.refusal(dst[0])
             if refusal is not None:
                 udp.refuse(f"refused: {refusal}")
+            elif self.upstream is not None and not self.upstream.carries_udp:
+                udp.refuse(f"refused: upstream {self.upstream} is an HTTP proxy, which carries no UDP")
             else:
                 self._spawn(self._open(udp))
         udp.send(data)
@@ -50,8 +61,21 @@ class UdpFlows:
     async def _open(self, udp: _UdpFlow) -> None:
         loop = asyncio.get_running_loop()
         dst = udp.flow.destination
+        remote = (dst[0], dst[1])
+        if self.upstream is not None:
+            try:
+                udp.association = await self.upstream.associate(self.connect_timeout)
+            except UpstreamError as e:
+                udp.refuse(str(e))
+                logger.debug("udp %s -> %s: %s", format_address(udp.flow.client), format_address(dst), e)
+                return
+            if udp.closed:  # Ended while the association was made.
+                udp.association.writer.transport.abort()
+                return
+            remote = udp.association.relay
+            self._spawn(udp.watch_association())
         try:
-            await loop.create_datagram_endpoint(lambda: udp, remote_addr=(dst[0], dst[1]))
+            await loop.create_datagram_endpoint(lambda: udp, remote_addr=remote)
         except OSError as e:
             udp.refuse(f"unreachable: {reason(e)}")
 
@@ -73,6 +97,7 @@ class _UdpFlow(asyncio.DatagramProtocol):
         self.key = key
         self.flow = flow
         self.transport: asyncio.DatagramTransport | None = None
+        self.association: Association | None = None
         self.pending: list[bytes] | None = []  # None: datagrams are dropped
         self.last = time.monotonic()
         self.closed = False
@@ -87,7 +112,7 @@ class _UdpFlow(asyncio.DatagramProtocol):
         self.last = time.monotonic()
         self.flow.bytes_up += len(data)
         if self.transport is not None:
-            self.transport.sendto(data)
+            self.transport.sendto(self._wrap(data))
         elif self.pending is not None and len(self.pending) < MAX_PENDING_DATAGRAMS:
             self.pending.append(data)
 
@@ -99,16 +124,55 @@ class _UdpFlow(asyncio.DatagramProtocol):
             return
         self.transport = transport
         for data in self.pending or ():
-            transport.sendto(data)
+            transport.sendto(self._wrap(data))
         self.pending = []
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         server = self.flows.server
         if server is None:
             return
+        if self.association is not None:
+            data_or_none = self._unwrap(data)
+            if data_or_none is None:
+                return
+            data = data_or_none
         self.last = time.monotonic()
         self.flow.bytes_down += len(data)
         server.send_datagram(data, self.flow.destination, self.flow.client)
+
+    def _wrap(self, data: bytes) -> bytes:
+        if self.association is None:
+            return data
+        dst = self.flow.destination
+        return socks5.pack_datagram(str(ip_of(dst[0])), dst[1], data)
+
+    def _unwrap(self, data: bytes) -> bytes | None:
+        """The payload of a datagram from the relay, if it came from the flow's destination (as a connected
+        socket's would); else None, and it is dropped."""
+        dst = self.flow.destination
+        try:
+            host, port, payload = socks5.unpack_datagram(data)
+            if port == dst[1] and ip_of(host) == ip_of(dst[0]):
+                return payload
+            problem = f"from {host_port(host, port)}"
+        except (socks5.Socks5Error, ValueError) as e:
+            problem = str(e)
+        logger.debug("udp %s: dropped a datagram from the relay: %s", format_address(dst), problem)
+        return None
+
+    async def watch_association(self) -> None:
+        """The association lasts as long as its control connection: when the upstream ends it, so does the
+        flow."""
+        assert self.association is not None
+        reader = self.association.reader
+        try:
+            while await reader.read(1024):
+                pass
+        except OSError:
+            pass
+        if not self.closed:
+            self.flow.outcome = "the upstream ended the UDP association"
+            self.close()
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error for a datagram sent: the destination is unreachable, datagrams are dropped there.
@@ -135,5 +199,7 @@ class _UdpFlow(asyncio.DatagramProtocol):
         self.timer.cancel()
         if self.transport is not None:
             self.transport.close()
+        if self.association is not None:
+            self.association.writer.transport.abort()
         self.pending = None
         self.flow.log()
