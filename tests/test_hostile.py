@@ -117,6 +117,27 @@ def udp_from(source: str, destination: tuple[str, int], payload: bytes) -> None:
         sock.sendto(payload, destination)
 
 
+def raw_udp_v4(source: str, destination: tuple[str, int], payload: bytes) -> None:
+    """A UDP datagram with any source address, written whole on a raw socket: no address of the client's own."""
+    length = 8 + len(payload)
+    udp = struct.pack("!HHHH", 40000, destination[1], length, 0) + payload  # checksum 0: none, as IPv4 allows
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + length,
+        0,
+        0,
+        64,
+        socket.IPPROTO_UDP,
+        0,  # the kernel fills in the header checksum
+        socket.inet_aton(source),
+        socket.inet_aton(destination[0]),
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+        sock.sendto(header + udp, destination)
+
+
 async def test_packets_from_addresses_not_the_peers_are_dropped_and_its_own_pass(start, caplog):
     setup = await start(peers=2)
     own_v4, own_v6 = (a.split("/")[0] for a in setup.cfg.peers[0]["allowed_ips"])
@@ -133,6 +154,7 @@ async def test_packets_from_addresses_not_the_peers_are_dropped_and_its_own_pass
             for source in forged:
                 destination = ("fd00::42" if ":" in source else "10.0.0.42", 5353)
                 udp_from(source, destination, b"forged %s %d" % (source.encode(), round))
+            raw_udp_v4("10.0.0.99", ("10.0.0.42", 5353), b"raw %d" % round)
             # The peer's own traffic passes, and comes back.
             for source in (own_v4, own_v6):
                 family = socket.AF_INET6 if ":" in source else socket.AF_INET
