@@ -12,6 +12,8 @@
 //! defaults the peers get 10.0.0.2 and fd00::2, 10.0.0.3 and fd00::3, and so on.
 
 mod allocator;
+mod client;
+mod values;
 mod wg_quick;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,6 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::keys;
 use allocator::Allocator;
+pub use client::ClientOptions;
+use values::{check_dns_entry, join, key_error, parse_mtu};
+pub(crate) use values::{check_mtu, parse_dns, parse_nets};
 
 /// The server's tunnel addresses of a new configuration.
 pub const DEFAULT_ADDRESS: [&str; 2] = ["10.0.0.1/16", "fd00::1/64"];
@@ -81,21 +86,6 @@ impl Peer {
     }
 }
 
-/// What a client configuration says besides its keys; see `Configuration::client_configs`.
-#[derive(Clone, Debug, Default)]
-pub struct ClientOptions {
-    /// The client's tunnel addresses; `None`: each peer's own AllowedIPs.
-    pub address: Option<String>,
-    /// What the client routes into the tunnel.
-    pub allowed_ips: String,
-    /// The server's address as the client reaches it.
-    pub endpoint: String,
-    /// The client's resolvers, comma-separated, "" for none; `None`: the configuration's DNS.
-    pub dns: Option<String>,
-    /// The client's MTU, 0 for none; `None`: the configuration's MTU, or `DEFAULT_MTU`.
-    pub mtu: Option<u16>,
-}
-
 /// A value of a configuration, for error messages: JSON names it by its path, a file by its line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Field {
@@ -122,78 +112,6 @@ impl Field {
             Field::PeerKeepalive(i) => format!("peers[{i}].persistent_keepalive"),
         }
     }
-}
-
-/// The reason a key does not decode.
-fn key_error(text: &str) -> Option<String> {
-    match keys::decode("", text) {
-        Ok(_) => None,
-        Err(Error::InvalidKey { reason, .. }) => Some(reason),
-        Err(e) => Some(e.to_string()),
-    }
-}
-
-/// A resolver address or search domain, as wg-quick takes them; the reason otherwise.
-fn check_dns_entry(entry: &str) -> std::result::Result<(), String> {
-    let domain = !entry.is_empty()
-        && entry.len() <= 253
-        && entry.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if domain || entry.parse::<IpAddr>().is_ok() {
-        Ok(())
-    } else {
-        Err(format!("{entry:?} is neither an IP address nor a domain"))
-    }
-}
-
-/// The entries of a comma-separated list of resolvers and search domains.
-pub(crate) fn parse_dns(text: &str) -> std::result::Result<Vec<String>, String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(|e| check_dns_entry(e).map(|()| e.to_string()))
-        .collect()
-}
-
-/// An MTU: `MIN_MTU` to 65535; the reason otherwise.
-pub(crate) fn check_mtu(mtu: i64) -> std::result::Result<u16, String> {
-    u16::try_from(mtu)
-        .ok()
-        .filter(|m| *m >= MIN_MTU)
-        .ok_or_else(|| not_an_mtu(mtu))
-}
-
-/// An MTU written as text.
-fn parse_mtu(text: &str) -> std::result::Result<u16, String> {
-    check_mtu(text.parse().map_err(|_| not_an_mtu(format!("{text:?}")))?)
-}
-
-fn not_an_mtu(value: impl std::fmt::Display) -> String {
-    format!("{value} is not an MTU ({MIN_MTU} to 65535)")
-}
-
-/// A comma-separated list of addresses or networks (see `parse_net`).
-pub(crate) fn parse_nets(text: &str) -> std::result::Result<Vec<IpNet>, String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(parse_net)
-        .collect()
-}
-
-/// An address with or without a prefix length (without: a single host).
-fn parse_net(text: &str) -> std::result::Result<IpNet, String> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{text:?} is not an IP address or network (like 10.0.0.2/32)"))
-}
-
-fn join<T: ToString>(items: &[T]) -> String {
-    items.iter().map(T::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn default_address() -> Vec<IpNet> {
@@ -491,55 +409,6 @@ impl Configuration {
 
     pub fn server_public_key(&self) -> Result<String> {
         keys::public_of("server_private_key", &self.private_key)
-    }
-
-    /// One client configuration text per peer, in the format WireGuard clients import.
-    pub fn client_configs(&self, options: &ClientOptions) -> Result<Vec<String>> {
-        let server_public_key = self.server_public_key()?;
-        let dns = match &options.dns {
-            Some(dns) => dns.clone(),
-            None => self.dns.join(", "),
-        };
-        let mtu = options.mtu.or(self.mtu).unwrap_or(DEFAULT_MTU);
-        self.peers
-            .iter()
-            .map(|peer| {
-                let mut text = String::from("[Interface]\n");
-                match &peer.private_key {
-                    Some(key) => text += &format!("PrivateKey = {key}\n"),
-                    None => text += "# PrivateKey = (the device's own key)\n",
-                }
-                let address = match &options.address {
-                    Some(address) => address.clone(),
-                    None if peer.allowed_ips.is_empty() => {
-                        return Err(Error::config(
-                            "address",
-                            format!(
-                                "peer {} has no tunnel address (AllowedIPs): give one",
-                                peer.public_key
-                            ),
-                        ))
-                    }
-                    None => join(&peer.allowed_ips),
-                };
-                text += &format!("Address = {address}\n");
-                if !dns.trim().is_empty() {
-                    text += &format!("DNS = {dns}\n");
-                }
-                if mtu != 0 {
-                    text += &format!("MTU = {mtu}\n");
-                }
-                text += &format!("\n[Peer]\nPublicKey = {server_public_key}\n");
-                if let Some(key) = &peer.preshared_key {
-                    text += &format!("PresharedKey = {key}\n");
-                }
-                text += &format!(
-                    "AllowedIPs = {}\nEndpoint = {}\n",
-                    options.allowed_ips, options.endpoint
-                );
-                Ok(text)
-            })
-            .collect()
     }
 }
 
