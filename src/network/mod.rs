@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::error::Result;
 use crate::events::EventSender;
-use crate::messages::{NetworkToWireGuard, PythonToNetwork, WireGuardToNetwork};
+use crate::messages::{NetworkToPython, NetworkToWireGuard, PythonToNetwork, Reply, WireGuardToNetwork};
 use crate::shutdown;
 use stack::{Outputs, Stack};
 
@@ -134,6 +134,41 @@ impl NetworkTask {
                 endpoint,
                 packet,
             } => self.stack.receive(now, peer, endpoint, packet, out),
+            msg => self.control(now, msg, out),
+        }
+    }
+
+    /// Peers added and removed, and statistics: the WireGuard task did its part, this task completes the
+    /// request and replies to Python, after the events the request caused.
+    fn control(&mut self, now: Instant, msg: WireGuardToNetwork, out: &mut Outputs) {
+        let (request, reply) = match msg {
+            WireGuardToNetwork::Packet { .. } => unreachable!("packets are received"),
+            WireGuardToNetwork::PeerAdded { request, info } => {
+                self.stack.add_peer(info);
+                (request, Reply::Done)
+            }
+            WireGuardToNetwork::PeerRemoved { request, peer } => {
+                self.stack.remove_peer(now, peer, out);
+                // The resets of its connections go before the WireGuard task drops its session.
+                self.send_packets(out);
+                let _ = self.to_wireguard.send(NetworkToWireGuard::ForgetPeer { peer });
+                (request, Reply::Done)
+            }
+            WireGuardToNetwork::Stats { request, mut peers } => {
+                self.stack.complete_stats(&mut peers);
+                (request, Reply::Stats(peers))
+            }
+            WireGuardToNetwork::Reply { request, reply } => (request, reply),
+        };
+        out.events.push(NetworkToPython::Reply { request, reply });
+    }
+
+    fn send_packets(&mut self, out: &mut Outputs) {
+        for (peer, packet) in out.packets.drain(..) {
+            // The WireGuard task ends only after this task: a failed send means shutdown is under way.
+            let _ = self
+                .to_wireguard
+                .send(NetworkToWireGuard::Packet { peer, packet });
         }
     }
 
@@ -143,12 +178,7 @@ impl NetworkTask {
         if self.stack.has_starved() {
             self.events.set_starved();
         }
-        for (peer, packet) in out.packets.drain(..) {
-            // The WireGuard task ends only after this task: a failed send means shutdown is under way.
-            let _ = self
-                .to_wireguard
-                .send(NetworkToWireGuard::Packet { peer, packet });
-        }
+        self.send_packets(out);
         for event in out.events.drain(..) {
             self.events.send(event);
         }

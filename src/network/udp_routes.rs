@@ -33,6 +33,24 @@ impl UdpRoutes {
             .copied()
     }
 
+    /// Forgets every route to a peer (one that was removed): a walk, since removing a peer is rare.
+    pub fn forget(&mut self, peer: PeerId) {
+        self.current.retain(|_, p| *p != peer);
+        self.previous.retain(|_, p| *p != peer);
+    }
+
+    /// How many client addresses each peer has routes for (a walk, for statistics).
+    pub fn count_by_peer(&self) -> HashMap<PeerId, usize> {
+        let mut counts = HashMap::new();
+        // A client of the previous generation that is in the current one too counts there only, as `get` finds it.
+        let shadowed = |client: &SocketAddr| self.current.contains_key(client);
+        let previous = self.previous.iter().filter(|(c, _)| !shadowed(c));
+        for (_, &peer) in self.current.iter().chain(previous) {
+            *counts.entry(peer).or_default() += 1;
+        }
+        counts
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.current.len() + self.previous.len()

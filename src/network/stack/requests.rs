@@ -73,11 +73,11 @@ impl Stack {
         out: &mut Outputs,
     ) {
         let peer = match peer
-            .filter(|p| *p < self.peers.len())
+            .filter(|p| self.peers.contains_key(p))
             .or_else(|| self.udp_routes.get(&dst))
         {
             Some(peer) => peer,
-            None if self.peers.len() == 1 => 0,
+            None if self.peers.len() == 1 => *self.peers.keys().next().expect("one peer"),
             None => {
                 log::debug!("dropped a datagram to {dst}: no peer sent from that address");
                 return;

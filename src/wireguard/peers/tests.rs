@@ -281,7 +281,7 @@ fn a_cookie_reply_does_not_move_the_endpoint() {
     // The server starts a handshake; the client, under load (its own limit is 10), answers with a cookie.
     let mut buf = vec![0u8; BUFFER_SIZE];
     let mut cbuf = vec![0u8; BUFFER_SIZE];
-    let TunnResult::WriteToNetwork(init) = peers.peers[0].tunn.format_handshake_initiation(&mut buf, true)
+    let TunnResult::WriteToNetwork(init) = peers.slots[0].as_mut().unwrap().tunn.format_handshake_initiation(&mut buf, true)
     else {
         panic!()
     };
@@ -408,7 +408,7 @@ fn packets_from_outside_the_peers_allowed_ips_are_dropped_and_counted() {
     let (key, src) = peers.drops.last_foreign_source.clone().unwrap();
     assert_eq!(
         (&*key, src),
-        (&*peers.peers[0].info.public_key, "10.0.6.1".parse().unwrap())
+        (&*peers.slots[0].as_ref().unwrap().info.public_key, "10.0.6.1".parse().unwrap())
     );
     // The datagram was the peer's all the same: it roams with it.
     assert!(deliver(&mut peers, "10.0.0.99", moved).is_empty());
