@@ -81,4 +81,22 @@ mod tests {
         // The last full generation is still known.
         assert_eq!(routes.get(&addr(2 * GENERATION as u32)), Some(0));
     }
+
+    #[test]
+    fn a_removed_peers_routes_go_and_each_peer_counts_its_own() {
+        let mut routes = UdpRoutes::default();
+        for port in 1..=GENERATION as u32 + 2 {
+            routes.insert(addr(port), (port % 2) as usize);
+        }
+        // addr(1) lives in the previous generation and in the current one, for another peer now.
+        routes.insert(addr(1), 7);
+        let counts = routes.count_by_peer();
+        assert_eq!(counts[&7], 1);
+        assert_eq!(counts[&0] + counts[&1] + counts[&7], GENERATION + 2);
+        routes.forget(1);
+        assert!(routes.get(&addr(3)).is_none());
+        assert_eq!(routes.get(&addr(1)), Some(7));
+        assert_eq!(routes.get(&addr(2)), Some(0));
+        assert!(!routes.count_by_peer().contains_key(&1));
+    }
 }

@@ -466,4 +466,6 @@ impl Peers {
 }
 
 #[cfg(test)]
+mod runtime_tests;
+#[cfg(test)]
 mod tests;

@@ -16,6 +16,8 @@
 
 mod connection;
 mod lifecycle;
+#[cfg(test)]
+mod peer_tests;
 mod peers;
 mod receive;
 mod recovery;
