@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use super::config::{peer_from_args, Configuration};
 use crate::config;
+use crate::error::Error;
 use crate::events::{self, EventReceiver};
 use crate::keys;
 use crate::messages::{
@@ -234,7 +235,7 @@ impl Engine {
             ("allowed_ips", allowed_ips),
             persistent_keepalive,
         )?;
-        let peer = self.config.add_peer(peer)?.clone();
+        let peer = self.config.add_peer(peer).map_err(as_servers)?.clone();
         let allowed_ips = peer.allowed_ips.iter().map(ToString::to_string).collect();
         if let Err(e) = self.server.request(PythonToWireGuard::AddPeer { request, peer }) {
             let _ = self.config.remove_peer(public_key);
@@ -247,7 +248,7 @@ impl Engine {
     /// reset. `ValueError` if the server has no such peer.
     fn remove_peer(&mut self, request: RequestId, public_key: &str) -> PyResult<()> {
         let key = keys::decode("public_key", public_key)?;
-        let removed = self.config.remove_peer(public_key)?;
+        let removed = self.config.remove_peer(public_key).map_err(as_servers)?;
         if let Err(e) = self.server.request(PythonToWireGuard::RemovePeer {
             request,
             public_key: key,
@@ -287,6 +288,18 @@ impl Drop for Engine {
 impl Engine {
     fn send(&self, msg: PythonToNetwork) -> PyResult<()> {
         Ok(self.server.send(msg)?)
+    }
+}
+
+/// An error of the configuration the engine keeps, as the server's: named by the argument (`allowed_ips`, not
+/// `peers[3].allowed_ips`).
+fn as_servers(e: Error) -> Error {
+    match e {
+        Error::InvalidConfig { field, reason } => Error::config(
+            field.rsplit('.').next().unwrap_or(&field),
+            reason.replace("the configuration", "the server"),
+        ),
+        e => e,
     }
 }
 
