@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from . import Configuration, Server, ServerError, echo, forward, qr
 from ._files import write_private
 from ._program import host_port
+from ._runtime import Runtime
 
 logger = logging.getLogger("mitmproxy_wireguard.cli")
 
@@ -37,6 +38,16 @@ def _count(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 1000:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of peers (1 to 1000)")
     return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0
+    if not 0 < seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (more than 0, up to 86400)")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write each client's configuration and QR code to DIR/client-N.conf and DIR/client-N.png",
     )
     common.add_argument("--no-qr", action="store_true", help="print no QR codes")
-    common.add_argument("--json-log", action="store_true", help="log JSON lines, one object a record")
+    common.add_argument(
+        "--json-log",
+        action="store_true",
+        help="log JSON lines, one object a record (peer statistics too: one record a peer)",
+    )
+    common.add_argument(
+        "--stats",
+        type=_seconds,
+        metavar="N",
+        help="print every peer's statistics every N seconds (and on SIGUSR1 in any case); SIGHUP applies the "
+        "peers of a changed --conf file",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="log debug records too")
 
     parser = argparse.ArgumentParser(
@@ -225,14 +247,17 @@ def announcer(
 
 
 async def run(args: argparse.Namespace, cfg: Configuration) -> None:
+    runtime = Runtime(
+        cfg, args.conf, port_given=args.port is not None, interval=args.stats, json_stats=args.json_log
+    )
     if args.command == "echo":
         announce = announcer(args, cfg, echo.tunnel_networks(cfg), "", echo.echo_hint())
-        await echo.serve(args.host, cfg.listen_port, cfg, announce=announce)
+        await echo.serve(args.host, cfg.listen_port, cfg, announce=runtime.wrap(announce))
     else:
         dns = ", ".join(cfg.dns)
         hint = [f"DNS queries to {dns} are answered with this machine's resolver."] if dns else []
         announce = announcer(args, cfg, "0.0.0.0/0, ::/0", None, hint)
-        await forward.serve(args.host, cfg, allow_local=args.allow_local, announce=announce)
+        await forward.serve(args.host, cfg, allow_local=args.allow_local, announce=runtime.wrap(announce))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,8 @@ class PeerStats:
     """Datagrams and packets of or for the peer that were dropped, by reason:
 
     - `allowed_ips`: its packets whose source address is not in its AllowedIPs (cryptokey routing);
+    - `local_source`: the same from link-local or unspecified source addresses, which its system sends on its
+      own (router solicitations, multicast reports): no sign of a forgery or a misconfiguration;
     - `invalid`: datagrams for its session that did not authenticate;
     - `replayed`: data messages it sent before (replays, or duplicates of the network);
     - `no_session`: packets for it before it ever completed a handshake;

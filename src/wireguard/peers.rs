@@ -352,8 +352,11 @@ impl Peers {
         // Authenticated, whatever the source inside claims: the endpoint is the peer's.
         peer.endpoint = Some(src);
         if !peer.allowed_ips.contains(inner_src) {
-            peer.counters.allowed_ips += 1;
-            self.drops.foreign_source(&peer.info.public_key, inner_src);
+            if self.drops.foreign_source(&peer.info.public_key, inner_src) {
+                peer.counters.local_source += 1;
+            } else {
+                peer.counters.allowed_ips += 1;
+            }
             return;
         }
         emit(Output::Deliver {

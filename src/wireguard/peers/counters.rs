@@ -14,6 +14,9 @@ pub(super) struct Counters {
     pub tx_packets: u64,
     /// Decrypted packets whose source address is outside the peer's AllowedIPs (cryptokey routing).
     pub allowed_ips: u64,
+    /// The same from link-local or unspecified sources, which a client's kernel sends on its own (router
+    /// solicitations, multicast reports): no sign of a forgery or a misconfiguration.
+    pub local_source: u64,
     /// Datagrams with the peer's receiver index that do not authenticate.
     pub invalid: u64,
     /// Data messages whose counter was seen before (replays, or duplicates of the network).
@@ -48,6 +51,7 @@ impl Counters {
             .and_then(|at| wall.checked_sub(now.saturating_duration_since(at)));
         stats.drops.extend([
             ("allowed_ips", self.allowed_ips),
+            ("local_source", self.local_source),
             ("invalid", self.invalid),
             ("replayed", self.replayed),
             ("no_session", self.no_session),
