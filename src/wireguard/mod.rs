@@ -203,7 +203,7 @@ impl WireGuardTask {
         match msg {
             PythonToWireGuard::AddPeer { request, peer } => match self.peers.add(&peer) {
                 Ok(info) => {
-                    log::info!("peer {} added", info.public_key);
+                    log::debug!("peer {} added", info.public_key);
                     WireGuardToNetwork::PeerAdded { request, info }
                 }
                 Err(e) => WireGuardToNetwork::Reply {
@@ -213,7 +213,7 @@ impl WireGuardTask {
             },
             PythonToWireGuard::RemovePeer { request, public_key } => match self.peers.remove(&public_key) {
                 Some(peer) => {
-                    log::info!("peer {} removed", crate::keys::encode(&public_key));
+                    log::debug!("peer {} removed", crate::keys::encode(&public_key));
                     WireGuardToNetwork::PeerRemoved { request, peer }
                 }
                 None => WireGuardToNetwork::Reply {

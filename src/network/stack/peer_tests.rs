@@ -34,12 +34,16 @@ fn stats_of(stack: &mut TestStack, ids: &[PeerId]) -> Vec<PeerStats> {
 
 /// A datagram from Python to `dst`, without naming a peer: the packets it makes and the peers they go to.
 fn reply_to(stack: &mut TestStack, dst: &str) -> Vec<PeerId> {
+    reply_to_peer(stack, dst, None)
+}
+
+fn reply_to_peer(stack: &mut TestStack, dst: &str, peer: Option<PeerId>) -> Vec<PeerId> {
     let mut out = Outputs::default();
     let msg = PythonToNetwork::SendDatagram {
         data: b"answer".to_vec(),
         src: "10.0.0.42:53".parse().unwrap(),
         dst: dst.parse().unwrap(),
-        peer: None,
+        peer,
     };
     stack.handle(msg, &mut out);
     out.packets.iter().map(|(peer, _)| *peer).collect()
@@ -90,6 +94,18 @@ fn removing_a_peer_resets_its_connections_and_forgets_its_routes() {
     // The other peer goes on.
     b.socket().send_slice(b"still here").unwrap();
     assert_eq!(data(&b.pump(&mut stack)), b"still here");
+}
+
+#[test]
+fn a_reply_for_a_removed_peer_goes_to_no_other() {
+    let mut stack = stack();
+    let mut out = Outputs::default();
+    udp_from(&mut stack, 0, "10.0.0.2:5353", &mut out);
+    let now = stack.clock;
+    stack.remove_peer(now, 0, &mut out);
+    // Peer 1 is the only one left, and would get datagrams to addresses nobody sent from.
+    assert!(reply_to_peer(&mut stack, "10.0.0.2:5353", Some(0)).is_empty());
+    assert_eq!(reply_to(&mut stack, "10.0.0.9:1"), vec![1]);
 }
 
 #[test]
