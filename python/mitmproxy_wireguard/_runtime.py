@@ -128,7 +128,8 @@ class Runtime:
                 except (ValueError, RuntimeError) as e:
                     logger.error("could not add peer %s: %s", key, e)
                     continue
-                self._peers[key] = dict(peer, allowed_ips=allowed_ips)
+                # As the file has it: the next reload compares with the file.
+                self._peers[key] = peer
                 logger.info(
                     "peer %s %s (%s)", key, "changed" if key in changed else "added", ", ".join(allowed_ips)
                 )

@@ -127,22 +127,15 @@ impl NetworkTask {
         Ok(())
     }
 
+    /// A packet, or a request of Python's that the WireGuard task did its part of: this task completes it and
+    /// replies, after the events the request caused.
     fn receive(&mut self, now: Instant, msg: WireGuardToNetwork, out: &mut Outputs) {
-        match msg {
+        let (request, reply) = match msg {
             WireGuardToNetwork::Packet {
                 peer,
                 endpoint,
                 packet,
-            } => self.stack.receive(now, peer, endpoint, packet, out),
-            msg => self.control(now, msg, out),
-        }
-    }
-
-    /// Peers added and removed, and statistics: the WireGuard task did its part, this task completes the
-    /// request and replies to Python, after the events the request caused.
-    fn control(&mut self, now: Instant, msg: WireGuardToNetwork, out: &mut Outputs) {
-        let (request, reply) = match msg {
-            WireGuardToNetwork::Packet { .. } => unreachable!("packets are received"),
+            } => return self.stack.receive(now, peer, endpoint, packet, out),
             WireGuardToNetwork::PeerAdded { request, info } => {
                 self.stack.add_peer(info);
                 (request, Reply::Done)
