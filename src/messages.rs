@@ -5,11 +5,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use ipnet::IpNet;
 
 use crate::capture::Tap;
+use crate::config::Peer;
 
-/// Index of a peer in the server's configuration; stable for the server's life.
+/// A peer's number, handed out by the WireGuard task as peers are added: never given twice, so it names one
+/// peer for the server's life, even after that peer was removed.
 pub type PeerId = usize;
+
+/// Numbers a request of Python's; its reply carries it back.
+pub type RequestId = u64;
 
 /// A TCP connection, numbered by the network task.
 pub type ConnectionId = u64;
@@ -21,6 +29,45 @@ pub struct PeerInfo {
     pub public_key: Arc<str>,
 }
 
+/// What a peer did, as `Server.peers()` reports it. The WireGuard task fills in its part (keys, endpoint,
+/// traffic, its drops), the network task the rest (connections, flows, its drops).
+#[derive(Debug, Clone, Default)]
+pub struct PeerStats {
+    pub id: PeerId,
+    pub public_key: Arc<str>,
+    pub allowed_ips: Vec<IpNet>,
+    /// Where its last authenticated datagram came from.
+    pub endpoint: Option<SocketAddr>,
+    /// When its last handshake completed.
+    pub last_handshake: Option<SystemTime>,
+    /// WireGuard datagrams (UDP payload) from and to the peer, handshakes and keepalives included.
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    /// Its TCP connections open now.
+    pub tcp_connections: usize,
+    /// The UDP source addresses (address and port) it sent datagrams from lately.
+    pub udp_flows: usize,
+    /// Packets and datagrams of or for the peer that were dropped, by reason.
+    pub drops: Vec<(&'static str, u64)>,
+}
+
+/// Requests of Python's that the WireGuard task handles first; their replies come back as
+/// `NetworkToPython::Reply`, after everything the request caused (e.g. the closed connections of a removed peer).
+#[derive(Debug)]
+pub enum PythonToWireGuard {
+    /// Add a peer (checked already): it may handshake at once.
+    AddPeer { request: RequestId, peer: Peer },
+    /// Remove a peer: its handshakes are refused from now on, its connections are reset.
+    RemovePeer {
+        request: RequestId,
+        public_key: [u8; 32],
+    },
+    /// Every peer's statistics.
+    Stats { request: RequestId },
+}
+
 #[derive(Debug)]
 pub enum WireGuardToNetwork {
     /// A decrypted IP packet from a peer, received from its outer UDP endpoint `endpoint`.
@@ -29,12 +76,25 @@ pub enum WireGuardToNetwork {
         endpoint: SocketAddr,
         packet: Vec<u8>,
     },
+    /// A new peer, before any packet of its.
+    PeerAdded { request: RequestId, info: PeerInfo },
+    /// A peer is gone: no packet of its follows. Its connections are reset, then `ForgetPeer` goes back.
+    PeerRemoved { request: RequestId, peer: PeerId },
+    /// A reply for Python that the WireGuard task has already (a request that failed there).
+    Reply { request: RequestId, reply: Reply },
+    /// The WireGuard task's part of the statistics, for the network task to complete.
+    Stats {
+        request: RequestId,
+        peers: Vec<PeerStats>,
+    },
 }
 
 #[derive(Debug)]
 pub enum NetworkToWireGuard {
     /// An IP packet to encrypt and send to a peer.
     Packet { peer: PeerId, packet: Vec<u8> },
+    /// The last packets for a removed peer (the resets of its connections) went before this: its session can go.
+    ForgetPeer { peer: PeerId },
 }
 
 #[derive(Debug)]
@@ -112,8 +172,22 @@ pub enum NetworkToPython {
         dst: SocketAddr,
         peer: PeerId,
     },
+    /// The answer to a request of Python's.
+    Reply {
+        request: RequestId,
+        reply: Reply,
+    },
     /// Every task ended: the server is closed. `error` says why, if it was not asked to close: a task failed.
     ServerClosed {
         error: Option<String>,
     },
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    /// The request was carried out.
+    Done,
+    Stats(Vec<PeerStats>),
+    /// The request was refused: a `ValueError` with this message.
+    Failed(String),
 }

@@ -11,11 +11,11 @@ use crate::config::Configuration;
 use crate::console;
 use crate::error::{Error, Result};
 use crate::events::EventSender;
-use crate::messages::{NetworkToPython, PythonToNetwork};
+use crate::messages::{NetworkToPython, PythonToNetwork, PythonToWireGuard};
 use crate::network::{stack::Stack, NetworkTask};
 use crate::shutdown;
 use crate::supervisor;
-use crate::wireguard::{peers::Peers, WireGuardTask};
+use crate::wireguard::{peers::Peers, Channels, WireGuardTask};
 
 /// Packets from the WireGuard task that wait for the network task; beyond this the WireGuard task waits
 /// (and the kernel's socket buffer, then the client, see the backpressure).
@@ -27,6 +27,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 pub struct Server {
     local_addr: SocketAddr,
     to_network: mpsc::UnboundedSender<PythonToNetwork>,
+    to_wireguard: mpsc::UnboundedSender<PythonToWireGuard>,
     trigger: shutdown::Trigger,
     thread: Option<JoinHandle<()>>,
 }
@@ -37,7 +38,7 @@ impl Server {
     pub fn start(host: &str, config: &Configuration, events: EventSender) -> Result<Server> {
         let peers = Peers::new(config)?;
         let infos = (0..config.peers.len())
-            .filter_map(|i| peers.info(i).cloned())
+            .filter_map(|id| peers.info(id).cloned())
             .collect();
         let socket = bind(host, config.listen_port)?;
         let local_addr = socket.local_addr()?;
@@ -54,9 +55,15 @@ impl Server {
         let (wg_to_net, net_from_wg) = mpsc::channel(PACKET_QUEUE);
         let (net_to_wg, wg_from_net) = mpsc::unbounded_channel();
         let (py_to_net, net_from_py) = mpsc::unbounded_channel();
+        let (py_to_wg, wg_from_py) = mpsc::unbounded_channel();
         let mut closed = events.try_clone()?;
 
-        let wireguard = WireGuardTask::new(socket, peers, wg_to_net, wg_from_net, signal.clone());
+        let channels = Channels {
+            to_network: wg_to_net,
+            from_network: wg_from_net,
+            from_python: wg_from_py,
+        };
+        let wireguard = WireGuardTask::new(socket, peers, channels, signal.clone());
         let network = NetworkTask::new(
             Stack::new(infos, std::time::Instant::now()),
             net_from_wg,
@@ -85,6 +92,7 @@ impl Server {
         Ok(Server {
             local_addr,
             to_network: py_to_net,
+            to_wireguard: py_to_wg,
             trigger,
             thread: Some(thread),
         })
@@ -96,6 +104,11 @@ impl Server {
 
     pub fn send(&self, msg: PythonToNetwork) -> Result<()> {
         self.to_network.send(msg).map_err(|_| Error::Closed)
+    }
+
+    /// A request about peers; its reply comes as `NetworkToPython::Reply`.
+    pub fn request(&self, msg: PythonToWireGuard) -> Result<()> {
+        self.to_wireguard.send(msg).map_err(|_| Error::Closed)
     }
 
     /// Asks every task to stop; `ServerClosed` follows once they have.

@@ -21,6 +21,7 @@ def ignore_datagram(data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> 
 def test_public_names():
     assert set(wg.__all__) == {
         "Configuration",
+        "PeerStats",
         "Server",
         "ServerError",
         "TcpStream",

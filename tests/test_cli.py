@@ -67,7 +67,16 @@ def test_help_names_the_commands_and_their_options() -> None:
     for command in ("echo", "forward"):
         out = run_cli(command, "--help")
         assert out.returncode == 0, out.stderr
-        for option in ("--conf", "--host", "--port", "--endpoint", "--export", "--json-log", "--verbose"):
+        for option in (
+            "--conf",
+            "--host",
+            "--port",
+            "--endpoint",
+            "--export",
+            "--json-log",
+            "--stats",
+            "--verbose",
+        ):
             assert option in out.stdout
     forward_help = run_cli("forward", "--help").stdout
     for option in ("--allow-local", "--tcp-idle-timeout", "--udp-idle-timeout", "--connect-timeout"):

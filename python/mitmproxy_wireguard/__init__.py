@@ -5,7 +5,17 @@ handed to asyncio code: see `start_server`.
 """
 
 from ._mitmproxy_wireguard import Configuration, genkey, pubkey
+from .peers import PeerStats
 from .server import Server, ServerError, start_server
 from .stream import TcpStream
 
-__all__ = ["Configuration", "Server", "ServerError", "TcpStream", "genkey", "pubkey", "start_server"]
+__all__ = [
+    "Configuration",
+    "PeerStats",
+    "Server",
+    "ServerError",
+    "TcpStream",
+    "genkey",
+    "pubkey",
+    "start_server",
+]

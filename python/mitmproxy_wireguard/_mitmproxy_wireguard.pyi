@@ -18,6 +18,7 @@ __all__ = [
     "EVENT_CLOSED",
     "EVENT_DATAGRAM",
     "EVENT_SERVER_CLOSED",
+    "EVENT_REPLY",
 ]
 
 @final
@@ -93,7 +94,7 @@ class Configuration:
 
         Without keys, a private key is generated (and kept, for its client configuration). `address` is the
         peer's tunnel addresses, comma-separated (default: the next free ones). A running server keeps the peers
-        it was started with.
+        it was started with: see `Server.add_peer`.
         """
 
     def remove_peer(self, public_key: str) -> None:
@@ -193,8 +194,21 @@ EVENT_SERVER_CLOSED: Final = 6
 # task failed), else None.
 _ServerClosedEvent: TypeAlias = tuple[Literal[6], str | None]
 
+EVENT_REPLY: Final = 7
+# (EVENT_REPLY, request, error, stats): the answer to the request numbered `request` (`add_peer`, `remove_peer`,
+# `request_stats`), after every event it caused. `error` is why it was refused (a ValueError), else None;
+# `stats` the peers' statistics for `request_stats` (the fields of `PeerStats`), else None.
+_ReplyEvent: TypeAlias = tuple[Literal[7], int, str | None, list[dict[str, Any]] | None]
+
 _Event: TypeAlias = Union[
-    _EstablishedEvent, _DataEvent, _EofEvent, _DrainedEvent, _ClosedEvent, _DatagramEvent, _ServerClosedEvent
+    _EstablishedEvent,
+    _DataEvent,
+    _EofEvent,
+    _DrainedEvent,
+    _ClosedEvent,
+    _DatagramEvent,
+    _ServerClosedEvent,
+    _ReplyEvent,
 ]
 
 @final
@@ -213,6 +227,16 @@ class Engine:
     ) -> None: ...
     def start_capture(self, path: str | os.PathLike[str]) -> None: ...
     def stop_capture(self) -> None: ...
+    def add_peer(
+        self,
+        request: int,
+        public_key: str,
+        allowed_ips: str | None = None,
+        preshared_key: str | None = None,
+        persistent_keepalive: int | None = None,
+    ) -> list[str]: ...
+    def remove_peer(self, request: int, public_key: str) -> None: ...
+    def request_stats(self, request: int) -> None: ...
     def close(self) -> None: ...
     def join(self) -> None: ...
 

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from . import Configuration, Server, ServerError, echo, forward, qr
 from ._files import write_private
 from ._program import host_port
+from ._runtime import Runtime
 
 logger = logging.getLogger("mitmproxy_wireguard.cli")
 
@@ -105,7 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
         "interface per peer; created readable by its owner only)",
     )
     common.add_argument("--no-qr", action="store_true", help="print no QR codes")
-    common.add_argument("--json-log", action="store_true", help="log JSON lines, one object a record")
+    common.add_argument(
+        "--json-log",
+        action="store_true",
+        help="log JSON lines, one object a record (peer statistics too: one record a peer)",
+    )
+    common.add_argument(
+        "--stats",
+        type=_seconds,
+        metavar="N",
+        help="print every peer's statistics every N seconds (and on SIGUSR1 in any case); SIGHUP applies the "
+        "peers of a changed --conf file",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="log debug records too")
 
     parser = argparse.ArgumentParser(
@@ -296,9 +308,12 @@ def announcer(
 
 
 async def run(args: argparse.Namespace, cfg: Configuration) -> None:
+    runtime = Runtime(
+        cfg, args.conf, port_given=args.port is not None, interval=args.stats, json_stats=args.json_log
+    )
     if args.command == "echo":
         announce = announcer(args, cfg, echo.tunnel_networks(cfg), "", echo.echo_hint())
-        await echo.serve(args.host, cfg.listen_port, cfg, announce=announce)
+        await echo.serve(args.host, cfg.listen_port, cfg, announce=runtime.wrap(announce))
     else:
         dns = ", ".join(cfg.dns)
         if args.upstream_dns is not None:
@@ -319,7 +334,7 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
             cfg,
             allow_local=args.allow_local,
             limits=limits,
-            announce=announce,
+            announce=runtime.wrap(announce),
             upstream=args.upstream,
             upstream_dns=args.upstream_dns,
         )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, overload
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, overload
 
 from . import _mitmproxy_wireguard as _native
 from ._mitmproxy_wireguard import Configuration
+from .peers import PeerStats
 from .stream import TcpStream, _Connection
 
 if TYPE_CHECKING:
@@ -57,6 +59,9 @@ class Server:
         self._closing = False
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._error: ServerError | None = None
+        # Requests to the engine that wait for their reply, by number.
+        self._requests: dict[int, asyncio.Future[list[PeerStats] | None]] = {}
+        self._request_numbers = itertools.count(1)
         self._wakeup_fd = engine.wakeup_fd()
         self._loop.add_reader(self._wakeup_fd, self._process_events)
 
@@ -87,6 +92,51 @@ class Server:
         Closing the server stops it too, once `wait_closed` returns, after the last packets (the resets that end
         open connections)."""
         self._engine.stop_capture()
+
+    async def peers(self) -> list[PeerStats]:
+        """Every peer's statistics, in the order the peers were added: keys, endpoint, last handshake, traffic,
+        open connections, UDP flows and drops (see `PeerStats`). The engine's tasks are asked for them: the
+        call waits for their answer, not for any traffic. `RuntimeError` once the server is closed."""
+        request = next(self._request_numbers)
+        self._engine.request_stats(request)
+        stats = await self._reply(request)
+        assert stats is not None
+        return stats
+
+    async def add_peer(
+        self,
+        public_key: str,
+        allowed_ips: str | Sequence[str] | None = None,
+        preshared_key: str | None = None,
+        persistent_keepalive: int | None = None,
+    ) -> list[str]:
+        """Adds a peer to the running server; it may handshake once this returns. Returns its AllowedIPs.
+
+        `allowed_ips` are its tunnel addresses, as text (comma-separated) or a list; by default the next free
+        ones of the server's tunnel networks, as `Configuration.add_peer` gives them. A bad value, a key the
+        server has already or addresses that overlap another peer's are a `ValueError` naming the argument.
+        The `Configuration` the server was started with is not changed.
+        """
+        if allowed_ips is not None and not isinstance(allowed_ips, str):
+            allowed_ips = ", ".join(allowed_ips)
+        request = next(self._request_numbers)
+        added = self._engine.add_peer(request, public_key, allowed_ips, preshared_key, persistent_keepalive)
+        await self._reply(request)
+        return added
+
+    async def remove_peer(self, public_key: str) -> None:
+        """Removes a peer from the running server. When this returns, its connections have ended (their
+        handlers saw `ConnectionResetError`; the client got a RST if its session still worked), replies to its
+        UDP addresses no longer reach it and its handshakes are refused. `ValueError` if the server has no peer
+        with this key."""
+        request = next(self._request_numbers)
+        self._engine.remove_peer(request, public_key)
+        await self._reply(request)
+
+    def _reply(self, request: int) -> asyncio.Future[list[PeerStats] | None]:
+        future: asyncio.Future[list[PeerStats] | None] = self._loop.create_future()
+        self._requests[request] = future
+        return future
 
     def close(self) -> None:
         """Stops the server: every open connection ends and the listening socket closes."""
@@ -153,8 +203,19 @@ class Server:
             if conn is not None:
                 exc = ConnectionResetError("Connection reset by peer") if event[2] else None
                 conn.connection_lost(exc)
+        elif event[0] == _native.EVENT_REPLY:
+            self._replied(*event[1:])
         elif event[0] == _native.EVENT_SERVER_CLOSED:
             self._server_closed(event[1])
+
+    def _replied(self, request: int, error: str | None, stats: list[dict[str, Any]] | None) -> None:
+        future = self._requests.pop(request, None)
+        if future is None or future.done():
+            return  # The caller was cancelled.
+        if error is not None:
+            future.set_exception(ValueError(error))
+        else:
+            future.set_result(None if stats is None else [PeerStats(**s) for s in stats])
 
     def _connection_established(
         self, id: int, peer_public_key: str, original_src: Address, peername: Address, sockname: Address
@@ -198,6 +259,10 @@ class Server:
             conn.connection_lost(ConnectionAbortedError("the server was closed"))
         for task in self._handlers:
             task.cancel()
+        for future in self._requests.values():
+            if not future.done():
+                future.set_exception(RuntimeError("the server is closed"))
+        self._requests.clear()
         if not self._closed.done():
             self._closed.set_result(None)
 

@@ -276,6 +276,18 @@ impl Reassembler {
         None
     }
 
+    /// Forgets a peer's partial datagrams (it was removed).
+    pub fn forget(&mut self, peer: PeerId) {
+        let keys: Vec<Key> = self
+            .shares
+            .get(&peer)
+            .map(|share| share.partials.iter().map(|&(_, key)| key).collect())
+            .unwrap_or_default();
+        for key in keys {
+            self.remove(&key);
+        }
+    }
+
     /// Begins a datagram, making room among the peer's own partial datagrams if needed.
     fn start(&mut self, key: Key, now: Instant) {
         let share = self.shares.entry(key.peer).or_default();

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 use crate::capture::{Direction, Tap};
 use crate::error::Result;
 use crate::events::EventSender;
-use crate::messages::{NetworkToWireGuard, PeerId, PythonToNetwork, WireGuardToNetwork};
+use crate::messages::{
+    NetworkToPython, NetworkToWireGuard, PeerId, PythonToNetwork, Reply, WireGuardToNetwork,
+};
 use crate::shutdown;
 use stack::{Outputs, Stack};
 
@@ -140,8 +142,10 @@ impl NetworkTask {
         }
     }
 
+    /// A packet, or a request of Python's that the WireGuard task did its part of: this task completes it and
+    /// replies, after the events the request caused.
     fn receive(&mut self, now: Instant, msg: WireGuardToNetwork, out: &mut Outputs) {
-        match msg {
+        let (request, reply) = match msg {
             WireGuardToNetwork::Packet {
                 peer,
                 endpoint,
@@ -150,17 +154,29 @@ impl NetworkTask {
                 if let Some(tap) = &mut self.capture {
                     tap.packet(now, peer, Direction::FromPeer, &packet, |id| key(&self.stack, id));
                 }
-                self.stack.receive(now, peer, endpoint, packet, out)
+                return self.stack.receive(now, peer, endpoint, packet, out);
             }
-        }
+            WireGuardToNetwork::PeerAdded { request, info } => {
+                self.stack.add_peer(info);
+                (request, Reply::Done)
+            }
+            WireGuardToNetwork::PeerRemoved { request, peer } => {
+                self.stack.remove_peer(now, peer, out);
+                // The resets of its connections go before the WireGuard task drops its session.
+                self.send_packets(now, out);
+                let _ = self.to_wireguard.send(NetworkToWireGuard::ForgetPeer { peer });
+                (request, Reply::Done)
+            }
+            WireGuardToNetwork::Stats { request, mut peers } => {
+                self.stack.complete_stats(&mut peers);
+                (request, Reply::Stats(peers))
+            }
+            WireGuardToNetwork::Reply { request, reply } => (request, reply),
+        };
+        out.events.push(NetworkToPython::Reply { request, reply });
     }
 
-    fn flush(&mut self, now: Instant, out: &mut Outputs) {
-        self.stack.set_read_budget(self.events.room());
-        self.stack.flush(now, out);
-        if self.stack.has_starved() {
-            self.events.set_starved();
-        }
+    fn send_packets(&mut self, now: Instant, out: &mut Outputs) {
         for (peer, packet) in out.packets.drain(..) {
             if let Some(tap) = &mut self.capture {
                 tap.packet(now, peer, Direction::ToPeer, &packet, |id| key(&self.stack, id));
@@ -170,6 +186,15 @@ impl NetworkTask {
                 .to_wireguard
                 .send(NetworkToWireGuard::Packet { peer, packet });
         }
+    }
+
+    fn flush(&mut self, now: Instant, out: &mut Outputs) {
+        self.stack.set_read_budget(self.events.room());
+        self.stack.flush(now, out);
+        if self.stack.has_starved() {
+            self.events.set_starved();
+        }
+        self.send_packets(now, out);
         for event in out.events.drain(..) {
             self.events.send(event);
         }

@@ -33,6 +33,24 @@ impl UdpRoutes {
             .copied()
     }
 
+    /// Forgets every route to a peer (one that was removed): a walk, since removing a peer is rare.
+    pub fn forget(&mut self, peer: PeerId) {
+        self.current.retain(|_, p| *p != peer);
+        self.previous.retain(|_, p| *p != peer);
+    }
+
+    /// How many client addresses each peer has routes for (a walk, for statistics).
+    pub fn count_by_peer(&self) -> HashMap<PeerId, usize> {
+        let mut counts = HashMap::new();
+        // A client of the previous generation that is in the current one too counts there only, as `get` finds it.
+        let shadowed = |client: &SocketAddr| self.current.contains_key(client);
+        let previous = self.previous.iter().filter(|(c, _)| !shadowed(c));
+        for (_, &peer) in self.current.iter().chain(previous) {
+            *counts.entry(peer).or_default() += 1;
+        }
+        counts
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.current.len() + self.previous.len()
@@ -62,5 +80,23 @@ mod tests {
         assert_eq!(routes.get(&addr(3 * GENERATION as u32)), Some(0));
         // The last full generation is still known.
         assert_eq!(routes.get(&addr(2 * GENERATION as u32)), Some(0));
+    }
+
+    #[test]
+    fn a_removed_peers_routes_go_and_each_peer_counts_its_own() {
+        let mut routes = UdpRoutes::default();
+        for port in 1..=GENERATION as u32 + 2 {
+            routes.insert(addr(port), (port % 2) as usize);
+        }
+        // addr(1) lives in the previous generation and in the current one, for another peer now.
+        routes.insert(addr(1), 7);
+        let counts = routes.count_by_peer();
+        assert_eq!(counts[&7], 1);
+        assert_eq!(counts[&0] + counts[&1] + counts[&7], GENERATION + 2);
+        routes.forget(1);
+        assert!(routes.get(&addr(3)).is_none());
+        assert_eq!(routes.get(&addr(1)), Some(7));
+        assert_eq!(routes.get(&addr(2)), Some(0));
+        assert!(!routes.count_by_peer().contains_key(&1));
     }
 }

@@ -51,6 +51,51 @@ fn strings<T: ToString>(items: &[T]) -> Vec<String> {
     items.iter().map(T::to_string).collect()
 }
 
+/// A peer from `add_peer`'s arguments, each checked; `address` is the name of the addresses' argument and its
+/// value. Without keys, a private key is generated.
+pub(super) fn peer_from_args(
+    public_key: Option<&str>,
+    preshared_key: Option<&str>,
+    private_key: Option<&str>,
+    address: (&str, Option<&str>),
+    persistent_keepalive: Option<i64>,
+) -> PyResult<Peer> {
+    let mut peer = match (public_key, private_key) {
+        (_, Some(private_key)) => Peer::from_private_key("private_key", private_key)?,
+        (Some(public_key), None) => {
+            keys::decode("public_key", public_key)?;
+            Peer {
+                public_key: public_key.trim().to_string(),
+                ..Peer::default()
+            }
+        }
+        (None, None) => Peer::from_private_key("private_key", &keys::generate())?,
+    };
+    if let Some(public_key) = public_key {
+        if keys::decode("public_key", public_key)? != keys::decode("", &peer.public_key)? {
+            return Err(PyValueError::new_err(
+                "invalid private_key: does not belong to public_key",
+            ));
+        }
+    }
+    if let Some(psk) = preshared_key {
+        keys::decode("preshared_key", psk)?;
+        peer.preshared_key = Some(psk.trim().to_string());
+    }
+    if let (field, Some(address)) = address {
+        peer.allowed_ips = addresses(field, address)?;
+    }
+    if let Some(seconds) = persistent_keepalive {
+        peer.persistent_keepalive =
+            Some(u16::try_from(seconds).ok().filter(|s| *s > 0).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "invalid persistent_keepalive: {seconds} is not a number of seconds (1 to 65535)"
+                ))
+            })?);
+    }
+    Ok(peer)
+}
+
 #[pymethods]
 impl Configuration {
     /// Fresh keys for the server and `peers` clients, each with its own tunnel addresses, and the default
@@ -135,7 +180,7 @@ impl Configuration {
     ///
     /// Without keys, a private key is generated (and kept, for its client configuration). `address` is the
     /// peer's tunnel addresses, comma-separated (default: the next free ones). A running server keeps the peers
-    /// it was started with.
+    /// it was started with: see `Server.add_peer`.
     #[pyo3(signature = (public_key = None, preshared_key = None, *, private_key = None, address = None, persistent_keepalive = None))]
     fn add_peer(
         &mut self,
@@ -145,39 +190,13 @@ impl Configuration {
         address: Option<&str>,
         persistent_keepalive: Option<i64>,
     ) -> PyResult<String> {
-        let mut peer = match (public_key, private_key) {
-            (_, Some(private_key)) => Peer::from_private_key("private_key", private_key)?,
-            (Some(public_key), None) => {
-                keys::decode("public_key", public_key)?;
-                Peer {
-                    public_key: public_key.trim().to_string(),
-                    ..Peer::default()
-                }
-            }
-            (None, None) => Peer::from_private_key("private_key", &keys::generate())?,
-        };
-        if let Some(public_key) = public_key {
-            if keys::decode("public_key", public_key)? != keys::decode("", &peer.public_key)? {
-                return Err(PyValueError::new_err(
-                    "invalid private_key: does not belong to public_key",
-                ));
-            }
-        }
-        if let Some(psk) = preshared_key {
-            keys::decode("preshared_key", psk)?;
-            peer.preshared_key = Some(psk.trim().to_string());
-        }
-        if let Some(address) = address {
-            peer.allowed_ips = addresses("address", address)?;
-        }
-        if let Some(seconds) = persistent_keepalive {
-            peer.persistent_keepalive =
-                Some(u16::try_from(seconds).ok().filter(|s| *s > 0).ok_or_else(|| {
-                    PyValueError::new_err(format!(
-                        "invalid persistent_keepalive: {seconds} is not a number of seconds (1 to 65535)"
-                    ))
-                })?);
-        }
+        let peer = peer_from_args(
+            public_key,
+            preshared_key,
+            private_key,
+            ("address", address),
+            persistent_keepalive,
+        )?;
         Ok(self.0.add_peer(peer)?.public_key.clone())
     }
 

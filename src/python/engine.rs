@@ -4,14 +4,21 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use std::time::UNIX_EPOCH;
+
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::config::Configuration;
+use super::config::{peer_from_args, Configuration};
 use crate::capture::{self, Capture};
+use crate::config;
+use crate::error::Error;
 use crate::events::{self, EventReceiver};
-use crate::messages::{ConnectionId, NetworkToPython, PythonToNetwork};
+use crate::keys;
+use crate::messages::{
+    ConnectionId, NetworkToPython, PeerStats, PythonToNetwork, PythonToWireGuard, Reply, RequestId,
+};
 use crate::network::stack::{WRITE_HIGH_WATER, WRITE_LOW_WATER};
 use crate::server::Server;
 
@@ -23,6 +30,7 @@ const EVENT_DRAINED: u8 = 3;
 const EVENT_CLOSED: u8 = 4;
 const EVENT_DATAGRAM: u8 = 5;
 const EVENT_SERVER_CLOSED: u8 = 6;
+const EVENT_REPLY: u8 = 7;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
@@ -36,6 +44,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EVENT_CLOSED", EVENT_CLOSED)?;
     m.add("EVENT_DATAGRAM", EVENT_DATAGRAM)?;
     m.add("EVENT_SERVER_CLOSED", EVENT_SERVER_CLOSED)?;
+    m.add("EVENT_REPLY", EVENT_REPLY)?;
     Ok(())
 }
 
@@ -58,6 +67,7 @@ fn start_engine(host: &str, config: &Configuration) -> PyResult<Engine> {
         server,
         events,
         capture: None,
+        config: config.0.clone(),
     })
 }
 
@@ -67,6 +77,9 @@ pub struct Engine {
     events: EventReceiver,
     /// The running packet capture's writer; the network task holds its tap.
     capture: Option<Capture>,
+    /// The configuration with the peers as they are now: new peers are checked against it (keys, addresses)
+    /// and get their free tunnel addresses from it, before the engine hears of them.
+    config: config::Configuration,
 }
 
 /// Python sees addresses as (host, port); an IPv4 peer on a dual-stack socket as plain IPv4.
@@ -132,6 +145,22 @@ impl Engine {
                 )
                     .into_pyobject(py)?,
                 NetworkToPython::ServerClosed { error } => (EVENT_SERVER_CLOSED, error).into_pyobject(py)?,
+                NetworkToPython::Reply { request, reply } => {
+                    let (error, stats) = match reply {
+                        Reply::Done => (None, None),
+                        Reply::Failed(e) => (Some(e), None),
+                        Reply::Stats(peers) => (
+                            None,
+                            Some(
+                                peers
+                                    .iter()
+                                    .map(|p| stats_dict(py, p))
+                                    .collect::<PyResult<Vec<_>>>()?,
+                            ),
+                        ),
+                    };
+                    (EVENT_REPLY, request, error, stats).into_pyobject(py)?
+                }
             };
             out.push(tuple);
         }
@@ -222,6 +251,53 @@ impl Engine {
         self.finish_capture(py);
     }
 
+    /// Adds a peer to the running server; returns its AllowedIPs (given, or the next free tunnel addresses).
+    /// `EVENT_REPLY` with `request` follows once it may handshake.
+    #[pyo3(signature = (request, public_key, allowed_ips = None, preshared_key = None, persistent_keepalive = None))]
+    fn add_peer(
+        &mut self,
+        request: RequestId,
+        public_key: &str,
+        allowed_ips: Option<&str>,
+        preshared_key: Option<&str>,
+        persistent_keepalive: Option<i64>,
+    ) -> PyResult<Vec<String>> {
+        let peer = peer_from_args(
+            Some(public_key),
+            preshared_key,
+            None,
+            ("allowed_ips", allowed_ips),
+            persistent_keepalive,
+        )?;
+        let peer = self.config.add_peer(peer).map_err(as_servers)?.clone();
+        let allowed_ips = peer.allowed_ips.iter().map(ToString::to_string).collect();
+        if let Err(e) = self.server.request(PythonToWireGuard::AddPeer { request, peer }) {
+            let _ = self.config.remove_peer(public_key);
+            return Err(e.into());
+        }
+        Ok(allowed_ips)
+    }
+
+    /// Removes a peer from the running server; `EVENT_REPLY` with `request` follows once its connections were
+    /// reset. `ValueError` if the server has no such peer.
+    fn remove_peer(&mut self, request: RequestId, public_key: &str) -> PyResult<()> {
+        let key = keys::decode("public_key", public_key)?;
+        let removed = self.config.remove_peer(public_key).map_err(as_servers)?;
+        if let Err(e) = self.server.request(PythonToWireGuard::RemovePeer {
+            request,
+            public_key: key,
+        }) {
+            self.config.peers.push(removed);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Asks for every peer's statistics; they come with `EVENT_REPLY` and `request`.
+    fn request_stats(&self, request: RequestId) -> PyResult<()> {
+        Ok(self.server.request(PythonToWireGuard::Stats { request })?)
+    }
+
     /// Asks the engine to stop; `EVENT_SERVER_CLOSED` follows.
     fn close(&self) {
         self.server.close();
@@ -277,4 +353,44 @@ impl Engine {
     fn send(&self, msg: PythonToNetwork) -> PyResult<()> {
         Ok(self.server.send(msg)?)
     }
+}
+
+/// An error of the configuration the engine keeps, as the server's: named by the argument (`allowed_ips`, not
+/// `peers[3].allowed_ips`).
+fn as_servers(e: Error) -> Error {
+    match e {
+        Error::InvalidConfig { field, reason } => Error::config(
+            field.rsplit('.').next().unwrap_or(&field),
+            reason.replace("the configuration", "the server"),
+        ),
+        e => e,
+    }
+}
+
+/// A peer's statistics as the dict `PeerStats` is made from.
+fn stats_dict<'py>(py: Python<'py>, p: &PeerStats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("public_key", &*p.public_key)?;
+    d.set_item(
+        "allowed_ips",
+        p.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    )?;
+    d.set_item("endpoint", p.endpoint.map(address))?;
+    let handshake = p
+        .last_handshake
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64());
+    d.set_item("last_handshake", handshake)?;
+    d.set_item("rx_bytes", p.rx_bytes)?;
+    d.set_item("rx_packets", p.rx_packets)?;
+    d.set_item("tx_bytes", p.tx_bytes)?;
+    d.set_item("tx_packets", p.tx_packets)?;
+    d.set_item("tcp_connections", p.tcp_connections)?;
+    d.set_item("udp_flows", p.udp_flows)?;
+    let drops = PyDict::new(py);
+    for (reason, n) in &p.drops {
+        drops.set_item(*reason, n)?;
+    }
+    d.set_item("drops", drops)?;
+    Ok(d)
 }

@@ -14,7 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::error::Result;
-use crate::messages::{NetworkToWireGuard, WireGuardToNetwork};
+use crate::messages::{NetworkToWireGuard, PythonToWireGuard, Reply, WireGuardToNetwork};
 use crate::shutdown;
 use peers::{Output, Peers, BUFFER_SIZE};
 
@@ -32,6 +32,8 @@ pub struct WireGuardTask {
     peers: Peers,
     to_network: mpsc::Sender<WireGuardToNetwork>,
     from_network: mpsc::UnboundedReceiver<NetworkToWireGuard>,
+    /// Python's requests about peers; replies go the way of the network task, which has the events.
+    from_python: mpsc::UnboundedReceiver<PythonToWireGuard>,
     shutdown: shutdown::Signal,
     /// Where decrypted and encrypted packets are written.
     buf: Vec<u8>,
@@ -83,19 +85,21 @@ impl Outbound {
     }
 }
 
+/// The channels of the WireGuard task.
+pub struct Channels {
+    pub to_network: mpsc::Sender<WireGuardToNetwork>,
+    pub from_network: mpsc::UnboundedReceiver<NetworkToWireGuard>,
+    pub from_python: mpsc::UnboundedReceiver<PythonToWireGuard>,
+}
+
 impl WireGuardTask {
-    pub fn new(
-        socket: UdpSocket,
-        peers: Peers,
-        to_network: mpsc::Sender<WireGuardToNetwork>,
-        from_network: mpsc::UnboundedReceiver<NetworkToWireGuard>,
-        shutdown: shutdown::Signal,
-    ) -> Self {
+    pub fn new(socket: UdpSocket, peers: Peers, channels: Channels, shutdown: shutdown::Signal) -> Self {
         WireGuardTask {
             socket,
             peers,
-            to_network,
-            from_network,
+            to_network: channels.to_network,
+            from_network: channels.from_network,
+            from_python: channels.from_python,
             shutdown,
             buf: vec![0; BUFFER_SIZE],
             datagram: vec![0; BUFFER_SIZE],
@@ -123,6 +127,13 @@ impl WireGuardTask {
                     for _ in 1..BATCH {
                         let Ok(msg) = self.from_network.try_recv() else { break };
                         self.encrypt(msg);
+                    }
+                }
+                // Before the socket: a peer added a moment before its handshake arrived is known to it.
+                Some(msg) = self.from_python.recv() => {
+                    let reply = self.request(msg);
+                    if self.to_network.send(reply).await.is_err() {
+                        return Ok(());
                     }
                 }
                 ready = self.socket.readable() => {
@@ -183,6 +194,42 @@ impl WireGuardTask {
                     emit(socket, outbound, out, &mut Vec::new())
                 });
             }
+            NetworkToWireGuard::ForgetPeer { peer } => self.peers.forget(peer),
+        }
+    }
+
+    /// Carries out a request of Python's; what the network task must do next (and reply) is returned.
+    fn request(&mut self, msg: PythonToWireGuard) -> WireGuardToNetwork {
+        match msg {
+            PythonToWireGuard::AddPeer { request, peer } => match self.peers.add(&peer) {
+                Ok(info) => {
+                    log::debug!("peer {} added", info.public_key);
+                    WireGuardToNetwork::PeerAdded { request, info }
+                }
+                Err(e) => WireGuardToNetwork::Reply {
+                    request,
+                    reply: Reply::Failed(e.to_string()),
+                },
+            },
+            PythonToWireGuard::RemovePeer { request, public_key } => match self.peers.remove(&public_key) {
+                Some(peer) => {
+                    log::debug!("peer {} removed", crate::keys::encode(&public_key));
+                    WireGuardToNetwork::PeerRemoved { request, peer }
+                }
+                None => WireGuardToNetwork::Reply {
+                    request,
+                    reply: Reply::Failed(format!(
+                        "invalid public_key: the server has no peer {}",
+                        crate::keys::encode(&public_key)
+                    )),
+                },
+            },
+            PythonToWireGuard::Stats { request } => WireGuardToNetwork::Stats {
+                request,
+                peers: self
+                    .peers
+                    .stats(std::time::Instant::now(), std::time::SystemTime::now()),
+            },
         }
     }
 }

@@ -11,13 +11,20 @@
 //!   or data. Never on a cookie, in either direction.
 //! - A decrypted packet whose source address is not in its peer's AllowedIPs is dropped (cryptokey routing),
 //!   unless the peer may use any address (configured without AllowedIPs).
+//!
+//! Peers come and go while the server runs. Each sits in a slot, whose number is its `Tunn`'s index: boringtun
+//! puts it in the top 24 bits of every receiver index it hands out, so a datagram finds its peer's slot in one
+//! step. A removed peer's handshakes are refused at once; its slot stays taken until the network task has sent
+//! its last packets (`forget`), and is then reused, oldest freed first. A stale datagram for the slot's
+//! earlier peer does not authenticate with the new one's keys. Peer ids (`PeerId`) are never reused.
 
+mod counters;
 mod drops;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -26,10 +33,11 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::IpNet;
 
-use crate::config::Configuration;
-use crate::error::Result;
+use crate::config::{self, Configuration};
+use crate::error::{Error, Result};
 use crate::keys;
-use crate::messages::{PeerId, PeerInfo};
+use crate::messages::{PeerId, PeerInfo, PeerStats};
+use counters::Counters;
 use drops::Drops;
 
 /// Handshake messages a second, over all peers, before the server asks for cookies (as boringtun's own
@@ -44,6 +52,12 @@ pub const BUFFER_SIZE: usize = 65536 + 32;
 
 /// The message type of a cookie reply (WireGuard's message type 3).
 const COOKIE_REPLY: u8 = 3;
+
+/// The message type of a data message (WireGuard's message type 4).
+const DATA: u8 = 4;
+
+/// Slots a `Tunn` index can name: boringtun shifts it left by 8 bits within a u32.
+const MAX_SLOTS: usize = 1 << 24;
 
 /// What encryption adds to a packet: the data message's header (16 bytes) and the authentication tag (16).
 const DATA_OVERHEAD: usize = 32;
@@ -67,6 +81,7 @@ pub enum Output<'a> {
 }
 
 /// The source addresses a peer's packets may have.
+#[derive(Debug)]
 enum AllowedIps {
     /// Peers configured without addresses may use any; the network stack keeps peers that use the same address
     /// apart.
@@ -90,6 +105,13 @@ impl AllowedIps {
             AllowedIps::Only(nets) => nets.iter().any(|net| net.contains(&addr)),
         }
     }
+
+    fn nets(&self) -> &[IpNet] {
+        match self {
+            AllowedIps::Any => &[],
+            AllowedIps::Only(nets) => nets,
+        }
+    }
 }
 
 struct Peer {
@@ -98,6 +120,17 @@ struct Peer {
     allowed_ips: AllowedIps,
     /// Where the last authenticated datagram came from: replies go there (roaming).
     endpoint: Option<SocketAddr>,
+    /// Removed, waiting for `forget`: it receives nothing and starts no handshake; data still goes out.
+    removed: bool,
+    counters: Counters,
+}
+
+impl Peer {
+    /// Sends a datagram to the peer, counting it.
+    fn send(&mut self, addr: SocketAddr, datagram: &[u8], emit: &mut impl FnMut(Output)) {
+        self.counters.sent(datagram.len());
+        emit(Output::Send(addr, datagram));
+    }
 }
 
 pub struct Peers {
@@ -106,8 +139,16 @@ pub struct Peers {
     /// Sits in front of all peers, so that a flood of handshake messages costs a MAC check each, not a
     /// Diffie-Hellman, and so that a cookie reply is decided once for the whole server.
     limiter: Arc<RateLimiter>,
-    peers: Vec<Peer>,
-    by_key: HashMap<[u8; 32], PeerId>,
+    /// Given to every `Tunn`: see `new`.
+    mac_check: Arc<RateLimiter>,
+    /// Indexed by the `Tunn`'s index.
+    slots: Vec<Option<Peer>>,
+    /// Empty slots, the longest empty first.
+    free: VecDeque<usize>,
+    by_id: HashMap<PeerId, usize>,
+    /// The peers not removed, by public key.
+    by_key: HashMap<[u8; 32], usize>,
+    next_id: PeerId,
     drops: Drops,
     period_start: Option<Instant>,
 }
@@ -122,46 +163,133 @@ impl Peers {
         // message, before the message reaches a peer. (With a limiter of its own, each peer had a cookie secret
         // and a limit of its own.) Its count is never reset; a u64 does not reach the limit.
         let mac_check = Arc::new(RateLimiter::new(&public, u64::MAX));
-        let mut peers = Vec::with_capacity(config.peers.len());
-        let mut by_key = HashMap::new();
-        for (id, peer) in config.peers.iter().enumerate() {
-            let key = keys::decode("peer public key", &peer.public_key)?;
-            let psk = match &peer.preshared_key {
-                Some(psk) => Some(keys::decode("preshared key", psk)?),
-                None => None,
-            };
-            let tunn = Tunn::new(
-                secret.clone(),
-                PublicKey::from(key),
-                psk,
-                peer.persistent_keepalive,
-                id as u32,
-                Some(mac_check.clone()),
-            );
-            peers.push(Peer {
-                tunn,
-                info: PeerInfo {
-                    id,
-                    public_key: peer.public_key.as_str().into(),
-                },
-                allowed_ips: AllowedIps::new(&peer.allowed_ips),
-                endpoint: None,
-            });
-            by_key.insert(key, id);
-        }
-        Ok(Peers {
+        let mut peers = Peers {
             limiter: Arc::new(RateLimiter::new(&public, HANDSHAKES_PER_SECOND)),
+            mac_check,
             secret,
             public,
-            peers,
-            by_key,
+            slots: Vec::with_capacity(config.peers.len()),
+            free: VecDeque::new(),
+            by_id: HashMap::new(),
+            by_key: HashMap::new(),
+            next_id: 0,
             drops: Drops::default(),
             period_start: None,
-        })
+        };
+        for peer in &config.peers {
+            peers.add(peer)?;
+        }
+        Ok(peers)
+    }
+
+    /// Adds a peer, which may handshake at once, and returns its id and key. Its values must be valid (the
+    /// configuration checked them); a key that is a peer's already is an error.
+    pub fn add(&mut self, peer: &config::Peer) -> Result<PeerInfo> {
+        let key = keys::decode("public_key", &peer.public_key)?;
+        if self.by_key.contains_key(&key) {
+            return Err(Error::config(
+                "public_key",
+                format!("the server has a peer with this key already: {}", peer.public_key),
+            ));
+        }
+        let psk = match &peer.preshared_key {
+            Some(psk) => Some(keys::decode("preshared_key", psk)?),
+            None => None,
+        };
+        let slot = match self.free.pop_front() {
+            Some(slot) => slot,
+            None if self.slots.len() < MAX_SLOTS => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+            None => {
+                return Err(Error::config(
+                    "public_key",
+                    "the server has as many peers as it can",
+                ))
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let tunn = Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(key),
+            psk,
+            peer.persistent_keepalive,
+            slot as u32,
+            Some(self.mac_check.clone()),
+        );
+        let info = PeerInfo {
+            id,
+            public_key: peer.public_key.as_str().into(),
+        };
+        self.slots[slot] = Some(Peer {
+            tunn,
+            info: info.clone(),
+            allowed_ips: AllowedIps::new(&peer.allowed_ips),
+            endpoint: None,
+            removed: false,
+            counters: Counters::default(),
+        });
+        self.by_id.insert(id, slot);
+        self.by_key.insert(key, slot);
+        Ok(info)
+    }
+
+    /// Removes the peer with this key: from now on its datagrams are dropped and its handshakes refused.
+    /// Packets for it are still encrypted with the session it has, until `forget`. Returns its id.
+    pub fn remove(&mut self, key: &[u8; 32]) -> Option<PeerId> {
+        let slot = self.by_key.remove(key)?;
+        let peer = self.slots[slot].as_mut()?;
+        peer.removed = true;
+        Some(peer.info.id)
+    }
+
+    /// Drops a removed peer's session and frees its slot.
+    pub fn forget(&mut self, id: PeerId) {
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        if self.slots[slot].as_ref().is_some_and(|p| p.removed) {
+            self.by_id.remove(&id);
+            self.slots[slot] = None;
+            self.free.push_back(slot);
+        }
+    }
+
+    fn peer(&self, id: PeerId) -> Option<&Peer> {
+        self.slots[*self.by_id.get(&id)?].as_ref()
+    }
+
+    fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
+        self.slots[*self.by_id.get(&id)?].as_mut()
+    }
+
+    /// Every peer's statistics (those removed excepted), in the order they were added.
+    pub fn stats(&self, now: Instant, wall: SystemTime) -> Vec<PeerStats> {
+        let mut stats: Vec<PeerStats> = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|p| !p.removed)
+            .map(|p| {
+                let mut s = PeerStats {
+                    id: p.info.id,
+                    public_key: p.info.public_key.clone(),
+                    allowed_ips: p.allowed_ips.nets().to_vec(),
+                    endpoint: p.endpoint,
+                    ..PeerStats::default()
+                };
+                p.counters.fill(&mut s, now, wall);
+                s
+            })
+            .collect();
+        stats.sort_by_key(|s| s.id);
+        stats
     }
 
     pub fn info(&self, peer: PeerId) -> Option<&PeerInfo> {
-        self.peers.get(peer).map(|p| &p.info)
+        self.peer(peer).map(|p| &p.info)
     }
 
     /// Handles one datagram from `src`. Anything that does not authenticate is dropped and counted.
@@ -172,10 +300,15 @@ impl Peers {
         buf: &mut [u8],
         emit: &mut impl FnMut(Output),
     ) {
-        let Some((id, is_cookie_reply)) = self.route(src, datagram, buf, emit) else {
+        let Some((slot, is_cookie_reply)) = self.route(src, datagram, buf, emit) else {
             return;
         };
-        let Some(peer) = self.peers.get_mut(id) else {
+        let Some(peer) = self
+            .slots
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .filter(|p| !p.removed)
+        else {
             self.drops.unknown_index += 1;
             return;
         };
@@ -184,38 +317,50 @@ impl Peers {
             TunnResult::WriteToTunnelV6(packet, inner_src) => (packet, IpAddr::from(inner_src)),
             // A keepalive, or a cookie reply to the server's own handshake: only the keepalive vouches for src.
             TunnResult::Done => {
+                peer.counters.received(datagram.len());
                 if !is_cookie_reply {
                     peer.endpoint = Some(src);
                 }
                 return;
             }
-            TunnResult::Err(WireGuardError::DuplicateCounter) => return,
+            TunnResult::Err(WireGuardError::DuplicateCounter) => {
+                peer.counters.replayed += 1;
+                return;
+            }
             TunnResult::Err(_) => {
+                peer.counters.invalid += 1;
                 self.drops.invalid += 1;
                 return;
             }
             TunnResult::WriteToNetwork(reply) => {
+                peer.counters.received(datagram.len());
                 // A handshake that completed. `route` answered every cookie already; the check stays so that a
                 // cookie reply, whatever its origin, never moves an endpoint.
                 if reply.first() != Some(&COOKIE_REPLY) {
                     peer.endpoint = Some(src);
+                    peer.counters.last_handshake = Some(Instant::now());
                 }
-                emit(Output::Send(src, reply));
+                peer.send(src, reply, emit);
                 // Packets queued while there was no session go out now.
                 while let TunnResult::WriteToNetwork(packet) = peer.tunn.decapsulate(None, &[], buf) {
-                    emit(Output::Send(src, packet));
+                    peer.send(src, packet, emit);
                 }
                 return;
             }
         };
+        peer.counters.received(datagram.len());
         // Authenticated, whatever the source inside claims: the endpoint is the peer's.
         peer.endpoint = Some(src);
         if !peer.allowed_ips.contains(inner_src) {
-            self.drops.foreign_source(&peer.info.public_key, inner_src);
+            if self.drops.foreign_source(&peer.info.public_key, inner_src) {
+                peer.counters.local_source += 1;
+            } else {
+                peer.counters.allowed_ips += 1;
+            }
             return;
         }
         emit(Output::Deliver {
-            peer: id,
+            peer: peer.info.id,
             endpoint: src,
             packet,
         });
@@ -223,14 +368,14 @@ impl Peers {
 
     /// Checks a datagram's MACs under the shared limiter and finds the peer it is for: for a handshake
     /// initiation by the initiator's static key (one Diffie-Hellman), for the others by the receiver index the
-    /// server handed out. Returns the peer and whether the datagram is a cookie reply.
+    /// server handed out. Returns the peer's slot and whether the datagram is a cookie reply.
     fn route(
         &mut self,
         src: SocketAddr,
         datagram: &[u8],
         buf: &mut [u8],
         emit: &mut impl FnMut(Output),
-    ) -> Option<(PeerId, bool)> {
+    ) -> Option<(usize, bool)> {
         let packet = match self.limiter.verify_packet(Some(src.ip()), datagram, buf) {
             Ok(packet) => packet,
             Err(TunnResult::WriteToNetwork(cookie)) => {
@@ -254,7 +399,7 @@ impl Peers {
                     return None;
                 };
                 return match self.by_key.get(&half.peer_static_public) {
-                    Some(&id) => Some((id, false)),
+                    Some(&slot) => Some((slot, false)),
                     None => {
                         self.drops.unknown_peer += 1;
                         self.drops.last_unknown_peer = Some(half.peer_static_public);
@@ -269,16 +414,19 @@ impl Peers {
         Some(((index >> 8) as usize, false))
     }
 
-    /// Encrypts one IP packet for a peer. Without a session, boringtun queues it and starts a handshake.
+    /// Encrypts one IP packet for a peer. Without a session, boringtun queues it and starts a handshake; not
+    /// for a removed peer, which gets its last packets only if it still has a session.
     pub fn send(&mut self, id: PeerId, packet: &[u8], buf: &mut [u8], emit: &mut impl FnMut(Output)) {
-        let Some(peer) = self.peers.get_mut(id) else {
+        let Some(peer) = self.peer_mut(id) else {
             return;
         };
         let Some(endpoint) = peer.endpoint else {
+            peer.counters.no_session += 1;
             log::debug!("dropped a packet for peer {id}: it never connected");
             return;
         };
         if packet.len() > MAX_PACKET.min(buf.len().saturating_sub(DATA_OVERHEAD)) {
+            peer.counters.too_large += 1;
             log::warn!(
                 "dropped a packet of {} bytes for peer {id}: too large to encrypt",
                 packet.len()
@@ -286,7 +434,8 @@ impl Peers {
             return;
         }
         match peer.tunn.encapsulate(packet, buf) {
-            TunnResult::WriteToNetwork(datagram) => emit(Output::Send(endpoint, datagram)),
+            TunnResult::WriteToNetwork(datagram) if peer.removed && datagram.first() != Some(&DATA) => {}
+            TunnResult::WriteToNetwork(datagram) => peer.send(endpoint, datagram, emit),
             TunnResult::Err(e) => log::debug!("could not encrypt a packet for peer {id}: {e:?}"),
             _ => {}
         }
@@ -304,11 +453,11 @@ impl Peers {
             self.period_start = Some(now);
             self.drops.report();
         }
-        for peer in &mut self.peers {
+        for peer in self.slots.iter_mut().flatten().filter(|p| !p.removed) {
             match peer.tunn.update_timers(buf) {
                 TunnResult::WriteToNetwork(datagram) => {
                     if let Some(endpoint) = peer.endpoint {
-                        emit(Output::Send(endpoint, datagram));
+                        peer.send(endpoint, datagram, emit);
                     }
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) => {}
@@ -319,5 +468,7 @@ impl Peers {
     }
 }
 
+#[cfg(test)]
+mod runtime_tests;
 #[cfg(test)]
 mod tests;

@@ -260,3 +260,27 @@ fn the_largest_datagram_in_the_smallest_fragments_costs_bounded_work() {
         assert!(matches!(packet::parse(&whole), Ok(Inbound::Udp { payload: p, .. }) if p == payload));
     }
 }
+
+#[test]
+fn a_removed_peers_partial_datagrams_are_forgotten() {
+    let (src, dst, payload) = datagram("10.0.0.1:5000", "10.0.0.42:53", 3000);
+    let fragments = packet::udp_packets(src, dst, &payload, 1420, 7).unwrap();
+    let mut r = Reassembler::default();
+    let now = Instant::now();
+    for ident in 0..3 {
+        let (_, mine) = fragments_of("10.0.0.1:5000", "10.0.0.42:53", 3000, 1420, ident);
+        assert!(r.insert(1, &mine[0], now).is_none());
+    }
+    assert!(r.insert(2, &fragments[0], now).is_none());
+    let others = r.peer_held(2);
+    r.forget(1);
+    assert_eq!(r.peer_held(1), 0);
+    assert_eq!(r.held_bytes(), others);
+    assert_eq!(
+        r.entries(),
+        4,
+        "only peer 2's datagram is left, in each structure"
+    );
+    assert!(reassemble(&mut r, 2, &fragments[1..]).is_some());
+    assert_eq!(r.entries(), 0);
+}

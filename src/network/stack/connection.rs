@@ -11,10 +11,13 @@ use smoltcp::wire::IpListenEndpoint;
 
 use super::lifecycle::Lifecycle;
 use super::recovery::SeqTracker;
+use std::collections::HashMap;
+
+use super::peers::PeerState;
 use super::{
     Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, KEEPALIVE, RX_BUFFER, USER_TIMEOUT, WRITE_LOW_WATER,
 };
-use crate::messages::{ConnectionId, NetworkToPython, PeerInfo};
+use crate::messages::{ConnectionId, NetworkToPython, PeerId};
 use crate::network::device::VirtualDevice;
 use crate::network::memory::LazyMemory;
 
@@ -184,16 +187,20 @@ impl Connection {
     }
 
     /// Tells Python of the connection once the handshake is done.
-    fn announce(&mut self, peers: &[PeerInfo], out: &mut Outputs) {
+    fn announce(&mut self, peers: &HashMap<PeerId, PeerState>, out: &mut Outputs) {
         let state = self.socket().state();
         if self.lifecycle == Lifecycle::Connecting
             && matches!(state, tcp::State::Established | tcp::State::CloseWait)
         {
+            // A removed peer's connections were reset with it: none of them gets this far.
+            let Some(peer) = peers.get(&self.flow.peer) else {
+                return;
+            };
             self.lifecycle.announce();
             self.give_up_at = None;
             out.events.push(NetworkToPython::ConnectionEstablished {
                 id: self.id,
-                peer: peers[self.flow.peer].clone(),
+                peer: peer.info.clone(),
                 endpoint: self.endpoint,
                 src: self.flow.client,
                 dst: self.flow.destination,

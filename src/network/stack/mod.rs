@@ -9,6 +9,7 @@
 //! - `requests`: Python's requests (writes, closes, flow control, datagrams).
 //! - `connection`: a TCP connection and the steps that move it on (`Stack::service`).
 //! - `lifecycle`: what Python knows of a connection, as a state machine.
+//! - `peers`: the peers, added and removed while the server runs, and what is counted of each.
 //! - `recovery`: what was sent and received on a connection, and the resend of a lost reply.
 //! - `release`: giving an idle connection's buffer pages back.
 //! - `timers`: when each connection needs a poll next.
@@ -19,6 +20,9 @@
 mod admission;
 mod connection;
 mod lifecycle;
+#[cfg(test)]
+mod peer_tests;
+mod peers;
 mod receive;
 mod recovery;
 mod release;
@@ -43,6 +47,7 @@ use super::udp_routes::UdpRoutes;
 use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo};
 use admission::Admission;
 use connection::Connection;
+use peers::PeerState;
 
 /// Receive and send buffer of each connection, mapped on demand (`LazyMemory`): an idle connection pays for the
 /// pages its data touched, not for these sizes. The receive buffer sets the largest TCP window and, above 64 KiB,
@@ -121,7 +126,7 @@ struct ReadBudget {
 pub struct Stack {
     iface: Interface,
     device: VirtualDevice,
-    peers: Vec<PeerInfo>,
+    peers: HashMap<PeerId, PeerState>,
     connections: HashMap<ConnectionId, Connection>,
     flows: HashMap<Flow, ConnectionId>,
     timers: BTreeSet<(Instant, ConnectionId)>,
@@ -162,7 +167,7 @@ impl Stack {
         Stack {
             iface,
             device,
-            peers,
+            peers: peers::table(peers),
             connections: HashMap::new(),
             flows: HashMap::new(),
             timers: BTreeSet::new(),
@@ -203,7 +208,7 @@ impl Stack {
     }
 
     pub fn peer(&self, peer: PeerId) -> Option<&PeerInfo> {
-        self.peers.get(peer)
+        self.peers.get(&peer).map(|state| &state.info)
     }
 
     /// How many bytes may be read for Python from now on.

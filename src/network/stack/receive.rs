@@ -22,12 +22,18 @@ impl Stack {
         packet: Vec<u8>,
         out: &mut Outputs,
     ) {
+        if !self.peers.contains_key(&peer) {
+            return; // Removed: what it sent before is of no use now.
+        }
         let Some(packet) = self.reassemble(now, peer, packet) else {
             return;
         };
         let inbound = match packet::parse(&packet) {
             Ok(inbound) => inbound,
             Err(e) => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.malformed += 1;
+                }
                 log::debug!("dropped a packet from peer {peer}: {e}");
                 return;
             }

@@ -75,16 +75,21 @@ impl Stack {
         peer: Option<PeerId>,
         out: &mut Outputs,
     ) {
-        let peer = match peer
-            .filter(|p| *p < self.peers.len())
-            .or_else(|| self.udp_routes.get(&dst))
-        {
-            Some(peer) => peer,
-            None if self.peers.len() == 1 => 0,
-            None => {
-                log::debug!("dropped a datagram to {dst}: no peer sent from that address");
+        let peer = match peer {
+            Some(peer) if self.peers.contains_key(&peer) => peer,
+            // A reply meant for a removed peer reaches no one else.
+            Some(peer) => {
+                log::debug!("dropped a datagram to {dst}: peer {peer} was removed");
                 return;
             }
+            None => match self.udp_routes.get(&dst) {
+                Some(peer) => peer,
+                None if self.peers.len() == 1 => *self.peers.keys().next().expect("one peer"),
+                None => {
+                    log::debug!("dropped a datagram to {dst}: no peer sent from that address");
+                    return;
+                }
+            },
         };
         match packet::udp_packets(src, dst, data, MTU, self.fragment_ident()) {
             Some(packets) => out.packets.extend(packets.into_iter().map(|p| (peer, p))),

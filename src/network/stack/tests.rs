@@ -15,16 +15,16 @@ mod limits;
 mod window_scale;
 
 /// A TCP client made of a smoltcp socket of its own, wired to the stack under test.
-struct Client {
-    iface: Interface,
-    device: VirtualDevice,
-    sockets: SocketSet<'static>,
+pub(super) struct Client {
+    pub(super) iface: Interface,
+    pub(super) device: VirtualDevice,
+    pub(super) sockets: SocketSet<'static>,
     handle: SocketHandle,
-    peer: PeerId,
+    pub(super) peer: PeerId,
 }
 
 impl Client {
-    fn connect(peer: PeerId, src: &str, dst: &str) -> Client {
+    pub(super) fn connect(peer: PeerId, src: &str, dst: &str) -> Client {
         let src: SocketAddr = src.parse().unwrap();
         let dst: SocketAddr = dst.parse().unwrap();
         let mut device = VirtualDevice::default();
@@ -53,17 +53,17 @@ impl Client {
         }
     }
 
-    fn socket(&mut self) -> &mut tcp::Socket<'static> {
+    pub(super) fn socket(&mut self) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut(self.handle)
     }
 
     /// Exchanges packets between client and stack until neither has more to say; returns Python's events.
-    fn pump(&mut self, stack: &mut TestStack) -> Vec<NetworkToPython> {
+    pub(super) fn pump(&mut self, stack: &mut TestStack) -> Vec<NetworkToPython> {
         self.pump_through(stack, Some)
     }
 
     /// `pump`, with a tunnel that may lose or change the client's packets.
-    fn pump_through(
+    pub(super) fn pump_through(
         &mut self,
         stack: &mut TestStack,
         mut tunnel: impl FnMut(Vec<u8>) -> Option<Vec<u8>>,
@@ -96,35 +96,35 @@ impl Client {
 
 /// The stack under test and the test's clock, which stands still unless a test moves it. Every call passes the
 /// clock's time to the stack.
-struct TestStack {
+pub(super) struct TestStack {
     stack: Stack,
     start: StdInstant,
-    clock: StdInstant,
+    pub(super) clock: StdInstant,
 }
 
 impl TestStack {
     /// The clock's time, as the clients' smoltcp interfaces count it.
-    fn now(&self) -> Instant {
+    pub(super) fn now(&self) -> Instant {
         Instant::from_micros((self.clock - self.start).as_micros() as i64)
     }
 
-    fn advance(&mut self, by: Duration) {
+    pub(super) fn advance(&mut self, by: Duration) {
         self.clock += by;
     }
 
-    fn receive(&mut self, peer: PeerId, endpoint: SocketAddr, packet: Vec<u8>, out: &mut Outputs) {
+    pub(super) fn receive(&mut self, peer: PeerId, endpoint: SocketAddr, packet: Vec<u8>, out: &mut Outputs) {
         self.stack.receive(self.clock, peer, endpoint, packet, out);
     }
 
-    fn handle(&mut self, msg: PythonToNetwork, out: &mut Outputs) {
+    pub(super) fn handle(&mut self, msg: PythonToNetwork, out: &mut Outputs) {
         self.stack.handle(self.clock, msg, out);
     }
 
-    fn flush(&mut self, out: &mut Outputs) {
+    pub(super) fn flush(&mut self, out: &mut Outputs) {
         self.stack.flush(self.clock, out);
     }
 
-    fn poll_timers(&mut self, out: &mut Outputs) {
+    pub(super) fn poll_timers(&mut self, out: &mut Outputs) {
         self.stack.poll_timers(self.clock, out);
     }
 }
@@ -142,7 +142,7 @@ impl std::ops::DerefMut for TestStack {
     }
 }
 
-fn stack() -> TestStack {
+pub(super) fn stack() -> TestStack {
     let peers = (0..2)
         .map(|id| PeerInfo {
             id,
@@ -157,7 +157,7 @@ fn stack() -> TestStack {
     }
 }
 
-fn established(events: &[NetworkToPython]) -> ConnectionId {
+pub(super) fn established(events: &[NetworkToPython]) -> ConnectionId {
     match events
         .iter()
         .find(|e| matches!(e, NetworkToPython::ConnectionEstablished { .. }))
@@ -170,7 +170,7 @@ fn established(events: &[NetworkToPython]) -> ConnectionId {
     }
 }
 
-fn data(events: &[NetworkToPython]) -> Vec<u8> {
+pub(super) fn data(events: &[NetworkToPython]) -> Vec<u8> {
     events
         .iter()
         .filter_map(|e| match e {

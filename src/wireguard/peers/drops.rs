@@ -28,13 +28,16 @@ pub(super) struct Drops {
 }
 
 impl Drops {
-    /// A packet from a peer whose source address is not one of the peer's.
-    pub fn foreign_source(&mut self, peer: &Arc<str>, src: IpAddr) {
+    /// A packet from a peer whose source address is not one of the peer's. Returns whether its source was
+    /// link-local or unspecified.
+    pub fn foreign_source(&mut self, peer: &Arc<str>, src: IpAddr) -> bool {
         if is_local_source(src) {
             self.local_source += 1;
+            true
         } else {
             self.foreign_source += 1;
             self.last_foreign_source = Some((peer.clone(), src));
+            false
         }
     }
 

@@ -7,7 +7,7 @@ use blake2::digest::{KeyInit, Mac};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 
 /// A server with one peer per entry of `allowed_ips` (none: any address), and a client `Tunn` for each.
-fn server(allowed_ips: &[&[&str]]) -> (Peers, Vec<Tunn>) {
+pub(super) fn server(allowed_ips: &[&[&str]]) -> (Peers, Vec<Tunn>) {
     let server_key = keys::generate();
     let server_public = keys::public("s", &keys::public_of("s", &server_key).unwrap()).unwrap();
     let mut peers = vec![];
@@ -35,7 +35,7 @@ fn setup() -> (Peers, Tunn) {
     (peers, clients.pop().unwrap())
 }
 
-fn collect(f: impl FnOnce(&mut dyn FnMut(Output))) -> Vec<(String, Vec<u8>)> {
+pub(super) fn collect(f: impl FnOnce(&mut dyn FnMut(Output))) -> Vec<(String, Vec<u8>)> {
     let mut out = vec![];
     f(&mut |o| match o {
         Output::Send(addr, d) => out.push((format!("send {addr}"), d.to_vec())),
@@ -44,7 +44,7 @@ fn collect(f: impl FnOnce(&mut dyn FnMut(Output))) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn ipv4_packet() -> Vec<u8> {
+pub(super) fn ipv4_packet() -> Vec<u8> {
     // A minimal IPv4 header (no payload) from 10.0.0.1 to 10.0.0.42; boringtun checks only the length field.
     let mut p = vec![
         0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 42,
@@ -178,7 +178,7 @@ fn junk_and_unknown_peers_are_dropped() {
 }
 
 /// The client completes a handshake with the server from `addr`.
-fn connect(peers: &mut Peers, client: &mut Tunn, addr: SocketAddr) {
+pub(super) fn connect(peers: &mut Peers, client: &mut Tunn, addr: SocketAddr) {
     let mut buf = vec![0u8; BUFFER_SIZE];
     let mut cbuf = vec![0u8; BUFFER_SIZE];
     let TunnResult::WriteToNetwork(init) = client.format_handshake_initiation(&mut cbuf, false) else {
@@ -196,7 +196,7 @@ fn connect(peers: &mut Peers, client: &mut Tunn, addr: SocketAddr) {
 }
 
 /// The datagram that carries `packet` from a connected client.
-fn encrypt(client: &mut Tunn, packet: &[u8]) -> Vec<u8> {
+pub(super) fn encrypt(client: &mut Tunn, packet: &[u8]) -> Vec<u8> {
     let mut cbuf = vec![0u8; BUFFER_SIZE];
     let TunnResult::WriteToNetwork(datagram) = client.encapsulate(packet, &mut cbuf) else {
         panic!()
@@ -281,7 +281,11 @@ fn a_cookie_reply_does_not_move_the_endpoint() {
     // The server starts a handshake; the client, under load (its own limit is 10), answers with a cookie.
     let mut buf = vec![0u8; BUFFER_SIZE];
     let mut cbuf = vec![0u8; BUFFER_SIZE];
-    let TunnResult::WriteToNetwork(init) = peers.peers[0].tunn.format_handshake_initiation(&mut buf, true)
+    let TunnResult::WriteToNetwork(init) = peers.slots[0]
+        .as_mut()
+        .unwrap()
+        .tunn
+        .format_handshake_initiation(&mut buf, true)
     else {
         panic!()
     };
@@ -361,7 +365,7 @@ fn the_limit_starts_again_each_second() {
 }
 
 /// An IPv4 or IPv6 header (no payload) from `src`; boringtun checks only the length field.
-fn packet_from(src: &str) -> Vec<u8> {
+pub(super) fn packet_from(src: &str) -> Vec<u8> {
     match src.parse::<IpAddr>().unwrap() {
         IpAddr::V4(a) => {
             let mut p = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0];
@@ -408,7 +412,10 @@ fn packets_from_outside_the_peers_allowed_ips_are_dropped_and_counted() {
     let (key, src) = peers.drops.last_foreign_source.clone().unwrap();
     assert_eq!(
         (&*key, src),
-        (&*peers.peers[0].info.public_key, "10.0.6.1".parse().unwrap())
+        (
+            &*peers.slots[0].as_ref().unwrap().info.public_key,
+            "10.0.6.1".parse().unwrap()
+        )
     );
     // The datagram was the peer's all the same: it roams with it.
     assert!(deliver(&mut peers, "10.0.0.99", moved).is_empty());

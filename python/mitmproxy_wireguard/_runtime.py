@@ -1,0 +1,142 @@
+"""What the command line does while a server runs: prints the peers' statistics on SIGUSR1 and every `--stats`
+seconds (a `wg show`-like table on stdout, or JSON lines with `--json-log`), and applies a changed `--conf` file
+on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+from . import Configuration, Server
+from .peers import show
+
+logger = logging.getLogger("mitmproxy_wireguard.cli")
+stats_logger = logging.getLogger("mitmproxy_wireguard.stats")
+
+
+def _settings(peer: dict[str, Any]) -> tuple[Any, ...]:
+    """What a change of needs the peer replaced."""
+    return (sorted(peer["allowed_ips"]), peer["preshared_key"], peer["persistent_keepalive"])
+
+
+class Runtime:
+    """Statistics and reloads for one server of the command line."""
+
+    def __init__(
+        self,
+        cfg: Configuration,
+        conf: Path | None,
+        *,
+        port_given: bool,
+        interval: float | None,
+        json_stats: bool,
+    ):
+        self._cfg = cfg
+        self._conf = conf
+        self._port_given = port_given
+        self._interval = interval
+        self._json_stats = json_stats
+        # The peers as the server has them, by public key.
+        self._peers = {peer["public_key"]: peer for peer in cfg.peers}
+        self._reloading = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wrap(self, announce: Callable[[Server], None]) -> Callable[[Server], None]:
+        """`announce`, then `start`: the command line runs them once the server runs."""
+
+        def ready(server: Server) -> None:
+            announce(server)
+            self.start(server)
+
+        return ready
+
+    def start(self, server: Server) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, self._spawn, lambda: self.report(server))
+        loop.add_signal_handler(signal.SIGHUP, self._spawn, lambda: self.reload(server))
+        if self._interval:
+            self._spawn(lambda: self._every(server, self._interval or 0))
+
+    def _spawn(self, work: Callable[[], Any]) -> None:
+        task = asyncio.ensure_future(work())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _every(self, server: Server, seconds: float) -> None:
+        while not server.is_closing():
+            await asyncio.sleep(seconds)
+            await self.report(server)
+
+    async def report(self, server: Server) -> None:
+        """Prints the table, or logs one JSON record per peer."""
+        try:
+            stats = await server.peers()
+        except RuntimeError:
+            return  # The server is closed.
+        if self._json_stats:
+            for peer in stats:
+                stats_logger.info("peer %s", peer.public_key, extra={"flow": peer.as_dict()})
+        else:
+            print(show(stats, self._cfg.server_public_key, server.getsockname()[1]), flush=True)
+
+    async def reload(self, server: Server) -> None:
+        """Reads the configuration file again and applies its peers: new ones are added, missing ones removed,
+        changed ones (AllowedIPs, PresharedKey, PersistentKeepalive) replaced. A broken file changes nothing.
+        """
+        async with self._reloading:
+            if self._conf is None:
+                logger.warning("SIGHUP: there is no --conf file to reload")
+                return
+            try:
+                cfg = Configuration.from_file(self._conf)
+            except (ValueError, OSError) as e:
+                logger.error("could not reload %s, the peers stay as they were: %s", self._conf, e)
+                return
+            if cfg.server_public_key != self._cfg.server_public_key or (
+                not self._port_given and cfg.listen_port != self._cfg.listen_port
+            ):
+                logger.warning(
+                    "%s: a new PrivateKey or ListenPort takes effect at the next start", self._conf
+                )
+            fresh = {peer["public_key"]: peer for peer in cfg.peers}
+            gone = [key for key in self._peers if key not in fresh]
+            changed = [
+                k for k in self._peers if k in fresh and _settings(self._peers[k]) != _settings(fresh[k])
+            ]
+            new = [key for key in fresh if key not in self._peers]
+            for key in gone + changed:
+                try:
+                    await server.remove_peer(key)
+                except (ValueError, RuntimeError) as e:
+                    logger.error("could not remove peer %s: %s", key, e)
+                    continue
+                del self._peers[key]
+                if key in gone:
+                    logger.info("peer %s removed", key)
+            for key in changed + new:
+                peer = fresh[key]
+                try:
+                    allowed_ips = await server.add_peer(
+                        key,
+                        peer["allowed_ips"] or None,
+                        peer["preshared_key"],
+                        peer["persistent_keepalive"],
+                    )
+                except (ValueError, RuntimeError) as e:
+                    logger.error("could not add peer %s: %s", key, e)
+                    continue
+                # As the file has it: the next reload compares with the file.
+                self._peers[key] = peer
+                logger.info(
+                    "peer %s %s (%s)", key, "changed" if key in changed else "added", ", ".join(allowed_ips)
+                )
+            logger.info(
+                "reloaded %s: %d peer(s) added, %d removed, %d changed",
+                self._conf,
+                len(new),
+                len(gone),
+                len(changed),
+            )
