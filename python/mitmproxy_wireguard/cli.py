@@ -65,6 +65,34 @@ def _dns_server(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="mitmproxy-wireguard",
+        description="A user-space WireGuard server for any device that can be configured as a WireGuard "
+        "client. It prints each client's configuration and QR code at start.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "echo",
+        parents=[common],
+        help="echo every TCP connection and UDP datagram back, whatever its destination",
+        description="An echo server: every TCP connection and UDP datagram that a client sends into the tunnel "
+        "comes back as it was sent. Clients route only the tunnel's addresses to it.",
+    )
+    fwd = commands.add_parser(
+        "forward",
+        parents=[common],
+        help="a transparent proxy: forward everything to its destination",
+        description="A transparent proxy: every TCP connection and UDP datagram of the clients goes to the "
+        "destination it was sent to, from this machine; DNS queries to the tunnel's DNS address are answered "
+        "with this machine's resolver. One log line per finished flow.",
+    )
+    add_forward_options(fwd)
+    return parser
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options of every command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--conf",
@@ -119,28 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
         "peers of a changed --conf file",
     )
     common.add_argument("-v", "--verbose", action="store_true", help="log debug records too")
+    return common
 
-    parser = argparse.ArgumentParser(
-        prog="mitmproxy-wireguard",
-        description="A user-space WireGuard server for any device that can be configured as a WireGuard "
-        "client. It prints each client's configuration and QR code at start.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
-        "echo",
-        parents=[common],
-        help="echo every TCP connection and UDP datagram back, whatever its destination",
-        description="An echo server: every TCP connection and UDP datagram that a client sends into the tunnel "
-        "comes back as it was sent. Clients route only the tunnel's addresses to it.",
-    )
-    fwd = commands.add_parser(
-        "forward",
-        parents=[common],
-        help="a transparent proxy: forward everything to its destination",
-        description="A transparent proxy: every TCP connection and UDP datagram of the clients goes to the "
-        "destination it was sent to, from this machine; DNS queries to the tunnel's DNS address are answered "
-        "with this machine's resolver. One log line per finished flow.",
-    )
+
+def add_forward_options(fwd: argparse.ArgumentParser) -> None:
+    """The options of `forward` alone."""
     fwd.add_argument(
         "--allow-local",
         action="store_true",
@@ -183,7 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --upstream: send DNS queries to the tunnel's DNS address on to this DNS server, over TCP "
         "through the upstream",
     )
-    return parser
 
 
 class JsonFormatter(logging.Formatter):
