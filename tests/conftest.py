@@ -11,6 +11,7 @@ import pytest
 
 import mitmproxy_wireguard as wg
 from helpers import Namespace, ServerProcess, WireGuardClient, echo, start_client
+from helpers_cli import LISTENING, Cli, Listening, client_configs, client_settings, config_fields
 
 
 @pytest.fixture
@@ -104,3 +105,34 @@ async def server_process() -> AsyncIterator[Callable[[], Awaitable[ServerProcess
     for server, client in made:
         client.stop()
         await server.close()
+
+
+@pytest.fixture
+async def forward_cli(namespaces, tmp_path) -> AsyncIterator[Callable[..., Awaitable[tuple[Any, ...]]]]:
+    """Starts `forward` with JSON logs and the given options (run by `prefix`, if given), and a client namespace
+    for each of `peers` clients, whose wireguard-go is set up from the printed configuration. Returns the
+    process and the clients' namespaces; all end with the test."""
+    started: list[Cli] = []
+    clients: list[WireGuardClient] = []
+
+    async def start(*extra: str, peers: int = 1, prefix: tuple[str, ...] = ()) -> tuple[Any, ...]:
+        args = ("forward", "--conf", str(tmp_path / "server.conf"), "--port", "0", "--json-log", *extra)
+        process = Cli(*args, "--peers", str(peers), prefix=prefix)
+        started.append(process)
+        port = int(process.wait_for_stdout(LISTENING).group(1))
+        texts = process.wait_for(
+            lambda: len(client_configs(process.stdout)) == peers and client_configs(process.stdout)
+        )
+        client_namespaces = []
+        for text in texts:
+            assert config_fields(text)["DNS"] and config_fields(text)["MTU"]
+            client_ns = namespaces()
+            clients.append(await start_client(Listening(port), **client_settings(text), namespace=client_ns))
+            client_namespaces.append(client_ns)
+        return (process, *client_namespaces)
+
+    yield start
+    for client in clients:
+        client.stop()
+    for process in started:
+        process.kill()

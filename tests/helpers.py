@@ -371,3 +371,64 @@ class ServerProcess:
             if stream is not None:
                 stream.close()
         return log
+
+
+# Sockets through the tunnel, from this namespace or a namespace of the tests' own.
+
+
+def wait_for_tcp(address: tuple[str, int], process: Any = None, timeout: float = 10) -> None:
+    """Waits until something listens at `address`; fails if `process` (a Popen, if given) ends first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{process.args[-1]} ended ({process.returncode})")
+        try:
+            socket.create_connection(address, timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+async def connect(ns: Namespace, address: tuple[str, int]) -> socket.socket:
+    """A non-blocking TCP socket in `ns`, connected to `address`."""
+    sock = ns.socket()
+    sock.setblocking(False)
+    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), 10)
+    return sock
+
+
+async def assert_reset(ns: Namespace, address: tuple[str, int]) -> None:
+    """A TCP connection from `ns` to `address` ends in a reset. The tunnel's handshake completes first, so the
+    reset may come before or after the connect call has seen it complete."""
+    loop = asyncio.get_running_loop()
+    with ns.socket() as sock:
+        sock.setblocking(False)
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(loop.sock_connect(sock, address), 10)
+            await asyncio.wait_for(loop.sock_recv(sock, 100), 10)
+
+
+async def connect_from(
+    ns: Namespace, source: tuple[str, int], destination: tuple[str, int]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection from `ns`, bound to `source` (which other sockets may share), to `destination`."""
+    sock = ns.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(source)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, destination), 10)
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
+async def assert_udp_echo(sock: socket.socket, messages: Any, timeout: float = 10) -> None:
+    """Sends each of `messages` on a connected non-blocking UDP socket; the same must come back for each."""
+    loop = asyncio.get_running_loop()
+    for message in messages:
+        await loop.sock_sendall(sock, message)
+        assert await asyncio.wait_for(loop.sock_recv(sock, 65536), timeout) == message

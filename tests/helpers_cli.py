@@ -155,3 +155,17 @@ def client_settings(text: str) -> dict[str, Any]:
         "addresses": tuple(a.strip() for a in fields["Address"].split(",")),
         "routes": tuple(r.strip() for r in fields["Peer.AllowedIPs"].split(",")),
     }
+
+
+# `forward --json-log`.
+
+LISTENING = r"listening on [^ ]+:(\d+)\."
+
+
+def flow_records(process: Cli, protocol: str, destination: str) -> list[dict[str, Any]]:
+    """The log records of the finished flows of `protocol` to `destination` ("host:port")."""
+    return [
+        r
+        for r in process.json_records()
+        if r.get("event") == "flow" and r["protocol"] == protocol and r["destination"] == destination
+    ]

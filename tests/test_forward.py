@@ -24,8 +24,8 @@ import pytest
 
 import mitmproxy_wireguard as wg
 from mitmproxy_wireguard import forward
-from helpers import Namespace, needs_client, run, start_client
-from helpers_cli import Cli, Listening, client_configs, client_settings, config_fields
+from helpers import Namespace, assert_reset, assert_udp_echo, connect, needs_client, run, wait_for_tcp
+from helpers_cli import flow_records
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
 
@@ -33,7 +33,6 @@ TEST_HOST = "192.0.2.80"
 TEST_NAME = "testhost.example"
 # An address routed to the test host, which drops what is sent to it: a destination that never answers.
 SILENT_HOST = "203.0.113.9"
-LISTENING = r"listening on [^ ]+:(\d+)\."
 
 ECHO = """
 import socket, threading
@@ -64,18 +63,6 @@ while True:
 """
 
 
-def wait_for_tcp(host: str, port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 @pytest.fixture
 def test_host(namespaces, tmp_path: Path):
     """A namespace with an HTTP server (a 4 MiB file), a TCP and UDP echo (port 7) and a DNS server that never
@@ -99,7 +86,7 @@ def test_host(namespaces, tmp_path: Path):
         subprocess.Popen(host.exec(sys.executable, "-c", ECHO.format(host=TEST_HOST))),
     ]
     try:
-        wait_for_tcp(TEST_HOST, 80)
+        wait_for_tcp((TEST_HOST, 80))
         yield host, site
     finally:
         for process in processes:
@@ -108,52 +95,23 @@ def test_host(namespaces, tmp_path: Path):
 
 
 @pytest.fixture
-async def proxy(namespaces, tmp_path: Path):
-    """`forward` with JSON logs, in a mount namespace whose /etc/hosts knows TEST_NAME and whose resolver asks
-    the test host's DNS server (which never answers) for other names, and a client namespace for each of `peers`
-    clients, whose wireguard-go is set up from the printed configuration. Returns the process and the clients'
-    namespaces."""
-    started: list[Cli] = []
-    clients = []
+def proxy(forward_cli, tmp_path: Path):
+    """`forward_cli` in a mount namespace whose /etc/hosts knows TEST_NAME and whose resolver asks the test
+    host's DNS server (which never answers) for other names."""
+    hosts, resolv = tmp_path / "hosts", tmp_path / "resolv.conf"
+    # This host's name too: the endpoint in the printed configurations is its address.
+    hosts.write_text(f"127.0.0.1 localhost {socket.gethostname()}\n{TEST_HOST} {TEST_NAME}\n")
+    resolv.write_text(f"nameserver {TEST_HOST}\n")
+    mount = " && ".join(
+        f"mount --bind {shlex.quote(str(path))} {target}"
+        for path, target in ((hosts, "/etc/hosts"), (resolv, "/etc/resolv.conf"))
+    )
+    prefix = ("unshare", "--mount", "sh", "-c", mount + ' && exec "$@"', "sh")
 
     async def start(*extra: str, peers: int = 1) -> tuple[Any, ...]:
-        hosts, resolv = tmp_path / "hosts", tmp_path / "resolv.conf"
-        # This host's name too: the endpoint in the printed configurations is its address.
-        hosts.write_text(f"127.0.0.1 localhost {socket.gethostname()}\n{TEST_HOST} {TEST_NAME}\n")
-        resolv.write_text(f"nameserver {TEST_HOST}\n")
-        mount = " && ".join(
-            f"mount --bind {shlex.quote(str(path))} {target}"
-            for path, target in ((hosts, "/etc/hosts"), (resolv, "/etc/resolv.conf"))
-        )
-        args = ("forward", "--conf", str(tmp_path / "server.conf"), "--port", "0", "--json-log", *extra)
-        args += ("--peers", str(peers))
-        process = Cli(*args, prefix=("unshare", "--mount", "sh", "-c", mount + ' && exec "$@"', "sh"))
-        started.append(process)
-        port = int(process.wait_for_stdout(LISTENING).group(1))
-        texts = process.wait_for(
-            lambda: len(client_configs(process.stdout)) == peers and client_configs(process.stdout)
-        )
-        client_namespaces = []
-        for text in texts:
-            assert config_fields(text)["DNS"] and config_fields(text)["MTU"]
-            client_ns: Namespace = namespaces()
-            clients.append(await start_client(Listening(port), **client_settings(text), namespace=client_ns))
-            client_namespaces.append(client_ns)
-        return (process, *client_namespaces)
+        return await forward_cli(*extra, peers=peers, prefix=prefix)
 
-    yield start
-    for client in clients:
-        client.stop()
-    for process in started:
-        process.kill()
-
-
-def flow_records(process: Cli, protocol: str, destination: str) -> list[dict]:
-    return [
-        r
-        for r in process.json_records()
-        if r.get("event") == "flow" and r["protocol"] == protocol and r["destination"] == destination
-    ]
+    return start
 
 
 async def test_curl_fetches_a_file_through_the_proxy_intact(test_host, proxy):
@@ -180,10 +138,7 @@ async def test_udp_and_dns_through_the_proxy(test_host, proxy):
     with client_ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         sock.connect((TEST_HOST, 7))
-        for i in range(5):
-            message = b"datagram %d " % i + os.urandom(500)
-            await loop.sock_sendall(sock, message)
-            assert await asyncio.wait_for(loop.sock_recv(sock, 2048), 10) == message
+        await assert_udp_echo(sock, (b"datagram %d " % i + os.urandom(500) for i in range(5)))
 
     # DNS to the tunnel's resolver address is answered with the proxy host's resolver.
     with client_ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -205,13 +160,7 @@ async def test_the_proxy_hosts_own_addresses_are_refused(test_host, proxy):
         service.setblocking(False)
         port = service.getsockname()[1]
         process, client_ns = await proxy()
-        loop = asyncio.get_running_loop()
-        with client_ns.socket() as sock:
-            sock.setblocking(False)
-            with pytest.raises(ConnectionResetError):
-                # The reset may come before the connect call has seen the handshake complete.
-                await asyncio.wait_for(loop.sock_connect(sock, (host.here, port)), 10)
-                await asyncio.wait_for(loop.sock_recv(sock, 100), 10)
+        await assert_reset(client_ns, (host.here, port))
         with pytest.raises(BlockingIOError):
             service.accept()
         record = process.wait_for(lambda: flow_records(process, "tcp", f"{host.here}:{port}"), timeout=10)[0]
@@ -252,13 +201,6 @@ def outbound_connections(host: str, port: int) -> str:
         check=True,
     )
     return out.stdout.strip()
-
-
-async def connect(ns: Namespace, address: tuple[str, int]) -> socket.socket:
-    sock = ns.socket()
-    sock.setblocking(False)
-    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), 10)
-    return sock
 
 
 async def test_a_tcp_connection_idle_for_the_timeout_is_reset_on_both_sides(test_host, proxy):
@@ -311,13 +253,8 @@ async def test_an_idle_udp_flow_ends_after_the_timeout(test_host, proxy):
 
 async def test_a_destination_that_never_answers_is_given_up_after_the_connect_timeout(test_host, proxy):
     process, client_ns = await proxy("--connect-timeout", "1")
-    loop = asyncio.get_running_loop()
-    with client_ns.socket() as sock:
-        sock.setblocking(False)
-        with pytest.raises(ConnectionResetError):
-            # The tunnel's handshake completes first; the reset comes when the proxy gives up.
-            await asyncio.wait_for(loop.sock_connect(sock, (SILENT_HOST, 80)), 10)
-            await asyncio.wait_for(loop.sock_recv(sock, 100), 10)
+    # The reset comes when the proxy gives up.
+    await assert_reset(client_ns, (SILENT_HOST, 80))
     record = process.wait_for(lambda: flow_records(process, "tcp", f"{SILENT_HOST}:80"), timeout=10)[0]
     assert record["outcome"] == "unreachable: timed out", record
     assert 1 <= record["duration"] < 4

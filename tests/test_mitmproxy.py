@@ -19,7 +19,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -31,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from helpers import CI, Namespace, needs_client, run, start_client
+from helpers import CI, Namespace, needs_client, run, start_client, wait_for_tcp
 from helpers_cli import Cli, Listening, client_settings, config_fields
 
 pytestmark = [needs_client, pytest.mark.mitmproxy, pytest.mark.timeout(120)]
@@ -129,18 +128,6 @@ def certificates(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def wait_for_tcp(host: str, port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -161,8 +148,8 @@ def test_host(namespaces, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     command = [sys.executable, "-c", WEB_SERVER, str(site), str(cert), str(key), TEST_HOST]
     process = subprocess.Popen(host.exec(*command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_tcp(TEST_HOST, 80)
-        wait_for_tcp(TEST_HOST, 443)
+        wait_for_tcp((TEST_HOST, 80))
+        wait_for_tcp((TEST_HOST, 443))
         yield site, ca
     finally:
         process.kill()

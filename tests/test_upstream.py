@@ -16,7 +16,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from helpers import CI, Namespace, needs_client, start_client
-from helpers_cli import Cli, Listening, client_configs, client_settings
+from helpers import CI, Namespace, assert_reset, assert_udp_echo, connect, needs_client, wait_for_tcp
+from helpers_cli import Cli, flow_records
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
 
@@ -36,7 +35,6 @@ TEST_NAME_ADDRESS = "203.0.113.81"
 UPSTREAM_OUT = "198.51.100.1"
 HOST_IN = "198.51.100.2"
 USER, PASSWORD = "wgtest", "s3cret-Pa55"
-LISTENING = r"listening on [^ ]+:(\d+)\."
 
 # The test host: a TCP echo (port 7, ending its way when the client has ended its own), a UDP echo (7), a
 # greeting sent before the client says anything (25), and a DNS server over TCP (53) that knows TEST_NAME. Each
@@ -126,21 +124,6 @@ def need(binary: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-def wait_for_tcp(address: tuple[str, int], process: Any, timeout: float = 10) -> None:
-    """Waits until something listens at `address`; fails if `process` ends first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args[-1]} ended ({process.returncode})")
-        try:
-            socket.create_connection(address, timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 class Network:
@@ -276,42 +259,9 @@ def network(namespaces, tmp_path: Path):
 
 
 @pytest.fixture
-async def proxy(namespaces, tmp_path: Path):
-    """`forward` with JSON logs and the given options, and a WireGuard client in a namespace of its own, set up
-    from the printed configuration; returns the process and the client's namespace."""
-    started: list[Cli] = []
-    clients = []
-
-    async def start(*extra: str) -> tuple[Cli, Namespace]:
-        args = ("forward", "--conf", str(tmp_path / "server.conf"), "--port", "0", "--json-log", *extra)
-        process = Cli(*args)
-        started.append(process)
-        port = int(process.wait_for_stdout(LISTENING).group(1))
-        text = process.wait_for(lambda: client_configs(process.stdout))[0]
-        client_ns: Namespace = namespaces()
-        clients.append(await start_client(Listening(port), **client_settings(text), namespace=client_ns))
-        return process, client_ns
-
-    yield start
-    for client in clients:
-        client.stop()
-    for process in started:
-        process.kill()
-
-
-def flow_records(process: Cli, protocol: str, destination: str) -> list[dict[str, Any]]:
-    return [
-        r
-        for r in process.json_records()
-        if r.get("event") == "flow" and r["protocol"] == protocol and r["destination"] == destination
-    ]
-
-
-async def connect(ns: Namespace, address: tuple[str, int]) -> socket.socket:
-    sock = ns.socket()
-    sock.setblocking(False)
-    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), 10)
-    return sock
+def proxy(forward_cli):
+    """`forward` and a WireGuard client in a namespace of its own: the process and the client's namespace."""
+    return forward_cli
 
 
 async def echo(sock: socket.socket, data: bytes, half_close: bool) -> bytes:
@@ -379,16 +329,12 @@ async def test_tcp_goes_through_the_upstream_intact_both_ways(network, proxy, ki
 async def test_udp_goes_through_a_socks5_upstream_that_allows_it(network, proxy):
     url = network.dante()
     process, client_ns = await proxy("--upstream", url, "--udp-idle-timeout", "1")
-    loop = asyncio.get_running_loop()
-    sent = 0
+    messages = [b"datagram %d " % i + os.urandom(1000) for i in range(5)]
     with client_ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         sock.connect((DESTINATION, 7))
-        for i in range(5):
-            message = b"datagram %d " % i + os.urandom(1000)
-            await loop.sock_sendall(sock, message)
-            assert await asyncio.wait_for(loop.sock_recv(sock, 2048), 10) == message
-            sent += len(message)
+        await assert_udp_echo(sock, messages)
+    sent = sum(map(len, messages))
     assert set(network.seen("udp", 7)) == {UPSTREAM_OUT}
     record = process.wait_for(lambda: flow_records(process, "udp", f"{DESTINATION}:7"), timeout=10)[0]
     assert record["outcome"] == "idle for 1 s", record
@@ -436,13 +382,8 @@ async def test_udp_is_refused_per_flow_where_the_upstream_carries_none(network, 
 async def test_a_wrong_password_resets_the_clients_connection(network, proxy, kind, reason):
     url = getattr(network, kind)()
     process, client_ns = await proxy("--upstream", url.replace(PASSWORD, "wrong-password"))
-    loop = asyncio.get_running_loop()
-    with client_ns.socket() as sock:
-        sock.setblocking(False)
-        with pytest.raises(ConnectionResetError):
-            # The tunnel's handshake completes first; the reset comes when the upstream has refused.
-            await asyncio.wait_for(loop.sock_connect(sock, (DESTINATION, 7)), 10)
-            await asyncio.wait_for(loop.sock_recv(sock, 100), 10)
+    # The reset comes when the upstream has refused.
+    await assert_reset(client_ns, (DESTINATION, 7))
     record = process.wait_for(lambda: flow_records(process, "tcp", f"{DESTINATION}:7"), timeout=10)[0]
     assert record["outcome"].startswith("upstream ") and reason in record["outcome"], record
     assert network.seen("tcp", 7) == []
@@ -451,12 +392,7 @@ async def test_a_wrong_password_resets_the_clients_connection(network, proxy, ki
 
 async def test_an_upstream_that_is_down_resets_the_clients_connection(network, proxy):
     process, client_ns = await proxy("--upstream", f"socks5://{network.upstream.there}:1079")
-    loop = asyncio.get_running_loop()
-    with client_ns.socket() as sock:
-        sock.setblocking(False)
-        with pytest.raises(ConnectionResetError):
-            await asyncio.wait_for(loop.sock_connect(sock, (DESTINATION, 7)), 10)
-            await asyncio.wait_for(loop.sock_recv(sock, 100), 10)
+    await assert_reset(client_ns, (DESTINATION, 7))
     record = process.wait_for(lambda: flow_records(process, "tcp", f"{DESTINATION}:7"), timeout=10)[0]
     expected = f"upstream socks5://{network.upstream.there}:1079 unreachable: Connection refused"
     assert record["outcome"] == expected, record
@@ -466,15 +402,11 @@ async def test_local_destinations_are_refused_before_the_upstream(network, proxy
     """The upstream could reach its own loopback: the destination the client asked for is refused all the
     same, and the upstream never hears of it."""
     process, client_ns = await proxy("--upstream", network.microsocks())
-    loop = asyncio.get_running_loop()
     # This host's address on the link to the upstream: the upstream would reach it.
     own = (network.upstream.here, 7)
-    with socket.create_server(("0.0.0.0", 7)) as service, client_ns.socket() as sock:
+    with socket.create_server(("0.0.0.0", 7)) as service:
         service.setblocking(False)
-        sock.setblocking(False)
-        with pytest.raises(ConnectionResetError):
-            await asyncio.wait_for(loop.sock_connect(sock, own), 10)
-            await asyncio.wait_for(loop.sock_recv(sock, 100), 10)
+        await assert_reset(client_ns, own)
         with pytest.raises(BlockingIOError):
             service.accept()
     record = process.wait_for(lambda: flow_records(process, "tcp", f"{own[0]}:7"), timeout=10)[0]
