@@ -15,7 +15,7 @@ import time
 import pytest
 
 import mitmproxy_wireguard as wg
-from helpers import close_writer, needs_client, needs_tcpdump, open_connection, tcpdump
+from helpers import assert_udp_echo, close_writer, needs_client, needs_tcpdump, open_connection, tcpdump
 
 pytestmark = [needs_client, pytest.mark.timeout(60)]
 
@@ -26,14 +26,11 @@ INBOUND, OUTBOUND = 1, 2
 
 async def udp_exchange(host: str, port: int, messages: list[bytes]) -> int:
     """Sends each message and waits for its echo; returns the client's port."""
-    loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         sock.connect((host, port))
-        for message in messages:
-            await loop.sock_sendall(sock, message)
-            assert await asyncio.wait_for(loop.sock_recv(sock, 2048), 5) == message
+        await assert_udp_echo(sock, messages, timeout=5)
         port: int = sock.getsockname()[1]
         return port
 

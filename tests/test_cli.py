@@ -17,6 +17,7 @@ import pytest
 import mitmproxy_wireguard as wg
 from helpers import (
     Namespace,
+    assert_udp_echo,
     close_writer,
     decode_png_qr,
     needs_client,
@@ -351,10 +352,7 @@ async def test_two_clients_at_once_each_with_its_own_key_and_address(namespaces,
             with ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.setblocking(False)
                 sock.connect(("10.0.0.42", 1234))
-                for _ in range(5):
-                    mine = os.urandom(300)
-                    await loop.sock_sendall(sock, mine)
-                    assert await asyncio.wait_for(loop.sock_recv(sock, 2048), 10) == mine
+                await assert_udp_echo(sock, (os.urandom(300) for _ in range(5)))
 
         await asyncio.gather(*(talk(ns, address) for ns, address in sides))
     finally:

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 
 import mitmproxy_wireguard as wg
-from helpers import Namespace, close_writer, needs_client, open_connection
+from helpers import Namespace, assert_udp_echo, close_writer, connect_from, needs_client, open_connection
 
 pytestmark = [needs_client, pytest.mark.timeout(60)]
 
@@ -54,20 +54,10 @@ def echo_handlers(
 async def tcp_round_trip(ns: Namespace | None, public_key: str, source_port: int = 0) -> tuple[str, int]:
     """A connection from 10.0.0.1 to 10.0.0.42:443 through the client's tunnel; checks the reply and returns
     the connection's source address."""
-    loop = asyncio.get_running_loop()
     if ns is None:
         reader, writer = await open_connection("10.0.0.42", 443)
     else:
-        sock = ns.socket()
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("10.0.0.1", source_port))
-            sock.setblocking(False)
-            await asyncio.wait_for(loop.sock_connect(sock, ("10.0.0.42", 443)), 10)
-        except BaseException:
-            sock.close()
-            raise
-        reader, writer = await asyncio.open_connection(sock=sock)
+        reader, writer = await connect_from(ns, ("10.0.0.1", source_port), ("10.0.0.42", 443))
     source = writer.get_extra_info("sockname")[:2]
     mine = os.urandom(32 << 10)
     writer.write(mine)
@@ -79,7 +69,6 @@ async def tcp_round_trip(ns: Namespace | None, public_key: str, source_port: int
 
 
 async def udp_round_trip(ns: Namespace | None, source_port: int = 0) -> None:
-    loop = asyncio.get_running_loop()
     with (
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         if ns is None
@@ -88,10 +77,7 @@ async def udp_round_trip(ns: Namespace | None, source_port: int = 0) -> None:
         sock.bind(("10.0.0.1", source_port))
         sock.setblocking(False)
         sock.connect(("10.0.0.42", 53))
-        for _ in range(3):
-            mine = os.urandom(200)
-            await loop.sock_sendall(sock, mine)
-            assert await asyncio.wait_for(loop.sock_recv(sock, 2048), 5) == mine
+        await assert_udp_echo(sock, (os.urandom(200) for _ in range(3)), timeout=5)
 
 
 @pytest.mark.parametrize("by_name", [False, True], ids=["by-position", "by-name"])

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import mitmproxy_wireguard as wg
-from helpers import close_writer, needs_client, open_connection
+from helpers import assert_udp_echo, close_writer, needs_client, open_connection
 
 pytestmark = [needs_client, pytest.mark.timeout(90)]
 
@@ -86,15 +86,10 @@ async def test_any_destination_address_and_port(start):
 async def test_udp_echo(start, host):
     setup = await start()
     family = socket.AF_INET if "." in host else socket.AF_INET6
-    loop = asyncio.get_running_loop()
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         sock.connect((host, 5353))
-        for i in range(5):
-            message = f"datagram {i}".encode() * 10
-            await loop.sock_sendall(sock, message)
-            reply = await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)
-            assert reply == message
+        await assert_udp_echo(sock, (f"datagram {i}".encode() * 10 for i in range(5)), timeout=5)
         client_port = sock.getsockname()[1]
     data, src, dst = setup.datagrams[0]
     assert src == ("10.0.0.2" if family == socket.AF_INET else "fd00::2", client_port)

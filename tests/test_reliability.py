@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 import mitmproxy_wireguard as wg
-from helpers import close_writer, needs_client, open_connection
+from helpers import assert_udp_echo, close_writer, connect_from, needs_client, open_connection
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
 
@@ -31,24 +31,19 @@ async def test_roaming_client_is_answered_at_its_new_address(start):
             stream.write(line)
 
     setup = await start(handle)
-    loop = asyncio.get_running_loop()
     reader, writer = await open_connection("10.0.0.42", 80)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.setblocking(False)
         udp.connect(("10.0.0.42", 53))
 
-        async def udp_round_trip(message: bytes) -> None:
-            await loop.sock_sendall(udp, message)
-            assert await asyncio.wait_for(loop.sock_recv(udp, 2048), 10) == message
-
         await round_trip(reader, writer, b"before")
-        await udp_round_trip(b"before")
+        await assert_udp_echo(udp, [b"before"])
         for new_port in (41234, 41235):
             # The client's outer address changes mid-connection, as a phone's does between networks.
             setup.client.set("listen-port", str(new_port))
             for i in range(3):
                 await round_trip(reader, writer, b"after %d %d" % (new_port, i))
-                await udp_round_trip(b"after %d %d" % (new_port, i))
+                await assert_udp_echo(udp, [b"after %d %d" % (new_port, i)])
         # The UDP flow's datagrams all came from one inner address, whatever the outer one was.
         assert len({src for _, src, _ in setup.datagrams}) == 1
     await close_writer(writer)
@@ -93,15 +88,11 @@ async def test_ping_any_address_in_the_tunnel(start, target):
 async def test_datagrams_larger_than_the_tunnel_mtu_arrive_whole(start, host, size, mtu):
     setup = await start(mtu=mtu)
     family = socket.AF_INET if "." in host else socket.AF_INET6
-    loop = asyncio.get_running_loop()
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         sock.connect((host, 9999))
-        for _ in range(3):
-            message = os.urandom(size)
-            await loop.sock_sendall(sock, message)
-            # The echo comes back fragmented to the server's MTU; the client's kernel reassembles it.
-            assert await asyncio.wait_for(loop.sock_recv(sock, 65536), 5) == message
+        # The echo comes back fragmented to the server's MTU; the client's kernel reassembles it.
+        await assert_udp_echo(sock, (os.urandom(size) for _ in range(3)), timeout=5)
     assert [len(d) for d, _, _ in setup.datagrams] == [size] * 3
 
 
@@ -147,19 +138,9 @@ async def test_two_peers_with_one_tunnel_address_are_kept_apart(namespaces, wg_c
                 namespace=ns,
             )
             sides.append(ns)
-        loop = asyncio.get_running_loop()
 
         async def tcp(ns, key: str) -> None:
-            sock = ns.socket()
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("10.0.0.1", 40000))
-                sock.setblocking(False)
-                await asyncio.wait_for(loop.sock_connect(sock, ("10.0.0.42", 443)), 10)
-            except BaseException:
-                sock.close()
-                raise
-            reader, writer = await asyncio.open_connection(sock=sock)
+            reader, writer = await connect_from(ns, ("10.0.0.1", 40000), ("10.0.0.42", 443))
             mine = os.urandom(64 << 10)
             writer.write(mine)
             reply = await asyncio.wait_for(reader.read(), 10)
@@ -171,10 +152,7 @@ async def test_two_peers_with_one_tunnel_address_are_kept_apart(namespaces, wg_c
                 sock.bind(("10.0.0.1", 5000))
                 sock.setblocking(False)
                 sock.connect(("10.0.0.42", 53))
-                for _ in range(5):
-                    mine = os.urandom(200)
-                    await loop.sock_sendall(sock, mine)
-                    assert await asyncio.wait_for(loop.sock_recv(sock, 2048), 5) == mine
+                await assert_udp_echo(sock, (os.urandom(200) for _ in range(5)), timeout=5)
 
         for _ in range(3):
             await asyncio.gather(*(tcp(ns, key) for ns, key in zip(sides, cfg.client_private_keys)))
