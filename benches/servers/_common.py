@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import resource
 import signal
 import sys
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 
 def config() -> dict[str, Any]:
@@ -32,16 +33,51 @@ def ready(**info: Any) -> None:
     print(json.dumps({"pid": os.getpid(), **info}), flush=True)
 
 
-async def echo_stream(stream: Any) -> None:
-    """The echo for a tunnel server's TCP stream (asyncio's stream methods on one object)."""
+async def echo_stream(reader: Any, writer: Any = None, wait_closed: bool = False) -> None:
+    """The echo of every server. `reader`/`writer` have asyncio's stream methods (a tunnel server's stream has
+    both: pass it alone); with `wait_closed`, the echo also waits until the connection has closed, where the
+    stream can tell."""
+    writer = reader if writer is None else writer
     try:
-        while data := await stream.read(65536):
-            stream.write(data)
-            await stream.drain()
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
     except OSError:  # ConnectionError, and mitmproxy_rs's plain OSError for a closed connection
         pass
     finally:
-        stream.close()
+        writer.close()
+    if wait_closed:
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+def tunnel_handler(port_key: str, wait_closed: bool = False) -> Callable[[Any], Awaitable[None]]:
+    """A tunnel server's TCP handler: downloads and uploads for TRANSFER_PORT, the echo for any other port.
+    `port_key` is the extra-info key whose port is the one the client connected to."""
+
+    async def handle(stream: Any) -> None:
+        if stream.get_extra_info(port_key)[1] == TRANSFER_PORT:
+            return await serve_transfer(stream, stream)
+        await echo_stream(stream, wait_closed=wait_closed)
+
+    return handle
+
+
+async def serve_until_stopped(server: Any, version: str) -> None:
+    """Tells the runner that the tunnel server listens, then closes it on SIGTERM/SIGINT."""
+    ready(sockname=list(server.getsockname()), version=version)
+    await wait_for_stop()
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), 10)
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Runs a server script's `main` with warnings logged and the file limit raised."""
+    logging.basicConfig(level=logging.WARNING)
+    raise_file_limit()
+    asyncio.run(main())
 
 
 async def wait_for_stop() -> None:

@@ -6,25 +6,13 @@ tunnel it is the plain echo of echo_pair.py."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import platform
 
-from _common import TRANSFER_PORT, config, raise_file_limit, ready, serve_transfer, wait_for_stop
+from _common import TRANSFER_PORT, config, echo_stream, ready, run, serve_transfer, wait_for_stop
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-    try:
-        await writer.wait_closed()
-    except ConnectionError:
-        pass
+    await echo_stream(reader, writer, wait_closed=True)
 
 
 class EchoDatagram(asyncio.DatagramProtocol):
@@ -51,6 +39,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    raise_file_limit()
-    asyncio.run(main())
+    run(main)

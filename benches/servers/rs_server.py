@@ -5,20 +5,11 @@ so benches/build.py puts an empty stand-in module in that venv."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
-import logging
 
-from _common import TRANSFER_PORT, config, echo_stream, raise_file_limit, ready, serve_transfer, wait_for_stop
+from _common import config, run, serve_until_stopped, tunnel_handler
 from mitmproxy_rs import Stream
 from mitmproxy_rs.wireguard import start_wireguard_server
-
-
-async def echo_tcp(stream: Stream) -> None:
-    # here "sockname" is the address the client connected to ("original_dst" is the WireGuard socket's)
-    if stream.get_extra_info("sockname")[1] == TRANSFER_PORT:
-        return await serve_transfer(stream, stream)
-    await echo_stream(stream)
 
 
 async def echo_udp(stream: Stream) -> None:
@@ -34,16 +25,13 @@ async def echo_udp(stream: Stream) -> None:
 
 async def main() -> None:
     cfg = config()
+    # here "sockname" is the address the client connected to ("original_dst" is the WireGuard socket's)
+    echo_tcp = tunnel_handler("sockname")
     server = await start_wireguard_server(
         cfg["host"], cfg["wg_port"], cfg["server_key"], [cfg["client_pub"]], echo_tcp, echo_udp
     )
-    ready(sockname=list(server.getsockname()), version=importlib.metadata.version("mitmproxy_rs"))
-    await wait_for_stop()
-    server.close()
-    await asyncio.wait_for(server.wait_closed(), 10)
+    await serve_until_stopped(server, importlib.metadata.version("mitmproxy_rs"))
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    raise_file_limit()
-    asyncio.run(main())
+    run(main)
