@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 
 class CaseError(Exception):
@@ -28,6 +29,33 @@ class Sockets:
             abort = getattr(t, "abort", None)
             (abort or t.close)()
         self.transports.clear()
+
+
+class Writer(asyncio.Protocol):
+    """A connection that writes a lot: `can_write` is clear while the transport's buffer (1 MiB) is full, and
+    set again when it drains or the connection is lost. `done` ends with the first failure."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.done: asyncio.Future[Any] = loop.create_future()
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=1 << 20)
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.can_write.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
 
 
 class EchoConn(asyncio.Protocol):

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, Awaitable, Callable
 
-from conns import CaseError, EchoConn, Progress, Sockets, connect, message
+from conns import CaseError, EchoConn, Progress, Sockets, Writer, connect, message
 from transfer import TRANSFER_CASES
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,29 +95,17 @@ async def case_pingpong(host: str, port: int, n: int, size: int, progress: Progr
     return await asyncio.to_thread(run)
 
 
-class BulkConn(asyncio.Protocol):
+class BulkConn(Writer):
     """Writes `total` bytes of a repeating pseudo-random pattern and checks the echo as it arrives."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, block: bytes, total: int, progress: Progress):
+        super().__init__(loop)
         self.block = block
         self.pattern = block + block
         self.total = total
         self.progress = progress
         self.received = 0
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.can_write = asyncio.Event()
-        self.can_write.set()
         self.closing = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=1 << 20)
-
-    def pause_writing(self) -> None:
-        self.can_write.clear()
-
-    def resume_writing(self) -> None:
-        self.can_write.set()
 
     def data_received(self, data: bytes) -> None:
         size = len(self.block)
@@ -145,11 +133,7 @@ class BulkConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closing:
             self._fail(exc or CaseError(f"connection lost after {self.received} bytes echoed"))
-        self.can_write.set()
-
-    def _fail(self, exc: BaseException) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc)
+        super().connection_lost(exc)
 
 
 async def case_bulk(

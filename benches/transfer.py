@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conns import CaseError, EchoConn, Progress, Sockets, connect, message
+from conns import CaseError, EchoConn, Progress, Sockets, Writer, connect, message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "servers"))
 from _common import HEADER_SIZE, TRANSFER_PORT, PatternCheck, pattern_chunks  # noqa: E402
@@ -117,24 +117,12 @@ async def case_download(host: str, port: int, total: int, progress: Progress, so
     return result
 
 
-class Upload(asyncio.Protocol):
+class Upload(Writer):
     """Sends the header, then (written by case_upload) `total` bytes; waits for the server's two counts."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
         self.answer = bytearray()
-        self.done: asyncio.Future[float] = loop.create_future()
-        self.can_write = asyncio.Event()
-        self.can_write.set()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=1 << 20)
-
-    def pause_writing(self) -> None:
-        self.can_write.clear()
-
-    def resume_writing(self) -> None:
-        self.can_write.set()
 
     def data_received(self, data: bytes) -> None:
         self.answer += data
@@ -147,11 +135,7 @@ class Upload(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or CaseError("upload lost before the server answered"))
-        self.can_write.set()
-
-    def _fail(self, exc: BaseException) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc)
+        super().connection_lost(exc)
 
 
 async def case_upload(
