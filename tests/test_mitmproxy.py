@@ -73,7 +73,10 @@ def mitmdump() -> Path:
         else:
             installed = Path(init).parent
             stale = [
-                f.name for f in SOURCES.glob("*.py") if (installed / f.name).read_bytes() != f.read_bytes()
+                f.name
+                for f in SOURCES.glob("**/*.py")
+                if not (installed / f.relative_to(SOURCES)).exists()
+                or (installed / f.relative_to(SOURCES)).read_bytes() != f.read_bytes()
             ]
             if stale:
                 problem = f"{VENV} has another build of this package ({', '.join(stale)} differ)"
