@@ -15,7 +15,8 @@ use std::collections::HashMap;
 
 use super::peers::PeerState;
 use super::{
-    Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, KEEPALIVE, RX_BUFFER, USER_TIMEOUT, WRITE_LOW_WATER,
+    Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, KEEPALIVE, RX_BUFFER, SILENCE_TIMEOUT,
+    WRITE_LOW_WATER,
 };
 use crate::messages::{ConnectionId, NetworkToPython, PeerId};
 use crate::network::device::VirtualDevice;
@@ -85,7 +86,7 @@ impl Stack {
         socket.set_nagle_enabled(false);
         // A client that vanished, or stops acknowledging, does not hold the connection forever.
         socket.set_keep_alive(Some(KEEPALIVE.into()));
-        socket.set_timeout(Some(USER_TIMEOUT.into()));
+        socket.set_timeout(Some(SILENCE_TIMEOUT.into()));
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
             log::debug!("dropped a SYN to {}: {e}", flow.destination);
             return None;

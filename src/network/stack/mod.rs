@@ -85,13 +85,17 @@ const LINGER: Duration = Duration::from_secs(60);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(63);
 
 /// An open connection on which the client said nothing for this long gets a keepalive probe, and another each
-/// time this passes again without an answer.
-const KEEPALIVE: Duration = Duration::from_secs(60);
+/// time this passes again without an answer. Rare enough not to wake a phone's radio for every idle connection
+/// (a kernel waits two hours, where keepalive is asked for at all), often enough that a vanished client's
+/// connections do not hold memory for long.
+const KEEPALIVE: Duration = Duration::from_secs(600);
 
-/// How long the stack waits for a client before it resets the connection, as a kernel with TCP_USER_TIMEOUT
-/// (Python hears `ConnectionClosed` with `reset`, as of a kernel's ETIMEDOUT): the longest silence of a client
-/// (four unanswered keepalive probes, or no answer to data sent), and the longest time data may wait
-/// unacknowledged, a client that keeps its window closed included.
+/// The longest silence of a client on an open connection: four keepalive probes went unanswered. Then the
+/// connection is reset (Python hears `ConnectionClosed` with `reset`, as of a kernel's ETIMEDOUT).
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(4 * 600);
+
+/// The longest time data may wait unacknowledged, a client that keeps its window closed included: then the
+/// connection is reset, as a kernel with TCP_USER_TIMEOUT resets it.
 const USER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The stack's own addresses. They only give smoltcp a route for every destination; sockets answer from

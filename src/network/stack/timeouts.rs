@@ -5,7 +5,7 @@
 //! - no FIN from the client `LINGER` after Python closed: reset;
 //! - data in the send buffer that the client did not acknowledge for `USER_TIMEOUT`, whether it is silent or
 //!   answers with a closed window: reset, as a kernel does with TCP_USER_TIMEOUT;
-//! - a client silent for `USER_TIMEOUT` despite keepalive probes: smoltcp resets the connection itself
+//! - a client silent for `SILENCE_TIMEOUT` despite keepalive probes: smoltcp resets the connection itself
 //!   (`set_keep_alive`, `set_timeout` on each socket).
 //!
 //! A reset connection is reported to Python as reset, as a kernel's ETIMEDOUT.
