@@ -77,7 +77,7 @@ def kernel_resets_dropped() -> Iterator[None]:
         subprocess.run(["nft", "delete", "table", "inet", table], check=True)
 
 
-async def syn_flood(count: int, seconds: float, src: str = "10.0.0.1") -> int:
+async def syn_flood(count: int, seconds: float, src: str = "10.0.0.2") -> int:
     """`count` SYNs from `src` to random destinations in 10.0.0.0/16 behind the tunnel, spread over about
     `seconds`; returns how many were sent."""
     rng = random.Random(14)
