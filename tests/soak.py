@@ -1,14 +1,14 @@
-"""Load for a soak: everything at once, for as long as asked, with the server's memory and open files sampled
-throughout. tests/test_soak.py runs it against the server in a process of its own (server_process.py) and a real
-WireGuard client.
+"""Load for a soak: everything at once, for as long as asked, with the server's memory and open files
+sampled throughout. tests/test_soak.py runs it against the server in a process of its own (server_process.py)
+and a real WireGuard client.
 
 - Churn: short TCP connections through the tunnel, each to an address and port of its own, each echoing a
   payload of its own and then closed from both sides; at a steady rate, a few at a time.
 - A stream: one connection that trickles data for the whole run; every echoed byte is checked.
-- A handshake flood: flood.py (initiations with a valid MAC1 from keys the server does not know), in a process
-  of its own.
-- Junk: datagrams to the server's port from another address that are no WireGuard message or only look like one
-  (right type and length, wrong MAC, unknown receiver index, cut short); none may get an answer.
+- A handshake flood: flood.py (initiations with a valid MAC1 from keys the server does not know), in a
+  process of its own.
+- Junk: datagrams to the server's port from another address that are no WireGuard message or only look like
+  one (right type and length, wrong MAC, unknown receiver index, cut short); none may get an answer.
 
 Every part is bounded by the run's duration and paced to a rate.
 """
@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import close_writer, open_connection
+from helpers import ServerProcess, close_writer, open_connection
 
 MB = 1 << 20
 
@@ -78,22 +78,8 @@ class Report:
     flood: dict[str, float]
 
 
-def rss(pid: int) -> int:
-    """Resident memory of process `pid`, in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise KeyError("VmRSS")
-
-
-def open_files(pid: int) -> int:
-    """How many file descriptors process `pid` holds."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 async def paced(rate: float, until: float) -> None:
-    """Sleeps until the next of `rate` moments a second is due (call once per event, from one task)."""
+    """Sleeps 1/`rate` of a second, but not past `until`: a little under `rate` events a second."""
     await asyncio.sleep(max(0.0, min(until, time.monotonic() + 1 / rate) - time.monotonic()))
 
 
@@ -233,19 +219,25 @@ async def flood(address: tuple[str, int], server_public_key: str, load: Load) ->
     return result
 
 
-async def sample(pid: int, load: Load, until: float, progress: Progress, samples: list[Sample]) -> None:
+async def sample(
+    server: ServerProcess, load: Load, until: float, progress: Progress, samples: list[Sample]
+) -> None:
     start = time.monotonic()
     while True:
         now = time.monotonic()
-        samples.append(Sample(now - start, rss(pid), open_files(pid), progress.churned, progress.streamed))
+        samples.append(
+            Sample(now - start, server.rss(), server.open_files(), progress.churned, progress.streamed)
+        )
         if now >= until:
             return
         await asyncio.sleep(min(load.interval, max(0.0, until - now)))
 
 
-async def run(pid: int, address: tuple[str, int], server_public_key: str, load: Load) -> Report:
-    """All the load at once against the server at `address` (process `pid`) for `load.seconds`, its memory and
-    open files sampled every `load.interval` seconds. The tunnel must route 10.0.0.0/16 to the server."""
+async def run(server: ServerProcess, load: Load) -> Report:
+    """All the load at once against `server` for `load.seconds`, its memory and open files sampled every
+    `load.interval` seconds. A WireGuard client of the server's first peer must route 10.0.0.0/16 into its
+    tunnel (the server_process fixture starts one)."""
+    address, server_public_key = server.getsockname(), server.cfg.server_public_key
     progress = Progress()
     samples: list[Sample] = []
     until = time.monotonic() + load.seconds
@@ -254,7 +246,7 @@ async def run(pid: int, address: tuple[str, int], server_public_key: str, load: 
         churn(load, until, progress),
         stream(until, progress),
         send_junk(address, load, until, progress),
-        sample(pid, load, until, progress, samples),
+        sample(server, load, until, progress, samples),
     )
     return Report(samples, progress, await flooding)
 

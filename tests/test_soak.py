@@ -1,6 +1,6 @@
-"""A soak: connection churn, a slow endless stream, a handshake flood and junk datagrams, all at once (tests/soak.py),
-against the server in a process of its own. After a warm-up, its memory and open files stay flat, every churned
-connection echoes what it was sent, and the stream arrives intact.
+"""A soak: connection churn, a slow endless stream, a handshake flood and junk datagrams, all at once
+(tests/soak.py), against the server in a process of its own. After a warm-up, its memory and open files stay
+flat, every churned connection echoes what it was sent, and the stream arrives intact.
 
 SOAK_SECONDS sets the duration: 75 s by default (CI), an hour for the real soak (README, Hacking).
 """
@@ -37,12 +37,11 @@ def churn_rate(part: list[soak.Sample]) -> float:
 async def test_memory_and_open_files_stay_flat_under_churn_a_stream_a_flood_and_junk(server_process):
     server = await server_process()
     await soak.echo_and_close("10.0.0.42", 7, b"warm-up")  # the handshake is done
-    pid = server.process.pid
     idle = await server.command("stats")
-    fds_before = soak.open_files(pid)
+    fds_before = server.open_files()
 
     load = soak.Load(seconds=SOAK_SECONDS, interval=max(1.0, SOAK_SECONDS / 200))
-    report = await soak.run(pid, server.getsockname(), server.cfg.server_public_key, load)
+    report = await soak.run(server, load)
 
     # Handlers end when their connections have closed: give the last ones a moment.
     for _ in range(50):
@@ -50,7 +49,7 @@ async def test_memory_and_open_files_stay_flat_under_churn_a_stream_a_flood_and_
         if stats["streams"] == 0 and stats["tasks"] == idle["tasks"]:
             break
         await asyncio.sleep(0.1)
-    fds_after = soak.open_files(pid)
+    fds_after = server.open_files()
     log = await server.close()
 
     progress, samples = report.progress, report.samples
@@ -63,9 +62,9 @@ async def test_memory_and_open_files_stay_flat_under_churn_a_stream_a_flood_and_
         f"churned {progress.churned} connections ({progress.churn_failures} failed), streamed "
         f"{progress.streamed} bytes, {progress.junk_sent} junk datagrams ({progress.junk_answers} answered), "
         f"flood {report.flood}\n"
-        f"RSS max {first_rss / MB:.1f} MB in the first third after {warm_up:.0f} s, {last_rss / MB:.1f} MB in the "
-        f"last; churn {first_rate:.0f}/s then {last_rate:.0f}/s; fds {fds_before} before, "
-        f"{max(s.fds for s in samples)} at most, {fds_after} after"
+        f"RSS max {first_rss / MB:.1f} MB in the first third after {warm_up:.0f} s, "
+        f"{last_rss / MB:.1f} MB in the last; churn {first_rate:.0f}/s then {last_rate:.0f}/s; "
+        f"fds {fds_before} before, {max(s.fds for s in samples)} at most, {fds_after} after"
     )
 
     assert progress.churn_failures == 0, progress.first_failures
