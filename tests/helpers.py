@@ -339,6 +339,10 @@ class ServerProcess:
         """Resident memory now, in bytes."""
         return self._status("VmRSS")
 
+    def open_files(self) -> int:
+        """How many file descriptors the process holds now."""
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
     def peak_rss(self) -> int:
         return self._status("VmHWM")
 
