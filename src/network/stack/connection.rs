@@ -9,6 +9,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpListenEndpoint;
 
+use super::autotune::{self, Autotune};
 use super::lifecycle::Lifecycle;
 use super::recovery::SeqTracker;
 use super::{
@@ -57,6 +58,8 @@ pub(super) struct Connection {
     pub(super) release_at: Option<Instant>,
     /// The pages of both buffers: receive buffer first, then the send buffer.
     pub(super) memory: LazyMemory,
+    /// The receive window, grown with what Python reads.
+    pub(super) autotune: Autotune,
 }
 
 impl Stack {
@@ -83,6 +86,7 @@ impl Stack {
         // A client that vanished, or stops acknowledging, does not hold the connection forever.
         socket.set_keep_alive(Some(KEEPALIVE.into()));
         socket.set_timeout(Some(USER_TIMEOUT.into()));
+        autotune::start(&mut socket);
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
             log::debug!("dropped a SYN to {}: {e}", flow.destination);
             return None;
@@ -117,6 +121,7 @@ impl Stack {
                 committed: false,
                 release_at: None,
                 memory,
+                autotune: Autotune::new(now),
             },
         );
         Some(id)
@@ -131,6 +136,7 @@ impl Stack {
         conn.announce(&self.peers, out);
         conn.fill_send_buffer(out);
         conn.deliver(&mut self.budget, out);
+        conn.tune_window(now, &self.window_budget);
         conn.report_eof(out);
         conn.transmit(&mut self.iface, &mut self.device, now, out);
         if conn.report_close(out) {
@@ -138,6 +144,7 @@ impl Stack {
             return;
         }
         conn.release_pages(now);
+        conn.account(&mut self.window_budget);
         conn.watch_progress(now);
         conn.reschedule(&mut self.iface, now, &mut self.timers);
     }
@@ -161,6 +168,7 @@ impl Stack {
         if let Some(conn) = self.connections.remove(&id) {
             self.flows.remove(&conn.flow);
             self.admission.closed(conn.flow.peer);
+            self.window_budget.used -= conn.autotune.charged;
             if let Some(at) = conn.deadline {
                 self.timers.remove(&(at, id));
             }
@@ -259,6 +267,7 @@ impl Connection {
             return;
         }
         budget.bytes -= data.len();
+        self.autotune.read(data.len());
         if socket.can_recv() && !self.starved {
             self.starved = true;
             budget.starved.push(self.id);
@@ -289,6 +298,7 @@ impl Connection {
         let peer = self.flow.peer;
         for p in device.tx.drain(..) {
             self.seq.sent(&p);
+            self.autotune.sent(&p, now);
             out.packets.push((peer, p));
         }
     }

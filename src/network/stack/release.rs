@@ -20,6 +20,7 @@ impl Connection {
                 self.memory.release(0, RX_BUFFER + TX_BUFFER);
                 self.committed = false;
                 self.release_at = None;
+                self.reset_window(now);
             }
             Some(_) => {}
             None => self.release_at = Some(now + RELEASE_AFTER.into()),
