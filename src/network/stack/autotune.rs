@@ -189,16 +189,16 @@ impl Connection {
 
 /// What a TCP segment the stack sends tells the client of its receive window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Advertised {
-    ack: u32,
+pub(super) struct Advertised {
+    pub(super) ack: u32,
     /// The window field, in units of the scale.
-    window: u16,
+    pub(super) window: u16,
     /// On a SYN: the window scale it offers (0 if none; a SYN's own window is never scaled).
-    syn_scale: Option<u8>,
+    pub(super) syn_scale: Option<u8>,
 }
 
 /// The window a packet the stack sends advertises; `None` without an ACK.
-fn advertised(packet: &[u8]) -> Option<Advertised> {
+pub(super) fn advertised(packet: &[u8]) -> Option<Advertised> {
     let ip_header_len = match packet.first().map(|b| b >> 4) {
         Some(4) => ((packet[0] & 0x0f) as usize) * 4,
         Some(6) => 40,
