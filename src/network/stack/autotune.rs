@@ -168,6 +168,10 @@ impl Connection {
     /// An idle connection, whose pages are released, starts again from the first window. The socket keeps the
     /// right edge it advertised (the window only closes as data arrives).
     pub(super) fn reset_window(&mut self, now: Instant) {
+        let position = &mut self.read_position;
+        position.floor = position
+            .floor
+            .max(position.dequeued + self.autotune.window as u64);
         self.autotune.window = INITIAL_WINDOW;
         self.autotune.space = INITIAL_WINDOW / 2;
         self.autotune.measure = (now, self.autotune.read);

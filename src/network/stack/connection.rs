@@ -12,6 +12,7 @@ use smoltcp::wire::IpListenEndpoint;
 use super::autotune::{self, Autotune};
 use super::lifecycle::Lifecycle;
 use super::recovery::SeqTracker;
+use super::release::ReadPosition;
 use super::{
     Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, KEEPALIVE, RX_BUFFER, USER_TIMEOUT, WRITE_LOW_WATER,
 };
@@ -56,10 +57,14 @@ pub(super) struct Connection {
     /// The buffers hold pages that can be released once both are empty (at `release_at`).
     pub(super) committed: bool,
     pub(super) release_at: Option<Instant>,
+    /// Bytes through both buffers when `release_at` was set.
+    pub(super) release_mark: u64,
     /// The pages of both buffers: receive buffer first, then the send buffer.
     pub(super) memory: LazyMemory,
     /// The receive window, grown with what Python reads.
     pub(super) autotune: Autotune,
+    /// How far Python read, for the pages it read past.
+    pub(super) read_position: ReadPosition,
 }
 
 impl Stack {
@@ -120,8 +125,10 @@ impl Stack {
                 starved: false,
                 committed: false,
                 release_at: None,
+                release_mark: 0,
                 memory,
                 autotune: Autotune::new(now),
+                read_position: ReadPosition::default(),
             },
         );
         Some(id)
@@ -137,6 +144,7 @@ impl Stack {
         conn.fill_send_buffer(out);
         conn.deliver(&mut self.budget, out);
         conn.tune_window(now, &self.window_budget);
+        conn.release_read_chunks();
         conn.report_eof(out);
         conn.transmit(&mut self.iface, &mut self.device, now, out);
         if conn.report_close(out) {
@@ -263,6 +271,7 @@ impl Connection {
                 _ => break,
             }
         }
+        self.read_position.dequeued += data.len() as u64;
         if detached {
             return;
         }
