@@ -64,9 +64,9 @@ async def ping_pong_rate(host: str, port: int, seconds: float = 1.0, windows: in
 
 
 async def test_a_handler_that_does_not_read_costs_only_its_windows(server_process):
-    """20 clients send 8 MiB each to handlers that do not read for seconds: memory grows by the windows (1 MiB
-    each), not by what the clients offered (160 MiB; more than a window and a client's kernel buffers), and every
-    byte arrives once the handlers read."""
+    """20 clients send 8 MiB each to handlers that do not read for seconds: memory grows by the windows (the
+    first one, 64 KiB: a window grows only while its handler reads), not by what the clients offered (160 MiB;
+    more than a window and a client's kernel buffers), and every byte arrives once the handlers read."""
     server = await server_process()
     await echo_once("10.0.0.42", 7)  # handshake done, first buffers touched
     await server.command("hold")

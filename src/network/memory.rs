@@ -72,6 +72,25 @@ impl LazyMemory {
     }
 }
 
+#[cfg(test)]
+impl LazyMemory {
+    /// How many bytes of `[offset..offset + len]` (page-aligned) are committed.
+    pub fn resident(&self, offset: usize, len: usize) -> usize {
+        let page = 4096;
+        let mut pages = vec![0u8; len.div_ceil(page)];
+        // SAFETY: the range lies inside the mapping; `pages` has a byte for each of its pages.
+        let rc = unsafe {
+            libc::mincore(
+                self.ptr.as_ptr().add(offset).cast(),
+                len,
+                pages.as_mut_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        pages.iter().filter(|p| *p & 1 == 1).count() * page
+    }
+}
+
 impl Drop for LazyMemory {
     fn drop(&mut self) {
         // SAFETY: the mapping was created in `new` with this length and is unmapped once.

@@ -1,7 +1,7 @@
 //! A TCP connection: its socket, what Python wrote that is not yet in the socket, and the steps that move it on,
 //! which `Stack::service` runs in order.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use smoltcp::iface::{Interface, PollResult, SocketHandle, SocketSet};
@@ -9,11 +9,11 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpListenEndpoint;
 
+use super::autotune::{self, Autotune};
 use super::lifecycle::Lifecycle;
-use super::recovery::SeqTracker;
-use std::collections::HashMap;
-
 use super::peers::PeerState;
+use super::recovery::SeqTracker;
+use super::release::ReadPosition;
 use super::{
     Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, KEEPALIVE, RX_BUFFER, SILENCE_TIMEOUT,
     WRITE_LOW_WATER,
@@ -59,8 +59,14 @@ pub(super) struct Connection {
     /// The buffers hold pages that can be released once both are empty (at `release_at`).
     pub(super) committed: bool,
     pub(super) release_at: Option<Instant>,
+    /// Bytes through both buffers when `release_at` was set.
+    pub(super) release_mark: u64,
     /// The pages of both buffers: receive buffer first, then the send buffer.
     pub(super) memory: LazyMemory,
+    /// The receive window, grown with what Python reads.
+    pub(super) autotune: Autotune,
+    /// How far Python read, for the pages it read past.
+    pub(super) read_position: ReadPosition,
 }
 
 impl Stack {
@@ -87,6 +93,7 @@ impl Stack {
         // A client that vanished, or stops acknowledging, does not hold the connection forever.
         socket.set_keep_alive(Some(KEEPALIVE.into()));
         socket.set_timeout(Some(SILENCE_TIMEOUT.into()));
+        autotune::start(&mut socket);
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
             log::debug!("dropped a SYN to {}: {e}", flow.destination);
             return None;
@@ -120,7 +127,10 @@ impl Stack {
                 starved: false,
                 committed: false,
                 release_at: None,
+                release_mark: 0,
                 memory,
+                autotune: Autotune::new(now),
+                read_position: ReadPosition::default(),
             },
         );
         Some(id)
@@ -135,6 +145,8 @@ impl Stack {
         conn.announce(&self.peers, out);
         conn.fill_send_buffer(out);
         conn.deliver(&mut self.budget, out);
+        conn.tune_window(now, &self.window_budget);
+        conn.release_read_chunks();
         conn.report_eof(out);
         conn.transmit(&mut self.iface, &mut self.device, now, out);
         if conn.report_close(out) {
@@ -142,6 +154,7 @@ impl Stack {
             return;
         }
         conn.release_pages(now);
+        conn.account(&mut self.window_budget);
         conn.watch_progress(now);
         conn.reschedule(&mut self.iface, now, &mut self.timers);
     }
@@ -165,6 +178,7 @@ impl Stack {
         if let Some(conn) = self.connections.remove(&id) {
             self.flows.remove(&conn.flow);
             self.admission.closed(conn.flow.peer);
+            self.window_budget.used -= conn.autotune.charged;
             if let Some(at) = conn.deadline {
                 self.timers.remove(&(at, id));
             }
@@ -263,10 +277,12 @@ impl Connection {
                 _ => break,
             }
         }
+        self.read_position.dequeued += data.len() as u64;
         if detached {
             return;
         }
         budget.bytes -= data.len();
+        self.autotune.read(data.len());
         if socket.can_recv() && !self.starved {
             self.starved = true;
             budget.starved.push(self.id);
@@ -297,6 +313,7 @@ impl Connection {
         let peer = self.flow.peer;
         for p in device.tx.drain(..) {
             self.seq.sent(&p);
+            self.autotune.sent(&p, now);
             out.packets.push((peer, p));
         }
     }

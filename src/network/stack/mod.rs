@@ -12,12 +12,14 @@
 //! - `peers`: the peers, added and removed while the server runs, and what is counted of each.
 //! - `recovery`: what was sent and received on a connection, and the resend of a lost reply.
 //! - `release`: giving an idle connection's buffer pages back.
+//! - `autotune`: each connection's receive window, grown with its throughput, within a global budget.
 //! - `timers`: when each connection needs a poll next.
 //! - `admission`: how many connections each peer, and all together, may hold.
 //! - `timeouts`: when the stack gives up on a client: a handshake never completed, a client gone silent, data
 //!   left unacknowledged.
 
 mod admission;
+mod autotune;
 mod connection;
 mod lifecycle;
 #[cfg(test)]
@@ -46,18 +48,27 @@ use super::memory::MemoryPool;
 use super::udp_routes::UdpRoutes;
 use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo};
 use admission::Admission;
+use autotune::WindowBudget;
 use connection::Connection;
 use peers::PeerState;
 
 /// Receive and send buffer of each connection, mapped on demand (`LazyMemory`): an idle connection pays for the
 /// pages its data touched, not for these sizes. The receive buffer sets the largest TCP window and, above 64 KiB,
-/// the window scale (smoltcp picks the smallest shift that covers the buffer: 5 for 1 MiB, a window in units of
-/// 32 bytes). 1 MiB carries 20 MB/s at a 50 ms round trip. Larger is cheap in memory that is not touched, but
-/// until a global budget bounds them, every connection whose handler does not read may fill its window: 1 MiB
-/// bounds that, and 10,000 connections reserve 11 GB of address space (with the send buffer), not 80. Window
-/// scaling needs the patched smoltcp (patches/README.md): the released one stalls a scaled connection under
-/// backpressure and loss.
-const RX_BUFFER: usize = 1 << 20;
+/// the window scale (smoltcp picks the smallest shift that covers the buffer: 7 for 4 MiB, a window in units of
+/// 128 bytes). 4 MiB carries 80 MB/s at a 50 ms round trip, 20 MB/s at 200 ms. The window a connection
+/// advertises starts at `INITIAL_WINDOW` and grows only as fast as Python reads (`autotune`), within
+/// `WINDOW_BUDGET` for all connections together. 10,000 connections reserve 41 GB of address space (one mapping
+/// each, far below `vm.max_map_count`): the mappings are private and writable, so with `vm.overcommit_memory` at
+/// 2 (strict accounting) the kernel would count them all and refuse new ones (a SYN is then dropped and logged);
+/// at 0 (the default heuristic) or 1 only touched pages count. Window scaling needs the patched smoltcp
+/// (patches/README.md): the released one stalls a scaled connection under backpressure and loss.
+const RX_BUFFER: usize = 4 << 20;
+/// The receive window a connection starts with, and falls back to once idle (see `autotune`).
+const INITIAL_WINDOW: usize = 64 * 1024;
+/// How much memory the buffers of all connections together may commit before windows stop growing: each
+/// connection that holds pages counts its window and its send buffer. Windows never shrink for it, and every
+/// connection gets its first window, so many active connections can go beyond it by their first windows only.
+const WINDOW_BUDGET: usize = 256 << 20;
 /// The send buffer bounds what the stack has in flight. It stays at 64 KiB until the stack paces its segments and
 /// recovers from several losses in a window: a larger one lets bursts leave that overflow the UDP buffers on the
 /// way, and smoltcp then recovers by its retransmission timeout (a download on a 50 ms path got slower, not
@@ -145,6 +156,8 @@ pub struct Stack {
     fragments: Reassembler,
     /// Buffer memory of ended connections, for new ones.
     memory: MemoryPool,
+    /// What the buffers of all connections may commit, and how much of it they do.
+    window_budget: WindowBudget,
     budget: ReadBudget,
     /// How many connections each peer holds, and whether it may open another.
     admission: Admission,
@@ -181,6 +194,10 @@ impl Stack {
             dirty: Vec::new(),
             fragments: Reassembler::default(),
             memory: MemoryPool::new(RX_BUFFER + TX_BUFFER, POOLED_BUFFERS),
+            window_budget: WindowBudget {
+                limit: WINDOW_BUDGET,
+                used: 0,
+            },
             budget: ReadBudget {
                 bytes: usize::MAX,
                 starved: Vec::new(),

@@ -141,6 +141,7 @@ impl Stack {
             conn.committed = true;
             conn.seq.received(&segment);
         }
+        conn.autotune.received(&segment, now);
         let acks = conn.seq.lost_before(&segment).and_then(|seq| {
             Some([
                 packet::bare_ack(&packet, seq, true)?,
@@ -158,6 +159,7 @@ impl Stack {
         let peer = conn.flow.peer;
         for p in self.device.tx.drain(..) {
             conn.seq.sent(&p);
+            conn.autotune.sent(&p, now);
             out.packets.push((peer, p));
         }
     }

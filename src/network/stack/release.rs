@@ -1,13 +1,58 @@
-//! Memory release: an idle connection gives its buffers' pages back to the kernel, a while after both emptied.
+//! Memory release: an idle connection gives its buffers' pages back to the kernel, a while after both emptied;
+//! a busy one gives back the pages of its receive buffer that Python has read past.
 
 use smoltcp::time::Instant;
 
 use super::connection::Connection;
 use super::{RELEASE_AFTER, RX_BUFFER, TX_BUFFER};
 
+/// The receive buffer's pages go back in chunks of this size once Python has read past them.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Where the receive buffer's live data can be, in the client's byte stream (offsets from the connection's
+/// first byte). smoltcp's receive buffer is a ring that starts at its beginning and never goes back while the
+/// connection lives: the stream's byte `x` is at `x % RX_BUFFER`, and data moves through every page of the
+/// ring, a window's worth at a time. Without giving back the pages behind the reader, a connection that stays
+/// busy would commit the whole ring, however small its window.
+#[derive(Debug, Default)]
+pub(super) struct ReadPosition {
+    /// Bytes taken out of the receive buffer (for Python, or dropped after it closed).
+    pub(super) dequeued: u64,
+    /// The stream's bytes before this were given back, or were live when Python read past them.
+    released: u64,
+    /// The right edge the window may have been advertised up to before it fell back to the first window:
+    /// smoltcp keeps it (patches/README.md), and data may arrive up to it.
+    pub(super) floor: u64,
+}
+
 impl Connection {
-    /// Releases the pages of both buffers once they stayed empty for `RELEASE_AFTER`. Out-of-order data waits in
-    /// the receive buffer beyond what `recv_queue` counts: while the client may fill a gap, the pages are kept.
+    /// Gives back the pages of the receive buffer's chunks that Python read past, unless the window reaches
+    /// around the ring into them: data may arrive anywhere from the reader to the window's right edge.
+    pub(super) fn release_read_chunks(&mut self) {
+        let position = &mut self.read_position;
+        let chunk_end = position.dequeued / READ_CHUNK as u64 * READ_CHUNK as u64;
+        if chunk_end <= position.released {
+            return;
+        }
+        let live_end = (position.dequeued + self.autotune.window as u64).max(position.floor);
+        let start = position.released.max(
+            live_end
+                .saturating_sub(RX_BUFFER as u64)
+                .next_multiple_of(READ_CHUNK as u64),
+        );
+        position.released = chunk_end;
+        let mut at = start;
+        while at < chunk_end {
+            let offset = (at % RX_BUFFER as u64) as usize;
+            let len = ((chunk_end - at) as usize).min(RX_BUFFER - offset);
+            self.memory.release(offset, len);
+            at += len as u64;
+        }
+    }
+
+    /// Releases the pages of both buffers once they stayed empty, with no data through them, for
+    /// `RELEASE_AFTER`: then the connection also falls back to its first window. Out-of-order data waits in the
+    /// receive buffer beyond what `recv_queue` counts: while the client may fill a gap, the pages are kept.
     pub(super) fn release_pages(&mut self, now: Instant) {
         let socket = self.socket();
         let idle = socket.send_queue() == 0 && socket.recv_queue() == 0;
@@ -15,14 +60,23 @@ impl Connection {
             self.release_at = None;
             return;
         }
+        // Data that went through since: the connection is busy, with buffers that Python keeps empty.
+        let moved = self.read_position.dequeued + self.enqueued;
+        if self.release_at.is_some() && moved != self.release_mark {
+            self.release_at = None;
+        }
         match self.release_at {
             Some(at) if at <= now => {
                 self.memory.release(0, RX_BUFFER + TX_BUFFER);
                 self.committed = false;
                 self.release_at = None;
+                self.reset_window(now);
             }
             Some(_) => {}
-            None => self.release_at = Some(now + RELEASE_AFTER.into()),
+            None => {
+                self.release_at = Some(now + RELEASE_AFTER.into());
+                self.release_mark = moved;
+            }
         }
     }
 }

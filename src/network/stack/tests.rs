@@ -11,6 +11,7 @@ use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, PythonToN
 use crate::network::device::VirtualDevice;
 use crate::network::packet;
 
+mod autotune;
 mod limits;
 mod window_scale;
 

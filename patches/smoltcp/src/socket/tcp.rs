@@ -474,6 +474,12 @@ pub struct Socket<'a> {
     assembler: Assembler,
     rx_buffer: SocketBuffer<'a>,
     rx_fin_received: bool,
+    /// The most octets the receive window lets the receive buffer hold; see
+    /// [set_receive_window_limit](#method.set_receive_window_limit).
+    rx_window_limit: usize,
+    /// A right edge that the window may have been advertised up to under a higher limit: the
+    /// window is not shrunk to the left of it.
+    rx_window_floor: Option<TcpSeqNumber>,
     tx_buffer: SocketBuffer<'a>,
     /// Interval after which, if no inbound packets are received, the connection is aborted.
     timeout: Option<Duration>,
@@ -594,6 +600,8 @@ impl<'a> Socket<'a> {
             tx_buffer,
             rx_buffer,
             rx_fin_received: false,
+            rx_window_limit: usize::MAX,
+            rx_window_floor: None,
             timeout: None,
             keep_alive: None,
             hop_limit: None,
@@ -762,7 +770,52 @@ impl<'a> Socket<'a> {
     /// Used in internal calculations as well as packet generation.
     #[inline]
     fn scaled_window(&self) -> u16 {
-        u16::try_from(self.rx_buffer.window() >> self.remote_win_shift).unwrap_or(u16::MAX)
+        u16::try_from(self.rx_window() >> self.remote_win_shift).unwrap_or(u16::MAX)
+    }
+
+    /// Return the receive window: the free space in the receive buffer, no more than the window
+    /// limit leaves, but reaching at least up to the floor set when the limit was lowered.
+    fn rx_window(&self) -> usize {
+        let mut window = self.rx_window_limit.saturating_sub(self.rx_buffer.len());
+        if let Some(floor) = self.rx_window_floor {
+            let next_ack = self.remote_seq_no + self.rx_buffer.len();
+            if floor > next_ack {
+                window = window.max(floor - next_ack);
+            }
+        }
+        window.min(self.rx_buffer.window())
+    }
+
+    /// Limit the receive window to `limit` octets.
+    ///
+    /// The window advertised to the remote is at most `limit` minus the octets queued in the
+    /// receive buffer, as if the buffer held `limit` octets. An application can so grow the
+    /// window with the throughput of the connection (receive buffer auto-tuning) in a buffer
+    /// allocated at the largest size, and lower it again. Lowering the limit does not move the
+    /// right edge of a window already advertised to the left (RFC 9293, 3.8.6.2.2: the window
+    /// should not be shrunk): the window closes as data arrives, until it fits the new limit.
+    /// The window scale, agreed on in the handshake, still follows the buffer's capacity.
+    ///
+    /// The default is no limit.
+    pub fn set_receive_window_limit(&mut self, limit: usize) {
+        if limit < self.rx_window_limit && self.remote_last_ack.is_some() {
+            // Every window advertised so far ends at or before this edge: the unread data
+            // started at or before `remote_seq_no`, and held at most the old limit.
+            let limit = self.rx_window_limit.min(self.rx_buffer.capacity());
+            let edge = self.remote_seq_no + limit;
+            match self.rx_window_floor {
+                Some(floor) if floor >= edge => {}
+                _ => self.rx_window_floor = Some(edge),
+            }
+        }
+        self.rx_window_limit = limit;
+    }
+
+    /// Return the receive window limit.
+    ///
+    /// See also the [set_receive_window_limit](#method.set_receive_window_limit) method.
+    pub fn receive_window_limit(&self) -> usize {
+        self.rx_window_limit
     }
 
     /// Return the last window field value, including scaling according to RFC 1323.
@@ -912,6 +965,7 @@ impl<'a> Socket<'a> {
         self.tx_buffer.clear();
         self.rx_buffer.clear();
         self.rx_fin_received = false;
+        self.rx_window_floor = None;
         self.listen_endpoint = IpListenEndpoint::default();
         self.tuple = None;
         self.local_seq_no = TcpSeqNumber::default();
@@ -1322,6 +1376,9 @@ impl<'a> Socket<'a> {
         let _old_length = self.rx_buffer.len();
         let (size, result) = f(&mut self.rx_buffer);
         self.remote_seq_no += size;
+        if matches!(self.rx_window_floor, Some(floor) if floor <= self.remote_seq_no) {
+            self.rx_window_floor = None;
+        }
         if size > 0 {
             #[cfg(any(test, feature = "verbose"))]
             tcp_trace!(
@@ -2628,7 +2685,7 @@ impl<'a> Socket<'a> {
                 repr.control = TcpControl::Syn;
                 repr.seq_number = self.local_seq_no;
                 // window len must NOT be scaled in SYNs.
-                repr.window_len = u16::try_from(self.rx_buffer.window()).unwrap_or(u16::MAX);
+                repr.window_len = u16::try_from(self.rx_window()).unwrap_or(u16::MAX);
                 if self.state == State::SynSent {
                     repr.ack_number = None;
                     repr.window_scale = Some(self.remote_win_shift);
@@ -8052,6 +8109,154 @@ mod test {
         assert_eq!(s.tx_buffer.len(), 0);
         assert_eq!(s.rx_buffer.len(), 60);
         assert_eq!(s.state, State::Established);
+    }
+
+    #[test]
+    fn test_receive_window_limit() {
+        let mut s = socket_syn_received();
+        s.set_receive_window_limit(20);
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: Some(REMOTE_SEQ + 1),
+                max_seg_size: Some(BASE_MSS),
+                window_len: 20,
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            }
+        );
+        s.ack_delay = None;
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 14,
+                ..RECV_TEMPL
+            }]
+        );
+        // Reading makes room up to the limit, not up to the whole buffer.
+        assert_eq!(s.recv(|b| (b.len(), b.len())), Ok(6));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[b'x'; 14][..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 20),
+                window_len: 6,
+                ..RECV_TEMPL
+            }]
+        );
+        // A higher limit opens the window at once.
+        s.set_receive_window_limit(64);
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 20),
+                window_len: 50,
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    #[test]
+    fn test_receive_window_limit_lowered_does_not_shrink_window() {
+        let mut s = socket_established();
+        s.ack_delay = None;
+        // A window of 64 was advertised: its right edge stays where it is.
+        s.set_receive_window_limit(20);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 58,
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[b'x'; 50][..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 56),
+                window_len: 8,
+                ..RECV_TEMPL
+            }]
+        );
+        // Once the data is read, the window follows the new limit.
+        assert_eq!(s.recv(|b| (b.len(), b.len())), Ok(56));
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 56),
+                window_len: 20,
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 56,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[b'y'; 20][..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 76),
+                window_len: 0,
+                ..RECV_TEMPL
+            }]
+        );
     }
 
     #[test]

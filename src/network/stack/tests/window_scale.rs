@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::network::stack::{RX_BUFFER, TX_BUFFER};
+use crate::network::stack::{INITIAL_WINDOW, TX_BUFFER};
 
 /// Passes the client's SYN and the stack's SYN-ACK, checking that the stack offers window scaling; returns the
 /// client's initial sequence number.
@@ -34,8 +34,9 @@ fn open_with_window_scale(stack: &mut TestStack, client: &mut Client) -> u32 {
     isn
 }
 
-/// The client's data that the tunnel loses, at these offsets: in the last flight before the window is full.
-const LOSSES: &[usize] = &[RX_BUFFER - 60_000];
+/// The client's data that the tunnel loses, at these offsets: in the last flight before the window (the first
+/// one, as the handler does not read) is full.
+const LOSSES: &[usize] = &[INITIAL_WINDOW - 10_000];
 
 /// A handler that reads only once its writes are drained (a proxy that pauses reading while its other side is
 /// slow), on a connection with a scaled window and a tunnel that loses a segment while the window fills. The
@@ -53,7 +54,7 @@ fn a_scaled_window_closed_by_a_handler_that_waits_for_its_writes_still_takes_ack
     let id = established(&client.pump(&mut stack));
 
     let download: Vec<u8> = (0..3 * TX_BUFFER as u32).map(|i| (i % 241) as u8).collect();
-    let upload: Vec<u8> = (0..3 * RX_BUFFER as u32).map(|i| (i % 239) as u8).collect();
+    let upload: Vec<u8> = (0..16 * INITIAL_WINDOW as u32).map(|i| (i % 239) as u8).collect();
     let mut out = Outputs::default();
     stack.handle(PythonToNetwork::PauseReading { id }, &mut out);
     stack.handle(

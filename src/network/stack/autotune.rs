@@ -1,0 +1,237 @@
+//! Receive-window auto-tuning, as kernels do it (Linux's `tcp_rcv_space_adjust`): a connection starts with a
+//! window of `INITIAL_WINDOW` and grows it whenever Python read more within a round trip than it did when the
+//! window last grew, to twice that, up to `RX_BUFFER`; an idle connection falls back to the first window when
+//! its pages are released. A global budget (`WindowBudget`) bounds what the buffers of all connections may
+//! commit: once it is spent, windows stop growing. Data already received is never dropped for it.
+//!
+//! The round trip is measured on the receive side, where a download from the client gives no acknowledgements
+//! to time: from the SYN-ACK to the client's first ACK, and, as Linux does without timestamps, from advertising a
+//! window's right edge to receiving data beyond it, which the client can only send after hearing of a later
+//! edge. Each sample is at least one round trip; the smallest one is kept.
+
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{TcpOption, TcpPacket};
+
+use super::connection::Connection;
+use super::{INITIAL_WINDOW, RX_BUFFER, TX_BUFFER};
+use crate::network::packet::{self, Segment};
+
+/// Above twice what Python read in a round trip, room for a burst of 16 segments, as Linux leaves.
+const HEADROOM: usize = 16 * 1460;
+
+/// The shortest round trip a sample may show: a finer clock would only count the stack's own work.
+const MIN_RTT: Duration = Duration::from_millis(1);
+
+/// The memory that the buffers of all connections may commit, summed as each connection's window limit plus its
+/// send buffer while its buffers hold pages (`Connection::committed`). A connection whose pages were released
+/// counts nothing. Connections always get their first window: the budget refuses growth only.
+#[derive(Debug)]
+pub(super) struct WindowBudget {
+    pub(super) limit: usize,
+    pub(super) used: usize,
+}
+
+/// Where the connection stands in its handshake, for the round trip it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    Waiting,
+    SynAckSent(Instant),
+    /// Sampled, or the SYN-ACK was sent again and no longer times anything (Karn).
+    Done,
+}
+
+#[derive(Debug)]
+pub(super) struct Autotune {
+    /// The receive window limit set on the socket.
+    pub(super) window: usize,
+    /// What Python read in the round trip that made the window grow last: reading more makes it grow again.
+    space: usize,
+    /// The smallest round trip sampled.
+    pub(super) rtt: Option<Duration>,
+    handshake: Handshake,
+    /// The window scale the stack offered in its SYN-ACK (0 if the client offered none).
+    shift: u8,
+    /// The furthest right edge of the window advertised so far.
+    furthest_edge: Option<u32>,
+    /// A sample under way: data beyond this edge, advertised at this moment, ends it.
+    probe: Option<(u32, Instant)>,
+    /// Bytes read for Python so far, and where the current measurement started: when, and that count then.
+    read: u64,
+    measure: (Instant, u64),
+    /// What the connection counts in `WindowBudget::used`.
+    pub(super) charged: usize,
+}
+
+impl Autotune {
+    pub(super) fn new(now: Instant) -> Self {
+        Autotune {
+            window: INITIAL_WINDOW,
+            space: INITIAL_WINDOW / 2,
+            rtt: None,
+            handshake: Handshake::Waiting,
+            shift: 0,
+            furthest_edge: None,
+            probe: None,
+            read: 0,
+            measure: (now, 0),
+            charged: 0,
+        }
+    }
+
+    /// A packet the stack sends: the window it advertises may start a sample.
+    pub(super) fn sent(&mut self, packet: &[u8], now: Instant) {
+        let Some(advertised) = advertised(packet) else {
+            return;
+        };
+        if let Some(shift) = advertised.syn_scale {
+            self.shift = shift;
+            self.handshake = match self.handshake {
+                Handshake::Waiting => Handshake::SynAckSent(now),
+                _ => Handshake::Done,
+            };
+            return;
+        }
+        let window = (advertised.window as u32) << self.shift;
+        let edge = advertised.ack.wrapping_add(window);
+        let furthest = match self.furthest_edge {
+            Some(furthest) if !packet::seq_after(edge, furthest) => furthest,
+            _ => edge,
+        };
+        self.furthest_edge = Some(furthest);
+        if self.probe.is_none() && window > 0 {
+            self.probe = Some((furthest, now));
+        }
+    }
+
+    /// A segment from the client: the ACK of the handshake, or data beyond the edge a sample waits for.
+    pub(super) fn received(&mut self, segment: &Segment, now: Instant) {
+        if let (Handshake::SynAckSent(at), Some(_)) = (self.handshake, segment.ack) {
+            self.handshake = Handshake::Done;
+            self.sample(now - at);
+        }
+        if let Some((edge, at)) = self.probe {
+            if segment.has_data && packet::seq_after(segment.end(), edge) {
+                self.probe = None;
+                self.sample(now - at);
+            }
+        }
+    }
+
+    fn sample(&mut self, rtt: Duration) {
+        let rtt = rtt.max(MIN_RTT);
+        self.rtt = Some(self.rtt.map_or(rtt, |old| old.min(rtt)));
+    }
+
+    /// Bytes read for Python.
+    pub(super) fn read(&mut self, bytes: usize) {
+        self.read += bytes as u64;
+    }
+
+    /// The window the connection asks for, once a round trip has passed since the last measurement.
+    fn wanted(&mut self, now: Instant) -> Option<usize> {
+        let rtt = self.rtt?;
+        let (since, read_then) = self.measure;
+        if now < since + rtt {
+            return None;
+        }
+        self.measure = (now, self.read);
+        let copied = (self.read - read_then) as usize;
+        if copied <= self.space {
+            return None;
+        }
+        self.space = copied;
+        Some((2 * copied + HEADROOM).min(RX_BUFFER))
+    }
+}
+
+impl Connection {
+    /// Grows the window if Python read more in the last round trip than before, as far as the budget allows.
+    pub(super) fn tune_window(&mut self, now: Instant, budget: &WindowBudget) {
+        let Some(wanted) = self.autotune.wanted(now) else {
+            return;
+        };
+        let window = self.autotune.window;
+        if wanted <= window {
+            return;
+        }
+        // What the others use, and this connection at its present window once it holds pages.
+        let used = budget.used - self.autotune.charged + window + TX_BUFFER;
+        let grown = window + (wanted - window).min(budget.limit.saturating_sub(used));
+        if grown > window {
+            log::trace!("connection {}: receive window {window} -> {grown}", self.id);
+            self.autotune.window = grown;
+            self.socket().set_receive_window_limit(grown);
+        }
+    }
+
+    /// An idle connection, whose pages are released, starts again from the first window. The socket keeps the
+    /// right edge it advertised (the window only closes as data arrives).
+    pub(super) fn reset_window(&mut self, now: Instant) {
+        let position = &mut self.read_position;
+        position.floor = position
+            .floor
+            .max(position.dequeued + self.autotune.window as u64);
+        self.autotune.window = INITIAL_WINDOW;
+        self.autotune.space = INITIAL_WINDOW / 2;
+        self.autotune.measure = (now, self.autotune.read);
+        self.socket().set_receive_window_limit(INITIAL_WINDOW);
+    }
+
+    /// Brings what the connection counts in the budget up to date: its window and send buffer while it holds
+    /// pages, nothing once they are released.
+    pub(super) fn account(&mut self, budget: &mut WindowBudget) {
+        let charge = if self.committed {
+            self.autotune.window + TX_BUFFER
+        } else {
+            0
+        };
+        budget.used = budget.used - self.autotune.charged + charge;
+        self.autotune.charged = charge;
+    }
+}
+
+/// What a TCP segment the stack sends tells the client of its receive window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Advertised {
+    pub(super) ack: u32,
+    /// The window field, in units of the scale.
+    pub(super) window: u16,
+    /// On a SYN: the window scale it offers (0 if none; a SYN's own window is never scaled).
+    pub(super) syn_scale: Option<u8>,
+}
+
+/// The window a packet the stack sends advertises; `None` without an ACK.
+pub(super) fn advertised(packet: &[u8]) -> Option<Advertised> {
+    let ip_header_len = match packet.first().map(|b| b >> 4) {
+        Some(4) => ((packet[0] & 0x0f) as usize) * 4,
+        Some(6) => 40,
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(packet.get(ip_header_len..)?).ok()?;
+    if !tcp.ack() {
+        return None;
+    }
+    Some(Advertised {
+        ack: tcp.ack_number().0 as u32,
+        window: tcp.window_len(),
+        syn_scale: tcp.syn().then(|| window_scale(tcp.options()).unwrap_or(0)),
+    })
+}
+
+/// The window scale option among a segment's options.
+fn window_scale(mut options: &[u8]) -> Option<u8> {
+    while !options.is_empty() {
+        match TcpOption::parse(options).ok()? {
+            (_, TcpOption::WindowScale(scale)) => return Some(scale),
+            (_, TcpOption::EndOfList) => return None,
+            (rest, _) => options = rest,
+        }
+    }
+    None
+}
+
+/// The receive window limit a new socket starts with.
+pub(super) fn start(socket: &mut tcp::Socket) {
+    socket.set_receive_window_limit(INITIAL_WINDOW);
+}
