@@ -12,6 +12,7 @@ use crate::network::device::VirtualDevice;
 use crate::network::packet;
 
 mod limits;
+mod recovery;
 mod window_scale;
 
 /// A TCP client made of a smoltcp socket of its own, wired to the stack under test.

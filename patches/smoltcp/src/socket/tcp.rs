@@ -547,6 +547,9 @@ pub struct Socket<'a> {
     rexmit_next: TcpSeqNumber,
     /// When the last retransmission during loss recovery was sent.
     rexmit_at: Instant,
+    /// During loss recovery: how many holes the ACKs received allow to retransmit, one
+    /// each, when several arrive before the socket is dispatched.
+    rexmit_credit: u16,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -642,6 +645,7 @@ impl<'a> Socket<'a> {
             recovery_point: None,
             rexmit_next: TcpSeqNumber::default(),
             rexmit_at: Instant::from_millis(0),
+            rexmit_credit: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -2313,8 +2317,10 @@ impl<'a> Socket<'a> {
                 if ack_number >= point {
                     net_debug!("loss recovery ends");
                     self.recovery_point = None;
+                    self.rexmit_credit = 0;
                 } else if self.next_hole().is_some() {
                     self.pending_fast_retransmit = true;
+                    self.rexmit_credit = self.rexmit_credit.saturating_add(1);
                 }
             }
         }
@@ -2650,6 +2656,7 @@ impl<'a> Socket<'a> {
                 // to be sent again.
                 self.remote_last_seq = self.local_seq_no;
                 self.recovery_point = None;
+                self.rexmit_credit = 0;
 
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
@@ -2665,6 +2672,7 @@ impl<'a> Socket<'a> {
 
                 self.recovery_point = Some(self.remote_last_seq);
                 self.rexmit_next = self.local_seq_no;
+                self.rexmit_credit = 1;
                 self.pending_fast_retransmit = true;
             }
 
@@ -2810,6 +2818,12 @@ impl<'a> Socket<'a> {
                     repr.payload = self.tx_buffer.get_allocated(offset, effective_mss.min(len));
                     self.rexmit_next = seq + repr.payload.len();
                     self.rexmit_at = cx.now();
+                    self.rexmit_credit = self.rexmit_credit.saturating_sub(1);
+                    self.pending_fast_retransmit =
+                        self.rexmit_credit > 0 && self.next_hole().is_some();
+                    if !self.pending_fast_retransmit {
+                        self.rexmit_credit = 0;
+                    }
                     // Karn: no RTT sample from an ACK that may be of the retransmission.
                     self.rtte.on_retransmit();
 
@@ -7285,6 +7299,42 @@ mod test {
         assert_eq!(s.sacked, [None; SACK_SCOREBOARD_LEN]);
         assert!(s.tx_buffer.is_empty());
         assert!(!s.timer.is_retransmit());
+    }
+
+    #[test]
+    fn test_sack_recovery_sends_a_hole_per_ack_received_before_dispatch() {
+        // aaa, ccc and eee are lost; two more duplicates arrive before the socket is
+        // dispatched again: both remaining holes go out, and nothing else.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDDeeeFFF");
+        let dup_ack = |sack_ranges| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges,
+            ..SEND_TEMPL
+        };
+        let all = [sack_block(15, 18), sack_block(9, 12), sack_block(3, 6)];
+        send!(s, time 50, dup_ack([sack_block(3, 6), None, None]));
+        send!(s, time 50, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
+        send!(s, time 50, dup_ack(all));
+        recv!(s, time 50, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 51, dup_ack(all));
+        send!(s, time 51, dup_ack(all));
+        recv!(s, time 51, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"ccc"[..],
+            ..RECV_TEMPL
+        }, TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 12,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"eee"[..],
+            ..RECV_TEMPL
+        }]);
     }
 
     #[test]
