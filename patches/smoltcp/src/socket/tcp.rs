@@ -436,6 +436,10 @@ impl Timer {
         matches!(self, Timer::ZeroWindowProbe { .. })
     }
 
+    fn is_retransmit_now(&self) -> bool {
+        matches!(self, Timer::FastRetransmit)
+    }
+
     fn is_retransmit(&self) -> bool {
         matches!(self, Timer::Retransmit { .. } | Timer::FastRetransmit)
     }
@@ -1469,6 +1473,11 @@ impl<'a> Socket<'a> {
         self.sacked.copy_from_slice(&ranges[..SACK_SCOREBOARD_LEN]);
     }
 
+    /// How many octets the scoreboard holds.
+    fn sacked_len(&self) -> usize {
+        self.sacked.iter().flatten().map(|&(a, b)| b - a).sum()
+    }
+
     /// Forgets what the cumulative acknowledgement covers now.
     fn sack_prune(&mut self) {
         let una = self.local_seq_no;
@@ -2329,6 +2338,16 @@ impl<'a> Socket<'a> {
                 }
             }
             self.sack_prune();
+            // RFC 6675 (IsLost): data SACKed three segments beyond a hole shows it lost, even
+            // when no three ACKs in a row count as duplicates (a peer whose window moves with
+            // each ACK, as Linux's does while its application reads, never sends any).
+            if self.recovery_point.is_none()
+                && !self.timer.is_retransmit_now()
+                && self.sacked_len() >= 3 * self.remote_mss
+            {
+                net_debug!("started fast retransmit: data SACKed beyond a hole");
+                self.timer.set_for_fast_retransmit();
+            }
             if let Some(point) = self.recovery_point {
                 if ack_number >= point {
                     net_debug!("loss recovery ends");
@@ -7382,6 +7401,28 @@ mod test {
         assert_eq!(s.sacked, [None; SACK_SCOREBOARD_LEN]);
         assert!(s.tx_buffer.is_empty());
         assert!(!s.timer.is_retransmit());
+    }
+
+    #[test]
+    fn test_sack_recovery_starts_on_sacked_data_without_duplicate_acks() {
+        // aaa is lost; every ACK after it carries another window, so none counts as a
+        // duplicate, but three segments SACKed beyond the hole show it lost.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
+        for (i, window_len) in [(6, 250), (9, 240), (12, 230)] {
+            send!(s, time 50, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len,
+                sack_ranges: [sack_block(3, i), None, None],
+                ..SEND_TEMPL
+            });
+        }
+        recv!(s, time 50, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }]);
     }
 
     #[test]
