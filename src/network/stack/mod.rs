@@ -69,10 +69,10 @@ const INITIAL_WINDOW: usize = 64 * 1024;
 /// connection that holds pages counts its window and its send buffer. Windows never shrink for it, and every
 /// connection gets its first window, so many active connections can go beyond it by their first windows only.
 const WINDOW_BUDGET: usize = 256 << 20;
-/// The send buffer bounds what the stack has in flight. It stays at 64 KiB until the stack paces its segments and
-/// recovers from several losses in a window: a larger one lets bursts leave that overflow the UDP buffers on the
-/// way, and smoltcp then recovers by its retransmission timeout (a download on a 50 ms path got slower, not
-/// faster).
+/// The send buffer bounds what the stack has in flight. It stays at 64 KiB until the stack paces its segments:
+/// a larger one lets bursts leave that overflow the UDP buffers on the way (a download on a 50 ms path got
+/// slower, not faster). The patched smoltcp now recovers from several losses in a window by SACK, but 1 MiB
+/// with smoltcp's CUBIC still measured far slower under 1% loss (0.15 MB/s against 1.0 at 64 KiB).
 const TX_BUFFER: usize = 64 * 1024;
 
 /// How many mappings of ended connections are kept for new ones.

@@ -13,6 +13,7 @@ use crate::network::packet;
 
 mod autotune;
 mod limits;
+mod recovery;
 mod window_scale;
 
 /// A TCP client made of a smoltcp socket of its own, wired to the stack under test.

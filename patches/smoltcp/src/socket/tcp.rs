@@ -150,9 +150,10 @@ const RTTE_MIN_MARGIN: u32 = 5;
 /// K, according to RFC 6298
 const RTTE_K: u32 = 4;
 
-// RFC 6298 (2.4): Whenever RTO is computed, if it is less than 1 second, then the
-// RTO SHOULD be rounded up to 1 second.
-const RTTE_MIN_RTO: u32 = 1000;
+// RFC 6298 (2.4) asks for a 1 second minimum, written when clocks were coarse and
+// delayed ACKs long. Like Linux (TCP_RTO_MIN), use 200 ms: on a 20-200 ms path a lost
+// tail segment otherwise waits 1 s or more for its retransmission.
+const RTTE_MIN_RTO: u32 = 200;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
@@ -192,6 +193,14 @@ impl Default for RttEstimator {
 impl RttEstimator {
     fn retransmission_timeout(&self) -> Duration {
         Duration::from_millis(self.rto as _)
+    }
+
+    /// The smoothed round-trip time, or the retransmission timeout before any sample.
+    fn round_trip(&self) -> Duration {
+        match self.have_measurement {
+            true => Duration::from_millis(self.srtt as _),
+            false => self.retransmission_timeout(),
+        }
     }
 
     #[cfg(feature = "socket-tcp-cubic")]
@@ -296,6 +305,11 @@ enum Timer {
         expires_at: Instant,
     },
 }
+
+/// How many SACKed ranges the sender remembers (the peer reports at most 3 per segment).
+const SACK_SCOREBOARD_LEN: usize = 4;
+
+type SackRange = (TcpSeqNumber, TcpSeqNumber);
 
 const ACK_DELAY_DEFAULT: Duration = Duration::from_millis(10);
 const CLOSE_DELAY: Duration = Duration::from_millis(10_000);
@@ -422,6 +436,10 @@ impl Timer {
         matches!(self, Timer::ZeroWindowProbe { .. })
     }
 
+    fn is_retransmit_now(&self) -> bool {
+        matches!(self, Timer::FastRetransmit)
+    }
+
     fn is_retransmit(&self) -> bool {
         matches!(self, Timer::Retransmit { .. } | Timer::FastRetransmit)
     }
@@ -529,6 +547,19 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// The ranges above `local_seq_no` that the remote reported received in its SACK
+    /// blocks (RFC 2018): sorted, disjoint. Retransmissions skip them.
+    sacked: [Option<SackRange>; SACK_SCOREBOARD_LEN],
+    /// During loss recovery: the highest sequence number sent when it began (RFC 6675's
+    /// RecoveryPoint). Recovery ends once it is acknowledged.
+    recovery_point: Option<TcpSeqNumber>,
+    /// During loss recovery: everything below this was retransmitted already.
+    rexmit_next: TcpSeqNumber,
+    /// When the last retransmission during loss recovery was sent.
+    rexmit_at: Instant,
+    /// During loss recovery: how many holes the ACKs received allow to retransmit, one
+    /// each, when several arrive before the socket is dispatched.
+    rexmit_credit: u16,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -622,6 +653,11 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            sacked: [None; SACK_SCOREBOARD_LEN],
+            recovery_point: None,
+            rexmit_next: TcpSeqNumber::default(),
+            rexmit_at: Instant::from_millis(0),
+            rexmit_credit: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -980,6 +1016,8 @@ impl<'a> Socket<'a> {
         self.remote_last_ts = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
+        self.sacked = [None; SACK_SCOREBOARD_LEN];
+        self.recovery_point = None;
 
         #[cfg(feature = "async")]
         {
@@ -1462,6 +1500,89 @@ impl<'a> Socket<'a> {
             .saturating_sub(self.flight_size())
     }
 
+    /// Adds a SACK block of the remote to the scoreboard. Blocks outside the unacknowledged
+    /// data (D-SACKs, stale or bogus ones) are ignored. When the scoreboard is full the
+    /// highest range is forgotten: the lowest ones decide what is retransmitted next.
+    fn sack_record(&mut self, left: TcpSeqNumber, right: TcpSeqNumber) {
+        let end = self.local_seq_no + self.tx_buffer.len();
+        if left <= self.local_seq_no || right <= left || right > end {
+            return;
+        }
+        let (mut left, mut right) = (left, right);
+        let mut ranges = [None; SACK_SCOREBOARD_LEN + 1];
+        let mut len = 0;
+        for &(a, b) in self.sacked.iter().flatten() {
+            if a <= right && left <= b {
+                left = left.min(a);
+                right = right.max(b);
+            } else {
+                ranges[len] = Some((a, b));
+                len += 1;
+            }
+        }
+        ranges[len] = Some((left, right));
+        ranges.sort_unstable_by(|x, y| match (x, y) {
+            (Some(x), Some(y)) => x.0.partial_cmp(&y.0).unwrap_or(core::cmp::Ordering::Equal),
+            (Some(_), None) => core::cmp::Ordering::Less,
+            (None, Some(_)) => core::cmp::Ordering::Greater,
+            (None, None) => core::cmp::Ordering::Equal,
+        });
+        self.sacked.copy_from_slice(&ranges[..SACK_SCOREBOARD_LEN]);
+    }
+
+    /// How many octets the scoreboard holds.
+    fn sacked_len(&self) -> usize {
+        self.sacked.iter().flatten().map(|&(a, b)| b - a).sum()
+    }
+
+    /// Forgets what the cumulative acknowledgement covers now.
+    fn sack_prune(&mut self) {
+        let una = self.local_seq_no;
+        for range in self.sacked.iter_mut() {
+            match range {
+                Some((_, b)) if *b <= una => *range = None,
+                Some((a, _)) if *a < una => *a = una,
+                _ => {}
+            }
+        }
+    }
+
+    /// During loss recovery, the next range to retransmit and its largest length: the first
+    /// hole below a SACKed range not retransmitted yet or, without SACK information, the
+    /// first unacknowledged segment (once per partial acknowledgement, as NewReno does).
+    fn next_hole(&self) -> Option<(TcpSeqNumber, usize)> {
+        self.recovery_point?;
+        let mut start = self.rexmit_next.max(self.local_seq_no);
+        let mut end = None;
+        for &(a, b) in self.sacked.iter().flatten() {
+            if start < a {
+                end = Some(a);
+                break;
+            }
+            start = start.max(b);
+        }
+        let end = match end {
+            Some(end) => end,
+            None if start == self.local_seq_no && start < self.remote_last_seq => {
+                self.remote_last_seq
+            }
+            None => return None,
+        };
+        let offset = start - self.local_seq_no;
+        let len = (end - start).min(self.tx_buffer.len().saturating_sub(offset));
+        (len > 0).then_some((start, len))
+    }
+
+    /// Moves the next sequence number to send past the data the remote holds already (after
+    /// a retransmission timeout rewound it).
+    fn skip_sacked(&mut self) {
+        for &(a, b) in self.sacked.iter().flatten() {
+            if a <= self.remote_last_seq && self.remote_last_seq < b {
+                self.remote_last_seq = b;
+            }
+        }
+    }
+
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
     /// the slice read by the next `recv` or `peek` call because it includes all queued octets,
     /// and not only the octets that may be returned as a contiguous slice.
@@ -1586,6 +1707,22 @@ impl<'a> Socket<'a> {
                     .next()
                     .map(|(left, right)| (left.0 as u32, right.0 as u32));
             }
+
+            // RFC 2018: the other blocks report as many other ranges as fit, the highest (most
+            // recently received, when segments arrive in order) first. A sender that learns of
+            // one hole per ACK recovers from several losses in a window one round trip each.
+            let first = reply_repr.sack_ranges[0];
+            let mut others = [None; 2];
+            for range in self
+                .assembler
+                .iter_data()
+                .map(|(left, right)| ((ack + left).0 as u32, (ack + right).0 as u32))
+                .filter(|&range| Some(range) != first)
+            {
+                others = [Some(range), others[0]];
+            }
+            reply_repr.sack_ranges[1] = others[0];
+            reply_repr.sack_ranges[2] = others[1];
         }
 
         // Since the sACK option may have changed the length of the payload, update that.
@@ -2192,8 +2329,18 @@ impl<'a> Socket<'a> {
                     );
 
                     if self.local_rx_dup_acks == 3 {
-                        self.timer.set_for_fast_retransmit();
-                        net_debug!("started fast retransmit");
+                        if self.recovery_point.is_none() {
+                            self.timer.set_for_fast_retransmit();
+                            net_debug!("started fast retransmit");
+                        } else if self.next_hole().is_none()
+                            && cx.now() >= self.rexmit_at + self.rtte.round_trip()
+                        {
+                            // Every hole was retransmitted more than a round trip ago, and three
+                            // more duplicates came: a retransmission was lost as well. Start
+                            // over from the first hole rather than wait for the timer.
+                            net_debug!("retransmission lost, resending the holes");
+                            self.rexmit_next = self.local_seq_no;
+                        }
                     }
 
                     // Notify of duplicate ACK
@@ -2237,6 +2384,36 @@ impl<'a> Socket<'a> {
             // deallocated from the buffer.
             if self.remote_last_seq < self.local_seq_no {
                 self.remote_last_seq = self.local_seq_no
+            }
+
+            // Keep the SACK scoreboard, and during loss recovery retransmit the next hole
+            // for every ACK that comes back (RFC 6675, simplified: each ACK of a segment that
+            // left the network lets one segment in).
+            if self.remote_has_sack {
+                for &(left, right) in repr.sack_ranges.iter().flatten() {
+                    self.sack_record(TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
+                }
+            }
+            self.sack_prune();
+            // RFC 6675 (IsLost): data SACKed three segments beyond a hole shows it lost, even
+            // when no three ACKs in a row count as duplicates (a peer whose window moves with
+            // each ACK, as Linux's does while its application reads, never sends any).
+            if self.recovery_point.is_none()
+                && !self.timer.is_retransmit_now()
+                && self.sacked_len() >= 3 * self.remote_mss
+            {
+                net_debug!("started fast retransmit: data SACKed beyond a hole");
+                self.timer.set_for_fast_retransmit();
+            }
+            if let Some(point) = self.recovery_point {
+                if ack_number >= point {
+                    net_debug!("loss recovery ends");
+                    self.recovery_point = None;
+                    self.rexmit_credit = 0;
+                } else if self.next_hole().is_some() {
+                    self.pending_fast_retransmit = true;
+                    self.rexmit_credit = self.rexmit_credit.saturating_add(1);
+                }
             }
         }
 
@@ -2382,7 +2559,7 @@ impl<'a> Socket<'a> {
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
         // Fast retransmits should always send, even if later congestion checks would disallow
-        if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
+        if self.pending_fast_retransmit && self.next_hole().is_some() {
             return true;
         }
 
@@ -2570,6 +2747,8 @@ impl<'a> Socket<'a> {
                 // had sent them. This will cause all data in the queue
                 // to be sent again.
                 self.remote_last_seq = self.local_seq_no;
+                self.recovery_point = None;
+                self.rexmit_credit = 0;
 
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
@@ -2583,6 +2762,9 @@ impl<'a> Socket<'a> {
                     .inner_mut()
                     .on_loss(cx.now(), in_flight);
 
+                self.recovery_point = Some(self.remote_last_seq);
+                self.rexmit_next = self.local_seq_no;
+                self.rexmit_credit = 1;
                 self.pending_fast_retransmit = true;
             }
 
@@ -2600,6 +2782,8 @@ impl<'a> Socket<'a> {
         if matches!(self.state, State::SynReceived) && self.synack_paused {
             return Ok(());
         }
+
+        self.skip_sacked();
 
         // Decide whether we're sending a packet.
         if self.seq_to_transmit(cx) {
@@ -2715,14 +2899,27 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
-                let offset = if self.pending_fast_retransmit {
-                    let size = effective_mss.min(self.tx_buffer.len());
-                    repr.seq_number = self.local_seq_no;
-                    repr.payload = self.tx_buffer.get_allocated(0, size);
+                let hole = match self.pending_fast_retransmit {
+                    true => self.next_hole(),
+                    false => None,
+                };
+                self.pending_fast_retransmit = false;
+                let offset = if let Some((seq, len)) = hole {
+                    let offset = seq - self.local_seq_no;
+                    repr.seq_number = seq;
+                    repr.payload = self.tx_buffer.get_allocated(offset, effective_mss.min(len));
+                    self.rexmit_next = seq + repr.payload.len();
+                    self.rexmit_at = cx.now();
+                    self.rexmit_credit = self.rexmit_credit.saturating_sub(1);
+                    self.pending_fast_retransmit =
+                        self.rexmit_credit > 0 && self.next_hole().is_some();
+                    if !self.pending_fast_retransmit {
+                        self.rexmit_credit = 0;
+                    }
+                    // Karn: no RTT sample from an ACK that may be of the retransmission.
+                    self.rtte.on_retransmit();
 
-                    self.pending_fast_retransmit = false;
-
-                    0
+                    offset
                 } else {
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;
@@ -4759,6 +4956,73 @@ mod test {
                         None,
                         None
                     ],
+                    ..RECV_TEMPL
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn test_established_rfc2018_case_3() {
+        // RFC 2018, case 3: the 2nd, 4th, 6th, and 8th (last) segments are dropped. Each ACK
+        // reports the block of the segment that triggered it first, then the others, most
+        // recent first:
+        //
+        //   Triggering  ACK   First Block   2nd Block     3rd Block
+        //   Segment           Left   Right  Left   Right  Left   Right
+        //
+        //   5000        5500
+        //   5500        (lost)
+        //   6000        5500  6000   6500
+        //   6500        (lost)
+        //   7000        5500  7000   7500   6000   6500
+        //   7500        (lost)
+        //   8000        5500  8000   8500   7000   7500   6000   6500
+        let (mut s, segment) = setup_rfc2018_cases();
+        s.remote_has_sack = true;
+        let block = |from: usize| {
+            Some((
+                REMOTE_SEQ.0 as u32 + 1 + from as u32,
+                REMOTE_SEQ.0 as u32 + 1 + from as u32 + 500,
+            ))
+        };
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 5000,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment,
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 5500),
+                window_len: 3500,
+                ..RECV_TEMPL
+            }]
+        );
+        let expected = [
+            (6000, [block(6000), None, None]),
+            (7000, [block(7000), block(6000), None]),
+            (8000, [block(8000), block(7000), block(6000)]),
+        ];
+        for (offset, sack_ranges) in expected {
+            send!(
+                s,
+                TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + offset,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &segment,
+                    ..SEND_TEMPL
+                },
+                Some(TcpRepr {
+                    seq_number: LOCAL_SEQ + 1,
+                    ack_number: Some(REMOTE_SEQ + 1 + 5500),
+                    window_len: 3500,
+                    sack_ranges,
                     ..RECV_TEMPL
                 })
             );
@@ -7105,6 +7369,250 @@ mod test {
             ack_number: Some(LOCAL_SEQ + 1 + (3 * 5)),
             ..SEND_TEMPL
         });
+    }
+
+    /// A socket with SACK that sent `data` in segments of 3 octets, none acknowledged yet.
+    fn socket_sack_flight(data: &'static [u8]) -> TestSocket {
+        let mut s = socket_established();
+        s.remote_mss = 3;
+        s.remote_has_sack = true;
+        s.rtte.sample(20);
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        s.send_slice(data).unwrap();
+        for (i, chunk) in data.chunks(3).enumerate() {
+            recv!(s, time 0, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload:    chunk,
+                ..RECV_TEMPL
+            }));
+        }
+        recv_nothing!(s, time 0);
+        s
+    }
+
+    fn sack_block(from: usize, to: usize) -> Option<(u32, u32)> {
+        Some((
+            (LOCAL_SEQ + 1 + from).0 as u32,
+            (LOCAL_SEQ + 1 + to).0 as u32,
+        ))
+    }
+
+    #[test]
+    fn test_sack_recovery_of_several_losses_in_a_window() {
+        // aaa, ccc and eee are lost; the remote's duplicate ACKs report the rest by SACK.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDDeeeFFFgggHHH");
+        let dup_ack = |sack_ranges| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges,
+            ..SEND_TEMPL
+        };
+        send!(s, time 50, dup_ack([sack_block(3, 6), None, None]));
+        send!(s, time 51, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
+        send!(s, time 52, dup_ack([sack_block(15, 18), sack_block(9, 12), sack_block(3, 6)]));
+        // The third duplicate starts recovery: the first hole goes out.
+        recv!(s, time 53, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }]);
+        // Each further ACK lets out the next hole, not the SACKed data in between.
+        send!(s, time 54, dup_ack([sack_block(15, 21), sack_block(9, 12), sack_block(3, 6)]));
+        recv!(s, time 54, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"ccc"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 55, dup_ack([sack_block(15, 24), sack_block(9, 12), sack_block(3, 6)]));
+        recv!(s, time 55, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 12,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"eee"[..],
+            ..RECV_TEMPL
+        }]);
+        // No hole is left: nothing more is resent.
+        send!(s, time 56, dup_ack([sack_block(15, 24), sack_block(9, 12), sack_block(3, 6)]));
+        recv_nothing!(s, time 56);
+        // The retransmissions arrive; the last ACK covers the recovery point and ends it.
+        send!(s, time 100, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 9),
+            sack_ranges: [sack_block(15, 24), None, None],
+            ..SEND_TEMPL
+        });
+        recv_nothing!(s, time 100);
+        send!(s, time 101, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 24),
+            ..SEND_TEMPL
+        });
+        recv_nothing!(s, time 101);
+        assert_eq!(s.recovery_point, None);
+        assert_eq!(s.sacked, [None; SACK_SCOREBOARD_LEN]);
+        assert!(s.tx_buffer.is_empty());
+        assert!(!s.timer.is_retransmit());
+    }
+
+    #[test]
+    fn test_sack_recovery_starts_on_sacked_data_without_duplicate_acks() {
+        // aaa is lost; every ACK after it carries another window, so none counts as a
+        // duplicate, but three segments SACKed beyond the hole show it lost.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
+        for (i, window_len) in [(6, 250), (9, 240), (12, 230)] {
+            send!(s, time 50, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len,
+                sack_ranges: [sack_block(3, i), None, None],
+                ..SEND_TEMPL
+            });
+        }
+        recv!(s, time 50, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }]);
+    }
+
+    #[test]
+    fn test_sack_recovery_sends_a_hole_per_ack_received_before_dispatch() {
+        // aaa, ccc and eee are lost; two more duplicates arrive before the socket is
+        // dispatched again: both remaining holes go out, and nothing else.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDDeeeFFF");
+        let dup_ack = |sack_ranges| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges,
+            ..SEND_TEMPL
+        };
+        let all = [sack_block(15, 18), sack_block(9, 12), sack_block(3, 6)];
+        send!(s, time 50, dup_ack([sack_block(3, 6), None, None]));
+        send!(s, time 50, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
+        send!(s, time 50, dup_ack(all));
+        recv!(s, time 50, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 51, dup_ack(all));
+        send!(s, time 51, dup_ack(all));
+        recv!(s, time 51, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"ccc"[..],
+            ..RECV_TEMPL
+        }, TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 12,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"eee"[..],
+            ..RECV_TEMPL
+        }]);
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_a_lost_retransmission() {
+        // aaa is lost, then its retransmission too; three more duplicates resend it again.
+        let mut s = socket_sack_flight(b"aaaBBB");
+        let dup_ack = TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(3, 6), None, None],
+            ..SEND_TEMPL
+        };
+        let resent = TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        };
+        for t in 50..53 {
+            send!(s, time t, dup_ack.clone());
+        }
+        recv!(s, time 53, [resent.clone()]);
+        for t in 54..56 {
+            send!(s, time t, dup_ack.clone());
+            recv_nothing!(s, time t);
+        }
+        // A window update starts the duplicate count afresh (as does the next one, which
+        // restores the window); three more duplicates, a round trip (20 ms) after the
+        // retransmission, show it lost.
+        send!(s, time 80, TcpRepr { window_len: 255, ..dup_ack.clone() });
+        for t in 80..84 {
+            send!(s, time t, dup_ack.clone());
+        }
+        recv!(s, time 84, [resent]);
+    }
+
+    #[test]
+    fn test_newreno_partial_ack_retransmits_next_segment() {
+        // Without SACK: aaa and ccc are lost. After the first is resent, the partial ACK
+        // shows the second lost: it goes out at once, not after three more duplicates.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
+        s.remote_has_sack = false;
+        for t in 50..53 {
+            send!(s, time t, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            });
+        }
+        recv!(s, time 53, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 100, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        recv!(s, time 100, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"ccc"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 150, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 12),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recovery_point, None);
+    }
+
+    #[test]
+    fn test_retransmit_after_rto_skips_sacked_data() {
+        // aaa and ccc are lost, and too few duplicates come back for a fast retransmit: after
+        // the retransmission timeout only the holes go out again.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
+        send!(s, time 50, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(9, 12), sack_block(3, 6), None],
+            ..SEND_TEMPL
+        });
+        recv_nothing!(s, time 199);
+        recv!(s, time 200, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }, TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"ccc"[..],
+            ..RECV_TEMPL
+        }]);
     }
 
     #[test]
@@ -9903,6 +10411,37 @@ mod test {
             r.sample(2000);
             assert_eq!(r.retransmission_timeout(), Duration::from_millis(rto));
         }
+    }
+
+    #[test]
+    fn test_rtt_estimator_min_rto_200ms() {
+        // A 50 ms path with little variance: the retransmission timeout settles at the
+        // 200 ms floor, not 1 s.
+        let mut r = RttEstimator::default();
+        for _ in 0..32 {
+            r.sample(50);
+        }
+        assert_eq!(r.retransmission_timeout(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn test_data_retransmit_after_min_rto() {
+        let mut s = socket_established();
+        s.rtte.sample(20);
+        s.send_slice(b"abcdef").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 199);
+        recv!(s, time 200, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
     }
 
     #[test]

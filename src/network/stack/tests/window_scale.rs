@@ -128,8 +128,8 @@ fn a_scaled_window_closed_by_a_handler_that_waits_for_its_writes_still_takes_ack
         if uploaded.len() == upload.len() && downloaded.len() == download.len() {
             break;
         }
-        // Until the writes drained: delayed acknowledgements go out, retransmission timers (1 s at least) do not
-        // fire. Then timers too, for the client's own losses at the window's edge.
+        // Until the writes drained, short steps: delayed acknowledgements go out. Then longer ones, for the
+        // client's own losses at the window's edge.
         stack.advance(Duration::from_millis(if reading { 250 } else { 20 }));
         stack.poll_timers(&mut out);
         events.extend(out.events);
