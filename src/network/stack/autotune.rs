@@ -1,8 +1,11 @@
-//! Receive-window auto-tuning, as kernels do it (Linux's `tcp_rcv_space_adjust`): a connection starts with a
-//! window of `INITIAL_WINDOW` and grows it whenever Python read more within a round trip than it did when the
-//! window last grew, to twice that, up to `RX_BUFFER`; an idle connection falls back to the first window when
-//! its pages are released. A global budget (`WindowBudget`) bounds what the buffers of all connections may
-//! commit: once it is spent, windows stop growing. Data already received is never dropped for it.
+//! Receive-window and send-buffer auto-tuning, as kernels do it. The receive window as Linux's
+//! `tcp_rcv_space_adjust`: a connection starts with a window of `INITIAL_WINDOW` and grows it whenever Python
+//! read more within a round trip than it did when the window last grew, to twice that, up to `RX_BUFFER`. The
+//! send buffer as Linux's `tcp_sndbuf_expand`: a connection takes in twice its congestion window of Python's
+//! writes, from `INITIAL_SEND_BUFFER` up to `TX_BUFFER`, so that the congestion window never waits for Python.
+//! An idle connection falls back to the first sizes when its pages are released. A global budget
+//! (`WindowBudget`) bounds what the buffers of all connections may commit: once it is spent, windows and send
+//! buffers stop growing. Data already received is never dropped for it.
 //!
 //! The round trip is measured on the receive side, where a download from the client gives no acknowledgements
 //! to time: from the SYN-ACK to the client's first ACK, and, as Linux does without timestamps, from advertising a
@@ -14,7 +17,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{TcpOption, TcpPacket};
 
 use super::connection::Connection;
-use super::{INITIAL_WINDOW, RX_BUFFER, TX_BUFFER};
+use super::{INITIAL_SEND_BUFFER, INITIAL_WINDOW, RX_BUFFER, TX_BUFFER};
 use crate::network::packet::{self, Segment};
 
 /// Above twice what Python read in a round trip, room for a burst of 16 segments, as Linux leaves.
@@ -24,7 +27,7 @@ const HEADROOM: usize = 16 * 1460;
 const MIN_RTT: Duration = Duration::from_millis(1);
 
 /// The memory that the buffers of all connections may commit, summed as each connection's window limit plus its
-/// send buffer while its buffers hold pages (`Connection::committed`). A connection whose pages were released
+/// send limit while its buffers hold pages (`Connection::committed`). A connection whose pages were released
 /// counts nothing. Connections always get their first window: the budget refuses growth only.
 #[derive(Debug)]
 pub(super) struct WindowBudget {
@@ -45,6 +48,8 @@ enum Handshake {
 pub(super) struct Autotune {
     /// The receive window limit set on the socket.
     pub(super) window: usize,
+    /// How much of Python's writes the send buffer takes in.
+    pub(super) send_limit: usize,
     /// What Python read in the round trip that made the window grow last: reading more makes it grow again.
     space: usize,
     /// The smallest round trip sampled.
@@ -67,6 +72,7 @@ impl Autotune {
     pub(super) fn new(now: Instant) -> Self {
         Autotune {
             window: INITIAL_WINDOW,
+            send_limit: INITIAL_SEND_BUFFER,
             space: INITIAL_WINDOW / 2,
             rtt: None,
             handshake: Handshake::Waiting,
@@ -156,12 +162,35 @@ impl Connection {
             return;
         }
         // What the others use, and this connection at its present window once it holds pages.
-        let used = budget.used - self.autotune.charged + window + TX_BUFFER;
+        let used = budget.used - self.autotune.charged + window + self.autotune.send_limit;
         let grown = window + (wanted - window).min(budget.limit.saturating_sub(used));
         if grown > window {
             log::trace!("connection {}: receive window {window} -> {grown}", self.id);
             self.autotune.window = grown;
             self.socket().set_receive_window_limit(grown);
+        }
+    }
+
+    /// Lets the send buffer take in twice the congestion window while Python's writes wait for room, as far as
+    /// the budget allows; it does not shrink while the connection is busy.
+    pub(super) fn tune_send_buffer(&mut self, budget: &WindowBudget) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let limit = self.autotune.send_limit;
+        let wanted = self
+            .socket()
+            .congestion_window()
+            .saturating_mul(2)
+            .clamp(INITIAL_SEND_BUFFER, TX_BUFFER);
+        if wanted <= limit {
+            return;
+        }
+        let used = budget.used - self.autotune.charged + self.autotune.window + limit;
+        let grown = limit + (wanted - limit).min(budget.limit.saturating_sub(used));
+        if grown > limit {
+            log::trace!("connection {}: send buffer {limit} -> {grown}", self.id);
+            self.autotune.send_limit = grown;
         }
     }
 
@@ -173,16 +202,17 @@ impl Connection {
             .floor
             .max(position.dequeued + self.autotune.window as u64);
         self.autotune.window = INITIAL_WINDOW;
+        self.autotune.send_limit = INITIAL_SEND_BUFFER;
         self.autotune.space = INITIAL_WINDOW / 2;
         self.autotune.measure = (now, self.autotune.read);
         self.socket().set_receive_window_limit(INITIAL_WINDOW);
     }
 
-    /// Brings what the connection counts in the budget up to date: its window and send buffer while it holds
+    /// Brings what the connection counts in the budget up to date: its window and send limit while it holds
     /// pages, nothing once they are released.
     pub(super) fn account(&mut self, budget: &mut WindowBudget) {
         let charge = if self.committed {
-            self.autotune.window + TX_BUFFER
+            self.autotune.window + self.autotune.send_limit
         } else {
             0
         };

@@ -13,10 +13,10 @@ use super::autotune::{self, Autotune};
 use super::lifecycle::Lifecycle;
 use super::peers::PeerState;
 use super::recovery::SeqTracker;
-use super::release::ReadPosition;
+use super::release::{ReadPosition, WritePosition};
 use super::{
-    Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, KEEPALIVE, RX_BUFFER, SILENCE_TIMEOUT,
-    WRITE_LOW_WATER,
+    Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, INITIAL_SEND_BUFFER, KEEPALIVE, RX_BUFFER,
+    SILENCE_TIMEOUT, WRITE_LOW_WATER,
 };
 use crate::messages::{ConnectionId, NetworkToPython, PeerId};
 use crate::network::device::VirtualDevice;
@@ -67,6 +67,8 @@ pub(super) struct Connection {
     pub(super) autotune: Autotune,
     /// How far Python read, for the pages it read past.
     pub(super) read_position: ReadPosition,
+    /// How far the client acknowledged, for the pages of the send buffer behind it.
+    pub(super) write_position: WritePosition,
 }
 
 impl Stack {
@@ -92,6 +94,10 @@ impl Stack {
         socket.set_nagle_enabled(false);
         // A client that vanished, or stops acknowledging, does not hold the connection forever.
         socket.set_keep_alive(Some(KEEPALIVE.into()));
+        // A window leaves spread over the round trip, not as one burst that overflows the queues on the way.
+        socket.set_pacing(true);
+        // Random losses (radio links) do not push a connection below what a fixed 64 KiB window sent.
+        socket.set_min_congestion_window(INITIAL_SEND_BUFFER);
         socket.set_timeout(Some(SILENCE_TIMEOUT.into()));
         autotune::start(&mut socket);
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
@@ -131,6 +137,7 @@ impl Stack {
                 memory,
                 autotune: Autotune::new(now),
                 read_position: ReadPosition::default(),
+                write_position: WritePosition::default(),
             },
         );
         Some(id)
@@ -143,7 +150,9 @@ impl Stack {
             return;
         };
         conn.announce(&self.peers, out);
+        conn.tune_send_buffer(&self.window_budget);
         conn.fill_send_buffer(out);
+        conn.release_sent_chunks();
         conn.deliver(&mut self.budget, out);
         conn.tune_window(now, &self.window_budget);
         conn.release_read_chunks();
@@ -223,14 +232,22 @@ impl Connection {
         }
     }
 
-    /// Python's writes into the send buffer, then FIN once they are all in; confirms what was taken in.
+    /// Python's writes into the send buffer, up to its limit, then FIN once they are all in; confirms what was
+    /// taken in.
     fn fill_send_buffer(&mut self, out: &mut Outputs) {
         let socket = self.sockets.get_mut::<tcp::Socket>(self.handle);
         while let Some(front) = self.pending.front() {
-            match socket.send_slice(&front[self.pending_offset..]) {
+            let room = self.autotune.send_limit.saturating_sub(socket.send_queue());
+            let end = front.len().min(self.pending_offset + room);
+            if socket.send_queue() == 0 && end > self.pending_offset {
+                // The empty ring starts again at its beginning.
+                self.write_position.restart(self.enqueued, &self.memory);
+            }
+            match socket.send_slice(&front[self.pending_offset..end]) {
                 Ok(n) if n > 0 => {
                     self.committed = true;
                     self.enqueued += n as u64;
+                    self.write_position.wrote(self.enqueued);
                     self.pending_offset += n;
                     if self.pending_offset == front.len() {
                         self.pending.pop_front();

@@ -69,11 +69,15 @@ const INITIAL_WINDOW: usize = 64 * 1024;
 /// connection that holds pages counts its window and its send buffer. Windows never shrink for it, and every
 /// connection gets its first window, so many active connections can go beyond it by their first windows only.
 const WINDOW_BUDGET: usize = 256 << 20;
-/// The send buffer bounds what the stack has in flight. It stays at 64 KiB until the stack paces its segments:
-/// a larger one lets bursts leave that overflow the UDP buffers on the way (a download on a 50 ms path got
-/// slower, not faster). The patched smoltcp now recovers from several losses in a window by SACK, but 1 MiB
-/// with smoltcp's CUBIC still measured far slower under 1% loss (0.15 MB/s against 1.0 at 64 KiB).
-const TX_BUFFER: usize = 64 * 1024;
+/// The send buffer's mapping: what one connection may have in flight and queued at most. Like the receive
+/// buffer, its pages are committed as data touches them; a connection takes in only `send_limit` of Python's
+/// writes (see `autotune`), twice its congestion window, and gives back the pages of data the client acknowledged
+/// (see `release`). The patched smoltcp paces segments, so a window that large does not leave as one burst.
+const TX_BUFFER: usize = 4 << 20;
+/// The send buffer a connection starts with, and falls back to once idle: as much as it takes in from Python
+/// before the congestion window has grown. Also the floor under the congestion window: with fewer bytes in
+/// flight than this, a connection keeps sending even where segments are lost at random (patches/README.md).
+const INITIAL_SEND_BUFFER: usize = 64 * 1024;
 
 /// How many mappings of ended connections are kept for new ones.
 const POOLED_BUFFERS: usize = 64;

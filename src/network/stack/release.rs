@@ -1,13 +1,52 @@
 //! Memory release: an idle connection gives its buffers' pages back to the kernel, a while after both emptied;
-//! a busy one gives back the pages of its receive buffer that Python has read past.
+//! a busy one gives back the pages of its receive buffer that Python has read past, and those of its send
+//! buffer that the client acknowledged.
 
 use smoltcp::time::Instant;
 
 use super::connection::Connection;
 use super::{RELEASE_AFTER, RX_BUFFER, TX_BUFFER};
+use crate::network::memory::LazyMemory;
 
 /// The receive buffer's pages go back in chunks of this size once Python has read past them.
 const READ_CHUNK: usize = 256 * 1024;
+/// The send buffer's pages go back in chunks of this size once the client acknowledged their data.
+const SENT_CHUNK: usize = 256 * 1024;
+
+/// Where the send buffer's live data is, in the server's byte stream (offsets from the connection's first byte).
+/// smoltcp's send buffer is a ring that starts again at its beginning whenever it is empty when data is written:
+/// from then on, the stream's byte `x` is at `(x - start) % TX_BUFFER`. A busy connection moves through every
+/// page of the ring, a send limit's worth at a time.
+#[derive(Debug, Default)]
+pub(super) struct WritePosition {
+    /// The stream offset at the ring's beginning.
+    start: u64,
+    /// The stream's bytes before this were given back (or are before `start`).
+    released: u64,
+    /// The furthest stream offset written since `start`.
+    written: u64,
+}
+
+impl WritePosition {
+    /// The ring is empty and starts again at its beginning with the stream's byte `at`. What the last round
+    /// through it committed beyond its first chunk goes back: it is dead, and a connection whose writes come in
+    /// small pieces would not reach it again.
+    pub(super) fn restart(&mut self, at: u64, memory: &LazyMemory) {
+        let reached = (self.written - self.start).min(TX_BUFFER as u64) as usize;
+        if reached > SENT_CHUNK {
+            memory.release(RX_BUFFER + SENT_CHUNK, reached - SENT_CHUNK);
+        }
+        *self = WritePosition {
+            start: at,
+            released: at,
+            written: at,
+        };
+    }
+
+    pub(super) fn wrote(&mut self, end: u64) {
+        self.written = self.written.max(end);
+    }
+}
 
 /// Where the receive buffer's live data can be, in the client's byte stream (offsets from the connection's
 /// first byte). smoltcp's receive buffer is a ring that starts at its beginning and never goes back while the
@@ -46,6 +85,31 @@ impl Connection {
             let offset = (at % RX_BUFFER as u64) as usize;
             let len = ((chunk_end - at) as usize).min(RX_BUFFER - offset);
             self.memory.release(offset, len);
+            at += len as u64;
+        }
+    }
+
+    /// Gives back the pages of the send buffer's chunks whose data the client acknowledged, unless the data
+    /// written since reaches around the ring into them.
+    pub(super) fn release_sent_chunks(&mut self) {
+        let acked = self.enqueued - self.socket().send_queue() as u64;
+        let position = &mut self.write_position;
+        let chunk = SENT_CHUNK as u64;
+        let chunk_end = position.start + (acked - position.start) / chunk * chunk;
+        if chunk_end <= position.released {
+            return;
+        }
+        // Stream offsets from here on may share their pages with data written up to `enqueued`.
+        let reused = self.enqueued.saturating_sub(TX_BUFFER as u64);
+        let start = position
+            .released
+            .max(position.start + reused.saturating_sub(position.start).next_multiple_of(chunk));
+        position.released = chunk_end;
+        let mut at = start;
+        while at < chunk_end {
+            let offset = ((at - position.start) % TX_BUFFER as u64) as usize;
+            let len = ((chunk_end - at) as usize).min(TX_BUFFER - offset);
+            self.memory.release(RX_BUFFER + offset, len);
             at += len as u64;
         }
     }

@@ -287,6 +287,111 @@ impl RttEstimator {
     }
 }
 
+/// How many sent segments `SlowStartExit` times at once.
+const SLOW_START_MARKS: usize = 32;
+/// RFC 9406: the round-trip samples a round needs before it is compared with the one before.
+const SLOW_START_SAMPLES: u8 = 8;
+
+/// The end of slow start by delay, RFC 9406 (HyStart++) without its conservative phase: slow
+/// start ends in the round trip whose shortest sample exceeds the shortest of the round before
+/// by an eighth of it (at least 4 ms, at most 16 ms). The path's queue starts to fill: doubling
+/// the window once more would overflow it and lose a window's worth of segments.
+///
+/// `RttEstimator` times one segment per round trip, and a round needs several samples: up to
+/// `SLOW_START_MARKS` segments of new data are timed here, a sixteenth of a round trip apart,
+/// and each ACK that covers one gives a sample. Retransmissions clear them (Karn).
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+struct SlowStartExit {
+    /// The sequence number after a timed segment, and when it was sent; oldest first from `head`.
+    marks: [(TcpSeqNumber, Instant); SLOW_START_MARKS],
+    head: usize,
+    len: usize,
+    /// The round ends once this is acknowledged: what was sent when it began.
+    round_end: Option<TcpSeqNumber>,
+    round_min: Option<Duration>,
+    round_samples: u8,
+    last_round_min: Option<Duration>,
+    /// The first slow start ended, by delay or by a loss: later ones (after a timeout) run to ssthresh, as
+    /// RFC 9406 says.
+    over: bool,
+}
+
+impl Default for SlowStartExit {
+    fn default() -> Self {
+        Self {
+            marks: [(TcpSeqNumber::default(), Instant::from_millis(0)); SLOW_START_MARKS],
+            head: 0,
+            len: 0,
+            round_end: None,
+            round_min: None,
+            round_samples: 0,
+            last_round_min: None,
+            over: false,
+        }
+    }
+}
+
+impl SlowStartExit {
+    /// New data was sent, up to `seq_end`.
+    fn on_send(&mut self, now: Instant, seq_end: TcpSeqNumber, srtt: Duration) {
+        let spacing = (srtt / 16).max(Duration::from_millis(1));
+        let due = match self.len {
+            0 => true,
+            SLOW_START_MARKS => false,
+            len => {
+                let (_, last) = self.marks[(self.head + len - 1) % SLOW_START_MARKS];
+                now >= last + spacing
+            }
+        };
+        if due {
+            self.marks[(self.head + self.len) % SLOW_START_MARKS] = (seq_end, now);
+            self.len += 1;
+        }
+    }
+
+    fn on_retransmit(&mut self) {
+        self.len = 0;
+        self.over = true;
+    }
+
+    /// An ACK of new data, with `sent` the highest sequence number sent so far. Returns whether
+    /// slow start should end.
+    fn on_ack(&mut self, now: Instant, ack: TcpSeqNumber, sent: TcpSeqNumber) -> bool {
+        if self.over {
+            return false;
+        }
+        let mut sample = None;
+        while self.len > 0 && self.marks[self.head].0 <= ack {
+            sample = Some(now - self.marks[self.head].1);
+            self.head = (self.head + 1) % SLOW_START_MARKS;
+            self.len -= 1;
+        }
+        if self.round_end.is_none_or(|end| ack >= end) {
+            if self.round_samples >= SLOW_START_SAMPLES {
+                self.last_round_min = self.round_min;
+            }
+            self.round_end = Some(sent);
+            self.round_min = None;
+            self.round_samples = 0;
+        }
+        let Some(sample) = sample else {
+            return false;
+        };
+        let round_min = self.round_min.map_or(sample, |min| min.min(sample));
+        self.round_min = Some(round_min);
+        self.round_samples = self.round_samples.saturating_add(1);
+        match self.last_round_min {
+            Some(last) if self.round_samples >= SLOW_START_SAMPLES => {
+                let thresh = (last / 8).clamp(Duration::from_millis(4), Duration::from_millis(16));
+                self.over = round_min >= last + thresh;
+                self.over
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 enum Timer {
@@ -489,6 +594,7 @@ pub struct Socket<'a> {
     state: State,
     timer: Timer,
     rtte: RttEstimator,
+    slow_start_exit: SlowStartExit,
     assembler: Assembler,
     rx_buffer: SocketBuffer<'a>,
     rx_fin_received: bool,
@@ -573,6 +679,13 @@ pub struct Socket<'a> {
     /// Nagle's Algorithm enabled.
     nagle: bool,
 
+    /// Pacing enabled: segments of new data leave spread over the round trip.
+    pacing: bool,
+    /// With pacing: the earliest moment the next segment of new data may leave.
+    pace_next: Option<Instant>,
+    /// The congestion window never counts less than this.
+    min_congestion_window: usize,
+
     /// The congestion control algorithm.
     congestion_controller: congestion::AnyController,
 
@@ -593,6 +706,9 @@ pub struct Socket<'a> {
 }
 
 const DEFAULT_MSS: usize = 536;
+
+/// With pacing: how far behind its schedule a socket may fall, and catch up in one burst.
+const PACING_BURST: Duration = Duration::from_millis(2);
 
 /// Minimum MSS we accept from the remote, same value as Linux's `TCP_MIN_SND_MSS`.
 /// Without it, a peer advertising a tiny MSS could force segments to carry little
@@ -627,6 +743,7 @@ impl<'a> Socket<'a> {
             state: State::Closed,
             timer: Timer::new(),
             rtte: RttEstimator::default(),
+            slow_start_exit: SlowStartExit::default(),
             assembler: Assembler::new(),
             tx_buffer,
             rx_buffer,
@@ -662,6 +779,9 @@ impl<'a> Socket<'a> {
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
             nagle: true,
+            pacing: false,
+            pace_next: None,
+            min_congestion_window: 0,
             tsval_generator: None,
             last_remote_tsval: 0,
             congestion_controller: congestion::AnyController::new(),
@@ -733,6 +853,49 @@ impl<'a> Socket<'a> {
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(_) => CongestionControl::Cubic,
         }
+    }
+
+    /// Enable or disable pacing.
+    ///
+    /// Without pacing, a socket sends all that its congestion and send windows allow at once:
+    /// a whole window leaves in one burst, which overflows the queues of a slow path and loses
+    /// segments of its own. With pacing, segments of new data leave at a rate of the congestion
+    /// window per smoothed round trip, times two in slow start (so that the window can double
+    /// each round trip) and 1.2 after it, as Linux paces them; a burst of up to
+    /// `PACING_BURST` worth of the rate is allowed, for a caller whose timer is coarse. Before
+    /// the first round-trip sample, and for retransmissions during loss recovery, nothing is
+    /// paced. [`Socket::poll_at`] tells when the next paced segment is due.
+    pub fn set_pacing(&mut self, enabled: bool) {
+        self.pacing = enabled;
+        if !enabled {
+            self.pace_next = None;
+        }
+    }
+
+    /// Return whether pacing is enabled.
+    pub fn pacing(&self) -> bool {
+        self.pacing
+    }
+
+    /// The congestion window, in octets: how much data may be in flight at most (`usize::MAX`
+    /// without congestion control). A caller that sizes its send buffer to the path can follow
+    /// it.
+    pub fn congestion_window(&self) -> usize {
+        self.congestion_controller
+            .inner()
+            .window()
+            .max(self.min_congestion_window)
+    }
+
+    /// Set a floor under the congestion window, in octets (0, the default, for none).
+    ///
+    /// Congestion control takes every loss for congestion and shrinks the window for it. On a
+    /// path that loses segments at random (a radio link), a window of a few segments is all
+    /// that remains, far below what the path carries. A floor keeps at least this much in
+    /// flight whatever the losses; on a congested path, it is as aggressive as a socket
+    /// without congestion control and with this much send buffer.
+    pub fn set_min_congestion_window(&mut self, octets: usize) {
+        self.min_congestion_window = octets;
     }
 
     /// Register a waker for receive operations.
@@ -997,6 +1160,7 @@ impl<'a> Socket<'a> {
         self.state = State::Closed;
         self.timer = Timer::new();
         self.rtte = RttEstimator::default();
+        self.slow_start_exit = SlowStartExit::default();
         self.assembler = Assembler::new();
         self.tx_buffer.clear();
         self.rx_buffer.clear();
@@ -1493,11 +1657,50 @@ impl<'a> Socket<'a> {
         self.remote_last_seq - self.local_seq_no
     }
 
+    /// With pacing: until when new data must wait, if it must.
+    fn paced_until(&self, now: Instant) -> Option<Instant> {
+        self.pace_next.filter(|&at| self.pacing && at > now)
+    }
+
+    /// With pacing: the time that a segment of `len` octets takes at the pacing rate is added
+    /// to the moment the next one may leave.
+    fn pace(&mut self, now: Instant, len: usize) {
+        if !self.pacing || !self.rtte.have_measurement || len == 0 {
+            return;
+        }
+        let window = self
+            .congestion_window()
+            .min(self.remote_win_len)
+            .max(self.remote_mss);
+        let slow_start = self.congestion_controller.inner().in_slow_start();
+        let percent: u64 = if slow_start { 200 } else { 120 };
+        let srtt_us = (self.rtte.srtt as u64).max(1) * 1000;
+        let interval = len as u64 * srtt_us * 100 / (window as u64 * percent);
+        let earliest = now - PACING_BURST;
+        let start = match self.pace_next {
+            Some(at) if at > earliest => at,
+            _ => earliest,
+        };
+        self.pace_next = Some(start + Duration::from_micros(interval));
+    }
+
+    /// Octets in flight that the remote has not reported in its SACK blocks: RFC 6675's pipe,
+    /// without its estimate of what was lost. Once SACKed data left the network, new data may
+    /// take its place during loss recovery instead of waiting for the holes to fill.
+    fn pipe(&self) -> usize {
+        let sent = self.remote_last_seq;
+        let sacked: usize = self
+            .sacked
+            .iter()
+            .flatten()
+            .filter(|&&(left, _)| left < sent)
+            .map(|&(left, right)| right.min(sent) - left)
+            .sum();
+        self.flight_size().saturating_sub(sacked)
+    }
+
     fn cwnd_remaining(&self) -> usize {
-        self.congestion_controller
-            .inner()
-            .window()
-            .saturating_sub(self.flight_size())
+        self.congestion_window().saturating_sub(self.pipe())
     }
 
     /// Adds a SACK block of the remote to the scoreboard. Blocks outside the unacknowledged
@@ -2363,6 +2566,15 @@ impl<'a> Socket<'a> {
 
                     // Notify of fresh ACK
                     self.rtte.on_ack(cx.now(), ack_number);
+                    if ack_len > 0
+                        && self.congestion_controller.inner().in_slow_start()
+                        && self
+                            .slow_start_exit
+                            .on_ack(cx.now(), ack_number, self.remote_last_seq)
+                    {
+                        net_debug!("slow start ends: the round trip grows");
+                        self.congestion_controller.inner_mut().exit_slow_start();
+                    }
                     let new_flight_size = self.flight_size().saturating_sub(ack_len);
                     self.congestion_controller.inner_mut().on_ack(
                         cx.now(),
@@ -2558,6 +2770,13 @@ impl<'a> Socket<'a> {
     }
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
+        let now = cx.now();
+        self.seq_due(cx, Some(now))
+    }
+
+    /// Whether a segment with data or flags is due: at `now` with pacing, or disregarding
+    /// pacing with `None`.
+    fn seq_due(&self, cx: &mut Context, now: Option<Instant>) -> bool {
         // Fast retransmits should always send, even if later congestion checks would disallow
         if self.pending_fast_retransmit && self.next_hole().is_some() {
             return true;
@@ -2586,6 +2805,12 @@ impl<'a> Socket<'a> {
         // If we want to send a SYN and we haven't done so, do it!
         if matches!(self.state, State::SynSent | State::SynReceived) && !data_in_flight {
             return true;
+        }
+
+        if let Some(now) = now
+            && self.paced_until(now).is_some()
+        {
+            return false;
         }
 
         // max sequence number we can send.
@@ -2776,6 +3001,7 @@ impl<'a> Socket<'a> {
 
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
+            self.slow_start_exit.on_retransmit();
         }
 
         #[cfg(feature = "socket-tcp-pause-synack")]
@@ -2918,6 +3144,7 @@ impl<'a> Socket<'a> {
                     }
                     // Karn: no RTT sample from an ACK that may be of the retransmission.
                     self.rtte.on_retransmit();
+                    self.slow_start_exit.on_retransmit();
 
                     offset
                 } else {
@@ -3100,6 +3327,8 @@ impl<'a> Socket<'a> {
         }
 
         // We've sent a packet successfully, so we can update the internal state now.
+        let new_data =
+            repr.segment_len() > 0 && repr.seq_number + repr.segment_len() > self.remote_last_seq;
         // Use max() so a fast-retransmit segment (whose seq_number is local_seq_no, well
         // behind the current frontier) doesn't rewind the tracked "highest sent" sequence.
         self.remote_last_seq = self
@@ -3108,6 +3337,11 @@ impl<'a> Socket<'a> {
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
 
+        if new_data {
+            let srtt = self.rtte.round_trip();
+            self.slow_start_exit
+                .on_send(cx.now(), self.remote_last_seq, srtt);
+        }
         if repr.segment_len() > 0 {
             self.rtte
                 .on_send(cx.now(), repr.seq_number + repr.segment_len());
@@ -3123,6 +3357,8 @@ impl<'a> Socket<'a> {
             let rto = self.rtte.retransmission_timeout();
             self.timer.set_for_retransmit(cx.now(), rto);
         }
+        let sent_len = repr.segment_len();
+        self.pace(cx.now(), sent_len);
 
         if self.state == State::Closed {
             // When aborting a connection, forget about it after sending a single RST packet.
@@ -3165,6 +3401,12 @@ impl<'a> Socket<'a> {
                 (true, AckDelayTimer::Immediate) => PollAt::Now,
             };
 
+            // A segment that pacing holds back.
+            let pacing_poll_at = match self.paced_until(cx.now()) {
+                Some(at) if self.seq_due(cx, None) => PollAt::Time(at),
+                _ => PollAt::Ingress,
+            };
+
             let timeout_poll_at = match (self.remote_last_ts, self.timeout) {
                 // If we're transmitting or retransmitting data, we need to poll at the moment
                 // when the timeout would expire.
@@ -3174,10 +3416,15 @@ impl<'a> Socket<'a> {
             };
 
             // We wait for the earliest of our timers to fire.
-            *[self.timer.poll_at(), timeout_poll_at, delayed_ack_poll_at]
-                .iter()
-                .min()
-                .unwrap_or(&PollAt::Ingress)
+            *[
+                self.timer.poll_at(),
+                timeout_poll_at,
+                delayed_ack_poll_at,
+                pacing_poll_at,
+            ]
+            .iter()
+            .min()
+            .unwrap_or(&PollAt::Ingress)
         }
     }
 }
@@ -10731,5 +10978,283 @@ mod test {
         s.send_slice(b"def").unwrap();
         recv_nothing!(s);
         assert_eq!(s.state, State::Closed);
+    }
+
+    // =========================================================================================//
+    // Tests for pacing, the SACK pipe, slow-start exit and the congestion-window floor
+    // =========================================================================================//
+
+    /// Dispatches the socket at `at` until it sends nothing more: the sequence number and
+    /// length of each segment with data that it sent.
+    fn drain(s: &mut TestSocket, at: Instant) -> Vec<(TcpSeqNumber, usize)> {
+        s.cx.set_now(at);
+        let mut sent = Vec::new();
+        loop {
+            let mut segment = None;
+            let result: Result<(), ()> = s.socket.dispatch(&mut s.cx, |_, _, (_, repr)| {
+                segment = Some((repr.seq_number, repr.payload.len()));
+                Ok(())
+            });
+            assert_eq!(result, Ok(()));
+            match segment {
+                Some((seq, len)) if len > 0 => sent.push((seq, len)),
+                Some(_) => {}
+                None => return sent,
+            }
+        }
+    }
+
+    /// An established socket with Cubic and segments of 1024 octets, which measured a round
+    /// trip of 50 ms (its congestion window is 3 segments then) and has 16 KiB more queued.
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn socket_paced(pacing: bool) -> TestSocket {
+        let mut s = socket_established_with_buffer_sizes(32768, 64);
+        s.set_congestion_control(CongestionControl::Cubic);
+        s.set_pacing(pacing);
+        s.remote_mss = 1024;
+        s.remote_win_len = 65535;
+        s.send_slice(&[b'x'; 2048]).unwrap();
+        // Before the first round-trip sample nothing is paced: the initial window goes at once.
+        assert_eq!(
+            drain(&mut s, Instant::from_millis(0)),
+            [(LOCAL_SEQ + 1, 1024), (LOCAL_SEQ + 1 + 1024, 1024)]
+        );
+        send!(s, time 50, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 2048),
+            window_len: 65535,
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.rtte.srtt, 50);
+        assert_eq!(s.congestion_window(), 3072);
+        s.send_slice(&[b'x'; 16384]).unwrap();
+        s
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn test_pacing_spreads_segments_over_the_round_trip() {
+        // Without pacing, the whole congestion window leaves at once.
+        let mut s = socket_paced(false);
+        assert_eq!(drain(&mut s, Instant::from_millis(50)).len(), 3);
+
+        // With pacing, in slow start, a segment takes 1024 * 50 ms / (3072 * 2) = 8.333 ms of
+        // the rate. The first may use the 2 ms of burst allowance: the second is due at 56.333.
+        let mut s = socket_paced(true);
+        assert_eq!(
+            drain(&mut s, Instant::from_millis(50)),
+            [(LOCAL_SEQ + 1 + 2048, 1024)]
+        );
+        let due = Instant::from_micros(56_333);
+        assert_eq!(s.socket.poll_at(&mut s.cx), PollAt::Time(due));
+        assert!(drain(&mut s, due - Duration::from_micros(1)).is_empty());
+        assert_eq!(drain(&mut s, due), [(LOCAL_SEQ + 1 + 3072, 1024)]);
+        let due = due + Duration::from_micros(8333);
+        assert_eq!(s.socket.poll_at(&mut s.cx), PollAt::Time(due));
+        assert_eq!(drain(&mut s, due), [(LOCAL_SEQ + 1 + 4096, 1024)]);
+        // The congestion window is full now: pacing has nothing to wait for.
+        assert!(drain(&mut s, due + Duration::from_millis(20)).is_empty());
+        assert_eq!(
+            s.socket.poll_at(&mut s.cx),
+            PollAt::Time(Instant::from_millis(250))
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn test_pacing_does_not_hold_back_a_fast_retransmit() {
+        let mut s = socket_paced(true);
+        drain(&mut s, Instant::from_millis(50));
+        drain(&mut s, Instant::from_micros(56_333));
+        drain(&mut s, Instant::from_micros(64_666));
+        assert_eq!(s.remote_last_seq, LOCAL_SEQ + 1 + 5120);
+        // The first of the three segments is lost.
+        for t in 100..103 {
+            send!(s, time t, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 2048),
+                window_len: 65535,
+                ..SEND_TEMPL
+            });
+        }
+        // Pacing holds new data back, not the retransmission.
+        s.pace_next = Some(Instant::from_millis(1000));
+        assert_eq!(
+            drain(&mut s, Instant::from_millis(103)),
+            [(LOCAL_SEQ + 1 + 2048, 1024)]
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn test_sack_recovery_sends_new_data_as_sacked_data_leaves_the_network() {
+        let mut s = socket_established_with_buffer_sizes(32768, 64);
+        s.set_congestion_control(CongestionControl::Cubic);
+        s.remote_mss = 1024;
+        s.remote_win_len = 65535;
+        s.remote_has_sack = true;
+        s.send_slice(&[b'x'; 24576]).unwrap();
+        // Slow start: each ACK of a segment grows the window by one and lets two more out.
+        assert_eq!(drain(&mut s, Instant::from_millis(0)).len(), 2);
+        for i in 1..=10 {
+            send!(s, time 50, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 1024 * i),
+                window_len: 65535,
+                ..SEND_TEMPL
+            });
+            assert_eq!(drain(&mut s, Instant::from_millis(50)).len(), 2);
+        }
+        assert_eq!(s.congestion_window(), 12288);
+        assert_eq!(s.flight_size(), 12288);
+        // The first segment in flight is lost; the remote SACKs the 11 after it.
+        for right in [13312, 16384, 22528] {
+            send!(s, time 100, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 10240),
+                window_len: 65535,
+                sack_ranges: [sack_block(11264, right), None, None],
+                ..SEND_TEMPL
+            });
+        }
+        // Recovery cuts the window to 0.7 * 12288 + 3 * 1024 = 11673 octets, less than the
+        // flight size, but only the hole is left in the network: after it, the rest of the
+        // queue goes.
+        assert_eq!(
+            drain(&mut s, Instant::from_millis(100)),
+            [
+                (LOCAL_SEQ + 1 + 10240, 1024),
+                (LOCAL_SEQ + 1 + 22528, 1024),
+                (LOCAL_SEQ + 1 + 23552, 1024)
+            ]
+        );
+        assert_eq!(s.congestion_window(), 11673);
+        assert_eq!(s.flight_size(), 14336);
+        assert_eq!(s.pipe(), 3072);
+    }
+
+    /// Feeds `SlowStartExit` segments sent `gap` ms apart, each acknowledged alone after the
+    /// round trip `rtt(i)` (in ms) of segment `i`: the segment whose ACK ends slow start, if any.
+    fn slow_start_exit_at(gap: i64, rtt: impl Fn(i64) -> i64) -> Option<i64> {
+        let mut exit = SlowStartExit::default();
+        let seq_end = |i: i64| TcpSeqNumber(1000 * (i as i32 + 1));
+        let (mut sent, mut acked) = (0, 0);
+        for ms in 0..1000 {
+            let now = Instant::from_millis(ms);
+            while acked < sent && gap * acked + rtt(acked) <= ms {
+                if exit.on_ack(now, seq_end(acked), seq_end(sent - 1)) {
+                    return Some(acked);
+                }
+                acked += 1;
+            }
+            if ms % gap == 0 {
+                exit.on_send(now, seq_end(sent), Duration::from_millis(50));
+                sent += 1;
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn test_slow_start_exit_on_round_trip_growth() {
+        // Round trips of 50 ms throughout: no exit.
+        assert_eq!(slow_start_exit_at(4, |_| 50), None);
+        // Segment 12's ACK ends the first round (segments 0 to 11). In the second, every
+        // round trip is 60 ms, 50 ms + 6.25 ms at least: the 8th sample ends slow start.
+        assert_eq!(
+            slow_start_exit_at(4, |i| if i < 12 { 50 } else { 60 }),
+            Some(19)
+        );
+        // The growth from the middle of the second round on shows in the third one.
+        assert_eq!(
+            slow_start_exit_at(4, |i| if i < 18 { 50 } else { 60 }),
+            Some(31)
+        );
+        // A growth below the 4 ms floor of the threshold is no sign of a queue.
+        assert_eq!(
+            slow_start_exit_at(4, |i| if i < 12 { 50 } else { 53 }),
+            None
+        );
+        // Rounds of fewer than 8 samples are not compared.
+        assert_eq!(
+            slow_start_exit_at(8, |i| if i < 7 { 50 } else { 100 }),
+            None
+        );
+    }
+
+    /// Cubic over a path of 50 ms whose bottleneck carries a segment of 1024 octets every
+    /// `gap` ms and queues the rest, losing none, for a second: when slow start ended, if it
+    /// did, and the congestion window then (or at the end).
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn slow_start_over_bottleneck(gap: i64) -> (Option<i64>, usize) {
+        let mut s = socket_established_with_buffer_sizes(65536, 64);
+        s.set_congestion_control(CongestionControl::Cubic);
+        s.remote_mss = 1024;
+        s.remote_win_len = 65535;
+        let data = vec![b'x'; 65536];
+        let mut acks = std::collections::VecDeque::new();
+        let (mut next_seq, mut link_free) = (LOCAL_SEQ + 1, 0);
+        for ms in 0..1000 {
+            let now = Instant::from_millis(ms);
+            while let Some(&(at, ack_number)) = acks.front()
+                && at <= ms
+            {
+                acks.pop_front();
+                let ack = TcpRepr {
+                    seq_number: REMOTE_SEQ + 1,
+                    ack_number: Some(ack_number),
+                    window_len: 65535,
+                    ..SEND_TEMPL
+                };
+                assert_eq!(send(&mut s, now, &ack), None);
+                if !s.congestion_controller.inner().in_slow_start() {
+                    return (Some(ms), s.congestion_window());
+                }
+            }
+            s.send_slice(&data).unwrap();
+            for (seq, len) in drain(&mut s, now) {
+                assert_eq!(seq, next_seq, "no retransmission");
+                next_seq = seq + len;
+                link_free = link_free.max(ms) + gap;
+                acks.push_back((link_free + 50, next_seq));
+            }
+        }
+        (None, s.congestion_window())
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn test_slow_start_exit_before_the_bottleneck_queue_overflows() {
+        // Round trips that stay at 50 ms: slow start goes on up to the remote window.
+        assert_eq!(slow_start_over_bottleneck(0), (None, 65536));
+        // A bottleneck of a segment per 4 ms (13 segments in flight fill the path): the
+        // round trip grows as its queue fills, and slow start ends before the window reaches
+        // the 64 segments that the remote window allows.
+        let (exit, cwnd) = slow_start_over_bottleneck(4);
+        assert!(matches!(exit, Some(ms) if ms < 400), "exit at {exit:?}");
+        assert!(cwnd < 50 * 1024, "cwnd {cwnd}");
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn test_congestion_window_floor() {
+        let mut s = socket_established_with_buffer_sizes(16384, 64);
+        s.set_congestion_control(CongestionControl::Cubic);
+        s.remote_mss = 1024;
+        s.remote_win_len = 65535;
+        s.rtte.sample(50);
+        assert_eq!(s.congestion_window(), 2048);
+        s.set_min_congestion_window(8192);
+        assert_eq!(s.congestion_window(), 8192);
+        s.send_slice(&[b'x'; 16384]).unwrap();
+        // Eight segments leave at once, where the window of Cubic allows two.
+        assert_eq!(drain(&mut s, Instant::from_millis(0)).len(), 8);
+        // The retransmission timeout cuts Cubic's window to a segment: the floor still lets
+        // all eight go again.
+        let resent = drain(&mut s, Instant::from_millis(200));
+        assert_eq!(s.congestion_controller.inner().window(), 1024);
+        assert_eq!(s.congestion_window(), 8192);
+        assert_eq!(resent.len(), 8);
+        assert_eq!(resent[0], (LOCAL_SEQ + 1, 1024));
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::network::stack::autotune::advertised;
-use crate::network::stack::{INITIAL_WINDOW, RELEASE_AFTER, RX_BUFFER, TX_BUFFER};
+use crate::network::stack::{INITIAL_SEND_BUFFER, INITIAL_WINDOW, RELEASE_AFTER, RX_BUFFER, TX_BUFFER};
 use smoltcp::time::Instant;
 
 /// Each way; a round trip is two steps.
@@ -19,6 +19,8 @@ struct Path {
     lanes: Vec<Lane>,
     /// The window scale the stack offered.
     shift: u8,
+    /// Polls the stack at its deadlines within a step too (for paced downloads), not only at its start.
+    follow_deadlines: bool,
     events: Vec<NetworkToPython>,
 }
 
@@ -29,6 +31,8 @@ struct Lane {
     to_client: Vec<Vec<u8>>,
     /// The client keeps its send buffer full.
     sending: bool,
+    /// What the client read (it reads all that arrives).
+    received: Vec<u8>,
 }
 
 /// What one step showed.
@@ -47,6 +51,12 @@ impl Lane {
         for p in self.to_client.drain(..) {
             client.device.rx = Some(p);
             client.iface.poll(now, &mut client.device, &mut client.sockets);
+        }
+        while let Ok(chunk) = client.socket().recv(|b| (b.len(), b.to_vec())) {
+            if chunk.is_empty() {
+                break;
+            }
+            self.received.extend(chunk);
         }
         if self.sending && client.socket().may_send() {
             let room = client.socket().send_capacity() - client.socket().send_queue();
@@ -71,12 +81,14 @@ impl Path {
                 to_stack: vec![],
                 to_client: vec![],
                 sending: false,
+                received: vec![],
             })
             .collect();
         Path {
             stack: stack(),
             lanes,
             shift: 0,
+            follow_deadlines: false,
             events: vec![],
         }
     }
@@ -92,6 +104,16 @@ impl Path {
         }
         self.stack.flush(&mut out);
         self.stack.poll_timers(&mut out);
+        // Paced segments leave at their moments within the step; they arrive with the rest at its end.
+        let end = self.stack.clock + ONE_WAY;
+        while let Some(at) = self
+            .stack
+            .next_deadline()
+            .filter(|&at| self.follow_deadlines && at < end)
+        {
+            self.stack.clock = self.stack.clock.max(at);
+            self.stack.poll_timers(&mut out);
+        }
         let mut step = Step::default();
         for (_, p) in out.packets {
             if let Some(adv) = advertised(&p) {
@@ -105,7 +127,7 @@ impl Path {
         }
         step.delivered = data(&out.events).len();
         self.events.extend(out.events);
-        self.stack.advance(ONE_WAY);
+        self.stack.clock = end;
         step
     }
 
@@ -195,7 +217,10 @@ fn the_window_grows_while_python_reads_a_window_per_round_trip() {
             "grew by steps: {rounds:?}"
         );
     }
-    assert_eq!(path.stack.window_budget.used, path.window(id) + TX_BUFFER);
+    assert_eq!(
+        path.stack.window_budget.used,
+        path.window(id) + INITIAL_SEND_BUFFER
+    );
 }
 
 #[test]
@@ -218,7 +243,7 @@ fn an_idle_connection_falls_back_to_the_first_window_and_gives_back_its_budget()
     path.upload(10);
     let grown = path.window(id);
     assert!(grown >= 8 * INITIAL_WINDOW, "{grown}");
-    assert_eq!(path.stack.window_budget.used, grown + TX_BUFFER);
+    assert_eq!(path.stack.window_budget.used, grown + INITIAL_SEND_BUFFER);
 
     path.idle();
     assert_eq!(path.window(id), INITIAL_WINDOW);
@@ -245,13 +270,13 @@ fn an_idle_connection_falls_back_to_the_first_window_and_gives_back_its_budget()
 #[test]
 fn windows_stop_growing_at_the_global_budget() {
     let mut path = Path::new(3);
-    let budget = 3 * (INITIAL_WINDOW + TX_BUFFER) + 300_000;
+    let budget = 3 * (INITIAL_WINDOW + INITIAL_SEND_BUFFER) + 300_000;
     path.stack.window_budget.limit = budget;
     let ids = path.open();
     let rounds = path.upload(10);
     let windows: Vec<usize> = ids.iter().map(|&id| path.window(id)).collect();
     let used = path.stack.window_budget.used;
-    assert_eq!(windows.iter().sum::<usize>() + 3 * TX_BUFFER, used);
+    assert_eq!(windows.iter().sum::<usize>() + 3 * INITIAL_SEND_BUFFER, used);
     assert!(used <= budget, "{used} > {budget}: {windows:?}");
     assert!(
         used + 1460 > budget,
@@ -285,5 +310,42 @@ fn a_busy_connection_commits_its_window_not_its_whole_receive_buffer() {
     assert!(
         resident <= 4 * INITIAL_WINDOW + 256 * 1024,
         "{resident} bytes committed"
+    );
+}
+
+#[test]
+fn the_send_buffer_grows_with_the_congestion_window_and_gives_back_what_was_acknowledged() {
+    let mut path = Path::new(1);
+    path.follow_deadlines = true;
+    let id = path.open()[0];
+    // Python writes more than the send buffer's whole ring, in one go; the client reads all that arrives.
+    let download: Vec<u8> = (0..(TX_BUFFER + (2 << 20)) as u32)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut out = Outputs::default();
+    let data = download.clone();
+    path.stack.handle(PythonToNetwork::Write { id, data }, &mut out);
+    path.stack.flush(&mut out);
+    let (mut limit, mut resident) = (0, 0);
+    for _ in 0..400 {
+        path.step();
+        let conn = &path.stack.connections[&id];
+        limit = limit.max(conn.autotune.send_limit);
+        resident = resident.max(conn.memory.resident(RX_BUFFER, TX_BUFFER));
+        if path.lanes[0].received.len() == download.len() {
+            break;
+        }
+    }
+    assert!(
+        path.lanes[0].received == download,
+        "the download arrived whole and in order"
+    );
+    // The client's 1 MiB receive buffer bounds the congestion window, and so the send buffer.
+    assert!(limit >= 3 * INITIAL_SEND_BUFFER, "the send buffer grew: {limit}");
+    assert!(limit <= TX_BUFFER);
+    // At most the send limit is live; what the client acknowledged goes back a chunk at a time.
+    assert!(
+        resident <= limit + 2 * 256 * 1024,
+        "{resident} bytes of the send buffer committed at most, limit {limit}"
     );
 }

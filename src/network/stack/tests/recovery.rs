@@ -19,7 +19,9 @@ fn sack_recovery_of_several_losses_in_a_window_resends_only_the_lost_segments() 
     let start = stack.clock;
 
     // Less than the send buffer, so that one flight carries it all.
-    let download: Vec<u8> = (0..(TX_BUFFER as u32 - 4096)).map(|i| (i % 251) as u8).collect();
+    let download: Vec<u8> = (0..(INITIAL_SEND_BUFFER as u32 - 4096))
+        .map(|i| (i % 251) as u8)
+        .collect();
     let mut out = Outputs::default();
     stack.handle(
         PythonToNetwork::Write {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::network::stack::{INITIAL_WINDOW, TX_BUFFER};
+use crate::network::stack::{INITIAL_SEND_BUFFER, INITIAL_WINDOW};
 
 /// Passes the client's SYN and the stack's SYN-ACK, checking that the stack offers window scaling; returns the
 /// client's initial sequence number.
@@ -53,7 +53,9 @@ fn a_scaled_window_closed_by_a_handler_that_waits_for_its_writes_still_takes_ack
     let isn = open_with_window_scale(&mut stack, &mut client);
     let id = established(&client.pump(&mut stack));
 
-    let download: Vec<u8> = (0..3 * TX_BUFFER as u32).map(|i| (i % 241) as u8).collect();
+    let download: Vec<u8> = (0..3 * INITIAL_SEND_BUFFER as u32)
+        .map(|i| (i % 241) as u8)
+        .collect();
     let upload: Vec<u8> = (0..16 * INITIAL_WINDOW as u32).map(|i| (i % 239) as u8).collect();
     let mut out = Outputs::default();
     stack.handle(PythonToNetwork::PauseReading { id }, &mut out);

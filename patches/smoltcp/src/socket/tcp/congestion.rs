@@ -15,6 +15,11 @@ pub(super) trait Controller {
     /// Returns the number of bytes that can be sent.
     fn window(&self) -> usize;
 
+    /// Whether the window is in slow start, growing by a segment for each one acknowledged.
+    fn in_slow_start(&self) -> bool {
+        false
+    }
+
     /// Set the remote window size.
     fn set_remote_window(&mut self, remote_window: usize) {}
 
@@ -22,6 +27,9 @@ pub(super) trait Controller {
 
     /// Fired on each duplicate ack received, after `on_loss` has been called.
     fn on_dup_ack(&mut self, now: Instant, len: usize, in_flight: usize) {}
+
+    /// Ends slow start without a loss: the path's queue starts to fill (RFC 9406).
+    fn exit_slow_start(&mut self) {}
 
     /// Fired on a retransmission timeout.
     fn on_rto(&mut self, now: Instant, in_flight: usize) {}
