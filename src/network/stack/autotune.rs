@@ -23,6 +23,11 @@ use crate::network::packet::{self, Segment};
 /// Above twice what Python read in a round trip, room for a burst of 16 segments, as Linux leaves.
 const HEADROOM: usize = 16 * 1460;
 
+/// Pacing from this round trip up: a window then leaves spread over the round trip, not as one burst that
+/// overflows the queues on the way. On a shorter (local) path the network task's timer, of about a millisecond,
+/// cannot pace: on a busy machine its late wake-ups cost a bulk transfer two thirds of its rate.
+const PACING_MIN_RTT: Duration = Duration::from_millis(10);
+
 /// The shortest round trip a sample may show: a finer clock would only count the stack's own work.
 const MIN_RTT: Duration = Duration::from_millis(1);
 
@@ -174,6 +179,10 @@ impl Connection {
     /// Lets the send buffer take in twice the congestion window while Python's writes wait for room, as far as
     /// the budget allows; it does not shrink while the connection is busy.
     pub(super) fn tune_send_buffer(&mut self, budget: &WindowBudget) {
+        let far = self.autotune.rtt.is_some_and(|rtt| rtt >= PACING_MIN_RTT);
+        if self.socket().pacing() != far {
+            self.socket().set_pacing(far);
+        }
         if self.pending.is_empty() {
             return;
         }

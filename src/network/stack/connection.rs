@@ -94,8 +94,6 @@ impl Stack {
         socket.set_nagle_enabled(false);
         // A client that vanished, or stops acknowledging, does not hold the connection forever.
         socket.set_keep_alive(Some(KEEPALIVE.into()));
-        // A window leaves spread over the round trip, not as one burst that overflows the queues on the way.
-        socket.set_pacing(true);
         // Random losses (radio links) do not push a connection below what a fixed 64 KiB window sent.
         socket.set_min_congestion_window(INITIAL_SEND_BUFFER);
         socket.set_timeout(Some(SILENCE_TIMEOUT.into()));
