@@ -1,7 +1,7 @@
 //! Receive-window and send-buffer auto-tuning, as kernels do it. The receive window as Linux's
 //! `tcp_rcv_space_adjust`: a connection starts with a window of `INITIAL_WINDOW` and grows it whenever Python
 //! read more within a round trip than it did when the window last grew, to twice that, up to `RX_BUFFER`. The
-//! send buffer as Linux's `tcp_sndbuf_expand`: a connection takes in twice its congestion window of Python's
+//! send buffer as Linux's `tcp_sndbuf_expand`: a connection takes in a few congestion windows of Python's
 //! writes, from `INITIAL_SEND_BUFFER` up to `TX_BUFFER`, so that the congestion window never waits for Python.
 //! An idle connection falls back to the first sizes when its pages are released. A global budget
 //! (`WindowBudget`) bounds what the buffers of all connections may commit: once it is spent, windows and send
@@ -22,6 +22,10 @@ use crate::network::packet::{self, Segment};
 
 /// Above twice what Python read in a round trip, room for a burst of 16 segments, as Linux leaves.
 const HEADROOM: usize = 16 * 1460;
+
+/// The send buffer takes in this many congestion windows of Python's writes: one in flight, one to follow, and
+/// room for the data after a loss, which waits acknowledged only selectively (SACK) until the loss is resent.
+const SEND_BUFFER_WINDOWS: usize = 4;
 
 /// Pacing from this round trip up: a window then leaves spread over the round trip, not as one burst that
 /// overflows the queues on the way. On a shorter (local) path the network task's timer, of about a millisecond,
@@ -151,8 +155,15 @@ impl Autotune {
         if copied <= self.space {
             return None;
         }
+        // As Linux does: twice what was read, and on top twice the share by which the reads grew, so that the
+        // window keeps ahead of a sender in slow start, and of one that resends a loss while the data after it
+        // waits in the buffer.
+        // The share is at most one (the reads doubled): a backlog read at once after a pause is no sender.
+        let base = 2 * copied + HEADROOM;
+        let growth = (copied - self.space).min(self.space);
+        let grow = base as u64 * growth as u64 / self.space.max(1) as u64;
         self.space = copied;
-        Some((2 * copied + HEADROOM).min(RX_BUFFER))
+        Some((base as u64 + 2 * grow).min(RX_BUFFER as u64) as usize)
     }
 }
 
@@ -176,8 +187,8 @@ impl Connection {
         }
     }
 
-    /// Lets the send buffer take in twice the congestion window while Python's writes wait for room, as far as
-    /// the budget allows; it does not shrink while the connection is busy.
+    /// Lets the send buffer take in `SEND_BUFFER_WINDOWS` congestion windows while Python's writes wait for room,
+    /// as far as the budget allows; it does not shrink while the connection is busy.
     pub(super) fn tune_send_buffer(&mut self, budget: &WindowBudget) {
         let far = self.autotune.rtt.is_some_and(|rtt| rtt >= PACING_MIN_RTT);
         if self.socket().pacing() != far {
@@ -190,7 +201,7 @@ impl Connection {
         let wanted = self
             .socket()
             .congestion_window()
-            .saturating_mul(2)
+            .saturating_mul(SEND_BUFFER_WINDOWS)
             .clamp(INITIAL_SEND_BUFFER, TX_BUFFER);
         if wanted <= limit {
             return;

@@ -94,7 +94,9 @@ impl Stack {
         socket.set_nagle_enabled(false);
         // A client that vanished, or stops acknowledging, does not hold the connection forever.
         socket.set_keep_alive(Some(KEEPALIVE.into()));
-        // Random losses (radio links) do not push a connection below what a fixed 64 KiB window sent.
+        // The path's rate, measured, not a window cut at every loss: random losses (radio links) cost little.
+        socket.set_congestion_control(tcp::CongestionControl::Bbr);
+        // Never less in flight than the fixed 64 KiB window of the earlier releases (the first round trip).
         socket.set_min_congestion_window(INITIAL_SEND_BUFFER);
         socket.set_timeout(Some(SILENCE_TIMEOUT.into()));
         autotune::start(&mut socket);

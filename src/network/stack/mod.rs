@@ -71,12 +71,12 @@ const INITIAL_WINDOW: usize = 64 * 1024;
 const WINDOW_BUDGET: usize = 256 << 20;
 /// The send buffer's mapping: what one connection may have in flight and queued at most. Like the receive
 /// buffer, its pages are committed as data touches them; a connection takes in only `send_limit` of Python's
-/// writes (see `autotune`), twice its congestion window, and gives back the pages of data the client acknowledged
-/// (see `release`). The patched smoltcp paces segments, so a window that large does not leave as one burst.
+/// writes (see `autotune`), four congestion windows, and gives back the pages of data the client acknowledged
+/// (see `release`). The patched smoltcp paces segments at the path's rate (BBR), so a window that large does not
+/// leave as one burst.
 const TX_BUFFER: usize = 4 << 20;
 /// The send buffer a connection starts with, and falls back to once idle: as much as it takes in from Python
-/// before the congestion window has grown. Also the floor under the congestion window: with fewer bytes in
-/// flight than this, a connection keeps sending even where segments are lost at random (patches/README.md).
+/// before the congestion window has grown. Also the floor under the congestion window (patches/README.md).
 const INITIAL_SEND_BUFFER: usize = 64 * 1024;
 
 /// How many mappings of ended connections are kept for new ones.

@@ -46,7 +46,7 @@ impl Client {
             tcp::SocketBuffer::new(vec![0; 1 << 20]),
         );
         socket.set_nagle_enabled(false);
-        // A client that sends all its window allows, as the tests' timing assumes (the crate's CUBIC is built in).
+        // A client that sends all its window allows, as the tests' timing assumes.
         socket.set_congestion_control(tcp::CongestionControl::None);
         socket.connect(iface.context(), dst, src.port()).unwrap();
         let mut sockets = SocketSet::new(vec![]);

@@ -287,6 +287,121 @@ impl RttEstimator {
     }
 }
 
+/// How many sent segments `RateSampler` times at once.
+const RATE_MARKS: usize = 32;
+
+/// A timed segment of `RateSampler`.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+struct RateMark {
+    /// The sequence number after the segment, and when it was sent.
+    seq_end: TcpSeqNumber,
+    sent: Instant,
+    /// What was delivered when it was sent, and when that was.
+    delivered: u64,
+    delivered_time: Instant,
+}
+
+/// Delivery-rate samples for a model-based congestion controller, after the IETF draft
+/// "Delivery Rate Estimation": segments of new data are timed, a sixteenth of a round trip
+/// apart, with the bytes delivered (cumulatively acknowledged or SACKed) by then and when the
+/// count last grew. The ACK that covers one gives the rate of delivery since then, over at least
+/// a round trip, and the segment's round trip.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+struct RateSampler {
+    marks: [RateMark; RATE_MARKS],
+    head: usize,
+    len: usize,
+    /// Bytes delivered so far, and when the count last grew.
+    delivered: u64,
+    delivered_time: Instant,
+    /// The highest sequence number sent so far: data sent again after a retransmission timeout
+    /// is not timed (Karn).
+    highest_sent: Option<TcpSeqNumber>,
+}
+
+impl Default for RateSampler {
+    fn default() -> Self {
+        let zero = Instant::from_millis(0);
+        Self {
+            marks: [RateMark {
+                seq_end: TcpSeqNumber::default(),
+                sent: zero,
+                delivered: 0,
+                delivered_time: zero,
+            }; RATE_MARKS],
+            head: 0,
+            len: 0,
+            delivered: 0,
+            delivered_time: zero,
+            highest_sent: None,
+        }
+    }
+}
+
+impl RateSampler {
+    /// New data was sent, up to `seq_end`; `idle`: nothing was in flight before.
+    fn on_send(&mut self, now: Instant, seq_end: TcpSeqNumber, srtt: Duration, idle: bool) {
+        if idle {
+            // The time the connection idled is no time of delivery.
+            self.delivered_time = now;
+        }
+        if self.highest_sent.is_some_and(|highest| seq_end <= highest) {
+            return;
+        }
+        self.highest_sent = Some(seq_end);
+        let spacing = (srtt / 16).max(Duration::from_millis(1));
+        let due = match self.len {
+            0 => true,
+            RATE_MARKS => false,
+            len => {
+                let last = self.marks[(self.head + len - 1) % RATE_MARKS];
+                now >= last.sent + spacing && seq_end > last.seq_end
+            }
+        };
+        if due {
+            self.marks[(self.head + self.len) % RATE_MARKS] = RateMark {
+                seq_end,
+                sent: now,
+                delivered: self.delivered,
+                delivered_time: self.delivered_time,
+            };
+            self.len += 1;
+        }
+    }
+
+    /// After a retransmission timeout the data is sent again from the start: the marks are
+    /// forgotten.
+    fn on_rto(&mut self) {
+        self.len = 0;
+    }
+
+    /// An ACK up to `ack`, with `delivered` bytes delivered so far: the delivery rate (bytes per
+    /// second) and the round trip of the latest timed segment that it covers, if any.
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        ack: TcpSeqNumber,
+        delivered: u64,
+    ) -> Option<(Option<u64>, Duration)> {
+        if delivered > self.delivered {
+            self.delivered = delivered;
+            self.delivered_time = now;
+        }
+        let mut covered = None;
+        while self.len > 0 && self.marks[self.head].seq_end <= ack {
+            covered = Some(self.marks[self.head]);
+            self.head = (self.head + 1) % RATE_MARKS;
+            self.len -= 1;
+        }
+        let mark = covered?;
+        let interval = (now - mark.delivered_time).total_micros();
+        let rate = (interval > 0).then(|| (self.delivered - mark.delivered) * 1_000_000 / interval);
+        Some((rate, now - mark.sent))
+    }
+}
+
 /// How many sent segments `SlowStartExit` times at once.
 const SLOW_START_MARKS: usize = 32;
 /// RFC 9406: the round-trip samples a round needs before it is compared with the one before.
@@ -411,8 +526,10 @@ enum Timer {
     },
 }
 
-/// How many SACKed ranges the sender remembers (the peer reports at most 3 per segment).
-const SACK_SCOREBOARD_LEN: usize = 4;
+/// How many SACKed ranges the sender remembers (the peer reports at most 3 per segment, but a
+/// window of megabytes on a lossy path has dozens of holes: with only the lowest few known, the
+/// data beyond them is resent for nothing or waits for the retransmission timeout).
+const SACK_SCOREBOARD_LEN: usize = 32;
 
 type SackRange = (TcpSeqNumber, TcpSeqNumber);
 
@@ -581,6 +698,9 @@ pub enum CongestionControl {
 
     #[cfg(feature = "socket-tcp-cubic")]
     Cubic,
+
+    #[cfg(feature = "socket-tcp-bbr")]
+    Bbr,
 }
 
 /// A Transmission Control Protocol socket.
@@ -595,6 +715,9 @@ pub struct Socket<'a> {
     timer: Timer,
     rtte: RttEstimator,
     slow_start_exit: SlowStartExit,
+    rate_sampler: RateSampler,
+    /// Bytes cumulatively acknowledged so far.
+    acked_total: u64,
     assembler: Assembler,
     rx_buffer: SocketBuffer<'a>,
     rx_fin_received: bool,
@@ -744,6 +867,8 @@ impl<'a> Socket<'a> {
             timer: Timer::new(),
             rtte: RttEstimator::default(),
             slow_start_exit: SlowStartExit::default(),
+            rate_sampler: RateSampler::default(),
+            acked_total: 0,
             assembler: Assembler::new(),
             tx_buffer,
             rx_buffer,
@@ -837,6 +962,9 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             CongestionControl::Cubic => AnyController::Cubic(cubic::Cubic::new()),
+
+            #[cfg(feature = "socket-tcp-bbr")]
+            CongestionControl::Bbr => AnyController::Bbr(bbr::Bbr::new()),
         }
     }
 
@@ -852,6 +980,9 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(_) => CongestionControl::Cubic,
+
+            #[cfg(feature = "socket-tcp-bbr")]
+            AnyController::Bbr(_) => CongestionControl::Bbr,
         }
     }
 
@@ -1161,6 +1292,8 @@ impl<'a> Socket<'a> {
         self.timer = Timer::new();
         self.rtte = RttEstimator::default();
         self.slow_start_exit = SlowStartExit::default();
+        self.rate_sampler = RateSampler::default();
+        self.acked_total = 0;
         self.assembler = Assembler::new();
         self.tx_buffer.clear();
         self.rx_buffer.clear();
@@ -1665,9 +1798,25 @@ impl<'a> Socket<'a> {
     /// With pacing: the time that a segment of `len` octets takes at the pacing rate is added
     /// to the moment the next one may leave.
     fn pace(&mut self, now: Instant, len: usize) {
-        if !self.pacing || !self.rtte.have_measurement || len == 0 {
+        if !self.pacing || len == 0 {
             return;
         }
+        let interval = match self.congestion_controller.inner().pacing_rate() {
+            Some(rate) => len as u64 * 1_000_000 / rate.max(1),
+            None if self.rtte.have_measurement => self.pacing_interval(len),
+            None => return,
+        };
+        let earliest = now - PACING_BURST;
+        let start = match self.pace_next {
+            Some(at) if at > earliest => at,
+            _ => earliest,
+        };
+        self.pace_next = Some(start + Duration::from_micros(interval));
+    }
+
+    /// The time a segment of `len` octets takes at the congestion window per smoothed round
+    /// trip, in microseconds.
+    fn pacing_interval(&self, len: usize) -> u64 {
         let window = self
             .congestion_window()
             .min(self.remote_win_len)
@@ -1675,13 +1824,7 @@ impl<'a> Socket<'a> {
         let slow_start = self.congestion_controller.inner().in_slow_start();
         let percent: u64 = if slow_start { 200 } else { 120 };
         let srtt_us = (self.rtte.srtt as u64).max(1) * 1000;
-        let interval = len as u64 * srtt_us * 100 / (window as u64 * percent);
-        let earliest = now - PACING_BURST;
-        let start = match self.pace_next {
-            Some(at) if at > earliest => at,
-            _ => earliest,
-        };
-        self.pace_next = Some(start + Duration::from_micros(interval));
+        len as u64 * srtt_us * 100 / (window as u64 * percent)
     }
 
     /// Octets in flight that the remote has not reported in its SACK blocks: RFC 6675's pipe,
@@ -2497,6 +2640,7 @@ impl<'a> Socket<'a> {
                 self.tx_buffer.len() - ack_len
             );
             self.tx_buffer.dequeue_allocated(ack_len);
+            self.acked_total += ack_len as u64;
 
             // There's new room available in tx_buffer, wake the waiting task if any.
             #[cfg(feature = "async")]
@@ -2607,6 +2751,20 @@ impl<'a> Socket<'a> {
                 }
             }
             self.sack_prune();
+            if self.congestion_controller.inner().wants_rate_samples() {
+                let delivered = self.acked_total + self.sacked_len() as u64;
+                if let Some((rate, rtt)) = self.rate_sampler.on_ack(cx.now(), ack_number, delivered)
+                {
+                    let (delivered, pipe) = (self.rate_sampler.delivered, self.pipe());
+                    self.congestion_controller.inner_mut().on_rate_sample(
+                        cx.now(),
+                        delivered,
+                        rate,
+                        rtt,
+                        pipe,
+                    );
+                }
+            }
             // RFC 6675 (IsLost): data SACKed three segments beyond a hole shows it lost, even
             // when no three ACKs in a row count as duplicates (a peer whose window moves with
             // each ACK, as Linux's does while its application reads, never sends any).
@@ -2977,6 +3135,7 @@ impl<'a> Socket<'a> {
 
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
+                self.rate_sampler.on_rto();
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
@@ -3329,6 +3488,7 @@ impl<'a> Socket<'a> {
         // We've sent a packet successfully, so we can update the internal state now.
         let new_data =
             repr.segment_len() > 0 && repr.seq_number + repr.segment_len() > self.remote_last_seq;
+        let idle = self.remote_last_seq == self.local_seq_no;
         // Use max() so a fast-retransmit segment (whose seq_number is local_seq_no, well
         // behind the current frontier) doesn't rewind the tracked "highest sent" sequence.
         self.remote_last_seq = self
@@ -3341,6 +3501,14 @@ impl<'a> Socket<'a> {
             let srtt = self.rtte.round_trip();
             self.slow_start_exit
                 .on_send(cx.now(), self.remote_last_seq, srtt);
+            if self.congestion_controller.inner().wants_rate_samples() {
+                self.rate_sampler
+                    .on_send(cx.now(), self.remote_last_seq, srtt, idle);
+            }
+        } else if repr.payload.len() > 0 {
+            self.congestion_controller
+                .inner_mut()
+                .on_retransmit(cx.now(), repr.payload.len());
         }
         if repr.segment_len() > 0 {
             self.rtte
@@ -11131,6 +11299,36 @@ mod test {
         assert_eq!(s.congestion_window(), 11673);
         assert_eq!(s.flight_size(), 14336);
         assert_eq!(s.pipe(), 3072);
+    }
+
+    #[test]
+    fn test_rate_sampler_counts_sacked_data_as_delivered() {
+        let ms = Instant::from_millis;
+        let seq = |n: i32| TcpSeqNumber(n);
+        let srtt = Duration::from_millis(50);
+        let mut r = RateSampler::default();
+        // Segments of 1000 octets, one a millisecond: timed a sixteenth of the round trip apart
+        // (at 0, 4 and 8 ms).
+        for t in 0..10 {
+            r.on_send(ms(t), seq(1000 * (t as i32 + 1)), srtt, t == 0);
+        }
+        assert_eq!(r.len, 3);
+        // The first is acknowledged after 50 ms: 1000 octets in 50 ms.
+        assert_eq!(
+            r.on_ack(ms(50), seq(1000), 1000),
+            Some((Some(20_000), Duration::from_millis(50)))
+        );
+        // The second is lost; three more are SACKed: delivered, though the ACK stays.
+        assert_eq!(r.on_ack(ms(54), seq(1000), 4000), None);
+        // A segment sent now starts from what was delivered, SACKed data included.
+        r.on_send(ms(60), seq(11000), srtt, false);
+        // The hole is filled and everything acknowledged at 110 ms: the last timed segment saw
+        // 7000 octets delivered in the 56 ms since the SACK at 54 ms.
+        assert_eq!(
+            r.on_ack(ms(110), seq(11000), 11000),
+            Some((Some(125_000), Duration::from_millis(50)))
+        );
+        assert_eq!(r.len, 0);
     }
 
     /// Feeds `SlowStartExit` segments sent `gap` ms apart, each acknowledged alone after the

@@ -1,4 +1,4 @@
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 
 use super::RttEstimator;
 
@@ -9,6 +9,9 @@ pub(super) mod cubic;
 
 #[cfg(feature = "socket-tcp-reno")]
 pub(super) mod reno;
+
+#[cfg(feature = "socket-tcp-bbr")]
+pub(super) mod bbr;
 
 #[allow(unused_variables)]
 pub(super) trait Controller {
@@ -30,6 +33,33 @@ pub(super) trait Controller {
 
     /// Ends slow start without a loss: the path's queue starts to fill (RFC 9406).
     fn exit_slow_start(&mut self) {}
+
+    /// The rate to pace at, in bytes per second, where the controller sets one; otherwise a
+    /// socket with pacing paces by the window per round trip.
+    fn pacing_rate(&self) -> Option<u64> {
+        None
+    }
+
+    /// A segment of `len` octets was sent again: it or its acknowledgement was lost.
+    fn on_retransmit(&mut self, now: Instant, len: usize) {}
+
+    /// Whether the socket should measure delivery rates for `on_rate_sample`.
+    fn wants_rate_samples(&self) -> bool {
+        false
+    }
+
+    /// A delivery-rate sample: `delivered` bytes were delivered (acknowledged or SACKed) so far,
+    /// at `rate` bytes per second since the timed segment that this ACK covers was sent, which
+    /// took `rtt` to be acknowledged; `in_flight` bytes are still in the network.
+    fn on_rate_sample(
+        &mut self,
+        now: Instant,
+        delivered: u64,
+        rate: Option<u64>,
+        rtt: Duration,
+        in_flight: usize,
+    ) {
+    }
 
     /// Fired on a retransmission timeout.
     fn on_rto(&mut self, now: Instant, in_flight: usize) {}
@@ -55,6 +85,9 @@ pub(super) enum AnyController {
 
     #[cfg(feature = "socket-tcp-cubic")]
     Cubic(cubic::Cubic),
+
+    #[cfg(feature = "socket-tcp-bbr")]
+    Bbr(bbr::Bbr),
 }
 
 impl AnyController {
@@ -96,6 +129,9 @@ impl AnyController {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(c) => c,
+
+            #[cfg(feature = "socket-tcp-bbr")]
+            AnyController::Bbr(b) => b,
         }
     }
 
@@ -109,6 +145,9 @@ impl AnyController {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(c) => c,
+
+            #[cfg(feature = "socket-tcp-bbr")]
+            AnyController::Bbr(b) => b,
         }
     }
 }
