@@ -149,7 +149,9 @@ impl Stack {
         let Some(conn) = self.connections.get_mut(&id) else {
             return;
         };
-        conn.announce(&self.peers, out);
+        if conn.announce(&self.peers, out) {
+            self.admission.established(conn.flow.peer);
+        }
         conn.tune_send_buffer(&self.window_budget);
         conn.fill_send_buffer(out);
         conn.release_sent_chunks();
@@ -186,7 +188,8 @@ impl Stack {
     pub(super) fn forget(&mut self, id: ConnectionId) {
         if let Some(conn) = self.connections.remove(&id) {
             self.flows.remove(&conn.flow);
-            self.admission.closed(conn.flow.peer);
+            let half_open = conn.lifecycle == Lifecycle::Connecting;
+            self.admission.closed(conn.flow.peer, half_open);
             self.window_budget.used -= conn.autotune.charged;
             if let Some(at) = conn.deadline {
                 self.timers.remove(&(at, id));
@@ -210,15 +213,15 @@ impl Connection {
         self.socket().abort();
     }
 
-    /// Tells Python of the connection once the handshake is done.
-    fn announce(&mut self, peers: &HashMap<PeerId, PeerState>, out: &mut Outputs) {
+    /// Tells Python of the connection once the handshake is done; returns whether it did now.
+    fn announce(&mut self, peers: &HashMap<PeerId, PeerState>, out: &mut Outputs) -> bool {
         let state = self.socket().state();
         if self.lifecycle == Lifecycle::Connecting
             && matches!(state, tcp::State::Established | tcp::State::CloseWait)
         {
             // A removed peer's connections were reset with it: none of them gets this far.
             let Some(peer) = peers.get(&self.flow.peer) else {
-                return;
+                return false;
             };
             self.lifecycle.announce();
             self.give_up_at = None;
@@ -229,7 +232,9 @@ impl Connection {
                 src: self.flow.client,
                 dst: self.flow.destination,
             });
+            return true;
         }
+        false
     }
 
     /// Python's writes into the send buffer, up to its limit, then FIN once they are all in; confirms what was

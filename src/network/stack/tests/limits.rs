@@ -9,7 +9,7 @@ use smoltcp::wire::{
 };
 
 use super::*;
-use crate::network::stack::admission::{Limits, MAX_CONNECTIONS_PER_PEER};
+use crate::network::stack::admission::{Limits, MAX_HALF_OPEN_PER_PEER};
 use crate::network::stack::{HANDSHAKE_TIMEOUT, SILENCE_TIMEOUT, USER_TIMEOUT};
 
 /// A SYN from `src` to `dst` (IPv4), as a client that never completes the handshake sends it.
@@ -118,12 +118,12 @@ fn closed(events: &[NetworkToPython], id: ConnectionId) -> Option<bool> {
 #[test]
 fn a_syn_flood_from_one_peer_stops_at_its_limit_and_leaves_room_for_another() {
     let mut stack = stack();
-    let answered = flood(&mut stack, 0, MAX_CONNECTIONS_PER_PEER + 500);
+    let answered = flood(&mut stack, 0, MAX_HALF_OPEN_PER_PEER + 500);
     assert_eq!(
-        answered, MAX_CONNECTIONS_PER_PEER,
-        "SYNs beyond the limit are dropped without an answer"
+        answered, MAX_HALF_OPEN_PER_PEER,
+        "SYNs beyond the limit of half-open connections are dropped without an answer"
     );
-    assert_eq!(stack.connection_count(), MAX_CONNECTIONS_PER_PEER);
+    assert_eq!(stack.connection_count(), MAX_HALF_OPEN_PER_PEER);
 
     // Another peer connects, and its connection carries data.
     let mut other = Client::connect(1, "10.0.0.2:40000", "10.0.0.42:1234");
@@ -144,6 +144,7 @@ fn all_peers_together_stop_at_the_total_limit() {
     stack.admission.limits = Limits {
         per_peer: 10,
         total: 15,
+        half_open_per_peer: 10,
     };
     assert_eq!(flood(&mut stack, 0, 20), 10);
     assert_eq!(flood(&mut stack, 1, 20), 5, "the total is reached");
