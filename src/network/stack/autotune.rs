@@ -44,6 +44,16 @@ pub(super) struct WindowBudget {
     pub(super) used: usize,
 }
 
+impl WindowBudget {
+    /// How far one of a connection's buffers may grow from `from` towards `wanted`: what is left once the others
+    /// are counted, and this connection at its present window and send limit (`present`) as if it held pages.
+    /// `charged` is what the connection counts in `used` now.
+    fn grow(&self, charged: usize, present: usize, from: usize, wanted: usize) -> usize {
+        let used = self.used - charged + present;
+        from + (wanted - from).min(self.limit.saturating_sub(used))
+    }
+}
+
 /// Where the connection stands in its handshake, for the round trip it shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Handshake {
@@ -177,9 +187,8 @@ impl Connection {
         if wanted <= window {
             return;
         }
-        // What the others use, and this connection at its present window once it holds pages.
-        let used = budget.used - self.autotune.charged + window + self.autotune.send_limit;
-        let grown = window + (wanted - window).min(budget.limit.saturating_sub(used));
+        let present = window + self.autotune.send_limit;
+        let grown = budget.grow(self.autotune.charged, present, window, wanted);
         if grown > window {
             log::trace!("connection {}: receive window {window} -> {grown}", self.id);
             self.autotune.window = grown;
@@ -190,10 +199,6 @@ impl Connection {
     /// Lets the send buffer take in `SEND_BUFFER_WINDOWS` congestion windows while Python's writes wait for room,
     /// as far as the budget allows; it does not shrink while the connection is busy.
     pub(super) fn tune_send_buffer(&mut self, budget: &WindowBudget) {
-        let far = self.autotune.rtt.is_some_and(|rtt| rtt >= PACING_MIN_RTT);
-        if self.socket().pacing() != far {
-            self.socket().set_pacing(far);
-        }
         if self.pending.is_empty() {
             return;
         }
@@ -206,11 +211,19 @@ impl Connection {
         if wanted <= limit {
             return;
         }
-        let used = budget.used - self.autotune.charged + self.autotune.window + limit;
-        let grown = limit + (wanted - limit).min(budget.limit.saturating_sub(used));
+        let present = self.autotune.window + limit;
+        let grown = budget.grow(self.autotune.charged, present, limit, wanted);
         if grown > limit {
             log::trace!("connection {}: send buffer {limit} -> {grown}", self.id);
             self.autotune.send_limit = grown;
+        }
+    }
+
+    /// Paces the connection's segments once its round trip is long enough for the timer to pace them.
+    pub(super) fn choose_pacing(&mut self) {
+        let far = self.autotune.rtt.is_some_and(|rtt| rtt >= PACING_MIN_RTT);
+        if self.socket().pacing() != far {
+            self.socket().set_pacing(far);
         }
     }
 

@@ -152,6 +152,7 @@ impl Stack {
         if conn.announce(&self.peers, out) {
             self.admission.established(conn.flow.peer);
         }
+        conn.choose_pacing();
         conn.tune_send_buffer(&self.window_budget);
         conn.fill_send_buffer(out);
         conn.release_sent_chunks();
