@@ -52,6 +52,19 @@ impl LazyMemory {
         all.split_at_mut(at)
     }
 
+    /// Gives back the pages of the bytes `[from..to)` of a stream that goes round a ring buffer at
+    /// `[base..base + ring]` of the mapping, its byte `x` at `base + x % ring`. Only for bytes whose contents
+    /// are no longer needed, and whose pages no live byte shares.
+    pub fn release_ring(&self, base: usize, ring: usize, from: u64, to: u64) {
+        let mut at = from;
+        while at < to {
+            let offset = (at % ring as u64) as usize;
+            let len = ((to - at) as usize).min(ring - offset);
+            self.release(base + offset, len);
+            at += len as u64;
+        }
+    }
+
     /// Gives the pages of `[offset..offset + len]` back to the kernel; they read as zeros afterwards. Only for a
     /// range whose contents are no longer needed.
     pub fn release(&self, offset: usize, len: usize) {

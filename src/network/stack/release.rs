@@ -80,13 +80,7 @@ impl Connection {
                 .next_multiple_of(READ_CHUNK as u64),
         );
         position.released = chunk_end;
-        let mut at = start;
-        while at < chunk_end {
-            let offset = (at % RX_BUFFER as u64) as usize;
-            let len = ((chunk_end - at) as usize).min(RX_BUFFER - offset);
-            self.memory.release(offset, len);
-            at += len as u64;
-        }
+        self.memory.release_ring(0, RX_BUFFER, start, chunk_end);
     }
 
     /// Gives back the pages of the send buffer's chunks whose data the client acknowledged, unless the data
@@ -105,13 +99,8 @@ impl Connection {
             .released
             .max(position.start + reused.saturating_sub(position.start).next_multiple_of(chunk));
         position.released = chunk_end;
-        let mut at = start;
-        while at < chunk_end {
-            let offset = ((at - position.start) % TX_BUFFER as u64) as usize;
-            let len = ((chunk_end - at) as usize).min(TX_BUFFER - offset);
-            self.memory.release(RX_BUFFER + offset, len);
-            at += len as u64;
-        }
+        let (from, to) = (start - position.start, chunk_end - position.start);
+        self.memory.release_ring(RX_BUFFER, TX_BUFFER, from, to);
     }
 
     /// Releases the pages of both buffers once they stayed empty, with no data through them, for
