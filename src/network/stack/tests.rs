@@ -301,11 +301,12 @@ fn a_reply_lost_in_the_tunnel_is_resent_each_time_the_client_repeats_its_request
         let (request, out) = request_and_reply(&mut stack, &mut client, id);
         assert_eq!(data(&out.events), b"request");
         assert_eq!(out.packets.len(), 1, "the reply went out");
-        let now = stack.now();
 
-        // Long before the stack's retransmission timer, the client repeats its request: the reply is sent
-        // again at once. The first resend is lost too; the second arrives.
+        // Long before the stack's retransmission timer, the client repeats its request (on its own timer, after
+        // 200 ms): the reply is sent again at once. The first resend is lost too; the second arrives.
         for attempt in 0..2 {
+            stack.advance(Duration::from_millis(200));
+            let now = stack.now();
             let mut out = Outputs::default();
             stack.receive(0, endpoint, request.clone(), &mut out);
             stack.flush(&mut out);

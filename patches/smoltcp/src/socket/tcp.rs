@@ -526,6 +526,10 @@ enum Timer {
     },
 }
 
+/// The shortest wait of the loss-detection timers (tail loss probe, lost retransmission): a
+/// round trip measured in milliseconds may read as none.
+const TIMER_FLOOR: Duration = Duration::from_millis(10);
+
 /// How many SACKed ranges the sender remembers (the peer reports at most 3 per segment, but a
 /// window of megabytes on a lossy path has dozens of holes: with only the lowest few known, the
 /// data beyond them is resent for nothing or waits for the retransmission timeout).
@@ -789,6 +793,14 @@ pub struct Socket<'a> {
     /// During loss recovery: how many holes the ACKs received allow to retransmit, one
     /// each, when several arrive before the socket is dispatched.
     rexmit_credit: u16,
+    /// When a tail loss probe is due (RFC 8985): no ACK came for two round trips while data
+    /// is in flight, so one segment goes out to draw the SACKs that start loss recovery,
+    /// instead of waiting for the retransmission timeout.
+    probe_at: Option<Instant>,
+    /// The probe is due: the next segment goes out whatever the congestion window and pacing.
+    probe_pending: bool,
+    /// A probe was sent: any SACKed data beyond a hole now shows the hole lost.
+    probed: bool,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -900,6 +912,9 @@ impl<'a> Socket<'a> {
             rexmit_next: TcpSeqNumber::default(),
             rexmit_at: Instant::from_millis(0),
             rexmit_credit: 0,
+            probe_at: None,
+            probe_pending: false,
+            probed: false,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -1315,6 +1330,9 @@ impl<'a> Socket<'a> {
         self.challenge_ack_timer = Instant::from_secs(0);
         self.sacked = [None; SACK_SCOREBOARD_LEN];
         self.recovery_point = None;
+        self.probe_at = None;
+        self.probe_pending = false;
+        self.probed = false;
 
         #[cfg(feature = "async")]
         {
@@ -1917,6 +1935,43 @@ impl<'a> Socket<'a> {
         let offset = start - self.local_seq_no;
         let len = (end - start).min(self.tx_buffer.len().saturating_sub(offset));
         (len > 0).then_some((start, len))
+    }
+
+    /// How long a retransmission goes unacknowledged before it counts as lost: a round trip
+    /// and a quarter, and at least the 10 ms a millisecond clock can tell from no time.
+    fn lost_retransmission_wait(&self) -> Duration {
+        (self.rtte.round_trip() * 5 / 4).max(TIMER_FLOOR)
+    }
+
+    /// When a tail loss probe sent now would be due: two round trips from now (RFC 8985's PTO,
+    /// at least 10 ms), if that is before the retransmission timeout; only with SACK, outside
+    /// loss recovery, and with data in flight.
+    fn tail_probe_at(&self, now: Instant) -> Option<Instant> {
+        let Timer::Retransmit { expires_at } = self.timer else {
+            return None;
+        };
+        if !self.remote_has_sack
+            || !self.rtte.have_measurement
+            || self.recovery_point.is_some()
+            || self.flight_size() == 0
+            || !matches!(self.state, State::Established | State::CloseWait)
+        {
+            return None;
+        }
+        let at = now + (self.rtte.round_trip() * 2).max(TIMER_FLOOR);
+        (at < expires_at).then_some(at)
+    }
+
+    /// What a tail loss probe resends when no new data can go: the last segment sent.
+    fn tail_probe_segment(&self, mss: usize) -> Option<(TcpSeqNumber, usize)> {
+        let flight = self.flight_size().min(self.tx_buffer.len());
+        let unsent = self.tx_buffer.len() - flight;
+        let window_end = self.local_seq_no + self.remote_win_len;
+        if unsent > 0 && window_end > self.remote_last_seq {
+            return None;
+        }
+        let len = flight.min(mss);
+        (len > 0).then(|| (self.local_seq_no + (flight - len), len))
     }
 
     /// Moves the next sequence number to send past the data the remote holds already (after
@@ -2675,19 +2730,9 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
-                        if self.recovery_point.is_none() {
-                            self.timer.set_for_fast_retransmit();
-                            net_debug!("started fast retransmit");
-                        } else if self.next_hole().is_none()
-                            && cx.now() >= self.rexmit_at + self.rtte.round_trip()
-                        {
-                            // Every hole was retransmitted more than a round trip ago, and three
-                            // more duplicates came: a retransmission was lost as well. Start
-                            // over from the first hole rather than wait for the timer.
-                            net_debug!("retransmission lost, resending the holes");
-                            self.rexmit_next = self.local_seq_no;
-                        }
+                    if self.local_rx_dup_acks == 3 && self.recovery_point.is_none() {
+                        self.timer.set_for_fast_retransmit();
+                        net_debug!("started fast retransmit");
                     }
 
                     // Notify of duplicate ACK
@@ -2768,9 +2813,11 @@ impl<'a> Socket<'a> {
             // RFC 6675 (IsLost): data SACKed three segments beyond a hole shows it lost, even
             // when no three ACKs in a row count as duplicates (a peer whose window moves with
             // each ACK, as Linux's does while its application reads, never sends any).
+            // After a tail loss probe, the probe SACKed beyond a hole is enough (RFC 8985).
+            let sacked = self.sacked_len();
             if self.recovery_point.is_none()
                 && !self.timer.is_retransmit_now()
-                && self.sacked_len() >= 3 * self.remote_mss
+                && (sacked >= 3 * self.remote_mss || (self.probed && sacked > 0))
             {
                 net_debug!("started fast retransmit: data SACKed beyond a hole");
                 self.timer.set_for_fast_retransmit();
@@ -2780,6 +2827,17 @@ impl<'a> Socket<'a> {
                     net_debug!("loss recovery ends");
                     self.recovery_point = None;
                     self.rexmit_credit = 0;
+                } else if self.next_hole().is_none()
+                    && cx.now() >= self.rexmit_at + self.lost_retransmission_wait()
+                {
+                    // Every hole was resent more than a round trip (and a quarter, for
+                    // jitter) ago, yet ACKs of later data keep coming: a retransmission was
+                    // lost too (RFC 8985's timing, with one send time for all of them).
+                    // Start over from the first hole rather than wait for the timer.
+                    net_debug!("retransmission lost, resending the holes");
+                    self.rexmit_next = self.local_seq_no;
+                    self.pending_fast_retransmit = true;
+                    self.rexmit_credit = self.rexmit_credit.saturating_add(1);
                 } else if self.next_hole().is_some() {
                     self.pending_fast_retransmit = true;
                     self.rexmit_credit = self.rexmit_credit.saturating_add(1);
@@ -2798,10 +2856,17 @@ impl<'a> Socket<'a> {
                 if ack_all {
                     // RFC 6298: (5.2) ACK of all outstanding data turn off the retransmit timer.
                     self.timer.set_for_idle(cx.now(), self.keep_alive);
+                    self.probe_at = None;
+                    self.probed = false;
                 } else if ack_len > 0 {
                     // (5.3) ACK of new data in ESTABLISHED state restart the retransmit timer.
                     let rto = self.rtte.retransmission_timeout();
                     self.timer.set_for_retransmit(cx.now(), rto);
+                    if self.sacked_len() == 0 {
+                        // Nothing is missing below what was acknowledged: a probe found no loss.
+                        self.probed = false;
+                    }
+                    self.probe_at = self.tail_probe_at(cx.now());
                 }
             }
             Timer::Idle { .. } => {
@@ -2935,8 +3000,9 @@ impl<'a> Socket<'a> {
     /// Whether a segment with data or flags is due: at `now` with pacing, or disregarding
     /// pacing with `None`.
     fn seq_due(&self, cx: &mut Context, now: Option<Instant>) -> bool {
-        // Fast retransmits should always send, even if later congestion checks would disallow
-        if self.pending_fast_retransmit && self.next_hole().is_some() {
+        // Fast retransmits should always send, even if later congestion checks would disallow;
+        // so does a tail loss probe.
+        if self.pending_fast_retransmit && self.next_hole().is_some() || self.probe_pending {
             return true;
         }
 
@@ -3132,6 +3198,8 @@ impl<'a> Socket<'a> {
                 self.remote_last_seq = self.local_seq_no;
                 self.recovery_point = None;
                 self.rexmit_credit = 0;
+                self.probe_at = None;
+                self.probed = false;
 
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
@@ -3150,6 +3218,8 @@ impl<'a> Socket<'a> {
                 self.rexmit_next = self.local_seq_no;
                 self.rexmit_credit = 1;
                 self.pending_fast_retransmit = true;
+                self.probe_at = None;
+                self.probed = false;
             }
 
             // Clear the `should_retransmit` state. If we can't retransmit right
@@ -3161,6 +3231,15 @@ impl<'a> Socket<'a> {
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
             self.slow_start_exit.on_retransmit();
+        }
+
+        if self.probe_at.is_some_and(|at| at <= cx.now()) {
+            self.probe_at = None;
+            if self.recovery_point.is_none() && self.timer.is_retransmit() {
+                net_debug!("sending a tail loss probe");
+                self.probe_pending = true;
+                self.probed = true;
+            }
         }
 
         #[cfg(feature = "socket-tcp-pause-synack")]
@@ -3284,22 +3363,27 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
-                let hole = match self.pending_fast_retransmit {
-                    true => self.next_hole(),
-                    false => None,
+                let probe = self.probe_pending && !self.pending_fast_retransmit;
+                self.probe_pending = false;
+                let hole = match (self.pending_fast_retransmit, probe) {
+                    (true, _) => self.next_hole(),
+                    (false, true) => self.tail_probe_segment(effective_mss),
+                    (false, false) => None,
                 };
                 self.pending_fast_retransmit = false;
                 let offset = if let Some((seq, len)) = hole {
                     let offset = seq - self.local_seq_no;
                     repr.seq_number = seq;
                     repr.payload = self.tx_buffer.get_allocated(offset, effective_mss.min(len));
-                    self.rexmit_next = seq + repr.payload.len();
-                    self.rexmit_at = cx.now();
-                    self.rexmit_credit = self.rexmit_credit.saturating_sub(1);
-                    self.pending_fast_retransmit =
-                        self.rexmit_credit > 0 && self.next_hole().is_some();
-                    if !self.pending_fast_retransmit {
-                        self.rexmit_credit = 0;
+                    if !probe {
+                        self.rexmit_next = seq + repr.payload.len();
+                        self.rexmit_at = cx.now();
+                        self.rexmit_credit = self.rexmit_credit.saturating_sub(1);
+                        self.pending_fast_retransmit =
+                            self.rexmit_credit > 0 && self.next_hole().is_some();
+                        if !self.pending_fast_retransmit {
+                            self.rexmit_credit = 0;
+                        }
                     }
                     // Karn: no RTT sample from an ACK that may be of the retransmission.
                     self.rtte.on_retransmit();
@@ -3368,6 +3452,9 @@ impl<'a> Socket<'a> {
                         // zero length would stall the connection if a window update from
                         // the remote got lost.
                         win_limit.min(device_limit)
+                    } else if probe {
+                        // A probe of new data: one segment, whatever the congestion window.
+                        win_limit.min(effective_mss)
                     } else {
                         win_limit.min(device_limit).min(self.cwnd_remaining())
                     };
@@ -3525,6 +3612,9 @@ impl<'a> Socket<'a> {
             let rto = self.rtte.retransmission_timeout();
             self.timer.set_for_retransmit(cx.now(), rto);
         }
+        if new_data && !self.probed {
+            self.probe_at = self.tail_probe_at(cx.now());
+        }
         let sent_len = repr.segment_len();
         self.pace(cx.now(), sent_len);
 
@@ -3583,9 +3673,12 @@ impl<'a> Socket<'a> {
                 (_, _) => PollAt::Ingress,
             };
 
+            let probe_poll_at = self.probe_at.map_or(PollAt::Ingress, PollAt::Time);
+
             // We wait for the earliest of our timers to fire.
             *[
                 self.timer.poll_at(),
+                probe_poll_at,
                 timeout_poll_at,
                 delayed_ack_poll_at,
                 pacing_poll_at,
@@ -7788,9 +7881,14 @@ mod test {
 
     /// A socket with SACK that sent `data` in segments of 3 octets, none acknowledged yet.
     fn socket_sack_flight(data: &'static [u8]) -> TestSocket {
+        socket_flight(data, true)
+    }
+
+    /// A socket that sent `data` in segments of 3 octets, none acknowledged yet.
+    fn socket_flight(data: &'static [u8], sack: bool) -> TestSocket {
         let mut s = socket_established();
         s.remote_mss = 3;
-        s.remote_has_sack = true;
+        s.remote_has_sack = sack;
         s.rtte.sample(20);
         send!(s, time 0, TcpRepr {
             seq_number: REMOTE_SEQ + 1,
@@ -7856,19 +7954,19 @@ mod test {
         send!(s, time 56, dup_ack([sack_block(15, 24), sack_block(9, 12), sack_block(3, 6)]));
         recv_nothing!(s, time 56);
         // The retransmissions arrive; the last ACK covers the recovery point and ends it.
-        send!(s, time 100, TcpRepr {
+        send!(s, time 70, TcpRepr {
             seq_number: REMOTE_SEQ + 1,
             ack_number: Some(LOCAL_SEQ + 1 + 9),
             sack_ranges: [sack_block(15, 24), None, None],
             ..SEND_TEMPL
         });
-        recv_nothing!(s, time 100);
-        send!(s, time 101, TcpRepr {
+        recv_nothing!(s, time 70);
+        send!(s, time 71, TcpRepr {
             seq_number: REMOTE_SEQ + 1,
             ack_number: Some(LOCAL_SEQ + 1 + 24),
             ..SEND_TEMPL
         });
-        recv_nothing!(s, time 101);
+        recv_nothing!(s, time 71);
         assert_eq!(s.recovery_point, None);
         assert_eq!(s.sacked, [None; SACK_SCOREBOARD_LEN]);
         assert!(s.tx_buffer.is_empty());
@@ -7935,7 +8033,43 @@ mod test {
 
     #[test]
     fn test_sack_recovery_resends_a_lost_retransmission() {
-        // aaa is lost, then its retransmission too; three more duplicates resend it again.
+        // aaa is lost, then its retransmission too. The duplicates go on (the peer receives
+        // later data); the first that comes a round trip and a quarter (25 ms) after the
+        // retransmission resends it again, without waiting for the timer.
+        let mut s = socket_sack_flight(b"aaaBBB");
+        let dup_ack = TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(3, 6), None, None],
+            ..SEND_TEMPL
+        };
+        let resent = TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        };
+        for t in 30..33 {
+            send!(s, time t, dup_ack.clone());
+        }
+        recv!(s, time 33, [resent.clone()]);
+        for t in (34..58).step_by(4) {
+            send!(s, time t, dup_ack.clone());
+            recv_nothing!(s, time t);
+        }
+        send!(s, time 58, dup_ack.clone());
+        recv!(s, time 58, [resent.clone()]);
+        // And again, a round trip and a quarter after that one.
+        send!(s, time 80, dup_ack.clone());
+        recv_nothing!(s, time 80);
+        send!(s, time 83, dup_ack);
+        recv!(s, time 83, [resent]);
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_a_lost_retransmission_after_a_window_update() {
+        // aaa is lost, then its retransmission too; a window update in between does not
+        // hide the duplicates that follow.
         let mut s = socket_sack_flight(b"aaaBBB");
         let dup_ack = TcpRepr {
             seq_number: REMOTE_SEQ + 1,
@@ -8007,15 +8141,23 @@ mod test {
 
     #[test]
     fn test_retransmit_after_rto_skips_sacked_data() {
-        // aaa and ccc are lost, and too few duplicates come back for a fast retransmit: after
+        // aaa and ccc are lost, and too few duplicates come back for a fast retransmit; the
+        // tail loss probe (DDD again, two round trips after the flight) is lost too: after
         // the retransmission timeout only the holes go out again.
         let mut s = socket_sack_flight(b"aaaBBBcccDDD");
-        send!(s, time 50, TcpRepr {
+        send!(s, time 30, TcpRepr {
             seq_number: REMOTE_SEQ + 1,
             ack_number: Some(LOCAL_SEQ + 1),
             sack_ranges: [sack_block(9, 12), sack_block(3, 6), None],
             ..SEND_TEMPL
         });
+        recv_nothing!(s, time 39);
+        recv!(s, time 40, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 9,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"DDD"[..],
+            ..RECV_TEMPL
+        }]);
         recv_nothing!(s, time 199);
         recv!(s, time 200, [TcpRepr {
             seq_number: LOCAL_SEQ + 1,
@@ -8030,6 +8172,110 @@ mod test {
         }]);
     }
 
+    #[test]
+    fn test_tail_loss_probe_starts_recovery_before_the_timeout() {
+        // The last two segments of a flight are lost and nothing comes back. Two round trips
+        // (40 ms) after the flight the last segment goes out again; its SACK shows the hole
+        // below it, and recovery resends that at once, long before the timeout (200 ms).
+        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
+        send!(s, time 20, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        recv_nothing!(s, time 59);
+        recv!(s, time 60, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 9,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"DDD"[..],
+            ..RECV_TEMPL
+        }]);
+        // Only one probe.
+        recv_nothing!(s, time 150);
+        send!(s, time 151, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            sack_ranges: [sack_block(9, 12), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 151, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"ccc"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 171, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 12),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recovery_point, None);
+        assert!(s.tx_buffer.is_empty());
+        assert!(!s.timer.is_retransmit());
+        recv_nothing!(s, time 400);
+    }
+
+    #[test]
+    fn test_tail_loss_probe_that_repairs_the_loss() {
+        // Only the last segment is lost: the probe repairs it, the ACK of everything ends it,
+        // and no recovery follows.
+        let mut s = socket_sack_flight(b"aaaBBB");
+        recv!(s, time 40, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"BBB"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 60, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recovery_point, None);
+        assert!(!s.probed);
+        recv_nothing!(s, time 400);
+    }
+
+    #[test]
+    fn test_no_tail_loss_probe_without_sack() {
+        // Without SACK the probe's answer could not show a hole: the timer alone resends.
+        let mut s = socket_flight(b"aaaBBB", false);
+        recv_nothing!(s, time 199);
+        recv!(s, time 200, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }, TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"BBB"[..],
+            ..RECV_TEMPL
+        }]);
+    }
+
+    #[test]
+    fn test_tail_loss_probe_waits_while_acks_come() {
+        // ACKs of new data keep coming: each pushes the probe two round trips further.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
+        let mut due = 0;
+        for (t, acked) in [(30, 3), (60, 6), (90, 9)] {
+            send!(s, time t, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + acked),
+                ..SEND_TEMPL
+            });
+            due = t + 2 * s.rtte.round_trip().total_millis() as i64;
+            recv_nothing!(s, time due.min(t + 30) - 1);
+        }
+        recv_nothing!(s, time due - 1);
+        recv!(s, time due, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 9,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"DDD"[..],
+            ..RECV_TEMPL
+        }]);
+    }
     #[test]
     fn test_fast_retransmit_duplicate_detection_with_data() {
         let mut s = socket_established();
