@@ -64,13 +64,12 @@ fn furthest(end: &mut Option<u32>, to: u32) {
 
 /// The client sent again data that the stack had acknowledged: it did not receive that acknowledgement, so it did
 /// not receive the segment that carried it either. The stack resends its oldest unacknowledged segment now
-/// instead of waiting for its retransmission timer (smoltcp's minimum is 1 s; a kernel would have sent a tail
-/// loss probe long before). smoltcp offers no call for that, but it retransmits on the third duplicate
-/// acknowledgement, and the client's segment stands for one: the bare acknowledgements fed to it here are that
-/// segment without its data, at the current sequence number. smoltcp counts duplicates until an acknowledgement
-/// changes something, and retransmits only when the count reaches three exactly; so the first one fed differs
-/// in its window, and the next one (back to the client's window) starts the count afresh: a reply lost twice
-/// is resent twice.
+/// instead of waiting for its retransmission timer (its tail loss probe, one per flight, may be spent already).
+/// smoltcp offers no call for that, but it retransmits on the third duplicate acknowledgement, and the client's
+/// segment stands for one: the bare acknowledgements fed to it here are that segment without its data, at the
+/// current sequence number. The first one differs in its window, so that the count of duplicates starts afresh.
+/// If the stack is in loss recovery already, the same acknowledgements resend the reply once its last resend is
+/// older than a round trip (smoltcp-rack-tlp.patch): a reply lost twice is resent twice.
 pub(super) fn resend_lost(
     iface: &mut Interface,
     device: &mut VirtualDevice,
