@@ -300,6 +300,8 @@ struct RateMark {
     /// What was delivered when it was sent, and when that was.
     delivered: u64,
     delivered_time: Instant,
+    /// When the newest segment delivered by then was sent.
+    first_sent: Instant,
 }
 
 /// Delivery-rate samples for a model-based congestion controller, after the IETF draft
@@ -316,6 +318,8 @@ struct RateSampler {
     /// Bytes delivered so far, and when the count last grew.
     delivered: u64,
     delivered_time: Instant,
+    /// When the newest timed segment delivered so far was sent.
+    first_sent: Instant,
     /// The highest sequence number sent so far: data sent again after a retransmission timeout
     /// is not timed (Karn).
     highest_sent: Option<TcpSeqNumber>,
@@ -330,11 +334,13 @@ impl Default for RateSampler {
                 sent: zero,
                 delivered: 0,
                 delivered_time: zero,
+                first_sent: zero,
             }; RATE_MARKS],
             head: 0,
             len: 0,
             delivered: 0,
             delivered_time: zero,
+            first_sent: zero,
             highest_sent: None,
         }
     }
@@ -346,6 +352,7 @@ impl RateSampler {
         if idle {
             // The time the connection idled is no time of delivery.
             self.delivered_time = now;
+            self.first_sent = now;
         }
         if self.highest_sent.is_some_and(|highest| seq_end <= highest) {
             return;
@@ -366,6 +373,7 @@ impl RateSampler {
                 sent: now,
                 delivered: self.delivered,
                 delivered_time: self.delivered_time,
+                first_sent: self.first_sent,
             };
             self.len += 1;
         }
@@ -377,17 +385,28 @@ impl RateSampler {
         self.len = 0;
     }
 
-    /// An ACK up to `ack`, with `delivered` bytes delivered so far: the delivery rate (bytes per
-    /// second) and the round trip of the latest timed segment that it covers, if any.
+    /// An ACK up to `ack`, with `delivered` bytes delivered so far and the data up to `highest`
+    /// known delivered (acknowledged or SACKed): the delivery rate (bytes per second) and the
+    /// round trip of the latest timed segment that it covers, if any.
     fn on_ack(
         &mut self,
         now: Instant,
         ack: TcpSeqNumber,
+        highest: TcpSeqNumber,
         delivered: u64,
     ) -> Option<(Option<u64>, Duration)> {
         if delivered > self.delivered {
             self.delivered = delivered;
             self.delivered_time = now;
+            // SACKed segments count as delivered when they arrive: the newest timed one among
+            // them is the one sent last.
+            for i in 0..self.len {
+                let mark = self.marks[(self.head + i) % RATE_MARKS];
+                if mark.seq_end > highest {
+                    break;
+                }
+                self.first_sent = mark.sent;
+            }
         }
         let mut covered = None;
         while self.len > 0 && self.marks[self.head].seq_end <= ack {
@@ -396,7 +415,12 @@ impl RateSampler {
             self.len -= 1;
         }
         let mark = covered?;
-        let interval = (now - mark.delivered_time).total_micros();
+        self.first_sent = mark.sent;
+        // The longer of the two intervals (the draft's): ACKs that arrive bunched up would
+        // shorten the one they end, and show a rate faster than the data was sent at.
+        let ack_elapsed = now - mark.delivered_time;
+        let send_elapsed = mark.sent - mark.first_sent;
+        let interval = ack_elapsed.max(send_elapsed).total_micros();
         let rate = (interval > 0).then(|| (self.delivered - mark.delivered) * 1_000_000 / interval);
         Some((rate, now - mark.sent))
     }
@@ -2798,7 +2822,15 @@ impl<'a> Socket<'a> {
             self.sack_prune();
             if self.congestion_controller.inner().wants_rate_samples() {
                 let delivered = self.acked_total + self.sacked_len() as u64;
-                if let Some((rate, rtt)) = self.rate_sampler.on_ack(cx.now(), ack_number, delivered)
+                let highest = self
+                    .sacked
+                    .iter()
+                    .flatten()
+                    .map(|&(_, right)| right)
+                    .fold(ack_number, |a, b| a.max(b));
+                if let Some((rate, rtt)) =
+                    self.rate_sampler
+                        .on_ack(cx.now(), ack_number, highest, delivered)
                 {
                     let (delivered, pipe) = (self.rate_sampler.delivered, self.pipe());
                     self.congestion_controller.inner_mut().on_rate_sample(
@@ -11561,17 +11593,17 @@ mod test {
         assert_eq!(r.len, 3);
         // The first is acknowledged after 50 ms: 1000 octets in 50 ms.
         assert_eq!(
-            r.on_ack(ms(50), seq(1000), 1000),
+            r.on_ack(ms(50), seq(1000), seq(1000), 1000),
             Some((Some(20_000), Duration::from_millis(50)))
         );
         // The second is lost; three more are SACKed: delivered, though the ACK stays.
-        assert_eq!(r.on_ack(ms(54), seq(1000), 4000), None);
+        assert_eq!(r.on_ack(ms(54), seq(1000), seq(5000), 4000), None);
         // A segment sent now starts from what was delivered, SACKed data included.
         r.on_send(ms(60), seq(11000), srtt, false);
         // The hole is filled and everything acknowledged at 110 ms: the last timed segment saw
         // 7000 octets delivered in the 56 ms since the SACK at 54 ms.
         assert_eq!(
-            r.on_ack(ms(110), seq(11000), 11000),
+            r.on_ack(ms(110), seq(11000), seq(11000), 11000),
             Some((Some(125_000), Duration::from_millis(50)))
         );
         assert_eq!(r.len, 0);
@@ -11599,6 +11631,24 @@ mod test {
         None
     }
 
+    #[test]
+    fn test_rate_sampler_is_not_fooled_by_bunched_acks() {
+        let ms = Instant::from_millis;
+        let seq = |n: usize| TcpSeqNumber(n as i32);
+        let srtt = Duration::from_millis(100);
+        let mut r = RateSampler::default();
+        // Ten segments of 1000 octets, 10 ms apart from idle: 100 kB/s.
+        for i in 0..10 {
+            r.on_send(ms(10 * i as i64), seq(1000 * (i + 1)), srtt, i == 0);
+        }
+        // The first is acknowledged a round trip later, and the eleventh segment goes out.
+        assert!(r.on_ack(ms(100), seq(1000), seq(1000), 1000).is_some());
+        r.on_send(ms(100), seq(11000), srtt, false);
+        // The ACKs of the rest arrive bunched up, 50 ms later, the eleventh's with them: ten
+        // segments in 50 ms since the first ACK, but they were sent over 100 ms.
+        let (rate, _) = r.on_ack(ms(150), seq(11000), seq(11000), 11000).unwrap();
+        assert_eq!(rate, Some(100_000));
+    }
     #[test]
     fn test_slow_start_exit_on_round_trip_growth() {
         // Round trips of 50 ms throughout: no exit.

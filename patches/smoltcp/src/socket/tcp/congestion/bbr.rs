@@ -20,6 +20,10 @@ const HIGH_GAIN: f64 = 2.885;
 /// then cruise.
 const PACING_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
 const CWND_GAIN: f64 = 2.0;
+/// Pacing 1% below the estimate (as Linux's BBR does): the estimate is the largest of noisy
+/// samples, and pacing at it puts a little more into a bottleneck than leaves it, a queue that
+/// grows all the while the rate cruises.
+const PACING_MARGIN: f64 = 0.99;
 /// Rounds over which the bottleneck rate is the largest sample.
 const BW_ROUNDS: usize = 10;
 /// How long the round-trip propagation time lasts without a new minimum, and then how long
@@ -227,7 +231,7 @@ impl Controller for Bbr {
     fn pacing_rate(&self) -> Option<u64> {
         match self.bandwidth() {
             0 => None,
-            bw => Some((bw as f64 * self.pacing_gain()) as u64),
+            bw => Some((bw as f64 * self.pacing_gain() * PACING_MARGIN) as u64),
         }
     }
 
@@ -326,8 +330,40 @@ mod test {
             now = run(&mut bbr, now, 50, 10_000_000, rtt);
             rates.insert(bbr.pacing_rate().unwrap());
         }
-        assert!(rates.contains(&12_500_000), "{rates:?}");
-        assert!(rates.contains(&10_000_000), "{rates:?}");
+        assert!(rates.contains(&12_375_000), "{rates:?}");
+        assert!(rates.contains(&9_900_000), "{rates:?}");
+    }
+
+    #[test]
+    fn test_noisy_samples_do_not_pace_above_the_bottleneck() {
+        let mut bbr = Bbr::new();
+        bbr.set_mss(MSS);
+        let rtt = Duration::from_millis(50);
+        let rate = 10_000_000;
+        let mut now = run(&mut bbr, Instant::from_millis(0), 2000, rate, rtt);
+        // Samples of a full bottleneck scatter by 1% around its rate: the estimate is the
+        // largest, but cruising paces at most at the rate itself.
+        for i in 0..2000u64 {
+            now += Duration::from_millis(1);
+            let sample = if i % 2 == 0 {
+                rate + rate / 100
+            } else {
+                rate - rate / 100
+            };
+            bbr.delivered += sample / 1000;
+            let (delivered, in_flight) = (bbr.delivered, bbr.window() / 2);
+            bbr.on_rate_sample(now, delivered, Some(sample), rtt, in_flight);
+            if let Mode::ProbeBw { phase, .. } = bbr.mode
+                && PACING_GAINS[phase] == 1.0
+            {
+                assert!(
+                    bbr.pacing_rate().unwrap() <= rate,
+                    "{:?}",
+                    bbr.pacing_rate()
+                );
+            }
+        }
+        assert_eq!(bbr.bandwidth(), rate + rate / 100);
     }
 
     #[test]
