@@ -64,6 +64,16 @@ impl Client {
         self.sockets.get_mut(self.handle)
     }
 
+    /// Reads everything that arrived in order into `into`.
+    pub(super) fn read_into(&mut self, into: &mut Vec<u8>) {
+        while let Ok(chunk) = self.socket().recv(|b| (b.len(), b.to_vec())) {
+            if chunk.is_empty() {
+                break;
+            }
+            into.extend(chunk);
+        }
+    }
+
     /// Exchanges packets between client and stack until neither has more to say; returns Python's events.
     pub(super) fn pump(&mut self, stack: &mut TestStack) -> Vec<NetworkToPython> {
         self.pump_through(stack, Some)

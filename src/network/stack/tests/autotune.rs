@@ -52,12 +52,7 @@ impl Lane {
             client.device.rx = Some(p);
             client.iface.poll(now, &mut client.device, &mut client.sockets);
         }
-        while let Ok(chunk) = client.socket().recv(|b| (b.len(), b.to_vec())) {
-            if chunk.is_empty() {
-                break;
-            }
-            self.received.extend(chunk);
-        }
+        client.read_into(&mut self.received);
         if self.sending && client.socket().may_send() {
             let room = client.socket().send_capacity() - client.socket().send_queue();
             client.socket().send_slice(&vec![7; room]).unwrap();

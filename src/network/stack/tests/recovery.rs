@@ -1,90 +1,121 @@
-//! Loss recovery of the stack's own data (patches/README.md, smoltcp-sack-recovery): several segments of one
-//! flight lost in the tunnel are resent once each, and only they, on the client's acknowledgements, without
-//! waiting for a retransmission timeout.
+//! Loss recovery of the stack's own data (patches/README.md, smoltcp-sack-recovery and smoltcp-rack-tlp): segments
+//! lost in the tunnel are resent once each, and only they, on the client's acknowledgements or after a tail loss
+//! probe, without waiting for a retransmission timeout.
 
 use std::collections::BTreeSet;
 
 use super::*;
 
-/// The indices, in sending order, of the data segments of the first flight that the tunnel loses.
-const LOSSES: &[usize] = &[4, 11, 19];
+/// The tunnel between the stack and one client, losing data segments of the stack's by their number in sending
+/// order; what the client read.
+struct LossyTunnel<F: Fn(usize) -> bool> {
+    lost: F,
+    /// Data segments the stack sent so far, and where each began.
+    data_segments: usize,
+    starts: BTreeSet<u32>,
+    downloaded: Vec<u8>,
+}
 
-#[test]
-fn sack_recovery_of_several_losses_in_a_window_resends_only_the_lost_segments() {
-    let mut stack = stack();
-    let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
-    // Every acknowledgement at once: nothing here needs the clock to move.
-    client.socket().set_ack_delay(None);
-    let id = established(&client.pump(&mut stack));
-    let start = stack.clock;
-
-    // Less than the send buffer, so that one flight carries it all.
-    let download: Vec<u8> = (0..(INITIAL_SEND_BUFFER as u32 - 4096))
-        .map(|i| (i % 251) as u8)
-        .collect();
-    let mut out = Outputs::default();
-    stack.handle(
-        PythonToNetwork::Write {
-            id,
-            data: download.clone(),
-        },
-        &mut out,
-    );
-    stack.flush(&mut out);
-
-    let (mut data_segments, mut starts) = (0, BTreeSet::new());
-    let mut to_client: Vec<Vec<u8>> = out.packets.into_iter().map(|(_, p)| p).collect();
-    let mut downloaded = vec![];
-    for _ in 0..100 {
-        if to_client.is_empty() {
-            break;
+impl<F: Fn(usize) -> bool> LossyTunnel<F> {
+    fn new(lost: F) -> Self {
+        Self {
+            lost,
+            data_segments: 0,
+            starts: BTreeSet::new(),
+            downloaded: vec![],
         }
+    }
+
+    /// Delivers the stack's packets to the client (but the lost ones), lets it read, and hands its
+    /// acknowledgements to the stack: the stack's answers, and whether the client had anything to send.
+    fn exchange(
+        &mut self,
+        stack: &mut TestStack,
+        client: &mut Client,
+        to_client: Vec<Vec<u8>>,
+    ) -> (Vec<Vec<u8>>, bool) {
         let now = stack.now();
-        for p in to_client.drain(..) {
+        for p in to_client {
             let segment = packet::sent_segment(&p).unwrap();
             if segment.has_data {
-                data_segments += 1;
-                starts.insert(segment.seq);
-                if LOSSES.contains(&(data_segments - 1)) {
+                self.data_segments += 1;
+                self.starts.insert(segment.seq);
+                if (self.lost)(self.data_segments - 1) {
                     continue;
                 }
             }
             client.device.rx = Some(p);
             client.iface.poll(now, &mut client.device, &mut client.sockets);
         }
-        while let Ok(chunk) = client.socket().recv(|b| (b.len(), b.to_vec())) {
-            if chunk.is_empty() {
-                break;
-            }
-            downloaded.extend(chunk);
-        }
+        client.read_into(&mut self.downloaded);
         client.iface.poll(now, &mut client.device, &mut client.sockets);
+        let acks: Vec<_> = client.device.tx.drain(..).collect();
+        let client_spoke = !acks.is_empty();
         let mut out = Outputs::default();
-        for p in client.device.tx.drain(..) {
+        for p in acks {
             stack.receive(0, "127.0.0.1:9".parse().unwrap(), p, &mut out);
         }
         stack.flush(&mut out);
         stack.poll_timers(&mut out);
-        to_client.extend(out.packets.into_iter().map(|(_, p)| p));
+        (out.packets.into_iter().map(|(_, p)| p).collect(), client_spoke)
+    }
+}
+
+/// A connection on which Python wrote `download` at once: the packets of the stack's first flight.
+fn write_at_once(stack: &mut TestStack, client: &mut Client, download: &[u8]) -> Vec<Vec<u8>> {
+    // Every acknowledgement at once: nothing here needs the clock to move for the client.
+    client.socket().set_ack_delay(None);
+    let id = established(&client.pump(stack));
+    let mut out = Outputs::default();
+    stack.handle(
+        PythonToNetwork::Write {
+            id,
+            data: download.to_vec(),
+        },
+        &mut out,
+    );
+    stack.flush(&mut out);
+    out.packets.into_iter().map(|(_, p)| p).collect()
+}
+
+#[test]
+fn sack_recovery_of_several_losses_in_a_window_resends_only_the_lost_segments() {
+    // The data segments of the first flight that the tunnel loses, in sending order.
+    const LOSSES: &[usize] = &[4, 11, 19];
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    // Less than the send buffer, so that one flight carries it all.
+    let download: Vec<u8> = (0..(INITIAL_SEND_BUFFER as u32 - 4096))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut to_client = write_at_once(&mut stack, &mut client, &download);
+    let start = stack.clock;
+
+    let mut tunnel = LossyTunnel::new(|i| LOSSES.contains(&i));
+    for _ in 0..100 {
+        if to_client.is_empty() {
+            break;
+        }
+        to_client = tunnel.exchange(&mut stack, &mut client, to_client).0;
     }
 
-    assert_eq!(downloaded.len(), download.len(), "every byte arrived");
-    assert!(downloaded == download, "the download arrived intact");
+    assert_eq!(tunnel.downloaded.len(), download.len(), "every byte arrived");
+    assert!(tunnel.downloaded == download, "the download arrived intact");
     assert!(
-        starts.len() > LOSSES.iter().max().unwrap() + 3,
+        tunnel.starts.len() > LOSSES.iter().max().unwrap() + 3,
         "one flight: {} segments",
-        starts.len()
+        tunnel.starts.len()
     );
     assert_eq!(
-        data_segments,
-        starts.len() + LOSSES.len(),
+        tunnel.data_segments,
+        tunnel.starts.len() + LOSSES.len(),
         "only the lost segments were sent again"
     );
     assert_eq!(
         stack.clock, start,
         "recovered without any timer: the clock never moved"
     );
-    let conn = stack.connections.get_mut(&id).unwrap();
+    let (_, conn) = stack.connections.iter_mut().next().unwrap();
     assert_eq!(conn.socket().send_queue(), 0, "everything was acknowledged");
 }
 
@@ -97,64 +128,28 @@ fn a_lost_tail_is_resent_after_a_probe_long_before_the_retransmission_timeout() 
     const LOST_TAIL: usize = 3;
     let mut stack = stack();
     let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
-    client.socket().set_ack_delay(None);
-    let id = established(&client.pump(&mut stack));
-    let start = stack.clock;
-
     let download: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-    let mut out = Outputs::default();
-    stack.handle(
-        PythonToNetwork::Write {
-            id,
-            data: download.clone(),
-        },
-        &mut out,
-    );
-    stack.flush(&mut out);
-    let mut to_client: Vec<Vec<u8>> = out.packets.into_iter().map(|(_, p)| p).collect();
+    let mut to_client = write_at_once(&mut stack, &mut client, &download);
+    let start = stack.clock;
     let flight = to_client
         .iter()
         .filter(|p| packet::sent_segment(p).unwrap().has_data)
         .count();
     assert!(flight > LOST_TAIL + 3, "one flight: {flight} segments");
 
-    let (mut data_segments, mut downloaded) = (0, vec![]);
-    while stack.clock < start + Duration::from_millis(190) && downloaded.len() < download.len() {
-        let now = stack.now();
-        for p in to_client.drain(..) {
-            if packet::sent_segment(&p).unwrap().has_data {
-                data_segments += 1;
-                if (flight - LOST_TAIL..flight).contains(&(data_segments - 1)) {
-                    continue;
-                }
-            }
-            client.device.rx = Some(p);
-            client.iface.poll(now, &mut client.device, &mut client.sockets);
-        }
-        while let Ok(chunk) = client.socket().recv(|b| (b.len(), b.to_vec())) {
-            if chunk.is_empty() {
-                break;
-            }
-            downloaded.extend(chunk);
-        }
-        client.iface.poll(now, &mut client.device, &mut client.sockets);
-        let mut out = Outputs::default();
-        let acks: Vec<_> = client.device.tx.drain(..).collect();
-        if acks.is_empty() {
+    let mut tunnel = LossyTunnel::new(|i| (flight - LOST_TAIL..flight).contains(&i));
+    while stack.clock < start + Duration::from_millis(190) && tunnel.downloaded.len() < download.len() {
+        let (next, client_spoke) = tunnel.exchange(&mut stack, &mut client, to_client);
+        to_client = next;
+        if !client_spoke {
             // Quiet: let the clock run on, a millisecond at a time.
             stack.advance(Duration::from_millis(1));
         }
-        for p in acks {
-            stack.receive(0, "127.0.0.1:9".parse().unwrap(), p, &mut out);
-        }
-        stack.flush(&mut out);
-        stack.poll_timers(&mut out);
-        to_client.extend(out.packets.into_iter().map(|(_, p)| p));
     }
 
-    assert!(downloaded == download, "the download arrived intact");
+    assert!(tunnel.downloaded == download, "the download arrived intact");
     assert_eq!(
-        data_segments,
+        tunnel.data_segments,
         flight + LOST_TAIL,
         "only the lost segments were sent again"
     );

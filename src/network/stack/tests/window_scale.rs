@@ -104,12 +104,7 @@ fn a_scaled_window_closed_by_a_handler_that_waits_for_its_writes_still_takes_ack
         }
         sent += client.socket().send_slice(&upload[sent..]).unwrap();
         events.extend(client.pump_through(&mut stack, &mut tunnel));
-        while let Ok(chunk) = client.socket().recv(|b| (b.len(), b.to_vec())) {
-            if chunk.is_empty() {
-                break;
-            }
-            downloaded.extend(chunk);
-        }
+        client.read_into(&mut downloaded);
         for event in events.drain(..) {
             match event {
                 NetworkToPython::Drained { bytes, .. } => drained += bytes,
