@@ -3,8 +3,8 @@
 //! Each peer may hold `Limits::per_peer` connections and all peers together `Limits::total`, in whatever state
 //! (half-open, open, closing, TIME-WAIT), and of them `Limits::half_open_per_peer` half-open (a kernel's SYN
 //! backlog): a peer that sends SYNs to ever new destinations cannot take more than its share of the server's
-//! memory, nor all of it with a few others, and a flood of SYNs that are never completed takes a fraction of it. A SYN beyond a limit is dropped without an
-//! answer, as a kernel drops a SYN when its listen queue is full: the client sends it again after its timeout,
+//! memory, nor all of it with a few others, and a flood of SYNs that are never completed takes a fraction of it.
+//! A SYN beyond a limit is dropped without an answer, as a kernel drops a SYN when its listen queue is full: the client sends it again after its timeout,
 //! and gets its connection once room frees up (connections end, half-open ones time out) rather than an error.
 //! Refused SYNs are counted, and logged at most once a second.
 
@@ -100,9 +100,7 @@ impl Admission {
 
     /// A connection of `peer` completed its handshake.
     pub(super) fn established(&mut self, peer: PeerId) {
-        if let Some(half_open) = self.half_open.get_mut(peer) {
-            *half_open = half_open.saturating_sub(1);
-        }
+        self.handshake_over(peer);
     }
 
     /// A connection of `peer` is gone; `half_open`: it never completed its handshake.
@@ -112,7 +110,14 @@ impl Admission {
             self.total = self.total.saturating_sub(1);
         }
         if half_open {
-            self.established(peer);
+            self.handshake_over(peer);
+        }
+    }
+
+    /// A half-open connection of `peer` is half-open no more: it completed its handshake, or ended.
+    fn handshake_over(&mut self, peer: PeerId) {
+        if let Some(half_open) = self.half_open.get_mut(peer) {
+            *half_open = half_open.saturating_sub(1);
         }
     }
 
@@ -127,16 +132,20 @@ impl Admission {
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_peer_has_its_share_and_all_together_the_total() {
-        let mut admission = Admission {
+    fn with_limits(per_peer: usize, total: usize, half_open_per_peer: usize) -> Admission {
+        Admission {
             limits: Limits {
-                per_peer: 2,
-                total: 3,
-                half_open_per_peer: 2,
+                per_peer,
+                total,
+                half_open_per_peer,
             },
             ..Admission::default()
-        };
+        }
+    }
+
+    #[test]
+    fn each_peer_has_its_share_and_all_together_the_total() {
+        let mut admission = with_limits(2, 3, 2);
         let now = Instant::ZERO;
         for _ in 0..2 {
             assert!(admission.admit(0, now));
@@ -153,14 +162,7 @@ mod tests {
 
     #[test]
     fn half_open_connections_have_a_limit_of_their_own() {
-        let mut admission = Admission {
-            limits: Limits {
-                per_peer: 5,
-                total: 10,
-                half_open_per_peer: 2,
-            },
-            ..Admission::default()
-        };
+        let mut admission = with_limits(5, 10, 2);
         let now = Instant::ZERO;
         for _ in 0..2 {
             assert!(admission.admit(0, now));
