@@ -812,8 +812,14 @@ pub struct Socket<'a> {
     recovery_point: Option<TcpSeqNumber>,
     /// During loss recovery: everything below this was retransmitted already.
     rexmit_next: TcpSeqNumber,
-    /// When the last retransmission during loss recovery was sent.
+    /// During loss recovery: the first unacknowledged segment goes out again even when no
+    /// SACK block shows it lost (RFC 6675's first retransmission; a retransmission found
+    /// lost), once.
+    resend_first: bool,
+    /// When the last retransmission during loss recovery was sent, and what had been sent by
+    /// then: data SACKed beyond it left after that retransmission.
     rexmit_at: Instant,
+    rexmit_mark: TcpSeqNumber,
     /// During loss recovery: how many holes the ACKs received allow to retransmit, one
     /// each, when several arrive before the socket is dispatched.
     rexmit_credit: u16,
@@ -934,7 +940,9 @@ impl<'a> Socket<'a> {
             sacked: [None; SACK_SCOREBOARD_LEN],
             recovery_point: None,
             rexmit_next: TcpSeqNumber::default(),
+            resend_first: false,
             rexmit_at: Instant::from_millis(0),
+            rexmit_mark: TcpSeqNumber::default(),
             rexmit_credit: 0,
             probe_at: None,
             probe_pending: false,
@@ -1936,8 +1944,11 @@ impl<'a> Socket<'a> {
     }
 
     /// During loss recovery, the next range to retransmit and its largest length: the first
-    /// hole below a SACKed range not retransmitted yet or, without SACK information, the
+    /// hole below a SACKed range not retransmitted yet or, from a peer without SACK, the
     /// first unacknowledged segment (once per partial acknowledgement, as NewReno does).
+    /// A peer with SACK shows what it lacks: what it has not SACKed beyond the last SACKed
+    /// range may be on its way still, and resending it on each partial acknowledgement
+    /// would send the rest of the flight twice; it goes out only on `resend_first`.
     fn next_hole(&self) -> Option<(TcpSeqNumber, usize)> {
         self.recovery_point?;
         let mut start = self.rexmit_next.max(self.local_seq_no);
@@ -1951,7 +1962,10 @@ impl<'a> Socket<'a> {
         }
         let end = match end {
             Some(end) => end,
-            None if start == self.local_seq_no && start < self.remote_last_seq => {
+            None if (!self.remote_has_sack || self.resend_first)
+                && start == self.local_seq_no
+                && start < self.remote_last_seq =>
+            {
                 self.remote_last_seq
             }
             None => return None,
@@ -1959,6 +1973,15 @@ impl<'a> Socket<'a> {
         let offset = start - self.local_seq_no;
         let len = (end - start).min(self.tx_buffer.len().saturating_sub(offset));
         (len > 0).then_some((start, len))
+    }
+
+    /// Whether the peer SACKed data sent after the last retransmission, or nothing at all
+    /// (then its duplicate ACKs are all there is to go by).
+    fn sacked_after_retransmission(&self) -> bool {
+        match self.sacked.iter().flatten().last() {
+            Some(&(_, right)) => right > self.rexmit_mark,
+            None => true,
+        }
     }
 
     /// How long a retransmission goes unacknowledged before it counts as lost: a round trip
@@ -2859,15 +2882,21 @@ impl<'a> Socket<'a> {
                     net_debug!("loss recovery ends");
                     self.recovery_point = None;
                     self.rexmit_credit = 0;
-                } else if self.next_hole().is_none()
+                } else if ack_len == 0
+                    && self.next_hole().is_none()
+                    && self.sacked_after_retransmission()
                     && cx.now() >= self.rexmit_at + self.lost_retransmission_wait()
                 {
                     // Every hole was resent more than a round trip (and a quarter, for
-                    // jitter) ago, yet ACKs of later data keep coming: a retransmission was
-                    // lost too (RFC 8985's timing, with one send time for all of them).
-                    // Start over from the first hole rather than wait for the timer.
+                    // jitter) ago, and duplicate ACKs show data sent after the last of them
+                    // arrived: a retransmission was lost too (RFC 8985, with one send time
+                    // for all of them). Start over from the first hole rather than wait for
+                    // the timer. (An ACK that moves shows that the retransmission at its
+                    // start arrived; time alone does not do, as a round trip that grows
+                    // with a queue outlasts the smoothed one.)
                     net_debug!("retransmission lost, resending the holes");
                     self.rexmit_next = self.local_seq_no;
+                    self.resend_first = true;
                     self.pending_fast_retransmit = true;
                     self.rexmit_credit = self.rexmit_credit.saturating_add(1);
                 } else if self.next_hole().is_some() {
@@ -3248,6 +3277,7 @@ impl<'a> Socket<'a> {
 
                 self.recovery_point = Some(self.remote_last_seq);
                 self.rexmit_next = self.local_seq_no;
+                self.resend_first = true;
                 self.rexmit_credit = 1;
                 self.pending_fast_retransmit = true;
                 self.probe_at = None;
@@ -3409,7 +3439,9 @@ impl<'a> Socket<'a> {
                     repr.payload = self.tx_buffer.get_allocated(offset, effective_mss.min(len));
                     if !probe {
                         self.rexmit_next = seq + repr.payload.len();
+                        self.resend_first = false;
                         self.rexmit_at = cx.now();
+                        self.rexmit_mark = self.remote_last_seq;
                         self.rexmit_credit = self.rexmit_credit.saturating_sub(1);
                         self.pending_fast_retransmit =
                             self.rexmit_credit > 0 && self.next_hole().is_some();
@@ -8065,14 +8097,15 @@ mod test {
 
     #[test]
     fn test_sack_recovery_resends_a_lost_retransmission() {
-        // aaa is lost, then its retransmission too. The duplicates go on (the peer receives
-        // later data); the first that comes a round trip and a quarter (25 ms) after the
-        // retransmission resends it again, without waiting for the timer.
+        // aaa is lost, then its retransmission too. Duplicates that show nothing sent after
+        // the retransmission arrived leave it alone, however late (it may wait in a queue);
+        // once CCC, sent after it, is SACKed, the first duplicate a round trip and a quarter
+        // (25 ms) after the retransmission resends it again, without waiting for the timer.
         let mut s = socket_sack_flight(b"aaaBBB");
-        let dup_ack = TcpRepr {
+        let dup_ack = |sacked_to| TcpRepr {
             seq_number: REMOTE_SEQ + 1,
             ack_number: Some(LOCAL_SEQ + 1),
-            sack_ranges: [sack_block(3, 6), None, None],
+            sack_ranges: [sack_block(3, sacked_to), None, None],
             ..SEND_TEMPL
         };
         let resent = TcpRepr {
@@ -8081,21 +8114,32 @@ mod test {
             payload: &b"aaa"[..],
             ..RECV_TEMPL
         };
+        let new_data = |at: usize, payload| TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + at,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload,
+            ..RECV_TEMPL
+        };
         for t in 30..33 {
-            send!(s, time t, dup_ack.clone());
+            send!(s, time t, dup_ack(6));
         }
         recv!(s, time 33, [resent.clone()]);
-        for t in (34..58).step_by(4) {
-            send!(s, time t, dup_ack.clone());
+        for t in (34..70).step_by(4) {
+            send!(s, time t, dup_ack(6));
             recv_nothing!(s, time t);
         }
-        send!(s, time 58, dup_ack.clone());
-        recv!(s, time 58, [resent.clone()]);
-        // And again, a round trip and a quarter after that one.
-        send!(s, time 80, dup_ack.clone());
-        recv_nothing!(s, time 80);
-        send!(s, time 83, dup_ack);
-        recv!(s, time 83, [resent]);
+        s.send_slice(b"CCC").unwrap();
+        recv!(s, time 70, [new_data(6, &b"CCC"[..])]);
+        send!(s, time 75, dup_ack(9));
+        recv!(s, time 75, [resent.clone()]);
+        // And again, once DDD, sent after that one, arrives, a round trip and a quarter
+        // after it.
+        s.send_slice(b"DDD").unwrap();
+        recv!(s, time 76, [new_data(9, &b"DDD"[..])]);
+        send!(s, time 90, dup_ack(12));
+        recv_nothing!(s, time 90);
+        send!(s, time 100, dup_ack(12));
+        recv!(s, time 100, [resent]);
     }
 
     #[test]
@@ -8103,10 +8147,10 @@ mod test {
         // aaa is lost, then its retransmission too; a window update in between does not
         // hide the duplicates that follow.
         let mut s = socket_sack_flight(b"aaaBBB");
-        let dup_ack = TcpRepr {
+        let dup_ack = |sacked_to| TcpRepr {
             seq_number: REMOTE_SEQ + 1,
             ack_number: Some(LOCAL_SEQ + 1),
-            sack_ranges: [sack_block(3, 6), None, None],
+            sack_ranges: [sack_block(3, sacked_to), None, None],
             ..SEND_TEMPL
         };
         let resent = TcpRepr {
@@ -8116,19 +8160,26 @@ mod test {
             ..RECV_TEMPL
         };
         for t in 50..53 {
-            send!(s, time t, dup_ack.clone());
+            send!(s, time t, dup_ack(6));
         }
         recv!(s, time 53, [resent.clone()]);
-        for t in 54..56 {
-            send!(s, time t, dup_ack.clone());
+        s.send_slice(b"CCC").unwrap();
+        recv!(s, time 54, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"CCC"[..],
+            ..RECV_TEMPL
+        }]);
+        for t in 55..57 {
+            send!(s, time t, dup_ack(9));
             recv_nothing!(s, time t);
         }
         // A window update starts the duplicate count afresh (as does the next one, which
         // restores the window); three more duplicates, a round trip (20 ms) after the
         // retransmission, show it lost.
-        send!(s, time 80, TcpRepr { window_len: 255, ..dup_ack.clone() });
+        send!(s, time 80, TcpRepr { window_len: 255, ..dup_ack(9) });
         for t in 80..84 {
-            send!(s, time t, dup_ack.clone());
+            send!(s, time t, dup_ack(9));
         }
         recv!(s, time 84, [resent]);
     }
@@ -8169,6 +8220,39 @@ mod test {
             ..SEND_TEMPL
         });
         assert_eq!(s.recovery_point, None);
+    }
+
+    #[test]
+    fn test_sack_recovery_does_not_resend_data_in_flight_after_a_partial_ack() {
+        // aaa is lost; BBB, ccc and DDD are SACKed and aaa is resent. Its ACK covers DDD,
+        // while eee and FFF, sent later, are still on their way: with SACK, an ACK short of
+        // the recovery point does not show them lost (as it would without, NewReno's partial
+        // ACK), and each of their ACKs is one too; nothing is resent, however late they come.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDDeeeFFF");
+        for i in [6, 9, 12] {
+            send!(s, time 50, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                sack_ranges: [sack_block(3, i), None, None],
+                ..SEND_TEMPL
+            });
+        }
+        recv!(s, time 50, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }]);
+        for (t, acked) in [(70, 12), (80, 15), (90, 18)] {
+            send!(s, time t, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + acked),
+                ..SEND_TEMPL
+            });
+            recv_nothing!(s, time t);
+        }
+        assert_eq!(s.recovery_point, None);
+        assert!(s.tx_buffer.is_empty());
     }
 
     #[test]
