@@ -1889,7 +1889,37 @@ impl<'a> Socket<'a> {
             .filter(|&&(left, _)| left < sent)
             .map(|&(left, right)| right.min(sent) - left)
             .sum();
-        self.flight_size().saturating_sub(sacked)
+        self.flight_size()
+            .saturating_sub(sacked)
+            .saturating_sub(self.unresent_len())
+    }
+
+    /// During loss recovery, the octets in holes below SACKed data that were not resent yet:
+    /// they left the network (RFC 6675's pipe does not count them).
+    fn unresent_len(&self) -> usize {
+        if self.recovery_point.is_none() || !self.remote_has_sack {
+            return 0;
+        }
+        let mut start = self.rexmit_next.max(self.local_seq_no);
+        let mut len = 0;
+        for &(a, b) in self.sacked.iter().flatten() {
+            if start < a {
+                len += a - start;
+            }
+            start = start.max(b);
+        }
+        len
+    }
+
+    /// During loss recovery, whether the congestion window has room for the next hole as it
+    /// has for new data (RFC 6675's NextSeg comes before new data): not only one hole per ACK,
+    /// which after a burst of losses leaves one segment in flight and resends one hole per
+    /// round trip.
+    fn hole_fits(&self, mss: usize) -> bool {
+        self.recovery_point.is_some()
+            && self.remote_has_sack
+            && self.next_hole().is_some()
+            && self.cwnd_remaining() >= mss
     }
 
     fn cwnd_remaining(&self) -> usize {
@@ -3098,6 +3128,10 @@ impl<'a> Socket<'a> {
             return false;
         }
 
+        if self.hole_fits(effective_mss) {
+            return true;
+        }
+
         // max sequence number we can send.
         let max_send_seq =
             self.local_seq_no + core::cmp::min(self.remote_win_len, self.tx_buffer.len());
@@ -3430,6 +3464,7 @@ impl<'a> Socket<'a> {
                 let hole = match (self.pending_fast_retransmit, probe) {
                     (true, _) => self.next_hole(),
                     (false, true) => self.tail_probe_segment(effective_mss),
+                    (false, false) if self.hole_fits(effective_mss) => self.next_hole(),
                     (false, false) => None,
                 };
                 self.pending_fast_retransmit = false;
@@ -7992,29 +8027,27 @@ mod test {
         send!(s, time 50, dup_ack([sack_block(3, 6), None, None]));
         send!(s, time 51, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
         send!(s, time 52, dup_ack([sack_block(15, 18), sack_block(9, 12), sack_block(3, 6)]));
-        // The third duplicate starts recovery: the first hole goes out.
+        // The third duplicate starts recovery: the holes go out (the congestion window has
+        // room for them), not the SACKed data in between.
         recv!(s, time 53, [TcpRepr {
             seq_number: LOCAL_SEQ + 1,
             ack_number: Some(REMOTE_SEQ + 1),
             payload:    &b"aaa"[..],
             ..RECV_TEMPL
-        }]);
-        // Each further ACK lets out the next hole, not the SACKed data in between.
-        send!(s, time 54, dup_ack([sack_block(15, 21), sack_block(9, 12), sack_block(3, 6)]));
-        recv!(s, time 54, [TcpRepr {
+        }, TcpRepr {
             seq_number: LOCAL_SEQ + 1 + 6,
             ack_number: Some(REMOTE_SEQ + 1),
             payload:    &b"ccc"[..],
             ..RECV_TEMPL
-        }]);
-        send!(s, time 55, dup_ack([sack_block(15, 24), sack_block(9, 12), sack_block(3, 6)]));
-        recv!(s, time 55, [TcpRepr {
+        }, TcpRepr {
             seq_number: LOCAL_SEQ + 1 + 12,
             ack_number: Some(REMOTE_SEQ + 1),
             payload:    &b"eee"[..],
             ..RECV_TEMPL
         }]);
         // No hole is left: nothing more is resent.
+        send!(s, time 54, dup_ack([sack_block(15, 21), sack_block(9, 12), sack_block(3, 6)]));
+        recv_nothing!(s, time 54);
         send!(s, time 56, dup_ack([sack_block(15, 24), sack_block(9, 12), sack_block(3, 6)]));
         recv_nothing!(s, time 56);
         // The retransmissions arrive; the last ACK covers the recovery point and ends it.
@@ -8060,39 +8093,41 @@ mod test {
     }
 
     #[test]
-    fn test_sack_recovery_sends_a_hole_per_ack_received_before_dispatch() {
-        // aaa, ccc and eee are lost; two more duplicates arrive before the socket is
-        // dispatched again: both remaining holes go out, and nothing else.
-        let mut s = socket_sack_flight(b"aaaBBBcccDDDeeeFFF");
-        let dup_ack = |sack_ranges| TcpRepr {
+    fn test_sack_recovery_resends_a_run_of_holes_in_one_round_trip() {
+        // aaa, bbb and ccc are lost together (a queue overflowed); DDD, EEE and FFF are
+        // SACKed in one ACK. Only one ACK comes back, and each partial ACK after it would
+        // let out one hole a round trip; with room in the congestion window all three go
+        // out at once.
+        let mut s = socket_sack_flight(b"aaabbbcccDDDEEEFFF");
+        send!(s, time 50, TcpRepr {
             seq_number: REMOTE_SEQ + 1,
             ack_number: Some(LOCAL_SEQ + 1),
-            sack_ranges,
+            sack_ranges: [sack_block(9, 18), None, None],
             ..SEND_TEMPL
-        };
-        let all = [sack_block(15, 18), sack_block(9, 12), sack_block(3, 6)];
-        send!(s, time 50, dup_ack([sack_block(3, 6), None, None]));
-        send!(s, time 50, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
-        send!(s, time 50, dup_ack(all));
+        });
         recv!(s, time 50, [TcpRepr {
             seq_number: LOCAL_SEQ + 1,
             ack_number: Some(REMOTE_SEQ + 1),
             payload:    &b"aaa"[..],
             ..RECV_TEMPL
-        }]);
-        send!(s, time 51, dup_ack(all));
-        send!(s, time 51, dup_ack(all));
-        recv!(s, time 51, [TcpRepr {
+        }, TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"bbb"[..],
+            ..RECV_TEMPL
+        }, TcpRepr {
             seq_number: LOCAL_SEQ + 1 + 6,
             ack_number: Some(REMOTE_SEQ + 1),
             payload:    &b"ccc"[..],
             ..RECV_TEMPL
-        }, TcpRepr {
-            seq_number: LOCAL_SEQ + 1 + 12,
-            ack_number: Some(REMOTE_SEQ + 1),
-            payload:    &b"eee"[..],
-            ..RECV_TEMPL
         }]);
+        send!(s, time 70, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 18),
+            ..SEND_TEMPL
+        });
+        recv_nothing!(s, time 70);
+        assert_eq!(s.recovery_point, None);
     }
 
     #[test]
