@@ -3,7 +3,8 @@
 //! time (the smallest round trip of the last ten seconds), paces at that rate and keeps twice their
 //! product in flight. Unlike loss-based controllers it does not take a loss for congestion, so a
 //! path that loses packets at random (a radio link) is still used at its rate; a queue that
-//! overflows shows as a delivery rate that stops growing.
+//! overflows shows as a delivery rate that stops growing, and as rounds that lose more than 2%,
+//! which end Startup and, later, cut the flight until the next probe (as BBRv2 does).
 //!
 //! The socket feeds it delivery-rate samples (`on_rate_sample`): the data delivered, cumulatively
 //! acknowledged or SACKed, between the moment a timed segment was sent and the moment it was
@@ -39,6 +40,17 @@ const FULL_BW_ROUNDS: u32 = 3;
 const LOSS_THRESH: f64 = 0.02;
 /// ...and resent at least this many segments: a round of a few segments says little.
 const LOSS_EVENTS: u64 = 8;
+/// Outside Startup, a round that lost more than `LOSS_THRESH` (and at least this many segments)
+/// found a queue that overflows: the flight is cut to `LOSS_BETA` of itself (BBRv2's), not below
+/// the path's product, until the next probe. Without it, flows that each overestimate their
+/// share a little keep a shared bottleneck's queue full and lose a tenth of what they send.
+const LOSS_EVENTS_CRUISING: u64 = 3;
+const LOSS_BETA: f64 = 0.7;
+/// A probe that raised the bottleneck rate by this much found room (another flow ended, the
+/// path got faster): probing again at once, rather than after six round trips of cruising,
+/// takes that room in a few round trips, not in seconds. A full bottleneck answers a probe
+/// with the rate it had, give or take its noise.
+const REPROBE_GROWTH: f64 = 1.2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -70,6 +82,10 @@ pub struct Bbr {
     /// Bytes resent so far; where the current round started: delivered, resent.
     lost: u64,
     round_start: (u64, u64),
+    /// The bottleneck rate when the last probe began, until its samples are in.
+    probed_from: Option<u64>,
+    /// The flight's bound after a lossy round, until the next probe.
+    inflight_lo: Option<usize>,
 }
 
 impl Bbr {
@@ -87,6 +103,8 @@ impl Bbr {
             in_flight: 0,
             lost: 0,
             round_start: (0, 0),
+            probed_from: None,
+            inflight_lo: None,
         }
     }
 
@@ -142,11 +160,17 @@ impl Bbr {
         let delivered = self.delivered - delivered;
         let lost = self.lost - lost;
         let segments = lost / self.mss.max(1) as u64;
-        if self.mode == Mode::Startup
-            && segments >= LOSS_EVENTS
-            && lost as f64 > delivered as f64 * LOSS_THRESH
-        {
-            self.mode = Mode::Drain;
+        if lost as f64 <= delivered as f64 * LOSS_THRESH {
+            return;
+        }
+        match self.mode {
+            Mode::Startup if segments >= LOSS_EVENTS => self.mode = Mode::Drain,
+            Mode::ProbeBw { .. } if segments >= LOSS_EVENTS_CRUISING => {
+                let from = self.inflight_lo.unwrap_or(self.in_flight);
+                let floor = self.bdp(1.0).unwrap_or(0);
+                self.inflight_lo = Some(((from as f64 * LOSS_BETA) as usize).max(floor));
+            }
+            _ => {}
         }
     }
 
@@ -183,11 +207,27 @@ impl Bbr {
                     }
                     _ => now >= since + rtt,
                 };
-                if next {
-                    self.mode = Mode::ProbeBw {
-                        phase: (phase + 1) % PACING_GAINS.len(),
-                        since: now,
+                let bw = self.bandwidth();
+                let room = phase != 0
+                    && self
+                        .probed_from
+                        .is_some_and(|from| bw as f64 >= from as f64 * REPROBE_GROWTH);
+                if room || next {
+                    let phase = if room {
+                        0
+                    } else {
+                        (phase + 1) % PACING_GAINS.len()
                     };
+                    self.mode = Mode::ProbeBw { phase, since: now };
+                    match phase {
+                        0 => {
+                            self.probed_from = Some(bw);
+                            self.inflight_lo = None;
+                        }
+                        // The probe's samples came in during the two round trips after it.
+                        3 => self.probed_from = None,
+                        _ => {}
+                    }
                 }
             }
             Mode::ProbeRtt { until: None } if self.in_flight <= PROBE_RTT_CWND * self.mss => {
@@ -197,6 +237,7 @@ impl Bbr {
             }
             Mode::ProbeRtt { until: Some(until) } if now >= until => {
                 self.min_rtt = self.min_rtt.map(|(rtt, _)| (rtt, now));
+                self.probed_from = None;
                 self.mode = Mode::ProbeBw {
                     phase: 2,
                     since: now,
@@ -225,7 +266,8 @@ impl Controller for Bbr {
         if let Mode::ProbeRtt { .. } = self.mode {
             return floor;
         }
-        self.model_window().max(floor)
+        let bound = self.inflight_lo.unwrap_or(usize::MAX);
+        self.model_window().min(bound).max(floor)
     }
 
     fn pacing_rate(&self) -> Option<u64> {
@@ -332,6 +374,77 @@ mod test {
         }
         assert!(rates.contains(&12_375_000), "{rates:?}");
         assert!(rates.contains(&9_900_000), "{rates:?}");
+    }
+
+    #[test]
+    fn test_room_found_by_a_probe_is_taken_in_a_few_round_trips() {
+        let mut bbr = Bbr::new();
+        bbr.set_mss(MSS);
+        let rtt = Duration::from_millis(50);
+        // A flow with a share of 2 MB/s of a path that others fill...
+        let mut now = run(&mut bbr, Instant::from_millis(0), 2000, 2_000_000, rtt);
+        assert_eq!(bbr.bandwidth(), 2_000_000);
+        // ...that they leave: the path has 10 MB/s. Each millisecond's sample now tells the
+        // rate the flow sent at a round trip before, at most the path's.
+        let mut sent = std::collections::VecDeque::from(vec![2_000_000u64; 50]);
+        let mut rates = vec![];
+        for ms in 0..3000 {
+            now += Duration::from_millis(1);
+            sent.push_back(bbr.pacing_rate().unwrap().min(10_000_000));
+            let rate = sent.pop_front().unwrap();
+            bbr.delivered += rate / 1000;
+            let (delivered, in_flight) = (bbr.delivered, bbr.window() / 2);
+            bbr.on_rate_sample(now, delivered, Some(rate), rtt, in_flight);
+            if ms % 100 == 99 {
+                rates.push(bbr.bandwidth() / 100_000);
+            }
+        }
+        // Probing once every eight round trips, a quarter more each time, takes seven probes
+        // (2.8 s) to get there; probing again while the probes find room takes the first
+        // probe (at most 400 ms) and a round trip or two for each quarter more.
+        let within = rates.iter().position(|&r| r >= 95).map(|i| (i + 1) * 100);
+        assert!(
+            within.is_some_and(|ms| ms <= 1000),
+            "{within:?} ms: {rates:?}"
+        );
+        // Then a probe finds none, and the flow cruises.
+        let mut phases = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            now = run(&mut bbr, now, 50, 10_000_000, rtt);
+            if let Mode::ProbeBw { phase, .. } = bbr.mode {
+                phases.insert(phase);
+            }
+        }
+        assert!(phases.len() >= 6, "{phases:?}");
+        assert_eq!(bbr.bandwidth(), 10_000_000);
+    }
+
+    #[test]
+    fn test_a_round_that_overflows_a_queue_cuts_the_flight_until_the_next_probe() {
+        let mut bbr = Bbr::new();
+        bbr.set_mss(MSS);
+        let rtt = Duration::from_millis(50);
+        let (rate, bdp) = (10_000_000, 500_000);
+        let mut now = run(&mut bbr, Instant::from_millis(0), 2000, rate, rtt);
+        while !matches!(bbr.mode, Mode::ProbeBw { phase: 2, .. }) {
+            now = run(&mut bbr, now, 1, rate, rtt);
+        }
+        let window = bbr.window();
+        assert_eq!(window, 2 * bdp + 3 * MSS);
+        // A round that resends 1% of what it delivers (a lossy link) changes nothing...
+        bbr.on_retransmit(now, 5 * MSS);
+        now = run(&mut bbr, now, 60, rate, rtt);
+        assert_eq!(bbr.window(), window);
+        // ...one that resends 10% (a queue overflowed) keeps no more than the path's
+        // product in flight...
+        bbr.on_retransmit(now, 50 * MSS);
+        now = run(&mut bbr, now, 60, rate, rtt);
+        assert_eq!(bbr.window(), bdp);
+        // ...until the next probe.
+        while !matches!(bbr.mode, Mode::ProbeBw { phase: 0, .. }) {
+            now = run(&mut bbr, now, 1, rate, rtt);
+        }
+        assert_eq!(bbr.window(), window);
     }
 
     #[test]
