@@ -50,7 +50,7 @@ const LOSS_BETA: f64 = 0.7;
 /// path got faster): probing again at once, rather than after six round trips of cruising,
 /// takes that room in a few round trips, not in seconds. A full bottleneck answers a probe
 /// with the rate it had, give or take its noise.
-const REPROBE_GROWTH: f64 = 1.2;
+const REPROBE_GROWTH: f64 = 1.1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
