@@ -1900,15 +1900,18 @@ impl<'a> Socket<'a> {
         if self.recovery_point.is_none() || !self.remote_has_sack {
             return 0;
         }
+        self.holes().map(|(start, end)| end - start).sum()
+    }
+
+    /// The holes below SACKed ranges from `rexmit_next` on (what was not retransmitted yet),
+    /// lowest first.
+    fn holes(&self) -> impl Iterator<Item = (TcpSeqNumber, TcpSeqNumber)> + '_ {
         let mut start = self.rexmit_next.max(self.local_seq_no);
-        let mut len = 0;
-        for &(a, b) in self.sacked.iter().flatten() {
-            if start < a {
-                len += a - start;
-            }
+        self.sacked.iter().flatten().filter_map(move |&(a, b)| {
+            let hole = (start < a).then_some((start, a));
             start = start.max(b);
-        }
-        len
+            hole
+        })
     }
 
     /// During loss recovery, whether the congestion window has room for the next hole as it
@@ -1981,22 +1984,15 @@ impl<'a> Socket<'a> {
     /// would send the rest of the flight twice; it goes out only on `resend_first`.
     fn next_hole(&self) -> Option<(TcpSeqNumber, usize)> {
         self.recovery_point?;
-        let mut start = self.rexmit_next.max(self.local_seq_no);
-        let mut end = None;
-        for &(a, b) in self.sacked.iter().flatten() {
-            if start < a {
-                end = Some(a);
-                break;
-            }
-            start = start.max(b);
-        }
-        let end = match end {
-            Some(end) => end,
+        let una = self.local_seq_no;
+        let (start, end) = match self.holes().next() {
+            Some(hole) => hole,
             None if (!self.remote_has_sack || self.resend_first)
-                && start == self.local_seq_no
-                && start < self.remote_last_seq =>
+                && self.rexmit_next <= una
+                && self.sacked.iter().flatten().all(|&(_, b)| b <= una)
+                && una < self.remote_last_seq =>
             {
-                self.remote_last_seq
+                (una, self.remote_last_seq)
             }
             None => return None,
         };
