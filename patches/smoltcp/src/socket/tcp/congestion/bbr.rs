@@ -4,7 +4,8 @@
 //! product in flight. Unlike loss-based controllers it does not take a loss for congestion, so a
 //! path that loses packets at random (a radio link) is still used at its rate; a queue that
 //! overflows shows as a delivery rate that stops growing, and as rounds that lose more than 2%,
-//! which end Startup and, later, cut the flight until the next probe (as BBRv2 does).
+//! which end Startup and, later, cut the flight until the next probe (as BBRv2 does). A probe
+//! that finds room starts Startup over.
 //!
 //! The socket feeds it delivery-rate samples (`on_rate_sample`): the data delivered, cumulatively
 //! acknowledged or SACKed, between the moment a timed segment was sent and the moment it was
@@ -46,11 +47,12 @@ const LOSS_EVENTS: u64 = 8;
 /// share a little keep a shared bottleneck's queue full and lose a tenth of what they send.
 const LOSS_EVENTS_CRUISING: u64 = 3;
 const LOSS_BETA: f64 = 0.7;
-/// A probe that raised the bottleneck rate by this much found room (another flow ended, the
-/// path got faster): probing again at once, rather than after six round trips of cruising,
-/// takes that room in a few round trips, not in seconds. A full bottleneck answers a probe
-/// with the rate it had, give or take its noise.
-const REPROBE_GROWTH: f64 = 1.1;
+/// A probe that raised the bottleneck rate by this much found room: another flow ended, the
+/// path got faster, or this flow left Startup with a small share, on a loss in a queue that
+/// flows started just before it had filled. Startup again takes that room in a few round
+/// trips, doubling the rate in each, where probes of a quarter more take seconds. A full
+/// bottleneck answers a probe with the rate it had, give or take its noise.
+const ROOM_GROWTH: f64 = 1.1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -187,14 +189,23 @@ impl Bbr {
         }
     }
 
+    /// ProbeBW's first phase: a quarter more for a round trip, and the rate it starts from.
+    fn start_probe(&mut self, now: Instant) {
+        self.mode = Mode::ProbeBw {
+            phase: 0,
+            since: now,
+        };
+        self.probed_from = Some(self.bandwidth());
+        self.inflight_lo = None;
+    }
+
     fn advance_mode(&mut self, now: Instant) {
         let min_rtt = self.min_rtt.map(|(rtt, _)| rtt);
         match self.mode {
+            // Drain ends in a probe: the share of the path that Startup ended with may be
+            // small (see `ROOM_GROWTH`), and cruising at it for six round trips first is slow.
             Mode::Drain if self.bdp(1.0).is_some_and(|bdp| self.in_flight <= bdp) => {
-                self.mode = Mode::ProbeBw {
-                    phase: 2,
-                    since: now,
-                };
+                self.start_probe(now);
             }
             Mode::ProbeBw { phase, since } => {
                 let rtt = min_rtt.unwrap_or(Duration::from_millis(100));
@@ -211,22 +222,23 @@ impl Bbr {
                 let room = phase != 0
                     && self
                         .probed_from
-                        .is_some_and(|from| bw as f64 >= from as f64 * REPROBE_GROWTH);
-                if room || next {
-                    let phase = if room {
-                        0
-                    } else {
-                        (phase + 1) % PACING_GAINS.len()
-                    };
-                    self.mode = Mode::ProbeBw { phase, since: now };
-                    match phase {
-                        0 => {
-                            self.probed_from = Some(bw);
-                            self.inflight_lo = None;
+                        .is_some_and(|from| bw as f64 >= from as f64 * ROOM_GROWTH);
+                if room {
+                    self.mode = Mode::Startup;
+                    self.full_bw = bw;
+                    self.full_bw_rounds = 0;
+                    self.probed_from = None;
+                    self.inflight_lo = None;
+                } else if next {
+                    match (phase + 1) % PACING_GAINS.len() {
+                        0 => self.start_probe(now),
+                        phase => {
+                            self.mode = Mode::ProbeBw { phase, since: now };
+                            // The probe's samples came in during the two round trips after it.
+                            if phase == 3 {
+                                self.probed_from = None;
+                            }
                         }
-                        // The probe's samples came in during the two round trips after it.
-                        3 => self.probed_from = None,
-                        _ => {}
                     }
                 }
             }
@@ -352,6 +364,35 @@ mod test {
         now
     }
 
+    /// Feeds `bbr` a path of `rate` bytes per second for `ms` milliseconds from `now`, with
+    /// each millisecond's sample telling the rate the flow sent at a round trip before (`sent`,
+    /// one a millisecond), at most the path's. Returns the time after, and the bottleneck rate
+    /// at the end of each 50 ms, in units of 100 kB/s.
+    fn run_late(
+        bbr: &mut Bbr,
+        mut now: Instant,
+        sent: &mut std::collections::VecDeque<u64>,
+        ms: usize,
+        rate: u64,
+    ) -> (Instant, Vec<u64>) {
+        let mut rates = vec![];
+        for ms in 0..ms {
+            now += Duration::from_millis(1);
+            sent.push_back(bbr.pacing_rate().unwrap().min(rate));
+            let sample = sent.pop_front().unwrap();
+            bbr.delivered += sample / 1000;
+            // In flight: what was sent in the last round trip.
+            let in_flight = (sent.iter().sum::<u64>() / 1000) as usize;
+            let delivered = bbr.delivered;
+            let rtt = Duration::from_millis(sent.len() as u64);
+            bbr.on_rate_sample(now, delivered, Some(sample), rtt, in_flight);
+            if ms % 50 == 49 {
+                rates.push(bbr.bandwidth() / 100_000);
+            }
+        }
+        (now, rates)
+    }
+
     #[test]
     fn test_startup_finds_the_bottleneck_rate_then_cruises() {
         let mut bbr = Bbr::new();
@@ -384,27 +425,15 @@ mod test {
         // A flow with a share of 2 MB/s of a path that others fill...
         let mut now = run(&mut bbr, Instant::from_millis(0), 2000, 2_000_000, rtt);
         assert_eq!(bbr.bandwidth(), 2_000_000);
-        // ...that they leave: the path has 10 MB/s. Each millisecond's sample now tells the
-        // rate the flow sent at a round trip before, at most the path's.
+        // ...that they leave: the path has 10 MB/s, with samples a round trip late.
         let mut sent = std::collections::VecDeque::from(vec![2_000_000u64; 50]);
-        let mut rates = vec![];
-        for ms in 0..3000 {
-            now += Duration::from_millis(1);
-            sent.push_back(bbr.pacing_rate().unwrap().min(10_000_000));
-            let rate = sent.pop_front().unwrap();
-            bbr.delivered += rate / 1000;
-            let (delivered, in_flight) = (bbr.delivered, bbr.window() / 2);
-            bbr.on_rate_sample(now, delivered, Some(rate), rtt, in_flight);
-            if ms % 100 == 99 {
-                rates.push(bbr.bandwidth() / 100_000);
-            }
-        }
+        let (mut now, rates) = run_late(&mut bbr, now, &mut sent, 3000, 10_000_000);
         // Probing once every eight round trips, a quarter more each time, takes seven probes
-        // (2.8 s) to get there; probing again while the probes find room takes the first
-        // probe (at most 400 ms) and a round trip or two for each quarter more.
-        let within = rates.iter().position(|&r| r >= 95).map(|i| (i + 1) * 100);
+        // (2.8 s) to get there, probing again while the probes find room 450 ms; Startup again
+        // after the first probe that finds room, 250 ms.
+        let within = rates.iter().position(|&r| r >= 95).map(|i| (i + 1) * 50);
         assert!(
-            within.is_some_and(|ms| ms <= 1000),
+            within.is_some_and(|ms| ms <= 350),
             "{within:?} ms: {rates:?}"
         );
         // Then a probe finds none, and the flow cruises.
@@ -417,6 +446,35 @@ mod test {
         }
         assert!(phases.len() >= 6, "{phases:?}");
         assert_eq!(bbr.bandwidth(), 10_000_000);
+    }
+
+    #[test]
+    fn test_a_flow_that_left_startup_with_a_small_share_takes_the_room_at_once() {
+        let mut bbr = Bbr::new();
+        bbr.set_mss(MSS);
+        let rtt = Duration::from_millis(50);
+        // A flow started after others, with a share of 1 MB/s of a path of 10 MB/s when the
+        // queue they share overflows: a round that resends a fifth of what it delivers ends
+        // its Startup.
+        let mut now = run(&mut bbr, Instant::from_millis(0), 100, 1_000_000, rtt);
+        assert_eq!(bbr.mode, Mode::Startup);
+        bbr.on_retransmit(now, 20 * MSS);
+        while bbr.mode == Mode::Startup {
+            now = run(&mut bbr, now, 1, 1_000_000, rtt);
+        }
+        assert_eq!(bbr.bandwidth(), 1_000_000);
+        // The others slow down to their shares, and this flow's share is 5 MB/s. Cruising for
+        // six round trips first, then probing a quarter more at a time, the flow takes 750 ms
+        // to get there; probing at once after Drain, and Startup again when the probe finds
+        // room, 200 ms.
+        let mut sent = std::collections::VecDeque::from(vec![1_000_000u64; 50]);
+        let (_, rates) = run_late(&mut bbr, now, &mut sent, 2000, 5_000_000);
+        let within = rates.iter().position(|&r| r >= 48).map(|i| (i + 1) * 50);
+        assert!(
+            within.is_some_and(|ms| ms <= 400),
+            "{within:?} ms: {rates:?}"
+        );
+        assert_eq!(bbr.bandwidth(), 5_000_000);
     }
 
     #[test]
