@@ -365,17 +365,21 @@ mod test {
     }
 
     /// Feeds `bbr` a path of `rate` bytes per second for `ms` milliseconds from `now`, with
-    /// each millisecond's sample telling the rate the flow sent at a round trip before (`sent`,
-    /// one a millisecond), at most the path's. Returns the time after, and the bottleneck rate
-    /// at the end of each 50 ms, in units of 100 kB/s.
+    /// each millisecond's sample telling the rate the flow sent a round trip before, at most the
+    /// path's (in the round trip before `now`, it sent at `before`). Returns the time after, how
+    /// long the bottleneck rate took to reach 95% of the path's (in steps of 50 ms), and the
+    /// rate at the end of each 50 ms, in units of 100 kB/s.
     fn run_late(
         bbr: &mut Bbr,
         mut now: Instant,
-        sent: &mut std::collections::VecDeque<u64>,
+        before: u64,
         ms: usize,
         rate: u64,
-    ) -> (Instant, Vec<u64>) {
-        let mut rates = vec![];
+        rtt: Duration,
+    ) -> (Instant, Option<usize>, Vec<u64>) {
+        let rtt_ms = rtt.total_millis() as usize;
+        let mut sent = std::collections::VecDeque::from(vec![before; rtt_ms]);
+        let (mut within, mut rates) = (None, vec![]);
         for ms in 0..ms {
             now += Duration::from_millis(1);
             sent.push_back(bbr.pacing_rate().unwrap().min(rate));
@@ -384,13 +388,15 @@ mod test {
             // In flight: what was sent in the last round trip.
             let in_flight = (sent.iter().sum::<u64>() / 1000) as usize;
             let delivered = bbr.delivered;
-            let rtt = Duration::from_millis(sent.len() as u64);
             bbr.on_rate_sample(now, delivered, Some(sample), rtt, in_flight);
             if ms % 50 == 49 {
                 rates.push(bbr.bandwidth() / 100_000);
+                if within.is_none() && bbr.bandwidth() >= rate / 100 * 95 {
+                    within = Some(ms + 1);
+                }
             }
         }
-        (now, rates)
+        (now, within, rates)
     }
 
     #[test]
@@ -423,15 +429,13 @@ mod test {
         bbr.set_mss(MSS);
         let rtt = Duration::from_millis(50);
         // A flow with a share of 2 MB/s of a path that others fill...
-        let mut now = run(&mut bbr, Instant::from_millis(0), 2000, 2_000_000, rtt);
+        let now = run(&mut bbr, Instant::from_millis(0), 2000, 2_000_000, rtt);
         assert_eq!(bbr.bandwidth(), 2_000_000);
         // ...that they leave: the path has 10 MB/s, with samples a round trip late.
-        let mut sent = std::collections::VecDeque::from(vec![2_000_000u64; 50]);
-        let (mut now, rates) = run_late(&mut bbr, now, &mut sent, 3000, 10_000_000);
+        let (mut now, within, rates) = run_late(&mut bbr, now, 2_000_000, 3000, 10_000_000, rtt);
         // Probing once every eight round trips, a quarter more each time, takes seven probes
         // (2.8 s) to get there, probing again while the probes find room 450 ms; Startup again
         // after the first probe that finds room, 250 ms.
-        let within = rates.iter().position(|&r| r >= 95).map(|i| (i + 1) * 50);
         assert!(
             within.is_some_and(|ms| ms <= 350),
             "{within:?} ms: {rates:?}"
@@ -467,9 +471,7 @@ mod test {
         // six round trips first, then probing a quarter more at a time, the flow takes 750 ms
         // to get there; probing at once after Drain, and Startup again when the probe finds
         // room, 200 ms.
-        let mut sent = std::collections::VecDeque::from(vec![1_000_000u64; 50]);
-        let (_, rates) = run_late(&mut bbr, now, &mut sent, 2000, 5_000_000);
-        let within = rates.iter().position(|&r| r >= 48).map(|i| (i + 1) * 50);
+        let (_, within, rates) = run_late(&mut bbr, now, 1_000_000, 2000, 5_000_000, rtt);
         assert!(
             within.is_some_and(|ms| ms <= 400),
             "{within:?} ms: {rates:?}"
