@@ -820,6 +820,13 @@ pub struct Socket<'a> {
     /// then: data SACKed beyond it left after that retransmission.
     rexmit_at: Instant,
     rexmit_mark: TcpSeqNumber,
+    /// During loss recovery: where the last retransmission starts, if it is the only copy of
+    /// its data that may be on its way. Once the peer SACKs it, the holes resent before it
+    /// and still missing were lost again.
+    rexmit_last: Option<TcpSeqNumber>,
+    /// Below this (and above `SND.UNA`), data may have been resent already: another copy of it
+    /// may be on its way.
+    rexmit_high: Option<TcpSeqNumber>,
     /// During loss recovery: how many holes the ACKs received allow to retransmit, one
     /// each, when several arrive before the socket is dispatched.
     rexmit_credit: u16,
@@ -943,6 +950,8 @@ impl<'a> Socket<'a> {
             resend_first: false,
             rexmit_at: Instant::from_millis(0),
             rexmit_mark: TcpSeqNumber::default(),
+            rexmit_last: None,
+            rexmit_high: None,
             rexmit_credit: 0,
             probe_at: None,
             probe_pending: false,
@@ -1967,6 +1976,7 @@ impl<'a> Socket<'a> {
     /// Forgets what the cumulative acknowledgement covers now.
     fn sack_prune(&mut self) {
         let una = self.local_seq_no;
+        self.rexmit_high = self.rexmit_high.filter(|&high| high > una);
         for range in self.sacked.iter_mut() {
             match range {
                 Some((_, b)) if *b <= una => *range = None,
@@ -2008,6 +2018,21 @@ impl<'a> Socket<'a> {
             Some(&(_, right)) => right > self.rexmit_mark,
             None => true,
         }
+    }
+
+    /// Whether the peer SACKed the last retransmission (its only copy). The holes below it
+    /// were resent before it, in order: on a path that keeps the order of packets (a tunnel)
+    /// they would have arrived first, so those still missing were lost again (RFC 8985: data
+    /// sent later was delivered). When no new data goes out (the peer's window is full, or
+    /// nothing is left to send), nothing else shows it before the timer.
+    fn last_retransmission_sacked(&self) -> bool {
+        let una = self.local_seq_no;
+        self.rexmit_last.is_some_and(|seq| {
+            self.sacked
+                .iter()
+                .flatten()
+                .any(|&(a, b)| una < a && a <= seq && seq < b)
+        })
     }
 
     /// How long a retransmission goes unacknowledged before it counts as lost: a round trip
@@ -2907,20 +2932,27 @@ impl<'a> Socket<'a> {
                 if ack_number >= point {
                     net_debug!("loss recovery ends");
                     self.recovery_point = None;
+                    self.rexmit_last = None;
                     self.rexmit_credit = 0;
-                } else if ack_len == 0
-                    && self.next_hole().is_none()
-                    && self.sacked_after_retransmission()
-                    && cx.now() >= self.rexmit_at + self.lost_retransmission_wait()
+                } else if self.last_retransmission_sacked()
+                    || (ack_len == 0
+                        && self.next_hole().is_none()
+                        && self.sacked_after_retransmission()
+                        && cx.now() >= self.rexmit_at + self.lost_retransmission_wait())
                 {
-                    // Every hole was resent more than a round trip (and a quarter, for
-                    // jitter) ago, and duplicate ACKs show data sent after the last of them
-                    // arrived: a retransmission was lost too (RFC 8985, with one send time
-                    // for all of them). Start over from the first hole rather than wait for
-                    // the timer. (An ACK that moves shows that the retransmission at its
-                    // start arrived; time alone does not do, as a round trip that grows
-                    // with a queue outlasts the smoothed one.)
+                    // A retransmission was lost too: the peer SACKed a later one, or every
+                    // hole was resent more than a round trip (and a quarter, for jitter) ago
+                    // and duplicate ACKs show data sent after the last of them arrived
+                    // (RFC 8985, with one send time for all of them). Start over from the
+                    // first hole rather than wait for the timer. (An ACK that moves shows
+                    // that the retransmission at its start arrived; time alone does not do,
+                    // as a round trip that grows with a queue outlasts the smoothed one.)
                     net_debug!("retransmission lost, resending the holes");
+                    if self.last_retransmission_sacked() {
+                        // Every copy sent before it arrived or was lost: none is on its way.
+                        self.rexmit_high = None;
+                    }
+                    self.rexmit_last = None;
                     self.rexmit_next = self.local_seq_no;
                     self.resend_first = true;
                     self.pending_fast_retransmit = true;
@@ -3283,11 +3315,15 @@ impl<'a> Socket<'a> {
                     .inner_mut()
                     .on_rto(cx.now(), in_flight);
 
+                // All that was sent may go out again, while a copy sent before is on its way.
+                let sent = self.remote_last_seq;
+                self.rexmit_high = Some(self.rexmit_high.map_or(sent, |high| high.max(sent)));
                 // Rewind "last sequence number sent", as if we never
                 // had sent them. This will cause all data in the queue
                 // to be sent again.
                 self.remote_last_seq = self.local_seq_no;
                 self.recovery_point = None;
+                self.rexmit_last = None;
                 self.rexmit_credit = 0;
                 self.probe_at = None;
                 self.probed = false;
@@ -3307,6 +3343,7 @@ impl<'a> Socket<'a> {
 
                 self.recovery_point = Some(self.remote_last_seq);
                 self.rexmit_next = self.local_seq_no;
+                self.rexmit_last = None;
                 self.resend_first = true;
                 self.rexmit_credit = 1;
                 self.pending_fast_retransmit = true;
@@ -3473,6 +3510,10 @@ impl<'a> Socket<'a> {
                         self.resend_first = false;
                         self.rexmit_at = cx.now();
                         self.rexmit_mark = self.remote_last_seq;
+                        let first_copy = self.rexmit_high.is_none_or(|high| seq >= high);
+                        self.rexmit_last = first_copy.then_some(seq);
+                        let end = self.rexmit_next;
+                        self.rexmit_high = Some(self.rexmit_high.map_or(end, |high| high.max(end)));
                         self.rexmit_credit = self.rexmit_credit.saturating_sub(1);
                         self.pending_fast_retransmit =
                             self.rexmit_credit > 0 && self.next_hole().is_some();
@@ -8171,6 +8212,67 @@ mod test {
         recv_nothing!(s, time 90);
         send!(s, time 100, dup_ack(12));
         recv!(s, time 100, [resent]);
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_a_retransmission_lost_before_a_later_one_arrived() {
+        // aaa and ccc are lost; both are resent, in that order, and nothing new is left to
+        // send (as when the peer's window is full). The ACK that SACKs ccc's retransmission
+        // still lacks aaa, which went out before it: its retransmission was lost too, and it
+        // goes out again at once, not when the timer expires. ccc, which arrived, is not
+        // resent.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
+        let dup_ack = |sack_ranges| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges,
+            ..SEND_TEMPL
+        };
+        let resent = |at: usize, payload| TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + at,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload,
+            ..RECV_TEMPL
+        };
+        send!(s, time 50, dup_ack([sack_block(3, 6), None, None]));
+        send!(s, time 51, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
+        send!(s, time 52, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
+        recv!(s, time 53, [resent(0, &b"aaa"[..]), resent(6, &b"ccc"[..])]);
+        recv_nothing!(s, time 60);
+        send!(s, time 73, dup_ack([sack_block(3, 12), None, None]));
+        recv!(s, time 73, [resent(0, &b"aaa"[..])]);
+        recv_nothing!(s, time 74);
+    }
+
+    #[test]
+    fn test_sack_recovery_takes_no_loss_from_a_copy_sent_twice() {
+        // aaa and ccc are lost and resent. EEE, sent after them, is SACKed first (the path
+        // reordered the retransmissions), and a round trip and a quarter later aaa and ccc
+        // go out again. Then the first copy of ccc arrives: aaa's second copy, sent after
+        // it, is on its way, and is not resent a third time.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
+        let dup_ack = |sack_ranges| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges,
+            ..SEND_TEMPL
+        };
+        let sent = |at: usize, payload| TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + at,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload,
+            ..RECV_TEMPL
+        };
+        send!(s, time 50, dup_ack([sack_block(3, 6), None, None]));
+        send!(s, time 51, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
+        send!(s, time 52, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
+        recv!(s, time 53, [sent(0, &b"aaa"[..]), sent(6, &b"ccc"[..])]);
+        s.send_slice(b"EEE").unwrap();
+        recv!(s, time 60, [sent(12, &b"EEE"[..])]);
+        send!(s, time 80, dup_ack([sack_block(9, 15), sack_block(3, 6), None]));
+        recv!(s, time 80, [sent(0, &b"aaa"[..]), sent(6, &b"ccc"[..])]);
+        send!(s, time 85, dup_ack([sack_block(3, 15), None, None]));
+        recv_nothing!(s, time 85);
     }
 
     #[test]
