@@ -8214,64 +8214,62 @@ mod test {
         recv!(s, time 100, [resent]);
     }
 
-    #[test]
-    fn test_sack_recovery_resends_a_retransmission_lost_before_a_later_one_arrived() {
-        // aaa and ccc are lost; both are resent, in that order, and nothing new is left to
-        // send (as when the peer's window is full). The ACK that SACKs ccc's retransmission
-        // still lacks aaa, which went out before it: its retransmission was lost too, and it
-        // goes out again at once, not when the timer expires. ccc, which arrived, is not
-        // resent.
-        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
-        let dup_ack = |sack_ranges| TcpRepr {
+    /// A duplicate ACK of the flight of `socket_sack_flight` with these SACK blocks.
+    fn sack_dup_ack(sack_ranges: [Option<(u32, u32)>; 3]) -> TcpRepr<'static> {
+        TcpRepr {
             seq_number: REMOTE_SEQ + 1,
             ack_number: Some(LOCAL_SEQ + 1),
             sack_ranges,
             ..SEND_TEMPL
-        };
-        let resent = |at: usize, payload| TcpRepr {
+        }
+    }
+
+    /// The segment the socket sends with `payload` at offset `at` of its data.
+    fn segment_at(at: usize, payload: &[u8]) -> TcpRepr<'_> {
+        TcpRepr {
             seq_number: LOCAL_SEQ + 1 + at,
             ack_number: Some(REMOTE_SEQ + 1),
             payload,
             ..RECV_TEMPL
-        };
-        send!(s, time 50, dup_ack([sack_block(3, 6), None, None]));
-        send!(s, time 51, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
-        send!(s, time 52, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
-        recv!(s, time 53, [resent(0, &b"aaa"[..]), resent(6, &b"ccc"[..])]);
+        }
+    }
+
+    /// aaa and ccc of a flight `aaaBBBcccDDD` are lost: duplicate ACKs that SACK the rest
+    /// start recovery, and both are resent, in that order, at 53 ms.
+    fn socket_two_holes_resent() -> TestSocket {
+        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
+        send!(s, time 50, sack_dup_ack([sack_block(3, 6), None, None]));
+        send!(s, time 51, sack_dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
+        send!(s, time 52, sack_dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
+        recv!(s, time 53, [segment_at(0, &b"aaa"[..]), segment_at(6, &b"ccc"[..])]);
+        s
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_a_retransmission_lost_before_a_later_one_arrived() {
+        // Nothing new is left to send (as when the peer's window is full). The ACK that
+        // SACKs ccc's retransmission still lacks aaa, which went out before it: its
+        // retransmission was lost too, and it goes out again at once, not when the timer
+        // expires. ccc, which arrived, is not resent.
+        let mut s = socket_two_holes_resent();
         recv_nothing!(s, time 60);
-        send!(s, time 73, dup_ack([sack_block(3, 12), None, None]));
-        recv!(s, time 73, [resent(0, &b"aaa"[..])]);
+        send!(s, time 73, sack_dup_ack([sack_block(3, 12), None, None]));
+        recv!(s, time 73, [segment_at(0, &b"aaa"[..])]);
         recv_nothing!(s, time 74);
     }
 
     #[test]
     fn test_sack_recovery_takes_no_loss_from_a_copy_sent_twice() {
-        // aaa and ccc are lost and resent. EEE, sent after them, is SACKed first (the path
-        // reordered the retransmissions), and a round trip and a quarter later aaa and ccc
-        // go out again. Then the first copy of ccc arrives: aaa's second copy, sent after
-        // it, is on its way, and is not resent a third time.
-        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
-        let dup_ack = |sack_ranges| TcpRepr {
-            seq_number: REMOTE_SEQ + 1,
-            ack_number: Some(LOCAL_SEQ + 1),
-            sack_ranges,
-            ..SEND_TEMPL
-        };
-        let sent = |at: usize, payload| TcpRepr {
-            seq_number: LOCAL_SEQ + 1 + at,
-            ack_number: Some(REMOTE_SEQ + 1),
-            payload,
-            ..RECV_TEMPL
-        };
-        send!(s, time 50, dup_ack([sack_block(3, 6), None, None]));
-        send!(s, time 51, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
-        send!(s, time 52, dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
-        recv!(s, time 53, [sent(0, &b"aaa"[..]), sent(6, &b"ccc"[..])]);
+        // EEE, sent after the retransmissions of aaa and ccc, is SACKed first (the path
+        // reordered them), and a round trip and a quarter later aaa and ccc go out again.
+        // Then the first copy of ccc arrives: aaa's second copy, sent after it, is on its
+        // way, and is not resent a third time.
+        let mut s = socket_two_holes_resent();
         s.send_slice(b"EEE").unwrap();
-        recv!(s, time 60, [sent(12, &b"EEE"[..])]);
-        send!(s, time 80, dup_ack([sack_block(9, 15), sack_block(3, 6), None]));
-        recv!(s, time 80, [sent(0, &b"aaa"[..]), sent(6, &b"ccc"[..])]);
-        send!(s, time 85, dup_ack([sack_block(3, 15), None, None]));
+        recv!(s, time 60, [segment_at(12, &b"EEE"[..])]);
+        send!(s, time 80, sack_dup_ack([sack_block(9, 15), sack_block(3, 6), None]));
+        recv!(s, time 80, [segment_at(0, &b"aaa"[..]), segment_at(6, &b"ccc"[..])]);
+        send!(s, time 85, sack_dup_ack([sack_block(3, 15), None, None]));
         recv_nothing!(s, time 85);
     }
 
