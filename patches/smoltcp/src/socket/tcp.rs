@@ -2929,12 +2929,13 @@ impl<'a> Socket<'a> {
                 self.timer.set_for_fast_retransmit();
             }
             if let Some(point) = self.recovery_point {
+                let later_arrived = self.last_retransmission_sacked();
                 if ack_number >= point {
                     net_debug!("loss recovery ends");
                     self.recovery_point = None;
                     self.rexmit_last = None;
                     self.rexmit_credit = 0;
-                } else if self.last_retransmission_sacked()
+                } else if later_arrived
                     || (ack_len == 0
                         && self.next_hole().is_none()
                         && self.sacked_after_retransmission()
@@ -2948,7 +2949,7 @@ impl<'a> Socket<'a> {
                     // that the retransmission at its start arrived; time alone does not do,
                     // as a round trip that grows with a queue outlasts the smoothed one.)
                     net_debug!("retransmission lost, resending the holes");
-                    if self.last_retransmission_sacked() {
+                    if later_arrived {
                         // Every copy sent before it arrived or was lost: none is on its way.
                         self.rexmit_high = None;
                     }
