@@ -827,6 +827,11 @@ pub struct Socket<'a> {
     /// Below this (and above `SND.UNA`), data may have been resent already: another copy of it
     /// may be on its way.
     rexmit_high: Option<TcpSeqNumber>,
+    /// After a loss recovery, until the cumulative ACK passes it: where it stopped resending.
+    /// The holes below were resent then, and those copies are on their way: a recovery that
+    /// starts before they arrive resends from here, not from `SND.UNA` again. (A copy that was
+    /// lost is found as in one recovery: by a later one SACKed, by time, or by the timer.)
+    resent_to: Option<TcpSeqNumber>,
     /// During loss recovery: how many holes the ACKs received allow to retransmit, one
     /// each, when several arrive before the socket is dispatched.
     rexmit_credit: u16,
@@ -952,6 +957,7 @@ impl<'a> Socket<'a> {
             rexmit_mark: TcpSeqNumber::default(),
             rexmit_last: None,
             rexmit_high: None,
+            resent_to: None,
             rexmit_credit: 0,
             probe_at: None,
             probe_pending: false,
@@ -1371,6 +1377,7 @@ impl<'a> Socket<'a> {
         self.challenge_ack_timer = Instant::from_secs(0);
         self.sacked = [None; SACK_SCOREBOARD_LEN];
         self.recovery_point = None;
+        self.resent_to = None;
         self.probe_at = None;
         self.probe_pending = false;
         self.probed = false;
@@ -1977,6 +1984,7 @@ impl<'a> Socket<'a> {
     fn sack_prune(&mut self) {
         let una = self.local_seq_no;
         self.rexmit_high = self.rexmit_high.filter(|&high| high > una);
+        self.resent_to = self.resent_to.filter(|&to| to > una);
         for range in self.sacked.iter_mut() {
             match range {
                 Some((_, b)) if *b <= una => *range = None,
@@ -2932,6 +2940,7 @@ impl<'a> Socket<'a> {
                 let later_arrived = self.last_retransmission_sacked();
                 if ack_number >= point {
                     net_debug!("loss recovery ends");
+                    self.resent_to = Some(self.rexmit_next).filter(|&to| to > ack_number);
                     self.recovery_point = None;
                     self.rexmit_last = None;
                     self.rexmit_credit = 0;
@@ -3325,6 +3334,7 @@ impl<'a> Socket<'a> {
                 self.remote_last_seq = self.local_seq_no;
                 self.recovery_point = None;
                 self.rexmit_last = None;
+                self.resent_to = None;
                 self.rexmit_credit = 0;
                 self.probe_at = None;
                 self.probed = false;
@@ -3343,7 +3353,8 @@ impl<'a> Socket<'a> {
                     .on_loss(cx.now(), in_flight);
 
                 self.recovery_point = Some(self.remote_last_seq);
-                self.rexmit_next = self.local_seq_no;
+                let una = self.local_seq_no;
+                self.rexmit_next = self.resent_to.take().map_or(una, |to| to.max(una));
                 self.rexmit_last = None;
                 self.resend_first = true;
                 self.rexmit_credit = 1;
@@ -3356,7 +3367,14 @@ impl<'a> Socket<'a> {
             // now for whatever reason (like zero window), this avoids an
             // infinite polling loop where `poll_at` returns `Now` but `dispatch`
             // can't actually do anything.
-            self.timer.set_for_idle(cx.now(), self.keep_alive);
+            if self.recovery_point.is_some() {
+                // A recovery may have nothing to resend (copies of its holes are on their
+                // way): the timer still runs, for a copy lost again.
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(cx.now(), rto);
+            } else {
+                self.timer.set_for_idle(cx.now(), self.keep_alive);
+            }
 
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
@@ -8272,6 +8290,61 @@ mod test {
         recv!(s, time 80, [segment_at(0, &b"aaa"[..]), segment_at(6, &b"ccc"[..])]);
         send!(s, time 85, sack_dup_ack([sack_block(3, 15), None, None]));
         recv_nothing!(s, time 85);
+    }
+
+    /// aaa of `aaaBBB` is lost, and during its recovery ccc of `cccDDD`, sent after it, too:
+    /// both are resent. The ACK of aaa's retransmission ends the recovery at 73 ms, and the
+    /// duplicates after it start another one at 76 ms, for the hole at ccc. Returns that ACK.
+    fn socket_second_recovery() -> (TestSocket, TcpRepr<'static>) {
+        let mut s = socket_sack_flight(b"aaaBBB");
+        for t in 50..53 {
+            send!(s, time t, sack_dup_ack([sack_block(3, 6), None, None]));
+        }
+        recv!(s, time 53, [segment_at(0, &b"aaa"[..])]);
+        s.send_slice(b"cccDDD").unwrap();
+        recv!(s, time 54, [segment_at(6, &b"ccc"[..]), segment_at(9, &b"DDD"[..])]);
+        send!(s, time 60, sack_dup_ack([sack_block(9, 12), sack_block(3, 6), None]));
+        recv!(s, time 60, [segment_at(6, &b"ccc"[..])]);
+        let ack_aaa = TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            sack_ranges: [sack_block(9, 12), None, None],
+            ..SEND_TEMPL
+        };
+        send!(s, time 73, ack_aaa.clone());
+        assert_eq!(s.recovery_point, None);
+        for t in 74..77 {
+            send!(s, time t, ack_aaa.clone());
+        }
+        (s, ack_aaa)
+    }
+
+    #[test]
+    fn test_sack_recovery_that_follows_one_does_not_resend_its_retransmissions() {
+        // ccc's retransmission is on its way, sent a few milliseconds before: it is not
+        // resent a second time. When it is lost too, EEE, sent after it and SACKed a round
+        // trip and a quarter later, shows it.
+        let (mut s, ack_aaa) = socket_second_recovery();
+        recv_nothing!(s, time 77);
+        assert!(s.recovery_point.is_some());
+        s.send_slice(b"EEE").unwrap();
+        recv!(s, time 78, [segment_at(12, &b"EEE"[..])]);
+        send!(s, time 86, TcpRepr {
+            sack_ranges: [sack_block(9, 15), None, None],
+            ..ack_aaa
+        });
+        recv!(s, time 86, [segment_at(6, &b"ccc"[..])]);
+    }
+
+    #[test]
+    fn test_sack_recovery_with_nothing_to_resend_keeps_the_timer() {
+        // Nothing new is left to send, and ccc's retransmission is lost too: no later one
+        // shows it, and the retransmission timer resends it.
+        let (mut s, _) = socket_second_recovery();
+        recv_nothing!(s, time 77);
+        assert!(s.timer.is_retransmit());
+        recv_nothing!(s, time 250);
+        recv!(s, time 500, [segment_at(6, &b"ccc"[..])]);
     }
 
     #[test]
