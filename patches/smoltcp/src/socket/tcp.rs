@@ -3353,8 +3353,8 @@ impl<'a> Socket<'a> {
                     .on_loss(cx.now(), in_flight);
 
                 self.recovery_point = Some(self.remote_last_seq);
-                let una = self.local_seq_no;
-                self.rexmit_next = self.resent_to.take().map_or(una, |to| to.max(una));
+                // (`sack_prune` keeps `resent_to` above `SND.UNA`.)
+                self.rexmit_next = self.resent_to.take().unwrap_or(self.local_seq_no);
                 self.rexmit_last = None;
                 self.resend_first = true;
                 self.rexmit_credit = 1;
