@@ -832,6 +832,12 @@ pub struct Socket<'a> {
     /// starts before they arrive resends from here, not from `SND.UNA` again. (A copy that was
     /// lost is found as in one recovery: by a later one SACKed, by time, or by the timer.)
     resent_to: Option<TcpSeqNumber>,
+    /// During loss recovery: the last retransmission of the first unacknowledged segment, and
+    /// the highest sequence number sent before it, and when. Once the peer SACKs data beyond
+    /// that (sent after it), the retransmission was lost (RFC 8985), though later ones are
+    /// still on their way: it alone goes out again (`resend_head`), before the timer runs out.
+    rexmit_head: Option<(TcpSeqNumber, TcpSeqNumber, Instant)>,
+    resend_head: bool,
     /// During loss recovery: how many holes the ACKs received allow to retransmit, one
     /// each, when several arrive before the socket is dispatched.
     rexmit_credit: u16,
@@ -958,6 +964,8 @@ impl<'a> Socket<'a> {
             rexmit_last: None,
             rexmit_high: None,
             resent_to: None,
+            rexmit_head: None,
+            resend_head: false,
             rexmit_credit: 0,
             probe_at: None,
             probe_pending: false,
@@ -1378,6 +1386,8 @@ impl<'a> Socket<'a> {
         self.sacked = [None; SACK_SCOREBOARD_LEN];
         self.recovery_point = None;
         self.resent_to = None;
+        self.rexmit_head = None;
+        self.resend_head = false;
         self.probe_at = None;
         self.probe_pending = false;
         self.probed = false;
@@ -1985,6 +1995,14 @@ impl<'a> Socket<'a> {
         let una = self.local_seq_no;
         self.rexmit_high = self.rexmit_high.filter(|&high| high > una);
         self.resent_to = self.resent_to.filter(|&to| to > una);
+        if self.rexmit_head.is_some_and(|(seq, ..)| seq < una) {
+            // The ACK reached a hole resent after that one: its copy went out no later than
+            // the last retransmission.
+            let sent = self.sent_by(self.rexmit_mark);
+            self.rexmit_head = (self.recovery_point.is_some() && una < self.rexmit_next)
+                .then_some((una, sent, self.rexmit_at));
+            self.resend_head = false;
+        }
         for range in self.sacked.iter_mut() {
             match range {
                 Some((_, b)) if *b <= una => *range = None,
@@ -1999,11 +2017,14 @@ impl<'a> Socket<'a> {
     /// first unacknowledged segment (once per partial acknowledgement, as NewReno does).
     /// A peer with SACK shows what it lacks: what it has not SACKed beyond the last SACKed
     /// range may be on its way still, and resending it on each partial acknowledgement
-    /// would send the rest of the flight twice; it goes out only on `resend_first`.
+    /// would send the rest of the flight twice; it goes out only on `resend_first`. The first
+    /// unacknowledged segment comes first when its retransmission was lost (`resend_head`).
     fn next_hole(&self) -> Option<(TcpSeqNumber, usize)> {
         self.recovery_point?;
         let una = self.local_seq_no;
+        let first_sacked = || self.sacked.iter().flatten().next().map(|&(a, _)| a);
         let (start, end) = match self.holes().next() {
+            _ if self.resend_head => (una, first_sacked().unwrap_or(self.remote_last_seq)),
             Some(hole) => hole,
             None if (!self.remote_has_sack || self.resend_first)
                 && self.rexmit_next <= una
@@ -2041,6 +2062,25 @@ impl<'a> Socket<'a> {
                 .flatten()
                 .any(|&(a, b)| una < a && a <= seq && seq < b)
         })
+    }
+
+    /// Whether the peer SACKed data sent after the last retransmission of the first
+    /// unacknowledged segment, which it still lacks, a round trip and a quarter after it
+    /// (as for the last retransmission): that retransmission was lost. The cumulative ACK
+    /// waits for it alone, so it goes out again at once, while the later holes' copies are
+    /// left on their way.
+    fn head_retransmission_lost(&self, now: Instant) -> bool {
+        self.rexmit_head.is_some_and(|(seq, sent, at)| {
+            seq == self.local_seq_no
+                && now >= at + self.lost_retransmission_wait()
+                && self.sacked.iter().flatten().any(|&(_, b)| b > sent)
+        })
+    }
+
+    /// The highest sequence number that may have been sent before a retransmission sent when
+    /// `last` was the highest: after a timeout rewound it, the flight sent before it too.
+    fn sent_by(&self, last: TcpSeqNumber) -> TcpSeqNumber {
+        self.rexmit_high.map_or(last, |high| high.max(last))
     }
 
     /// How long a retransmission goes unacknowledged before it counts as lost: a round trip
@@ -2943,6 +2983,8 @@ impl<'a> Socket<'a> {
                     self.resent_to = Some(self.rexmit_next).filter(|&to| to > ack_number);
                     self.recovery_point = None;
                     self.rexmit_last = None;
+                    self.rexmit_head = None;
+                    self.resend_head = false;
                     self.rexmit_credit = 0;
                 } else if later_arrived
                     || (ack_len == 0
@@ -2965,6 +3007,11 @@ impl<'a> Socket<'a> {
                     self.rexmit_last = None;
                     self.rexmit_next = self.local_seq_no;
                     self.resend_first = true;
+                    self.pending_fast_retransmit = true;
+                    self.rexmit_credit = self.rexmit_credit.saturating_add(1);
+                } else if !self.resend_head && self.head_retransmission_lost(cx.now()) {
+                    net_debug!("retransmission of the first segment lost, resending it");
+                    self.resend_head = true;
                     self.pending_fast_retransmit = true;
                     self.rexmit_credit = self.rexmit_credit.saturating_add(1);
                 } else if self.next_hole().is_some() {
@@ -3335,6 +3382,8 @@ impl<'a> Socket<'a> {
                 self.recovery_point = None;
                 self.rexmit_last = None;
                 self.resent_to = None;
+                self.rexmit_head = None;
+                self.resend_head = false;
                 self.rexmit_credit = 0;
                 self.probe_at = None;
                 self.probed = false;
@@ -3356,6 +3405,8 @@ impl<'a> Socket<'a> {
                 // (`sack_prune` keeps `resent_to` above `SND.UNA`.)
                 self.rexmit_next = self.resent_to.take().unwrap_or(self.local_seq_no);
                 self.rexmit_last = None;
+                self.rexmit_head = None;
+                self.resend_head = false;
                 self.resend_first = true;
                 self.rexmit_credit = 1;
                 self.pending_fast_retransmit = true;
@@ -3525,13 +3576,30 @@ impl<'a> Socket<'a> {
                     repr.seq_number = seq;
                     repr.payload = self.tx_buffer.get_allocated(offset, effective_mss.min(len));
                     if !probe {
-                        self.rexmit_next = seq + repr.payload.len();
-                        self.resend_first = false;
+                        let end = seq + repr.payload.len();
+                        if seq == self.local_seq_no {
+                            let sent = self.sent_by(self.remote_last_seq);
+                            self.rexmit_head = Some((seq, sent, cx.now()));
+                            // The cumulative ACK waits for this copy: the timer gives it a
+                            // whole timeout, as it gave the first.
+                            let rto = self.rtte.retransmission_timeout();
+                            self.timer.set_for_retransmit(cx.now(), rto);
+                        }
                         self.rexmit_at = cx.now();
                         self.rexmit_mark = self.remote_last_seq;
-                        let first_copy = self.rexmit_high.is_none_or(|high| seq >= high);
-                        self.rexmit_last = first_copy.then_some(seq);
-                        let end = self.rexmit_next;
+                        if self.resend_head {
+                            // The holes after it keep their copies on their way. Its copy
+                            // goes out after the last retransmission: that one arriving no
+                            // longer shows it lost.
+                            self.resend_head = false;
+                            self.rexmit_next = self.rexmit_next.max(end);
+                            self.rexmit_last = None;
+                        } else {
+                            self.rexmit_next = end;
+                            self.resend_first = false;
+                            let first_copy = self.rexmit_high.is_none_or(|high| seq >= high);
+                            self.rexmit_last = first_copy.then_some(seq);
+                        }
                         self.rexmit_high = Some(self.rexmit_high.map_or(end, |high| high.max(end)));
                         self.rexmit_credit = self.rexmit_credit.saturating_sub(1);
                         self.pending_fast_retransmit =
@@ -8290,6 +8358,61 @@ mod test {
         recv!(s, time 80, [segment_at(0, &b"aaa"[..]), segment_at(6, &b"ccc"[..])]);
         send!(s, time 85, sack_dup_ack([sack_block(3, 15), None, None]));
         recv_nothing!(s, time 85);
+    }
+
+    /// `socket_two_holes_resent`, with EEEfffGGG sent after the two retransmissions, at 54 ms.
+    /// At 56 ms fff shows lost, and it is resent: the last retransmission.
+    fn socket_holes_resent_in_turn() -> TestSocket {
+        let mut s = socket_two_holes_resent();
+        s.send_slice(b"EEEfffGGG").unwrap();
+        recv!(s, time 54, [
+            segment_at(12, &b"EEE"[..]),
+            segment_at(15, &b"fff"[..]),
+            segment_at(18, &b"GGG"[..])
+        ]);
+        send!(s, time 56, sack_dup_ack([sack_block(18, 21), sack_block(9, 15), sack_block(3, 6)]));
+        recv!(s, time 56, [segment_at(15, &b"fff"[..])]);
+        s
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_a_lost_first_retransmission_alone() {
+        // ccc's copy and EEE, sent after aaa's copy, arrive; aaa's does not, a round trip and
+        // a quarter after it: it was lost, and goes out again at once, alone (fff's copy is on
+        // its way). The timeout counts from then, so that copy has a whole one; then what
+        // is not SACKed goes out again.
+        let mut s = socket_holes_resent_in_turn();
+        send!(s, time 80, sack_dup_ack([sack_block(3, 15), sack_block(18, 21), None]));
+        recv!(s, time 80, [segment_at(0, &b"aaa"[..])]);
+        recv_nothing!(s, time 81);
+        recv_nothing!(s, time 279);
+        recv!(s, time 281, [segment_at(0, &b"aaa"[..]), segment_at(15, &b"fff"[..])]);
+    }
+
+    #[test]
+    fn test_sack_recovery_takes_no_loss_from_a_copy_sent_before_the_first_one_again() {
+        // aaa goes out again at 80 ms, after fff's copy: fff arriving then shows nothing about
+        // aaa's, which is on its way.
+        let mut s = socket_holes_resent_in_turn();
+        send!(s, time 80, sack_dup_ack([sack_block(3, 15), sack_block(18, 21), None]));
+        recv!(s, time 80, [segment_at(0, &b"aaa"[..])]);
+        send!(s, time 82, sack_dup_ack([sack_block(3, 21), None, None]));
+        recv_nothing!(s, time 82);
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_a_lost_retransmission_the_ack_reaches() {
+        // aaa's copy arrives; ccc's, sent with it, does not, while HHH, sent after the last
+        // retransmission (fff's), does: ccc goes out again, alone.
+        let mut s = socket_holes_resent_in_turn();
+        s.send_slice(b"HHH").unwrap();
+        recv!(s, time 57, [segment_at(21, &b"HHH"[..])]);
+        send!(s, time 85, TcpRepr {
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..sack_dup_ack([sack_block(9, 15), sack_block(18, 24), None])
+        });
+        recv!(s, time 85, [segment_at(6, &b"ccc"[..])]);
+        recv_nothing!(s, time 86);
     }
 
     /// aaa of `aaaBBB` is lost, and during its recovery ccc of `cccDDD`, sent after it, too:
