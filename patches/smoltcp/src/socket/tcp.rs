@@ -561,6 +561,18 @@ const SACK_SCOREBOARD_LEN: usize = 32;
 
 type SackRange = (TcpSeqNumber, TcpSeqNumber);
 
+/// The last retransmission of the first unacknowledged segment, during loss recovery: the
+/// highest sequence number sent before it, and when. Once the peer SACKs data beyond that
+/// (sent after it), the copy was lost (RFC 8985), though later holes' copies are still on
+/// their way: the segment alone goes out again (`lost`), before the timer runs out.
+#[derive(Debug, Clone, Copy)]
+struct HeadCopy {
+    seq: TcpSeqNumber,
+    sent: TcpSeqNumber,
+    at: Instant,
+    lost: bool,
+}
+
 const ACK_DELAY_DEFAULT: Duration = Duration::from_millis(10);
 const CLOSE_DELAY: Duration = Duration::from_millis(10_000);
 
@@ -832,12 +844,8 @@ pub struct Socket<'a> {
     /// starts before they arrive resends from here, not from `SND.UNA` again. (A copy that was
     /// lost is found as in one recovery: by a later one SACKed, by time, or by the timer.)
     resent_to: Option<TcpSeqNumber>,
-    /// During loss recovery: the last retransmission of the first unacknowledged segment, and
-    /// the highest sequence number sent before it, and when. Once the peer SACKs data beyond
-    /// that (sent after it), the retransmission was lost (RFC 8985), though later ones are
-    /// still on their way: it alone goes out again (`resend_head`), before the timer runs out.
-    rexmit_head: Option<(TcpSeqNumber, TcpSeqNumber, Instant)>,
-    resend_head: bool,
+    /// During loss recovery: the last retransmission of the first unacknowledged segment.
+    rexmit_head: Option<HeadCopy>,
     /// During loss recovery: how many holes the ACKs received allow to retransmit, one
     /// each, when several arrive before the socket is dispatched.
     rexmit_credit: u16,
@@ -965,7 +973,6 @@ impl<'a> Socket<'a> {
             rexmit_high: None,
             resent_to: None,
             rexmit_head: None,
-            resend_head: false,
             rexmit_credit: 0,
             probe_at: None,
             probe_pending: false,
@@ -1387,7 +1394,6 @@ impl<'a> Socket<'a> {
         self.recovery_point = None;
         self.resent_to = None;
         self.rexmit_head = None;
-        self.resend_head = false;
         self.probe_at = None;
         self.probe_pending = false;
         self.probed = false;
@@ -1995,13 +2001,16 @@ impl<'a> Socket<'a> {
         let una = self.local_seq_no;
         self.rexmit_high = self.rexmit_high.filter(|&high| high > una);
         self.resent_to = self.resent_to.filter(|&to| to > una);
-        if self.rexmit_head.is_some_and(|(seq, ..)| seq < una) {
+        if self.rexmit_head.is_some_and(|head| head.seq < una) {
             // The ACK reached a hole resent after that one: its copy went out no later than
             // the last retransmission.
-            let sent = self.sent_by(self.rexmit_mark);
-            self.rexmit_head = (self.recovery_point.is_some() && una < self.rexmit_next)
-                .then_some((una, sent, self.rexmit_at));
-            self.resend_head = false;
+            self.rexmit_head =
+                (self.recovery_point.is_some() && una < self.rexmit_next).then_some(HeadCopy {
+                    seq: una,
+                    sent: self.sent_by(self.rexmit_mark),
+                    at: self.rexmit_at,
+                    lost: false,
+                });
         }
         for range in self.sacked.iter_mut() {
             match range {
@@ -2018,13 +2027,15 @@ impl<'a> Socket<'a> {
     /// A peer with SACK shows what it lacks: what it has not SACKed beyond the last SACKed
     /// range may be on its way still, and resending it on each partial acknowledgement
     /// would send the rest of the flight twice; it goes out only on `resend_first`. The first
-    /// unacknowledged segment comes first when its retransmission was lost (`resend_head`).
+    /// unacknowledged segment comes first when its retransmission was lost (`HeadCopy`).
     fn next_hole(&self) -> Option<(TcpSeqNumber, usize)> {
         self.recovery_point?;
         let una = self.local_seq_no;
-        let first_sacked = || self.sacked.iter().flatten().next().map(|&(a, _)| a);
         let (start, end) = match self.holes().next() {
-            _ if self.resend_head => (una, first_sacked().unwrap_or(self.remote_last_seq)),
+            _ if self.head_copy_lost() => {
+                let first_sacked = self.sacked.iter().flatten().next();
+                (una, first_sacked.map_or(self.remote_last_seq, |&(a, _)| a))
+            }
             Some(hole) => hole,
             None if (!self.remote_has_sack || self.resend_first)
                 && self.rexmit_next <= una
@@ -2070,11 +2081,16 @@ impl<'a> Socket<'a> {
     /// waits for it alone, so it goes out again at once, while the later holes' copies are
     /// left on their way.
     fn head_retransmission_lost(&self, now: Instant) -> bool {
-        self.rexmit_head.is_some_and(|(seq, sent, at)| {
-            seq == self.local_seq_no
-                && now >= at + self.lost_retransmission_wait()
-                && self.sacked.iter().flatten().any(|&(_, b)| b > sent)
+        self.rexmit_head.is_some_and(|head| {
+            head.seq == self.local_seq_no
+                && now >= head.at + self.lost_retransmission_wait()
+                && self.sacked.iter().flatten().any(|&(_, b)| b > head.sent)
         })
+    }
+
+    /// Whether the first unacknowledged segment is to go out again (its copy was lost).
+    fn head_copy_lost(&self) -> bool {
+        self.rexmit_head.is_some_and(|head| head.lost)
     }
 
     /// The highest sequence number that may have been sent before a retransmission sent when
@@ -2984,7 +3000,6 @@ impl<'a> Socket<'a> {
                     self.recovery_point = None;
                     self.rexmit_last = None;
                     self.rexmit_head = None;
-                    self.resend_head = false;
                     self.rexmit_credit = 0;
                 } else if later_arrived
                     || (ack_len == 0
@@ -3009,9 +3024,11 @@ impl<'a> Socket<'a> {
                     self.resend_first = true;
                     self.pending_fast_retransmit = true;
                     self.rexmit_credit = self.rexmit_credit.saturating_add(1);
-                } else if !self.resend_head && self.head_retransmission_lost(cx.now()) {
+                } else if !self.head_copy_lost() && self.head_retransmission_lost(cx.now()) {
                     net_debug!("retransmission of the first segment lost, resending it");
-                    self.resend_head = true;
+                    if let Some(head) = self.rexmit_head.as_mut() {
+                        head.lost = true;
+                    }
                     self.pending_fast_retransmit = true;
                     self.rexmit_credit = self.rexmit_credit.saturating_add(1);
                 } else if self.next_hole().is_some() {
@@ -3383,7 +3400,6 @@ impl<'a> Socket<'a> {
                 self.rexmit_last = None;
                 self.resent_to = None;
                 self.rexmit_head = None;
-                self.resend_head = false;
                 self.rexmit_credit = 0;
                 self.probe_at = None;
                 self.probed = false;
@@ -3406,7 +3422,6 @@ impl<'a> Socket<'a> {
                 self.rexmit_next = self.resent_to.take().unwrap_or(self.local_seq_no);
                 self.rexmit_last = None;
                 self.rexmit_head = None;
-                self.resend_head = false;
                 self.resend_first = true;
                 self.rexmit_credit = 1;
                 self.pending_fast_retransmit = true;
@@ -3577,9 +3592,14 @@ impl<'a> Socket<'a> {
                     repr.payload = self.tx_buffer.get_allocated(offset, effective_mss.min(len));
                     if !probe {
                         let end = seq + repr.payload.len();
+                        let head_resent = self.head_copy_lost();
                         if seq == self.local_seq_no {
-                            let sent = self.sent_by(self.remote_last_seq);
-                            self.rexmit_head = Some((seq, sent, cx.now()));
+                            self.rexmit_head = Some(HeadCopy {
+                                seq,
+                                sent: self.sent_by(self.remote_last_seq),
+                                at: cx.now(),
+                                lost: false,
+                            });
                             // The cumulative ACK waits for this copy: the timer gives it a
                             // whole timeout, as it gave the first.
                             let rto = self.rtte.retransmission_timeout();
@@ -3587,11 +3607,10 @@ impl<'a> Socket<'a> {
                         }
                         self.rexmit_at = cx.now();
                         self.rexmit_mark = self.remote_last_seq;
-                        if self.resend_head {
+                        if head_resent {
                             // The holes after it keep their copies on their way. Its copy
                             // goes out after the last retransmission: that one arriving no
                             // longer shows it lost.
-                            self.resend_head = false;
                             self.rexmit_next = self.rexmit_next.max(end);
                             self.rexmit_last = None;
                         } else {
