@@ -61,7 +61,7 @@ use peers::PeerState;
 /// each, far below `vm.max_map_count`): the mappings are private and writable, so with `vm.overcommit_memory` at
 /// 2 (strict accounting) the kernel would count them all and refuse new ones (a SYN is then dropped and logged);
 /// at 0 (the default heuristic) or 1 only touched pages count. Window scaling needs the patched smoltcp
-/// (patches/README.md): the released one stalls a scaled connection under backpressure and loss.
+/// (crates/smoltcp/fork/README.md): the released one stalls a scaled connection under backpressure and loss.
 const RX_BUFFER: usize = 4 << 20;
 /// The receive window a connection starts with, and falls back to once idle (see `autotune`).
 const INITIAL_WINDOW: usize = 64 * 1024;
@@ -76,7 +76,7 @@ const WINDOW_BUDGET: usize = 256 << 20;
 /// leave as one burst.
 const TX_BUFFER: usize = 4 << 20;
 /// The send buffer a connection starts with, and falls back to once idle: as much as it takes in from Python
-/// before the congestion window has grown. Also the floor under the congestion window (patches/README.md).
+/// before the congestion window has grown. Also the floor under the congestion window (crates/smoltcp/fork/README.md).
 const INITIAL_SEND_BUFFER: usize = 64 * 1024;
 
 /// How many mappings of ended connections are kept for new ones.

@@ -60,7 +60,7 @@ pub(super) struct ReadPosition {
     /// The stream's bytes before this were given back, or were live when Python read past them.
     released: u64,
     /// The right edge the window may have been advertised up to before it fell back to the first window:
-    /// smoltcp keeps it (patches/README.md), and data may arrive up to it.
+    /// smoltcp keeps it (crates/smoltcp/fork/README.md), and data may arrive up to it.
     pub(super) floor: u64,
 }
 

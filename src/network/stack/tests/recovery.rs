@@ -1,4 +1,4 @@
-//! Loss recovery of the stack's own data (patches/README.md, smoltcp-sack-recovery and smoltcp-rack-tlp): segments
+//! Loss recovery of the stack's own data (crates/smoltcp/fork/README.md: loss recovery with SACK, and the tail loss probe): segments
 //! lost in the tunnel are resent once each, and only they, on the client's acknowledgements or after a tail loss
 //! probe, without waiting for a retransmission timeout.
 
@@ -120,7 +120,7 @@ fn sack_recovery_of_several_losses_in_a_window_resends_only_the_lost_segments() 
 }
 
 /// The tail of a flight lost in the tunnel: no later segment draws duplicate acknowledgements, so nothing shows
-/// the loss but time. The stack probes after two round trips (patches/README.md, smoltcp-rack-tlp) with the
+/// the loss but time. The stack probes after two round trips (crates/smoltcp/fork/README.md, the tail loss probe) with the
 /// last segment; the client's SACK of it shows the holes below, which are resent at once: all of it long before
 /// the 200 ms retransmission timeout.
 #[test]

@@ -1,5 +1,5 @@
 //! Window scaling under backpressure and loss: the case that stalled connections before smoltcp was patched
-//! (patches/README.md).
+//! (crates/smoltcp/fork/README.md).
 
 use std::time::Duration;
 
