@@ -280,8 +280,13 @@ def decode_png_qr(path: Path) -> str:
     assert info["greyscale"] and not info["alpha"]
     top = (1 << info["bitdepth"]) - 1
     pixels = bytes(255 * v // top for row in rows for v in row)
-    (code,) = zxingcpp.read_barcodes(memoryview(pixels).cast("B", (height, width)))
-    return code.text
+    # The decoder may find the same code more than once (it tries rotations and inversions): one text is expected.
+    codes = zxingcpp.read_barcodes(
+        memoryview(pixels).cast("B", (height, width)), formats=zxingcpp.BarcodeFormat.QRCode
+    )
+    texts = {code.text for code in codes}
+    assert len(texts) == 1, f"{len(codes)} QR codes found, with {len(texts)} different texts"
+    return texts.pop()
 
 
 # Packet captures.
