@@ -274,6 +274,38 @@ fn connections_to_any_address_carry_data_both_ways_and_half_close() {
     }
 }
 
+/// On a path that reorders, a client's FIN, sent right after its last segment, can overtake it. The stack keeps
+/// the FIN and ends the stream once the data before it arrived, without waiting for the client to send it again.
+#[test]
+fn a_fin_that_overtakes_the_last_data_ends_the_stream_once_the_data_arrived() {
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "198.51.100.7:80");
+    let id = established(&client.pump(&mut stack));
+    let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let now = stack.now();
+    client.socket().send_slice(b"the last words").unwrap();
+    client.iface.poll(now, &mut client.device, &mut client.sockets);
+    client.socket().close();
+    client.iface.poll(now, &mut client.device, &mut client.sockets);
+    let sent: Vec<_> = client.device.tx.drain(..).collect();
+    assert_eq!(sent.len(), 2, "the data and the FIN in segments of their own");
+
+    // The FIN first, then the data; the clock stands still, so nothing is sent again.
+    let mut out = Outputs::default();
+    for packet in sent.into_iter().rev() {
+        stack.receive(client.peer, endpoint, packet, &mut out);
+    }
+    stack.flush(&mut out);
+    assert_eq!(data(&out.events), b"the last words");
+    assert!(
+        out.events
+            .iter()
+            .any(|e| matches!(e, NetworkToPython::Eof { id: i } if *i == id)),
+        "no end of stream in {:?}",
+        out.events
+    );
+}
+
 /// The client sends "request", kept as a packet so that a test can send it again; Python answers "reply".
 /// Returns the request and what the stack put out.
 fn request_and_reply(stack: &mut TestStack, client: &mut Client, id: ConnectionId) -> (Vec<u8>, Outputs) {

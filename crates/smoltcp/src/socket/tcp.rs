@@ -785,6 +785,9 @@ pub struct Socket<'a> {
     /// The sequence number corresponding to the beginning of the receive buffer.
     /// I.e. userspace reading n bytes adds n to remote_seq_no.
     remote_seq_no: TcpSeqNumber,
+    /// The sequence number of a FIN that arrived while data before it was missing: it takes
+    /// effect once that data has arrived (RFC 9293 3.10.7.4, the eighth step).
+    rx_fin_pending: Option<TcpSeqNumber>,
     /// The last sequence number sent.
     /// I.e. in an idle socket, local_seq_no+tx_buffer.len().
     remote_last_seq: TcpSeqNumber,
@@ -950,6 +953,7 @@ impl<'a> Socket<'a> {
             tuple: None,
             local_seq_no: TcpSeqNumber::default(),
             remote_seq_no: TcpSeqNumber::default(),
+            rx_fin_pending: None,
             remote_last_seq: TcpSeqNumber::default(),
             remote_last_ack: None,
             remote_last_win: 0,
@@ -1380,6 +1384,7 @@ impl<'a> Socket<'a> {
         self.tuple = None;
         self.local_seq_no = TcpSeqNumber::default();
         self.remote_seq_no = TcpSeqNumber::default();
+        self.rx_fin_pending = None;
         self.remote_last_seq = TcpSeqNumber::default();
         self.remote_last_ack = None;
         self.remote_last_win = 0;
@@ -2639,14 +2644,20 @@ impl<'a> Socket<'a> {
             control = TcpControl::None;
         }
 
-        // If a FIN is received at the end of the current segment, but
-        // we have a hole in the assembler before the current segment, disregard this FIN.
+        // If a FIN is received at the end of the current segment, but we have a hole in the
+        // assembler before the current segment, the FIN waits for the data before it. It is
+        // kept only if the segment's data was taken whole: a FIN beyond the window is dropped.
+        let mut fin_beyond_hole = None;
         if control == TcpControl::Fin && window_start < segment_start {
-            tcp_trace!(
-                "ignoring FIN because we don't have full data yet. window_start={} segment_start={}",
-                window_start,
-                segment_start
-            );
+            let fin_seq = segment_start + repr.payload.len();
+            if window_start + payload_offset + payload.len() == fin_seq {
+                tcp_trace!(
+                    "keeping FIN until the data before it arrives. window_start={} fin={}",
+                    window_start,
+                    fin_seq
+                );
+                fin_beyond_hole = Some(fin_seq);
+            }
             control = TcpControl::None;
         }
 
@@ -3094,6 +3105,9 @@ impl<'a> Socket<'a> {
             };
         }
         if payload_len == 0 {
+            if fin_beyond_hole.is_some() {
+                self.rx_fin_pending = fin_beyond_hole;
+            }
             return None;
         }
 
@@ -3111,6 +3125,9 @@ impl<'a> Socket<'a> {
             );
             return None;
         };
+        if fin_beyond_hole.is_some() {
+            self.rx_fin_pending = fin_beyond_hole;
+        }
 
         // Place payload octets into the buffer.
         tcp_trace!(
@@ -3129,6 +3146,9 @@ impl<'a> Socket<'a> {
                 self.rx_buffer.len() + contig_len
             );
             self.rx_buffer.enqueue_unallocated(contig_len);
+            if self.rx_fin_pending == Some(self.remote_seq_no + self.rx_buffer.len()) {
+                self.receive_pending_fin(cx.now());
+            }
 
             // There's new data in rx_buffer, notify waiting task if any.
             #[cfg(feature = "async")]
@@ -3175,6 +3195,26 @@ impl<'a> Socket<'a> {
             Some(self.ack_reply(ip_repr, repr))
         } else {
             None
+        }
+    }
+
+    /// A FIN kept while data before it was missing: the data has arrived, so it takes effect as
+    /// it would have on arrival. (An ACK of our own FIN in the same segment has moved FIN-WAIT-1
+    /// on to FIN-WAIT-2 already.)
+    fn receive_pending_fin(&mut self, now: Instant) {
+        self.rx_fin_pending = None;
+        let next = match self.state {
+            State::Established => State::CloseWait,
+            State::FinWait1 => State::Closing,
+            State::FinWait2 => State::TimeWait,
+            _ => return,
+        };
+        tcp_trace!("received FIN after the data before it");
+        self.remote_seq_no += 1;
+        self.rx_fin_received = true;
+        self.set_state(next);
+        if next == State::TimeWait {
+            self.timer.set_for_close(now);
         }
     }
 
@@ -6473,12 +6513,142 @@ mod test {
             },
             Some(TcpRepr {
                 seq_number: LOCAL_SEQ + 1,
-                ack_number: Some(REMOTE_SEQ + 1 + 6 + 6),
+                ack_number: Some(REMOTE_SEQ + 1 + 6 + 6 + 1),
                 window_len: 52,
                 ..RECV_TEMPL
             })
         );
+        // The FIN that came before the data it follows takes effect once that data arrived,
+        // without waiting for the remote to send it again.
+        assert_eq!(s.state, State::CloseWait);
+        s.recv(|data| {
+            assert_eq!(data, b"abcdef123456");
+            (12, ())
+        })
+        .unwrap();
+        assert_eq!(s.recv(|_| (0, ())), Err(RecvError::Finished));
+    }
+
+    #[test]
+    fn test_established_bare_fin_after_missing() {
+        let mut s = socket_established();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            }
+        );
         assert_eq!(s.state, State::Established);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::CloseWait);
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6 + 1),
+                window_len: 58,
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    #[test]
+    fn test_established_fin_after_missing_beyond_window_is_dropped() {
+        let mut s = socket_established_with_buffer_sizes(64, 6);
+        // The segment's data runs past the window: its FIN is outside it, and is not kept.
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1 + 3,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"defghi"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                window_len: 6,
+                ..RECV_TEMPL
+            })
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abc"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 0,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+        // The rest of the data, without a FIN this time: the trimmed FIN was never taken.
+        s.recv(|data| (data.len(), ())).unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 6,
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ghi"[..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+    }
+
+    #[test]
+    fn test_fin_wait_2_fin_after_missing() {
+        let mut s = socket_fin_wait_2();
+        send!(s, time 1_000, TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: REMOTE_SEQ + 1 + 3,
+            ack_number: Some(LOCAL_SEQ + 1 + 1),
+            payload: &b"def"[..],
+            ..SEND_TEMPL
+        }, Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        }));
+        assert_eq!(s.state, State::FinWait2);
+        send!(s, time 1_010, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 1),
+            payload: &b"abc"[..],
+            ..SEND_TEMPL
+        }, Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 6 + 1),
+            window_len: 58,
+            ..RECV_TEMPL
+        }));
+        assert_eq!(s.state, State::TimeWait);
     }
 
     #[test]
