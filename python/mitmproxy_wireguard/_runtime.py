@@ -91,11 +91,12 @@ class Runtime:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def wrap(self, announce: Callable[[Server], None]) -> Callable[[Server], None]:
-        """`announce`, then `start`: the command line runs them once the server runs."""
+        """`start`, then `announce`: the command line runs them once the server runs. Once users read that it
+        listens, SIGHUP and SIGUSR1 are handled (not: end the process)."""
 
         def ready(server: Server) -> None:
-            announce(server)
             self.start(server)
+            announce(server)
 
         return ready
 
