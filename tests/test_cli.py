@@ -338,9 +338,38 @@ def test_a_timeout_that_is_not_a_positive_number_is_an_error(value: str) -> None
 def test_a_port_in_use_is_an_error(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
-        out = run_cli("echo", "--host", "127.0.0.1", "--port", str(s.getsockname()[1]))
+        port = s.getsockname()[1]
+        out = run_cli("echo", "--host", "127.0.0.1", "--port", str(port))
     assert out.returncode == 1
     assert "error" in out.stderr and "Traceback" not in out.stderr
+    # Which address, and what to do.
+    assert f"127.0.0.1:{port}" in out.stderr and "already in use" in out.stderr and "--port" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "option, make, expected",
+    [
+        ("--conf", lambda tmp: tmp / "missing" / "server.conf", "does not exist"),
+        ("--conf", lambda tmp: tmp, "is a directory"),
+        ("--export", lambda tmp: tmp / "taken", "is a file, not a directory"),
+    ],
+)
+def test_a_path_that_cannot_serve_is_an_error_naming_it(tmp_path: Path, option, make, expected) -> None:
+    (tmp_path / "taken").write_text("")
+    path = make(tmp_path)
+    out = run_cli("echo", "--host", "127.0.0.1", "--port", "0", "--no-qr", option, str(path))
+    assert out.returncode == 2, out
+    assert f"error: {option} {path}: " in out.stderr and expected in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "listening" not in out.stdout
+    assert not (tmp_path / "missing").exists()
+
+
+def test_without_a_command_the_help_is_printed(tmp_path: Path) -> None:
+    out = run_cli()
+    assert out.returncode == 2
+    assert out.stderr.startswith("usage: ") and "transparent proxy" in out.stderr and "echo" in out.stderr
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "Without a command, it prints its help and exits with status 2." in readme
 
 
 @needs_client

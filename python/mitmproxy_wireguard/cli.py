@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import errno
 import json
 import logging
 import os
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="A user-space WireGuard server for any device that can be configured as a WireGuard "
         "client. It prints each client's configuration and QR code at start.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Not `required`: without a command, the whole help is printed (see `main`).
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser(
         "echo",
         parents=[common],
@@ -242,6 +244,52 @@ def raise_open_file_limit() -> None:
         logger.debug("could not raise the open-file limit from %d to %d: %s", soft, target, e)
 
 
+def check_paths(conf: Path | None, export: Path | None) -> str | None:
+    """What is wrong with the paths of `--conf` and `--export`, before a server starts, or None."""
+    if conf is not None:
+        if conf.is_dir():
+            return (
+                f"--conf {conf}: is a directory; give the path of a configuration file (created when missing)"
+            )
+        if not conf.exists() and not conf.parent.is_dir():
+            return (
+                f"--conf {conf}: the directory {conf.parent} does not exist; create it, or give a file in an "
+                "existing directory (the file itself is created when missing)"
+            )
+    if export is not None:
+        if export.exists() and not export.is_dir():
+            return (
+                f"--export {export}: is a file, not a directory; give a directory (created when missing) for "
+                "the client-N.conf and client-N.png files"
+            )
+        try:
+            export.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"--export {export}: cannot create the directory: {e.strerror or e}"
+    return None
+
+
+def path_error(option: str, path: Path | None, e: OSError) -> str:
+    """An error of the file of `option` (its path named once), as the command line reports it."""
+    if path is None or e.strerror is None:
+        return str(e)
+    return f"{option} {path}: {e.strerror}"
+
+
+def listen_error(e: OSError, host: str, port: int) -> str | None:
+    """What to do when the socket cannot be bound, or None for other errors."""
+    if e.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on UDP {host_port(host or '*', port)}: the address is already in use (by another "
+            "program, or another server); choose another port with --port (--port 0: any free one)"
+        )
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on UDP {host_port(host, port)}: this machine has no such address; check --host"
+    if e.errno == errno.EACCES:
+        return f"cannot listen on UDP {host_port(host or '*', port)}: not permitted; choose a port above 1023"
+    return None
+
+
 def load_configuration(path: Path | None, port: int | None, peers: int) -> Configuration:
     """The configuration file at `path`, made and saved with fresh keys when missing; `port` overrides the
     listen port. Peers without AllowedIPs get the next free tunnel addresses, written into the file."""
@@ -404,17 +452,28 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     if getattr(args, "upstream_dns", None) is not None and args.upstream is None:
         parser.error("--upstream-dns needs --upstream")
     setup_logging(args.verbose, args.json_log)
     raise_open_file_limit()
+    problem = check_paths(args.conf, args.export)
+    if problem is not None:
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
     try:
         cfg = load_configuration(args.conf, args.port, args.peers)
-    except (ValueError, OSError) as e:
+    except OSError as e:
+        parser.exit(2, f"{parser.prog}: error: {path_error('--conf', args.conf, e)}\n")
+    except ValueError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     try:
         asyncio.run(run(args, cfg))
-    except (OSError, ServerError) as e:
+    except OSError as e:
+        message = listen_error(e, args.host, cfg.listen_port) or str(e)
+        parser.exit(1, f"{parser.prog}: error: {message}\n")
+    except ServerError as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
         return 130

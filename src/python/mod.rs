@@ -29,6 +29,20 @@ impl From<Error> for PyErr {
                 }
                 None => PyOSError::new_err(format!("{}: {source}", path.display())),
             },
+            Error::Bind { addr, source } => {
+                let text = source.to_string();
+                let message = |reason: &str| format!("cannot listen on UDP {addr}: {reason}");
+                match source.raw_os_error() {
+                    // `OSError(errno, strerror)`: the subclass and `errno` (EADDRINUSE, ...) for callers.
+                    Some(errno) => {
+                        let strerror = text
+                            .strip_suffix(&format!(" (os error {errno})"))
+                            .unwrap_or(&text);
+                        PyOSError::new_err((errno, message(strerror)))
+                    }
+                    None => PyOSError::new_err(message(&text)),
+                }
+            }
             Error::Closed => PyRuntimeError::new_err(e.to_string()),
         }
     }
