@@ -78,8 +78,9 @@ class Server:
 
     def start_capture(self, path: str | os.PathLike[str]) -> None:
         """Starts writing the packets inside the tunnel to `path`, a pcapng file for tcpdump or Wireshark: the
-        decrypted IP packets from and to every peer, each peer an interface of its own named by its public key
-        (link type raw IP), with each packet's direction. The file is created (or truncated) readable by its
+        decrypted IP packets from and to every peer, each peer an interface of its own named by its public key,
+        with each packet's direction. The packets have a Linux "cooked" header (link type LINUX_SLL), not raw
+        IP: libpcap, and so tcpdump, refuses a pcapng file with more than one raw IP interface. The file is created (or truncated) readable by its
         owner only: it holds the peers' traffic in clear.
 
         The disk never slows the tunnel down: when the file cannot be written as fast as packets come, packets

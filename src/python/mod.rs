@@ -78,6 +78,13 @@ fn _mitmproxy_wireguard(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(genkey, m)?)?;
     m.add_function(wrap_pyfunction!(pubkey, m)?)?;
     m.add_class::<config::Configuration>()?;
+    // `eq` fills the rich comparison slot, for which Python lists `__lt__`, `__le__`, `__gt__` and `__ge__` too
+    // (help() shows them; each raises TypeError). A configuration has no order: they go, and `<` still raises
+    // TypeError as for any object without an order.
+    let configuration = m.getattr("Configuration")?;
+    for name in ["__lt__", "__le__", "__gt__", "__ge__"] {
+        configuration.delattr(name)?;
+    }
     engine::register(m)?;
     Ok(())
 }
