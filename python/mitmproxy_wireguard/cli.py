@@ -271,9 +271,9 @@ def check_paths(conf: Path | None, export: Path | None) -> str | None:
 
 def path_error(option: str, path: Path | None, e: OSError) -> str:
     """An error of the file of `option` (its path named once), as the command line reports it."""
-    if path is None or e.strerror is None:
+    if path is None:
         return str(e)
-    return f"{option} {path}: {e.strerror}"
+    return f"{option} {path}: {e.strerror or e}"
 
 
 def listen_error(e: OSError, host: str, port: int) -> str | None:
