@@ -1,6 +1,7 @@
 //! The crate's error type. Each variant maps to one Python exception at the boundary (`From<Error> for PyErr` in `python/mod.rs`).
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,9 @@ pub enum Error {
     /// A file that could not be opened or written; Python sees the path as the `OSError`'s filename.
     #[error("{}: {source}", path.display())]
     File { path: PathBuf, source: io::Error },
+    /// The server's UDP socket could not be bound to `addr`.
+    #[error("cannot listen on UDP {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
     #[error("the server is closed")]
     Closed,
 }

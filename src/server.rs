@@ -152,6 +152,8 @@ fn bind(host: &str, port: u16) -> Result<std::net::UdpSocket> {
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
+    socket
+        .bind(&addr.into())
+        .map_err(|source| Error::Bind { addr, source })?;
     Ok(socket.into())
 }

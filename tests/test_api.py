@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import socket
@@ -110,6 +111,38 @@ async def test_a_port_in_use_is_an_os_error():
             await wg.start_server(
                 "127.0.0.1", wg.Configuration.generate(listen_port=port), echo, ignore_datagram
             )
+
+
+async def test_a_port_in_use_names_the_address_and_keeps_the_errno():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError) as e:
+            await wg.start_server(
+                "127.0.0.1", wg.Configuration.generate(listen_port=port), echo, ignore_datagram
+            )
+    assert e.value.errno == errno.EADDRINUSE
+    assert f"127.0.0.1:{port}" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, missing",
+    [
+        ((echo,), {}, "receive_datagram"),
+        ((), {"receive_datagram": ignore_datagram}, "handle_connection"),
+    ],
+)
+async def test_a_missing_handler_is_a_type_error_naming_the_public_call(args, kwargs, missing):
+    with pytest.raises(TypeError) as e:
+        await wg.start_server("127.0.0.1", wg.Configuration.generate(listen_port=0), *args, **kwargs)
+    assert str(e.value).startswith("start_server(host, cfg, handle_connection, receive_datagram):"), e.value
+    assert repr(missing) in str(e.value) and "_start" not in str(e.value)
+    with pytest.raises(TypeError) as e:
+        await wg.start_server("127.0.0.1", 0, wg.genkey(), [], echo)
+    assert str(e.value).startswith(
+        "start_server(host, port, private_key, peer_public_keys, handle_connection"
+    )
+    assert "'receive_datagram'" in str(e.value) and "_start" not in str(e.value)
 
 
 async def test_bad_addresses_are_value_errors():

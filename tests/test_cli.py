@@ -6,6 +6,7 @@ import asyncio
 import importlib.metadata
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -240,6 +241,93 @@ def test_a_broken_conf_is_an_error_that_names_file_and_line(tmp_path: Path, text
     assert conf.read_text() == text
 
 
+def peer_by_public_key_only(conf: Path, before_peer: int | None = None) -> str:
+    """Writes a `[Peer]` with a PublicKey alone (a device with its own key, no AllowedIPs) into `conf`, as a
+    user does: at the end, or before the file's peer number `before_peer` (0 is the first). Returns the key.
+    """
+    public = wg.pubkey(wg.genkey())
+    sections = conf.read_text().split("\n[Peer]\n")
+    at = len(sections) if before_peer is None else before_peer + 1
+    sections.insert(at, f"PublicKey = {public}\n")
+    conf.write_text("\n[Peer]\n".join(sections))
+    return public
+
+
+def assert_template(text: str, server_public_key: str, address: str) -> None:
+    """A client configuration with a placeholder for the device's own key, and all the rest."""
+    fields = config_fields(text)
+    assert fields["PrivateKey"] == "<the device's own key>"
+    assert fields["Address"] == address
+    assert fields["Peer.PublicKey"] == server_public_key
+    assert fields["Peer.Endpoint"].startswith("127.0.0.1:")
+
+
+@pytest.mark.parametrize("command", ["echo", "forward"])
+def test_a_peer_known_by_its_public_key_only_gets_free_addresses_at_start(cli, tmp_path, command) -> None:
+    cfg = wg.Configuration.generate(listen_port=0, peers=2)
+    conf = tmp_path / "server.conf"
+    cfg.to_file(conf)
+    public = peer_by_public_key_only(conf, before_peer=1)
+    assert not wg.Configuration.from_file(conf).peers[1]["allowed_ips"]
+
+    process = cli(command, "--conf", str(conf), "--host", "127.0.0.1", "--endpoint", "127.0.0.1")
+    process.wait_for_stdout("No QR code")
+    process.wait_for_stdout(LISTENING)
+    # The next free addresses (the third peer has .3), written into the file; the peers' order stays.
+    after = wg.Configuration.from_file(conf)
+    assert [p["public_key"] for p in after.peers] == [
+        cfg.client_public_keys[0],
+        public,
+        cfg.client_public_keys[1],
+    ]
+    assert after.peers[1]["allowed_ips"] == ["10.0.0.4/32", "fd00::4/128"]
+    assert after.peers[0]["allowed_ips"] == cfg.peers[0]["allowed_ips"]
+    assert after.peers[2]["allowed_ips"] == cfg.peers[1]["allowed_ips"]
+    printed = client_configs(process.stdout)
+    assert len(printed) == 3
+    assert_template(printed[1], cfg.server_public_key, "10.0.0.4/32, fd00::4/128")
+    if command == "forward":
+        assert config_fields(printed[1])["DNS"] == "10.0.0.53, fd00::53"
+    # QR codes of the two others, none of the template.
+    starts = [i for i, line in enumerate(process.stdout) if line.startswith("------ client ")]
+    qr_lines = [i for i, line in enumerate(process.stdout) if line.startswith("███")]
+    assert any(starts[0] < i < starts[1] for i in qr_lines) and any(i > starts[2] for i in qr_lines)
+    assert not any(starts[1] < i < starts[2] for i in qr_lines)
+    assert "gave it 10.0.0.4/32, fd00::4/128" in "\n".join(process.stderr)
+    assert process.stop() == 0
+    assert "Traceback" not in "\n".join(process.stderr)
+
+
+def test_a_peer_known_by_its_public_key_only_gets_free_addresses_on_sighup(cli, tmp_path) -> None:
+    cfg = wg.Configuration.generate(listen_port=0)
+    conf = tmp_path / "server.conf"
+    cfg.to_file(conf)
+    process = cli("echo", "--conf", str(conf), "--host", "127.0.0.1", "--no-qr", "--json-log")
+    process.wait_for_stdout(LISTENING)
+    public = peer_by_public_key_only(conf)
+    process.process.send_signal(signal.SIGHUP)
+    process.wait_for_log(lambda r: r["message"] == f"peer {public} added (10.0.0.3/32, fd00::3/128)")
+    process.wait_for_stdout("No QR code")
+    # The configuration of the peer added, and no other one again.
+    printed = client_configs(process.stdout)
+    assert len(printed) == 2
+    assert_template(printed[1], cfg.server_public_key, "10.0.0.3/32, fd00::3/128")
+    assert wg.Configuration.from_file(conf).peers[1]["allowed_ips"] == ["10.0.0.3/32", "fd00::3/128"]
+    # The file says what the server has: the next reload changes nothing.
+    process.process.send_signal(signal.SIGHUP)
+    process.wait_for(
+        lambda: [r for r in process.json_records() if r["message"].startswith("reloaded")][1:], timeout=10
+    )
+    reloads = [r["message"] for r in process.json_records() if r["message"].startswith("reloaded")]
+    assert reloads[1].endswith("0 peer(s) added, 0 removed, 0 changed"), reloads
+    assert process.stop() == 0
+    # And the next start gives it the same addresses.
+    again = cli("echo", "--conf", str(conf), "--host", "127.0.0.1", "--no-qr")
+    again.wait_for_stdout("No QR code")
+    assert_template(client_configs(again.stdout)[1], cfg.server_public_key, "10.0.0.3/32, fd00::3/128")
+    assert again.stop() == 0
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "soon", "inf", "nan"])
 def test_a_timeout_that_is_not_a_positive_number_is_an_error(value: str) -> None:
     out = run_cli("forward", "--host", "127.0.0.1", "--tcp-idle-timeout", value)
@@ -250,9 +338,38 @@ def test_a_timeout_that_is_not_a_positive_number_is_an_error(value: str) -> None
 def test_a_port_in_use_is_an_error(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
-        out = run_cli("echo", "--host", "127.0.0.1", "--port", str(s.getsockname()[1]))
+        port = s.getsockname()[1]
+        out = run_cli("echo", "--host", "127.0.0.1", "--port", str(port))
     assert out.returncode == 1
     assert "error" in out.stderr and "Traceback" not in out.stderr
+    # Which address, and what to do.
+    assert f"127.0.0.1:{port}" in out.stderr and "already in use" in out.stderr and "--port" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "option, make, expected",
+    [
+        ("--conf", lambda tmp: tmp / "missing" / "server.conf", "does not exist"),
+        ("--conf", lambda tmp: tmp, "is a directory"),
+        ("--export", lambda tmp: tmp / "taken", "is a file, not a directory"),
+    ],
+)
+def test_a_path_that_cannot_serve_is_an_error_naming_it(tmp_path: Path, option, make, expected) -> None:
+    (tmp_path / "taken").write_text("")
+    path = make(tmp_path)
+    out = run_cli("echo", "--host", "127.0.0.1", "--port", "0", "--no-qr", option, str(path))
+    assert out.returncode == 2, out
+    assert f"error: {option} {path}: " in out.stderr and expected in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "listening" not in out.stdout
+    assert not (tmp_path / "missing").exists()
+
+
+def test_without_a_command_the_help_is_printed(tmp_path: Path) -> None:
+    out = run_cli()
+    assert out.returncode == 2
+    assert out.stderr.startswith("usage: ") and "transparent proxy" in out.stderr and "echo" in out.stderr
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "Without a command, it prints its help and exits with status 2." in readme
 
 
 @needs_client

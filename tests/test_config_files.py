@@ -229,9 +229,8 @@ def test_client_configs_use_each_peers_address_and_name_dns_and_mtu() -> None:
         assert fields["Peer.AllowedIPs"] == "0.0.0.0/0, ::/0"
         assert fields["Peer.Endpoint"] == "192.0.2.1:51820"
     assert config_fields(texts[0])["PrivateKey"] == cfg.client_private_keys[0]
-    # A device with its own key: its config leaves the key to it, and has the preshared key.
-    assert "PrivateKey" not in config_fields(texts[2])
-    assert "# PrivateKey" in texts[2]
+    # A device with its own key: its config is a template with a placeholder key, and has the preshared key.
+    assert config_fields(texts[2])["PrivateKey"] == "<the device's own key>"
     assert config_fields(texts[2])["Peer.PresharedKey"] == psk
 
 

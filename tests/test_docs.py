@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import pydoc
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,28 @@ def test_pdoc_documents_every_public_name(tmp_path: Path) -> None:
         "wg genkey",
     ):
         assert text in page
+
+
+def test_the_docs_say_what_the_code_does() -> None:
+    # Capture files have a Linux cooked header, as the README says, not raw IP.
+    doc = inspect.getdoc(wg.Server.start_capture) or ""
+    assert "LINUX_SLL" in doc and "(link type raw IP)" not in doc
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "link type LINUX_SLL" in readme
+    # Every public method of a stream says what it does.
+    for name, member in inspect.getmembers(wg.TcpStream, inspect.isfunction):
+        if not name.startswith("_"):
+            assert inspect.getdoc(member), f"TcpStream.{name} has no docstring"
+    assert "FIN" in (inspect.getdoc(wg.TcpStream.close) or "")
+    # The README's echo hint names a client that is everywhere too.
+    assert "socat - TCP:10.0.0.42:1234" in readme
+
+
+def test_a_configuration_shows_no_order_it_does_not_have() -> None:
+    text = pydoc.render_doc(wg.Configuration, renderer=pydoc.plaintext)
+    for name in ("__lt__", "__le__", "__gt__", "__ge__"):
+        assert name not in text, f"help(Configuration) shows {name}"
+    a = wg.Configuration.generate()
+    assert a == wg.Configuration.from_json(a.to_json()) and a != wg.Configuration.generate()
+    with pytest.raises(TypeError):
+        a < a  # noqa: B015

@@ -6,6 +6,7 @@ through the tunnel and on through the proxy."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shlex
@@ -383,3 +384,33 @@ async def test_the_resolvers_threads_are_shared_fairly_and_a_given_up_lookup_fre
             break
         await asyncio.sleep(0.01)
     assert pool.shares.held("a") == 0 and "slow3" not in started
+
+
+@pytest.mark.parametrize(
+    "error, outcome",
+    [
+        (asyncio.TimeoutError(), "unreachable: timed out"),
+        (TimeoutError(), "unreachable: timed out"),
+        (OSError(errno.ETIMEDOUT, "Connect call failed ('192.0.2.99', 80)"), "unreachable: timed out"),
+        (
+            ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('192.0.2.99', 80)"),
+            "unreachable: refused (nothing listens on that port)",
+        ),
+        (
+            OSError(errno.EHOSTUNREACH, "Connect call failed ('192.0.2.99', 80)"),
+            "unreachable: no route to host",
+        ),
+        (
+            OSError(errno.ENETUNREACH, "Connect call failed ('192.0.2.99', 80)"),
+            "unreachable: no route to network",
+        ),
+        (
+            OSError(errno.EADDRNOTAVAIL, "Connect call failed ('192.0.2.99', 80)"),
+            "unreachable: Cannot assign requested address",
+        ),
+    ],
+)
+def test_an_unreachable_destination_says_why(error: BaseException, outcome: str) -> None:
+    from mitmproxy_wireguard.forward.flows import unreachable
+
+    assert unreachable(error) == outcome

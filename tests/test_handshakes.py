@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import close_writer, needs_client, open_connection, start_client
+import mitmproxy_wireguard as wg
+from helpers import close_writer, echo, needs_client, open_connection, start_client
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
 
@@ -154,3 +157,28 @@ async def test_a_busy_connection_carries_on_across_rekeys(start):
         await asyncio.sleep(0.2)
     assert setup.client.latest_handshake() > first, "no new handshake in 135 s of traffic"
     await close_writer(writer)
+
+
+@needs_client
+async def test_a_client_with_the_wrong_server_key_is_told_in_the_log(wg_clients, caplog):
+    """The client holds another server's public key: its handshakes carry a MAC1 for that key, which the server
+    drops; the log says what is likely wrong, at a level the command line shows."""
+    cfg = wg.Configuration.generate(listen_port=0)
+    server = await wg.start_server("127.0.0.1", cfg, echo, lambda *args: None)
+    try:
+        wrong_key = wg.Configuration.generate().server_public_key
+        await wg_clients(server, wrong_key, cfg.client_private_keys[0], keepalive=1)
+        hint = "the client may hold the wrong server PublicKey"
+        deadline = time.monotonic() + 15
+        found = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            while not found and time.monotonic() < deadline:
+                s.sendto(b"hello", ("10.0.0.42", 1234))  # traffic for the tunnel: the client handshakes
+                await asyncio.sleep(0.5)
+                found = [r for r in caplog.records if hint in r.getMessage()]
+        assert found, "no hint in the log"
+        assert found[0].levelno >= logging.INFO
+        assert f"this server's is {cfg.server_public_key}" in found[0].getMessage()
+    finally:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)

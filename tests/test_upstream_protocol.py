@@ -35,6 +35,12 @@ def test_upstream_urls_are_parsed_and_errors_never_show_the_password() -> None:
         with pytest.raises(ValueError, match=part) as e:
             forward.Upstream.from_url(url)
         assert "topsecret" not in str(e.value)
+    # A URL without its scheme: the error suggests both schemes, never with the credentials.
+    for url in ("proxy.example:3128", "u:topsecret@proxy.example:3128"):
+        with pytest.raises(ValueError) as e:
+            forward.Upstream.from_url(url)
+        assert "no scheme" in str(e.value) and "topsecret" not in str(e.value)
+        assert "socks5://proxy.example:3128" in str(e.value) and "http://proxy.example:3128" in str(e.value)
     assert forward.parse_dns_server("192.0.2.1") == ("192.0.2.1", 53)
     assert forward.parse_dns_server("[2001:db8::1]:5353") == ("2001:db8::1", 5353)
     with pytest.raises(ValueError):

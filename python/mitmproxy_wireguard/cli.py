@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import errno
 import json
 import logging
 import os
@@ -17,11 +18,13 @@ from typing import Callable, Sequence
 from . import Configuration, Server, ServerError, echo, forward, qr
 from ._files import write_private
 from ._program import host_port
-from ._runtime import Runtime
+from ._runtime import Runtime, give_addresses, write_given_addresses
 
 logger = logging.getLogger("mitmproxy_wireguard.cli")
 
 DEFAULT_PORT = 51820
+# What client configurations have in place of a private key the server does not have.
+PLACEHOLDER = "<the device's own key>"
 
 
 def _port(text: str) -> int:
@@ -71,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="A user-space WireGuard server for any device that can be configured as a WireGuard "
         "client. It prints each client's configuration and QR code at start.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Not `required`: without a command, the whole help is printed (see `main`).
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser(
         "echo",
         parents=[common],
@@ -240,11 +244,60 @@ def raise_open_file_limit() -> None:
         logger.debug("could not raise the open-file limit from %d to %d: %s", soft, target, e)
 
 
+def check_paths(conf: Path | None, export: Path | None) -> str | None:
+    """What is wrong with the paths of `--conf` and `--export`, before a server starts, or None."""
+    if conf is not None:
+        if conf.is_dir():
+            return (
+                f"--conf {conf}: is a directory; give the path of a configuration file (created when missing)"
+            )
+        if not conf.exists() and not conf.parent.is_dir():
+            return (
+                f"--conf {conf}: the directory {conf.parent} does not exist; create it, or give a file in an "
+                "existing directory (the file itself is created when missing)"
+            )
+    if export is not None:
+        if export.exists() and not export.is_dir():
+            return (
+                f"--export {export}: is a file, not a directory; give a directory (created when missing) for "
+                "the client-N.conf and client-N.png files"
+            )
+        try:
+            export.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"--export {export}: cannot create the directory: {e.strerror or e}"
+    return None
+
+
+def path_error(option: str, path: Path | None, e: OSError) -> str:
+    """An error of the file of `option` (its path named once), as the command line reports it."""
+    if path is None:
+        return str(e)
+    return f"{option} {path}: {e.strerror or e}"
+
+
+def listen_error(e: OSError, host: str, port: int) -> str | None:
+    """What to do when the socket cannot be bound, or None for other errors."""
+    if e.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on UDP {host_port(host or '*', port)}: the address is already in use (by another "
+            "program, or another server); choose another port with --port (--port 0: any free one)"
+        )
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on UDP {host_port(host, port)}: this machine has no such address; check --host"
+    if e.errno == errno.EACCES:
+        return f"cannot listen on UDP {host_port(host or '*', port)}: not permitted; choose a port above 1023"
+    return None
+
+
 def load_configuration(path: Path | None, port: int | None, peers: int) -> Configuration:
     """The configuration file at `path`, made and saved with fresh keys when missing; `port` overrides the
-    listen port."""
+    listen port. Peers without AllowedIPs get the next free tunnel addresses, written into the file."""
     if path is not None and path.exists():
         cfg = Configuration.from_file(path)
+        given = give_addresses(cfg)
+        if given:
+            write_given_addresses(cfg, path, given)
         if port is not None:
             cfg.listen_port = port
         return cfg
@@ -273,16 +326,27 @@ def client_report(
     show_qr: bool,
     color: bool,
     export: Path | None,
+    only: Sequence[str] | None = None,
 ) -> str:
-    """Each client's configuration and QR code, as printed at start; files in `export` too."""
+    """Each client's configuration and QR code, as printed at start; files in `export` too. `only`: the
+    clients with these public keys alone.
+
+    For a peer whose private key the server does not have (the device made its own), the configuration is a
+    template with a placeholder key, with neither a QR code nor a file: it would not work as it is."""
     if export is not None:
         export.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     for i, (text, peer) in enumerate(zip(configs, cfg.peers), 1):
+        if only is not None and peer["public_key"] not in only:
+            continue
         addresses = ", ".join(peer["allowed_ips"]) or "no tunnel address"
         lines += [f"------ client {i}: {addresses} ------", text.rstrip(), ""]
         if peer["private_key"] is None:
-            lines += ["(The device has its own private key: add it to this configuration. No QR code.)", ""]
+            lines += [
+                f"(A template: the device made its own key, {peer['public_key']}; put its private key in place "
+                f"of {PLACEHOLDER}. No QR code and no file: with a placeholder key they would not work.)",
+                "",
+            ]
             continue
         if show_qr:
             lines += [qr.terminal(text, color=color)]
@@ -294,18 +358,32 @@ def client_report(
     return "\n".join(lines)
 
 
-def announcer(
-    args: argparse.Namespace, cfg: Configuration, allowed_ips: str, dns: str | None, hint: list[str]
-) -> Callable[[Server], None]:
-    def announce(server: Server) -> None:
-        if args.pcap is not None:
-            server.start_capture(args.pcap)
+def reporter(
+    args: argparse.Namespace, allowed_ips: str, dns: str | None
+) -> Callable[[Server, Configuration, Sequence[str] | None], str]:
+    """The client configurations of `cfg` (of the peers in `keys`, or all) for a running server."""
+
+    def report(server: Server, cfg: Configuration, keys: Sequence[str] | None) -> str:
         port = server.getsockname()[1]
         configs = cfg.pretty_print(
             allowed_ips=allowed_ips, endpoint=client_endpoint(args.endpoint, args.host, port), dns=dns
         )
         color = sys.stdout.isatty()
-        report = client_report(cfg, configs, show_qr=not args.no_qr, color=color, export=args.export)
+        return client_report(cfg, configs, show_qr=not args.no_qr, color=color, export=args.export, only=keys)
+
+    return report
+
+
+def announcer(
+    args: argparse.Namespace, cfg: Configuration, allowed_ips: str, dns: str | None, hint: list[str]
+) -> Callable[[Server], None]:
+    describe = reporter(args, allowed_ips, dns)
+
+    def announce(server: Server) -> None:
+        if args.pcap is not None:
+            server.start_capture(args.pcap)
+        port = server.getsockname()[1]
+        report = describe(server, cfg, None)
         kind = "echo server" if args.command == "echo" else "transparent proxy"
         header = f"WireGuard {kind} listening on {args.host or '*'}:{port}."
         if args.conf is None:
@@ -317,12 +395,33 @@ def announcer(
     return announce
 
 
+def added_reporter(
+    args: argparse.Namespace, allowed_ips: str, dns: str | None
+) -> Callable[[Server, Configuration, list[str]], None]:
+    """Prints the client configurations of the peers that a reload added."""
+    describe = reporter(args, allowed_ips, dns)
+
+    def added(server: Server, cfg: Configuration, keys: list[str]) -> None:
+        print(describe(server, cfg, keys), flush=True)
+
+    return added
+
+
 async def run(args: argparse.Namespace, cfg: Configuration) -> None:
+    if args.command == "echo":
+        allowed_ips, dns = echo.tunnel_networks(cfg), ""
+    else:
+        allowed_ips, dns = "0.0.0.0/0, ::/0", None
     runtime = Runtime(
-        cfg, args.conf, port_given=args.port is not None, interval=args.stats, json_stats=args.json_log
+        cfg,
+        args.conf,
+        port_given=args.port is not None,
+        interval=args.stats,
+        json_stats=args.json_log,
+        on_added=added_reporter(args, allowed_ips, dns),
     )
     if args.command == "echo":
-        announce = announcer(args, cfg, echo.tunnel_networks(cfg), "", echo.echo_hint())
+        announce = announcer(args, cfg, allowed_ips, dns, echo.echo_hint())
         await echo.serve(args.host, cfg.listen_port, cfg, announce=runtime.wrap(announce))
     else:
         dns = ", ".join(cfg.dns)
@@ -333,7 +432,7 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
             hint = [f"DNS queries to {dns} are answered with this machine's resolver."] if dns else []
         if args.upstream is not None:
             hint.append(f"Every connection goes through {args.upstream}.")
-        announce = announcer(args, cfg, "0.0.0.0/0, ::/0", None, hint)
+        announce = announcer(args, cfg, allowed_ips, dns, hint)
         limits = forward.Limits(
             tcp_idle_timeout=args.tcp_idle_timeout,
             udp_idle_timeout=args.udp_idle_timeout,
@@ -353,17 +452,28 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     if getattr(args, "upstream_dns", None) is not None and args.upstream is None:
         parser.error("--upstream-dns needs --upstream")
     setup_logging(args.verbose, args.json_log)
     raise_open_file_limit()
+    problem = check_paths(args.conf, args.export)
+    if problem is not None:
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
     try:
         cfg = load_configuration(args.conf, args.port, args.peers)
-    except (ValueError, OSError) as e:
+    except OSError as e:
+        parser.exit(2, f"{parser.prog}: error: {path_error('--conf', args.conf, e)}\n")
+    except ValueError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     try:
         asyncio.run(run(args, cfg))
-    except (OSError, ServerError) as e:
+    except OSError as e:
+        message = listen_error(e, args.host, cfg.listen_port) or str(e)
+        parser.exit(1, f"{parser.prog}: error: {message}\n")
+    except ServerError as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
         return 130

@@ -56,6 +56,7 @@ def echo_hint() -> list[str]:
     return [
         "Once connected, every address in the tunnel echoes, e.g.:",
         f"    nc {ECHO_ADDRESS} 1234",
+        f"    socat - TCP:{ECHO_ADDRESS}:1234",
         f"    nc -u {ECHO_ADDRESS} 1234",
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import os
@@ -77,8 +78,9 @@ class Server:
 
     def start_capture(self, path: str | os.PathLike[str]) -> None:
         """Starts writing the packets inside the tunnel to `path`, a pcapng file for tcpdump or Wireshark: the
-        decrypted IP packets from and to every peer, each peer an interface of its own named by its public key
-        (link type raw IP), with each packet's direction. The file is created (or truncated) readable by its
+        decrypted IP packets from and to every peer, each peer an interface of its own named by its public key,
+        with each packet's direction. The packets have a Linux "cooked" header (link type LINUX_SLL), not raw
+        IP: libpcap, and so tcpdump, refuses a pcapng file with more than one raw IP interface. The file is created (or truncated) readable by its
         owner only: it holds the peers' traffic in clear.
 
         The disk never slows the tunnel down: when the file cannot be written as fast as packets come, packets
@@ -321,13 +323,29 @@ async def start_server(host: str, *args: Any, **kwargs: Any) -> Server:
     ```
     """
     if _is_0_1_call(args, kwargs):
-        return _start_with_keys(host, *args, **kwargs)
+        return _call(
+            _start_with_keys,
+            "start_server(host, port, private_key, peer_public_keys, handle_connection, receive_datagram)",
+            host,
+            args,
+            kwargs,
+        )
     cfg = args[0] if args else kwargs.get("cfg")
     if cfg is not None and not isinstance(cfg, Configuration):
         raise TypeError(
             f"start_server() takes a Configuration or a port after host, not {type(cfg).__name__}"
         )
-    return _start(host, *args, **kwargs)
+    return _call(_start, "start_server(host, cfg, handle_connection, receive_datagram)", host, args, kwargs)
+
+
+def _call(start: Callable[..., Server], form: str, host: str, args: Any, kwargs: dict[str, Any]) -> Server:
+    """`start(host, *args, **kwargs)`; arguments that do not fit are a `TypeError` that names the public call
+    `form`, not the function behind it."""
+    try:
+        inspect.signature(start).bind(host, *args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{form}: {e}") from None
+    return start(host, *args, **kwargs)
 
 
 def _is_0_1_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:

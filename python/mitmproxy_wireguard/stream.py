@@ -221,6 +221,9 @@ class TcpStream:
         return True
 
     def close(self) -> None:
+        """Closes the connection in order, as asyncio's `StreamWriter.close()`: what was written is still sent,
+        then FIN; the connection is not reset while data is left to send. What the client sends afterwards is not
+        read (reads see EOF). `abort()` ends the connection at once with a reset instead."""
         self._conn.close()
 
     def abort(self) -> None:

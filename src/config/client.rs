@@ -34,7 +34,7 @@ impl Configuration {
                 let mut text = String::from("[Interface]\n");
                 match &peer.private_key {
                     Some(key) => text += &format!("PrivateKey = {key}\n"),
-                    None => text += "# PrivateKey = (the device's own key)\n",
+                    None => text += "PrivateKey = <the device's own key>\n",
                 }
                 let address = match &options.address {
                     Some(address) => address.clone(),

@@ -213,6 +213,9 @@ impl Configuration {
     /// server's address as the client reaches it (default: `127.0.0.1:<listen_port>`), `dns` its resolvers,
     /// comma-separated ("" for none; default: the configuration's DNS) and `mtu` its MTU (0 for none;
     /// default: the configuration's MTU, else 1420).
+    ///
+    /// A peer whose private key is not here (the device made its own) gets a template: its `PrivateKey` is the
+    /// placeholder `<the device's own key>`, for the device's key.
     #[pyo3(signature = (address = None, allowed_ips = "0.0.0.0/0, ::/0", endpoint = None, *, dns = None, mtu = None))]
     fn pretty_print(
         &self,

@@ -29,6 +29,20 @@ impl From<Error> for PyErr {
                 }
                 None => PyOSError::new_err(format!("{}: {source}", path.display())),
             },
+            Error::Bind { addr, source } => {
+                let text = source.to_string();
+                let message = |reason: &str| format!("cannot listen on UDP {addr}: {reason}");
+                match source.raw_os_error() {
+                    // `OSError(errno, strerror)`: the subclass and `errno` (EADDRINUSE, ...) for callers.
+                    Some(errno) => {
+                        let strerror = text
+                            .strip_suffix(&format!(" (os error {errno})"))
+                            .unwrap_or(&text);
+                        PyOSError::new_err((errno, message(strerror)))
+                    }
+                    None => PyOSError::new_err(message(&text)),
+                }
+            }
             Error::Closed => PyRuntimeError::new_err(e.to_string()),
         }
     }
@@ -64,6 +78,13 @@ fn _mitmproxy_wireguard(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(genkey, m)?)?;
     m.add_function(wrap_pyfunction!(pubkey, m)?)?;
     m.add_class::<config::Configuration>()?;
+    // `eq` fills the rich comparison slot, for which Python lists `__lt__`, `__le__`, `__gt__` and `__ge__` too
+    // (help() shows them; each raises TypeError). A configuration has no order: they go, and `<` still raises
+    // TypeError as for any object without an order.
+    let configuration = m.getattr("Configuration")?;
+    for name in ["__lt__", "__le__", "__gt__", "__ge__"] {
+        configuration.delattr(name)?;
+    }
     engine::register(m)?;
     Ok(())
 }

@@ -385,6 +385,7 @@ impl Peers {
             }
             Err(TunnResult::Err(WireGuardError::InvalidMac)) => {
                 self.drops.bad_mac += 1;
+                self.drops.last_bad_mac = Some(src);
                 return None;
             }
             Err(_) => {
@@ -451,7 +452,7 @@ impl Peers {
             .is_none_or(|start| now.duration_since(start) >= PERIOD)
         {
             self.period_start = Some(now);
-            self.drops.report();
+            self.drops.report(&keys::encode(self.public.as_bytes()));
         }
         for peer in self.slots.iter_mut().flatten().filter(|p| !p.removed) {
             match peer.tunn.update_timers(buf) {

@@ -4,7 +4,9 @@ when the flow ends."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import os
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,29 @@ def ip_of(host: str) -> IPAddress:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+# Why a destination could not be reached, by the errno of the failed connect.
+_UNREACHABLE = {
+    errno.ECONNREFUSED: "refused (nothing listens on that port)",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "no route to network",
+    errno.EHOSTDOWN: "host is down",
+    errno.ECONNRESET: "reset",
+    errno.EACCES: "not permitted by this machine",
+    errno.EPERM: "not permitted by this machine",
+}
+
+
+def unreachable(e: BaseException) -> str:
+    """A flow's outcome when its destination could not be reached: timed out, refused, no route, ... (asyncio's
+    own text, "Connect call failed (address)", says no more than that the call failed)."""
+    if isinstance(e, (asyncio.TimeoutError, TimeoutError)) and not getattr(e, "errno", None):
+        return "unreachable: timed out"
+    if isinstance(e, OSError) and e.errno:
+        return f"unreachable: {_UNREACHABLE.get(e.errno) or os.strerror(e.errno)}"
+    return f"unreachable: {reason(e)}"
 
 
 def reason(e: BaseException) -> str:

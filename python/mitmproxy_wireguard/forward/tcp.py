@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ..server import Address
 from ..stream import TcpStream
-from .flows import Flow, reason
+from .flows import Flow, reason, unreachable
 from .limits import Limits
 from .upstream import Upstream, UpstreamError
 
@@ -48,7 +48,7 @@ async def forward_connection(
         stream.abort()
         return
     except (OSError, asyncio.TimeoutError) as e:
-        flow.outcome = f"unreachable: {reason(e)}"
+        flow.outcome = unreachable(e)
         stream.abort()
         return
     try:

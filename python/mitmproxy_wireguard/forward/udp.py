@@ -12,7 +12,7 @@ from typing import Any, Callable, cast
 from .._program import host_port
 from ..server import Address, Server
 from . import socks5
-from .flows import Flow, format_address, ip_of, logger, reason
+from .flows import Flow, format_address, ip_of, logger, reason, unreachable
 from .limits import Limits, Shares
 from .policy import Policy
 from .upstream import Association, Upstream, UpstreamError
@@ -77,7 +77,7 @@ class UdpFlows:
         try:
             await loop.create_datagram_endpoint(lambda: udp, remote_addr=remote)
         except OSError as e:
-            udp.refuse(f"unreachable: {reason(e)}")
+            udp.refuse(unreachable(e))
 
     def ended(self, udp: _UdpFlow) -> None:
         if self._flows.pop(udp.key, None) is not None:

@@ -67,6 +67,13 @@ class Upstream:
         """`socks5://[user:password@]host:port` or `http://[user:password@]host:port` (user and password
         percent-encoded); raises ValueError naming the part that is wrong, never showing the credentials."""
         parts = urllib.parse.urlsplit(url.strip())
+        if "://" not in url:
+            # `host:port` parses as a scheme `host` and a path `port`: the scheme is missing.
+            where = url.strip().rpartition("@")[2]  # never the credentials
+            raise ValueError(
+                f"the upstream URL has no scheme: give socks5://{where} (a SOCKS5 proxy) or http://{where} "
+                "(an HTTP proxy)"
+            )
         if parts.scheme not in SCHEMES:
             raise ValueError(
                 f"the upstream's scheme must be socks5:// or http://, not {parts.scheme or 'none'}"

@@ -3,15 +3,20 @@
 //! Datagrams that anyone can send in any number are counted, not logged one by one: a log record per datagram
 //! of a flood would cost more than answering it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+use log::Level;
 
 use crate::keys;
 
 #[derive(Default)]
 pub(super) struct Drops {
     pub not_wireguard: u64,
+    /// Handshake messages whose MAC1 is not for this server's public key.
     pub bad_mac: u64,
+    /// Where the last of them came from.
+    pub last_bad_mac: Option<SocketAddr>,
     pub cookies: u64,
     pub undecryptable: u64,
     pub unknown_peer: u64,
@@ -41,40 +46,66 @@ impl Drops {
         }
     }
 
-    /// One record for the period, if anything was dropped; then the counts start again.
-    pub fn report(&mut self) {
-        let drops = std::mem::take(self);
-        if let Some(key) = drops.last_unknown_peer {
-            log::info!(
-                "{} handshake(s) by unknown peers, the last by {}",
-                drops.unknown_peer,
-                keys::encode(&key)
-            );
+    /// One record for the period, if anything was dropped; then the counts start again. `server` is this
+    /// server's public key, for the hints.
+    pub fn report(&mut self, server: &str) {
+        for (level, line) in std::mem::take(self).lines(server) {
+            log::log!(level, "{line}");
         }
-        if let Some((peer, src)) = drops.last_foreign_source {
-            log::info!(
-                "dropped {} packet(s) whose source address is not the sending peer's (not in its AllowedIPs), \
-                 the last from {src} by peer {peer}",
-                drops.foreign_source
-            );
+    }
+
+    /// The records of `report`: what was dropped and, where a client's configuration is the likely cause,
+    /// what to change.
+    pub fn lines(&self, server: &str) -> Vec<(Level, String)> {
+        let mut lines = vec![];
+        if let Some(key) = self.last_unknown_peer {
+            let key = keys::encode(&key);
+            lines.push((
+                Level::Info,
+                format!(
+                    "{} handshake(s) by unknown peers, the last by {key}: if that is a client of yours, add \
+                     a [Peer] with PublicKey = {key} to the --conf file and send SIGHUP",
+                    self.unknown_peer,
+                ),
+            ));
+        }
+        if let Some(src) = self.last_bad_mac {
+            lines.push((
+                Level::Info,
+                format!(
+                    "{} handshake(s) not meant for this server (bad MAC1), the last from {src}: the client \
+                     may hold the wrong server PublicKey (this server's is {server})",
+                    self.bad_mac,
+                ),
+            ));
+        }
+        if let Some((peer, src)) = &self.last_foreign_source {
+            lines.push((
+                Level::Info,
+                format!(
+                    "dropped {} packet(s) whose source address is not the sending peer's (not in its \
+                     AllowedIPs), the last from {src} by peer {peer}",
+                    self.foreign_source
+                ),
+            ));
         }
         let counts = [
-            (drops.cookies, "handshakes answered with a cookie (under load)"),
-            (drops.not_wireguard, "datagrams that are no WireGuard message"),
-            (drops.bad_mac, "handshakes with a bad MAC"),
-            (drops.undecryptable, "handshakes that do not decrypt"),
-            (drops.unknown_index, "datagrams for an unknown receiver index"),
-            (drops.invalid, "datagrams that do not authenticate"),
+            (self.cookies, "handshakes answered with a cookie (under load)"),
+            (self.not_wireguard, "datagrams that are no WireGuard message"),
+            (self.undecryptable, "handshakes that do not decrypt"),
+            (self.unknown_index, "datagrams for an unknown receiver index"),
+            (self.invalid, "datagrams that do not authenticate"),
             (
-                drops.local_source,
+                self.local_source,
                 "packets from link-local or unspecified addresses outside the peer's AllowedIPs",
             ),
         ];
         for (n, what) in counts {
             if n > 0 {
-                log::debug!("in the last second: {n} {what}");
+                lines.push((Level::Debug, format!("in the last second: {n} {what}")));
             }
         }
+        lines
     }
 }
 
@@ -82,5 +113,50 @@ fn is_local_source(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => a.is_unspecified() || a.is_link_local(),
         IpAddr::V6(a) => a.is_unspecified() || a.is_unicast_link_local(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: &str = "c2VydmVyIHB1YmxpYyBrZXkgLS0gMzIgYnl0ZXMgISE=";
+
+    #[test]
+    fn a_wrong_server_key_and_an_unknown_peer_are_reported_with_a_hint() {
+        let drops = Drops {
+            bad_mac: 3,
+            last_bad_mac: Some("192.0.2.7:40000".parse().unwrap()),
+            unknown_peer: 2,
+            last_unknown_peer: Some([7; 32]),
+            ..Drops::default()
+        };
+        let lines = drops.lines(SERVER);
+        let key = keys::encode(&[7; 32]);
+        assert_eq!(
+            lines,
+            [
+                (
+                    Level::Info,
+                    format!(
+                        "2 handshake(s) by unknown peers, the last by {key}: if that is a client of yours, \
+                         add a [Peer] with PublicKey = {key} to the --conf file and send SIGHUP"
+                    )
+                ),
+                (
+                    Level::Info,
+                    format!(
+                        "3 handshake(s) not meant for this server (bad MAC1), the last from \
+                         192.0.2.7:40000: the client may hold the wrong server PublicKey (this server's \
+                         is {SERVER})"
+                    )
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_dropped_is_nothing_reported() {
+        assert!(Drops::default().lines(SERVER).is_empty());
     }
 }
