@@ -166,11 +166,12 @@ pub enum NetworkToPython {
         id: ConnectionId,
         reset: bool,
     },
+    /// A UDP datagram from a peer (its id for the way back, its key for Python's logs and shares).
     Datagram {
         data: Vec<u8>,
         src: SocketAddr,
         dst: SocketAddr,
-        peer: PeerId,
+        peer: PeerInfo,
     },
     /// The answer to a request of Python's.
     Reply {

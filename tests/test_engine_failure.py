@@ -3,7 +3,7 @@ raises `ServerError`, the failure is logged, and the command line exits with an 
 without a server.
 
 A real engine no longer has a known way to fail, so a stand-in reports the failure exactly as the engine does:
-an `EVENT_SERVER_CLOSED` event that carries the reason. (That the engine sends it when a task panics is tested
+a `ServerClosed` event that carries the reason. (That the engine sends it when a task panics is tested
 in the Rust supervisor's unit tests.)"""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class FailingEngine:
     def __init__(self, host: str = "", cfg: Any = None) -> None:
         self._wakeup, self._wake = socket.socketpair()
         self._wake.send(b"\0")
-        self._events: list[tuple[Any, ...]] = [(native.EVENT_SERVER_CLOSED, REASON)]
+        self._events: list[Any] = [native.ServerClosed(REASON)]
         self.joined = False
 
     def getsockname(self) -> tuple[str, int]:
@@ -37,7 +37,7 @@ class FailingEngine:
     def wakeup_fd(self) -> int:
         return self._wakeup.fileno()
 
-    def take_events(self) -> list[tuple[Any, ...]]:
+    def take_events(self) -> list[Any]:
         self._wakeup.recv(16)
         events, self._events = self._events, []
         return events

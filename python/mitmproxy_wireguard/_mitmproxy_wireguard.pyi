@@ -1,7 +1,7 @@
 """Type stubs of the native module. The public names are re-exported by `mitmproxy_wireguard`."""
 
 import os
-from typing import Any, Final, Literal, TypeAlias, Union, final
+from typing import Any, Final, TypeAlias, Union, final
 
 __all__ = [
     "genkey",
@@ -11,14 +11,14 @@ __all__ = [
     "start_engine",
     "WRITE_HIGH_WATER",
     "WRITE_LOW_WATER",
-    "EVENT_ESTABLISHED",
-    "EVENT_DATA",
-    "EVENT_EOF",
-    "EVENT_DRAINED",
-    "EVENT_CLOSED",
-    "EVENT_DATAGRAM",
-    "EVENT_SERVER_CLOSED",
-    "EVENT_REPLY",
+    "ConnectionEstablished",
+    "ConnectionData",
+    "ConnectionEof",
+    "ConnectionDrained",
+    "ConnectionClosed",
+    "DatagramReceived",
+    "RequestDone",
+    "ServerClosed",
 ]
 
 @final
@@ -165,53 +165,107 @@ def pubkey(private_key: str) -> str:
 WRITE_HIGH_WATER: Final[int]
 WRITE_LOW_WATER: Final[int]
 
-# `Engine.take_events` returns tuples whose first item, one of the `EVENT_*` numbers, tells their fields: the
-# alias below each number. This is the one description of the format. The tags are repeated as `Literal`s (a
-# type cannot name a constant's value): stubtest checks the constants against the module, and `mypy --strict`
-# fails on the dispatch in server.py if a tag and its alias disagree.
-# `id` names a connection, `peer` a peer of the configuration; addresses are `(host, port)`.
+# `Engine.take_events` returns the events of the engine, an object of one of these classes each: the one
+# description of the format. `id` names a connection, `peer` a peer by its id; addresses are `(host, port)`.
 _Address: TypeAlias = tuple[str, int]
 
-EVENT_ESTABLISHED: Final = 0
-# A TCP handshake completed. `endpoint` is the peer's outer UDP address, `src` the client's address inside the
-# tunnel, `dst` the destination it asked for.
-# (EVENT_ESTABLISHED, id, peer_public_key, endpoint, src, dst)
-_EstablishedEvent: TypeAlias = tuple[Literal[0], int, str, _Address, _Address, _Address]
-EVENT_DATA: Final = 1
-# (EVENT_DATA, id, data): bytes the client sent.
-_DataEvent: TypeAlias = tuple[Literal[1], int, bytes]
-EVENT_EOF: Final = 2
-# (EVENT_EOF, id): the client sent FIN.
-_EofEvent: TypeAlias = tuple[Literal[2], int]
-EVENT_DRAINED: Final = 3
-# (EVENT_DRAINED, id, bytes): this many written bytes were handed to the TCP stack.
-_DrainedEvent: TypeAlias = tuple[Literal[3], int, int]
-EVENT_CLOSED: Final = 4
-# (EVENT_CLOSED, id, reset): the connection is gone; `reset` if by an abort or a timeout, not an orderly close.
-_ClosedEvent: TypeAlias = tuple[Literal[4], int, bool]
-EVENT_DATAGRAM: Final = 5
-# (EVENT_DATAGRAM, data, src, dst, peer): a UDP datagram from a peer.
-_DatagramEvent: TypeAlias = tuple[Literal[5], bytes, _Address, _Address, int]
-EVENT_SERVER_CLOSED: Final = 6
-# (EVENT_SERVER_CLOSED, error): every task of the engine ended; error says why if it was not asked to close (a
-# task failed), else None.
-_ServerClosedEvent: TypeAlias = tuple[Literal[6], str | None]
+@final
+class ConnectionEstablished:
+    """A TCP handshake completed. `endpoint` is the peer's outer UDP address, `src` the client's address inside
+    the tunnel, `dst` the destination it asked for."""
 
-EVENT_REPLY: Final = 7
-# (EVENT_REPLY, request, error, stats): the answer to the request numbered `request` (`add_peer`, `remove_peer`,
-# `request_stats`), after every event it caused. `error` is why it was refused (a ValueError), else None;
-# `stats` the peers' statistics for `request_stats` (the fields of `PeerStats`), else None.
-_ReplyEvent: TypeAlias = tuple[Literal[7], int, str | None, list[dict[str, Any]] | None]
+    @property
+    def id(self) -> int: ...
+    @property
+    def peer_public_key(self) -> str: ...
+    @property
+    def endpoint(self) -> _Address: ...
+    @property
+    def src(self) -> _Address: ...
+    @property
+    def dst(self) -> _Address: ...
+
+@final
+class ConnectionData:
+    """Bytes the client sent."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def data(self) -> bytes: ...
+
+@final
+class ConnectionEof:
+    """The client sent FIN."""
+
+    @property
+    def id(self) -> int: ...
+
+@final
+class ConnectionDrained:
+    """This many written bytes were handed to the TCP stack."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+
+@final
+class ConnectionClosed:
+    """The connection is gone; `reset` if by an abort or a timeout, not an orderly close."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def reset(self) -> bool: ...
+
+@final
+class DatagramReceived:
+    """A UDP datagram from a peer: `peer` is its id (a reply sent with it reaches that peer), `peer_public_key`
+    its key."""
+
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def src(self) -> _Address: ...
+    @property
+    def dst(self) -> _Address: ...
+    @property
+    def peer(self) -> int: ...
+    @property
+    def peer_public_key(self) -> str: ...
+
+@final
+class RequestDone:
+    """The answer to the request numbered `request` (`add_peer`, `remove_peer`, `request_stats`), after every
+    event it caused. `error` is why it was refused (a ValueError), else None; `stats` the peers' statistics for
+    `request_stats` (the fields of `PeerStats`), else None."""
+
+    @property
+    def request(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def stats(self) -> list[dict[str, Any]] | None: ...
+
+@final
+class ServerClosed:
+    """Every task of the engine ended; `error` says why if it was not asked to close (a task failed), else
+    None."""
+
+    def __new__(cls, error: str | None = None) -> ServerClosed: ...
+    @property
+    def error(self) -> str | None: ...
 
 _Event: TypeAlias = Union[
-    _EstablishedEvent,
-    _DataEvent,
-    _EofEvent,
-    _DrainedEvent,
-    _ClosedEvent,
-    _DatagramEvent,
-    _ServerClosedEvent,
-    _ReplyEvent,
+    ConnectionEstablished,
+    ConnectionData,
+    ConnectionEof,
+    ConnectionDrained,
+    ConnectionClosed,
+    DatagramReceived,
+    RequestDone,
+    ServerClosed,
 ]
 
 @final

@@ -26,14 +26,16 @@ DatagramHandler = Callable[[bytes, Address, Address], None]
 
 class _PeerAddress(tuple):  # type: ignore[type-arg]
     """A (host, port) pair that remembers the peer it came from: a reply sent to it reaches that peer even when
-    several peers use the same tunnel address."""
+    several peers use the same tunnel address; `peer_public_key` names the peer."""
 
     peer: int
+    peer_public_key: str
 
 
-def _peer_address(addr: Address, peer: int) -> Address:
+def _peer_address(addr: Address, peer: int, peer_public_key: str) -> Address:
     result = _PeerAddress(addr)
     result.peer = peer
+    result.peer_public_key = peer_public_key
     return result
 
 
@@ -177,38 +179,39 @@ class Server:
                 self._dispatch(event)
             except Exception:
                 # One faulty protocol or callback must not cost the other events of the batch.
-                logger.exception("error while handling event %r", event[:2])
+                logger.exception("error while handling event %r", event)
 
     def _dispatch(self, event: _Event) -> None:
-        # `event[0] ==` rather than a local: mypy narrows the event's type by the tag only then.
-        if event[0] == _native.EVENT_DATA:
-            conn = self._connections.get(event[1])
+        # The commonest kinds first.
+        if isinstance(event, _native.ConnectionData):
+            conn = self._connections.get(event.id)
             if conn is not None:
-                conn.data_received(event[2])
-        elif event[0] == _native.EVENT_DATAGRAM:
+                conn.data_received(event.data)
+        elif isinstance(event, _native.DatagramReceived):
+            src = _peer_address(event.src, event.peer, event.peer_public_key)
             try:
-                self._receive_datagram(event[1], _peer_address(event[2], event[4]), event[3])
+                self._receive_datagram(event.data, src, event.dst)
             except Exception:
-                logger.exception("receive_datagram failed for a datagram from %s to %s", event[2], event[3])
-        elif event[0] == _native.EVENT_DRAINED:
-            conn = self._connections.get(event[1])
+                logger.exception("receive_datagram failed for a datagram from %s to %s", event.src, event.dst)
+        elif isinstance(event, _native.ConnectionDrained):
+            conn = self._connections.get(event.id)
             if conn is not None:
-                conn.drained(event[2])
-        elif event[0] == _native.EVENT_ESTABLISHED:
-            self._connection_established(*event[1:])
-        elif event[0] == _native.EVENT_EOF:
-            conn = self._connections.get(event[1])
+                conn.drained(event.bytes)
+        elif isinstance(event, _native.ConnectionEstablished):
+            self._connection_established(event)
+        elif isinstance(event, _native.ConnectionEof):
+            conn = self._connections.get(event.id)
             if conn is not None:
                 conn.eof_received()
-        elif event[0] == _native.EVENT_CLOSED:
-            conn = self._connections.pop(event[1], None)
+        elif isinstance(event, _native.ConnectionClosed):
+            conn = self._connections.pop(event.id, None)
             if conn is not None:
-                exc = ConnectionResetError("Connection reset by peer") if event[2] else None
+                exc = ConnectionResetError("Connection reset by peer") if event.reset else None
                 conn.connection_lost(exc)
-        elif event[0] == _native.EVENT_REPLY:
-            self._replied(*event[1:])
-        elif event[0] == _native.EVENT_SERVER_CLOSED:
-            self._server_closed(event[1])
+        elif isinstance(event, _native.RequestDone):
+            self._replied(event.request, event.error, event.stats)
+        elif isinstance(event, _native.ServerClosed):
+            self._server_closed(event.error)
 
     def _replied(self, request: int, error: str | None, stats: list[dict[str, Any]] | None) -> None:
         future = self._requests.pop(request, None)
@@ -219,15 +222,14 @@ class Server:
         else:
             future.set_result(None if stats is None else [PeerStats(**s) for s in stats])
 
-    def _connection_established(
-        self, id: int, peer_public_key: str, original_src: Address, peername: Address, sockname: Address
-    ) -> None:
+    def _connection_established(self, event: _native.ConnectionEstablished) -> None:
+        id = event.id
         extra = {
-            "peername": peername,
-            "sockname": sockname,
-            "original_dst": sockname,
-            "original_src": original_src,
-            "peer_public_key": peer_public_key,
+            "peername": event.src,
+            "sockname": event.dst,
+            "original_dst": event.dst,
+            "original_src": event.endpoint,
+            "peer_public_key": event.peer_public_key,
         }
         # The loop passed on: looking it up again costs a system call each time (the running loop's pid check).
         reader = asyncio.StreamReader(loop=self._loop)

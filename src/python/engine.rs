@@ -1,5 +1,5 @@
 //! The engine handle that the Python package drives: it starts the server, turns Python's calls into
-//! messages for the network task, and hands out the network task's events as tuples.
+//! messages for the network task, and hands out the network task's events as objects (`events.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::PyDict;
 
 use super::config::{peer_from_args, Configuration};
 use crate::capture::{self, Capture};
@@ -16,35 +16,16 @@ use crate::config;
 use crate::error::Error;
 use crate::events::{self, EventReceiver};
 use crate::keys;
-use crate::messages::{
-    ConnectionId, NetworkToPython, PeerStats, PythonToNetwork, PythonToWireGuard, Reply, RequestId,
-};
+use crate::messages::{ConnectionId, PeerStats, PythonToNetwork, PythonToWireGuard, RequestId};
 use crate::network::stack::{WRITE_HIGH_WATER, WRITE_LOW_WATER};
 use crate::server::Server;
-
-// Tags of the event tuples; the Python package imports these names.
-const EVENT_ESTABLISHED: u8 = 0;
-const EVENT_DATA: u8 = 1;
-const EVENT_EOF: u8 = 2;
-const EVENT_DRAINED: u8 = 3;
-const EVENT_CLOSED: u8 = 4;
-const EVENT_DATAGRAM: u8 = 5;
-const EVENT_SERVER_CLOSED: u8 = 6;
-const EVENT_REPLY: u8 = 7;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_function(wrap_pyfunction!(start_engine, m)?)?;
     m.add("WRITE_HIGH_WATER", WRITE_HIGH_WATER)?;
     m.add("WRITE_LOW_WATER", WRITE_LOW_WATER)?;
-    m.add("EVENT_ESTABLISHED", EVENT_ESTABLISHED)?;
-    m.add("EVENT_DATA", EVENT_DATA)?;
-    m.add("EVENT_EOF", EVENT_EOF)?;
-    m.add("EVENT_DRAINED", EVENT_DRAINED)?;
-    m.add("EVENT_CLOSED", EVENT_CLOSED)?;
-    m.add("EVENT_DATAGRAM", EVENT_DATAGRAM)?;
-    m.add("EVENT_SERVER_CLOSED", EVENT_SERVER_CLOSED)?;
-    m.add("EVENT_REPLY", EVENT_REPLY)?;
+    super::events::register(m)?;
     Ok(())
 }
 
@@ -83,7 +64,7 @@ pub struct Engine {
 }
 
 /// Python sees addresses as (host, port); an IPv4 peer on a dual-stack socket as plain IPv4.
-fn address(addr: SocketAddr) -> (String, u16) {
+pub(super) fn address(addr: SocketAddr) -> (String, u16) {
     (addr.ip().to_canonical().to_string(), addr.port())
 }
 
@@ -107,66 +88,16 @@ impl Engine {
         self.events.fd()
     }
 
-    /// Every waiting event, as tuples tagged with `EVENT_*`.
-    fn take_events<'py>(&mut self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    /// Every waiting event, each an object of its own class (see `events.rs`).
+    fn take_events(&mut self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         self.events.acknowledge();
         let mut out = Vec::new();
         while let Some(event) = self.events.try_recv() {
-            let tuple = match event {
-                NetworkToPython::ConnectionEstablished {
-                    id,
-                    peer,
-                    endpoint,
-                    src,
-                    dst,
-                } => (
-                    EVENT_ESTABLISHED,
-                    id,
-                    &*peer.public_key,
-                    address(endpoint),
-                    address(src),
-                    address(dst),
-                )
-                    .into_pyobject(py)?,
-                NetworkToPython::Data { id, data } => {
-                    (EVENT_DATA, id, PyBytes::new(py, &data)).into_pyobject(py)?
-                }
-                NetworkToPython::Eof { id } => (EVENT_EOF, id).into_pyobject(py)?,
-                NetworkToPython::Drained { id, bytes } => (EVENT_DRAINED, id, bytes).into_pyobject(py)?,
-                NetworkToPython::ConnectionClosed { id, reset } => {
-                    (EVENT_CLOSED, id, reset).into_pyobject(py)?
-                }
-                NetworkToPython::Datagram { data, src, dst, peer } => (
-                    EVENT_DATAGRAM,
-                    PyBytes::new(py, &data),
-                    address(src),
-                    address(dst),
-                    peer,
-                )
-                    .into_pyobject(py)?,
-                NetworkToPython::ServerClosed { error } => (EVENT_SERVER_CLOSED, error).into_pyobject(py)?,
-                NetworkToPython::Reply { request, reply } => {
-                    let (error, stats) = match reply {
-                        Reply::Done => (None, None),
-                        Reply::Failed(e) => (Some(e), None),
-                        Reply::Stats(peers) => (
-                            None,
-                            Some(
-                                peers
-                                    .iter()
-                                    .map(|p| stats_dict(py, p))
-                                    .collect::<PyResult<Vec<_>>>()?,
-                            ),
-                        ),
-                    };
-                    (EVENT_REPLY, request, error, stats).into_pyobject(py)?
-                }
-            };
-            out.push(tuple);
+            out.push(super::events::to_python(py, event)?);
         }
         if self.events.take_starved() {
             // Fails only once the engine has ended: then nothing waits to be resumed, and the events taken
-            // (`EVENT_SERVER_CLOSED` among them) must still reach Python.
+            // (`ServerClosed` among them) must still reach Python.
             let _ = self.server.send(PythonToNetwork::ResumeStarved);
         }
         Ok(out)
@@ -252,7 +183,7 @@ impl Engine {
     }
 
     /// Adds a peer to the running server; returns its AllowedIPs (given, or the next free tunnel addresses).
-    /// `EVENT_REPLY` with `request` follows once it may handshake.
+    /// `RequestDone` with `request` follows once it may handshake.
     #[pyo3(signature = (request, public_key, allowed_ips = None, preshared_key = None, persistent_keepalive = None))]
     fn add_peer(
         &mut self,
@@ -278,7 +209,7 @@ impl Engine {
         Ok(allowed_ips)
     }
 
-    /// Removes a peer from the running server; `EVENT_REPLY` with `request` follows once its connections were
+    /// Removes a peer from the running server; `RequestDone` with `request` follows once its connections were
     /// reset. `ValueError` if the server has no such peer.
     fn remove_peer(&mut self, request: RequestId, public_key: &str) -> PyResult<()> {
         let key = keys::decode("public_key", public_key)?;
@@ -293,17 +224,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Asks for every peer's statistics; they come with `EVENT_REPLY` and `request`.
+    /// Asks for every peer's statistics; they come with `RequestDone` and `request`.
     fn request_stats(&self, request: RequestId) -> PyResult<()> {
         Ok(self.server.request(PythonToWireGuard::Stats { request })?)
     }
 
-    /// Asks the engine to stop; `EVENT_SERVER_CLOSED` follows.
+    /// Asks the engine to stop; `ServerClosed` follows.
     fn close(&self) {
         self.server.close();
     }
 
-    /// Waits for the engine thread, without holding the GIL; call after `EVENT_SERVER_CLOSED`. A capture ends
+    /// Waits for the engine thread, without holding the GIL; call after `ServerClosed`. A capture ends
     /// with the engine: its file is complete when this returns.
     fn join(&mut self, py: Python<'_>) {
         py.detach(|| self.server.join());
@@ -368,7 +299,7 @@ fn as_servers(e: Error) -> Error {
 }
 
 /// A peer's statistics as the dict `PeerStats` is made from.
-fn stats_dict<'py>(py: Python<'py>, p: &PeerStats) -> PyResult<Bound<'py, PyDict>> {
+pub(super) fn stats_dict<'py>(py: Python<'py>, p: &PeerStats) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("public_key", &*p.public_key)?;
     d.set_item(

@@ -3,6 +3,7 @@
 
 mod config;
 mod engine;
+mod events;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;

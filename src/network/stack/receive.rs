@@ -83,11 +83,15 @@ impl Stack {
         out: &mut Outputs,
     ) {
         self.udp_routes.insert(src, peer);
+        // Packets are only taken from peers the stack knows.
+        let Some(state) = self.peers.get(&peer) else {
+            return;
+        };
         out.events.push(NetworkToPython::Datagram {
             data: payload.to_vec(),
             src,
             dst,
-            peer,
+            peer: state.info.clone(),
         });
     }
 

@@ -1,0 +1,172 @@
+//! The network task's events as Python objects: a small frozen class per kind of event, whose fields are made
+//! once, when the event crosses into Python. The package dispatches on the class.
+
+use std::net::SocketAddr;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use super::engine::{address, stats_dict};
+use crate::messages::{ConnectionId, NetworkToPython, PeerId, Reply, RequestId};
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ConnectionEstablished>()?;
+    m.add_class::<ConnectionData>()?;
+    m.add_class::<ConnectionEof>()?;
+    m.add_class::<ConnectionDrained>()?;
+    m.add_class::<ConnectionClosed>()?;
+    m.add_class::<DatagramReceived>()?;
+    m.add_class::<RequestDone>()?;
+    m.add_class::<ServerClosed>()?;
+    Ok(())
+}
+
+/// A TCP handshake completed: a new connection for the handler.
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct ConnectionEstablished {
+    id: ConnectionId,
+    peer_public_key: Py<PyAny>,
+    /// The peer's outer UDP address.
+    endpoint: Py<PyTuple>,
+    /// The client's address inside the tunnel.
+    src: Py<PyTuple>,
+    /// The destination the client asked for.
+    dst: Py<PyTuple>,
+}
+
+/// Bytes the client sent.
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct ConnectionData {
+    id: ConnectionId,
+    data: Py<PyBytes>,
+}
+
+/// The client sent FIN.
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct ConnectionEof {
+    id: ConnectionId,
+}
+
+/// This many written bytes were handed to the TCP stack.
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct ConnectionDrained {
+    id: ConnectionId,
+    bytes: usize,
+}
+
+/// The connection is gone; `reset` if by an abort or a timeout, not an orderly close.
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct ConnectionClosed {
+    id: ConnectionId,
+    reset: bool,
+}
+
+/// A UDP datagram from a peer; `peer` is the peer's id, for the reply's way back.
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct DatagramReceived {
+    data: Py<PyBytes>,
+    src: Py<PyTuple>,
+    dst: Py<PyTuple>,
+    peer: PeerId,
+    peer_public_key: Py<PyAny>,
+}
+
+/// The answer to a request of Python's, after every event it caused: `error` is why it was refused, `stats`
+/// the peers' statistics (dicts with the fields of `PeerStats`) for a request of them.
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct RequestDone {
+    request: RequestId,
+    error: Option<String>,
+    stats: Option<Py<PyAny>>,
+}
+
+/// Every task of the engine ended; `error` says why if it was not asked to close (a task failed).
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct ServerClosed {
+    error: Option<String>,
+}
+
+#[pymethods]
+impl ServerClosed {
+    /// Made by the engine; a stand-in for the engine in a test makes one too.
+    #[new]
+    #[pyo3(signature = (error = None))]
+    fn new(error: Option<String>) -> Self {
+        ServerClosed { error }
+    }
+}
+
+fn tuple(py: Python<'_>, addr: SocketAddr) -> PyResult<Py<PyTuple>> {
+    Ok(address(addr).into_pyobject(py)?.unbind())
+}
+
+fn object<T: pyo3::PyClass + Into<pyo3::PyClassInitializer<T>>>(
+    py: Python<'_>,
+    value: T,
+) -> PyResult<Py<PyAny>> {
+    Ok(Py::new(py, value)?.into_any())
+}
+
+/// The Python object for one event.
+pub fn to_python(py: Python<'_>, event: NetworkToPython) -> PyResult<Py<PyAny>> {
+    match event {
+        NetworkToPython::ConnectionEstablished {
+            id,
+            peer,
+            endpoint,
+            src,
+            dst,
+        } => object(
+            py,
+            ConnectionEstablished {
+                id,
+                peer_public_key: (*peer.public_key).into_pyobject(py)?.into_any().unbind(),
+                endpoint: tuple(py, endpoint)?,
+                src: tuple(py, src)?,
+                dst: tuple(py, dst)?,
+            },
+        ),
+        NetworkToPython::Data { id, data } => object(
+            py,
+            ConnectionData {
+                id,
+                data: PyBytes::new(py, &data).unbind(),
+            },
+        ),
+        NetworkToPython::Eof { id } => object(py, ConnectionEof { id }),
+        NetworkToPython::Drained { id, bytes } => object(py, ConnectionDrained { id, bytes }),
+        NetworkToPython::ConnectionClosed { id, reset } => object(py, ConnectionClosed { id, reset }),
+        NetworkToPython::Datagram { data, src, dst, peer } => object(
+            py,
+            DatagramReceived {
+                data: PyBytes::new(py, &data).unbind(),
+                src: tuple(py, src)?,
+                dst: tuple(py, dst)?,
+                peer: peer.id,
+                peer_public_key: (*peer.public_key).into_pyobject(py)?.into_any().unbind(),
+            },
+        ),
+        NetworkToPython::Reply { request, reply } => {
+            let (error, stats) = match reply {
+                Reply::Done => (None, None),
+                Reply::Failed(e) => (Some(e), None),
+                Reply::Stats(peers) => {
+                    let stats = peers
+                        .iter()
+                        .map(|p| stats_dict(py, p))
+                        .collect::<PyResult<Vec<_>>>()?;
+                    (None, Some(stats.into_pyobject(py)?.into_any().unbind()))
+                }
+            };
+            object(
+                py,
+                RequestDone {
+                    request,
+                    error,
+                    stats,
+                },
+            )
+        }
+        NetworkToPython::ServerClosed { error } => object(py, ServerClosed { error }),
+    }
+}
