@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import shlex
+import signal
 import socket
 import struct
 import subprocess
@@ -25,8 +26,16 @@ import pytest
 
 import mitmproxy_wireguard as wg
 from mitmproxy_wireguard import forward
-from helpers import Namespace, assert_reset, assert_udp_echo, connect, needs_client, run, wait_for_tcp
-from helpers_cli import flow_records
+from helpers import (
+    Namespace,
+    assert_reset,
+    assert_udp_echo,
+    connect,
+    needs_client,
+    run,
+    wait_for_tcp,
+)
+from helpers_cli import LISTENING, Listening, client_configs, client_settings, flow_records
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
 
@@ -294,6 +303,58 @@ async def test_one_peer_opening_udp_flows_without_end_leaves_the_other_peers_the
     assert await udp_echoes(flooder, 1, timeout=1) == 0
     record = process.wait_for_log(lambda r: "UDP flows" in r["message"], timeout=10)
     assert record["level"] == "warning" and "its share of 256 UDP flows" in record["message"], record
+
+
+async def test_peers_added_on_sighup_each_have_their_own_share_name_and_refused_addresses(
+    test_host, proxy, tmp_path: Path, namespaces, wg_clients
+):
+    """Two peers come with a reload of the file: each is told apart from the other (its own share of UDP flows,
+    its own key in the logs), and their tunnel addresses are refused as destinations, as the first peers' are.
+    """
+    # Flows end (and are logged) a second after their last datagram.
+    process, _first = await proxy("--udp-idle-timeout", "1", peers=1)
+    port = int(process.wait_for_stdout(LISTENING).group(1))
+    conf = tmp_path / "server.conf"
+    changed = wg.Configuration.from_file(conf)
+    keys = [changed.add_peer(), changed.add_peer()]
+    changed.to_file(conf)
+    process.process.send_signal(signal.SIGHUP)
+    texts = process.wait_for(
+        lambda: len(client_configs(process.stdout)) == 3 and client_configs(process.stdout)
+    )
+    flooder, other = namespaces(), namespaces()
+    settings = [client_settings(text) for text in texts[1:]]
+    assert [wg.pubkey(s["private_key"]) for s in settings] == keys
+    for ns, setting in zip((flooder, other), settings):
+        await wg_clients(Listening(port), **setting, namespace=ns)
+
+    loop = asyncio.get_running_loop()
+    with flooder.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for udp_port in range(10000, 10300):
+            await loop.sock_sendto(sock, b"flood", (TEST_HOST, udp_port))
+            if udp_port % 100 == 0:
+                await asyncio.sleep(0.01)
+    await asyncio.sleep(1)
+    assert await udp_echoes(other, 5, timeout=5) == 5
+    share = process.wait_for_log(lambda r: "UDP flows" in r["message"], timeout=10)
+    assert f"peer {keys[0]} has its share of 256 UDP flows" in share["message"], share
+
+    # The flooder's address, as a destination of the other new peer.
+    flooder_address = settings[0]["addresses"][0].split("/")[0]
+    with other.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        await loop.sock_sendto(sock, b"to a peer", (flooder_address, 7))
+    refused = process.wait_for_log(
+        lambda r: r.get("event") == "flow" and r["destination"] == f"{flooder_address}:7", timeout=10
+    )
+    assert refused["outcome"] == "refused: an address inside the tunnel", refused
+    assert refused["peer"] == keys[1], refused
+    echoed = process.wait_for_log(
+        lambda r: r.get("event") == "flow" and r["destination"] == f"{TEST_HOST}:7" and r["peer"] == keys[1],
+        timeout=30,
+    )
+    assert echoed["outcome"] != "?", echoed
 
 
 def dns_query(name: str, number: int = 0) -> bytes:

@@ -76,15 +76,18 @@ class Runtime:
         interval: float | None,
         json_stats: bool,
         on_added: Callable[[Server, Configuration, list[str]], None] | None = None,
+        on_reloaded: Callable[[Configuration], None] | None = None,
     ):
         """`on_added(server, cfg, keys)` tells users of the peers that a reload added: `cfg` is the file as
-        applied, `keys` the new peers' public keys."""
+        applied, `keys` the new peers' public keys. `on_reloaded(cfg)` follows every reload that was applied.
+        """
         self._cfg = cfg
         self._conf = conf
         self._port_given = port_given
         self._interval = interval
         self._json_stats = json_stats
         self._on_added = on_added
+        self._on_reloaded = on_reloaded
         # The peers as the server has them, by public key.
         self._peers = {peer["public_key"]: peer for peer in cfg.peers}
         self._reloading = asyncio.Lock()
@@ -195,5 +198,7 @@ class Runtime:
                 len(gone),
                 len(changed),
             )
+            if self._on_reloaded is not None:
+                self._on_reloaded(cfg)
             if added and self._on_added is not None:
                 self._on_added(server, cfg, added)

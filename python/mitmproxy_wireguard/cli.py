@@ -412,6 +412,8 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
         allowed_ips, dns = echo.tunnel_networks(cfg), ""
     else:
         allowed_ips, dns = "0.0.0.0/0, ::/0", None
+    # `forward` refuses the peers' tunnel addresses as destinations: as they are after each reload.
+    policy = forward.Policy(cfg, args.allow_local) if args.command == "forward" else None
     runtime = Runtime(
         cfg,
         args.conf,
@@ -419,6 +421,7 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
         interval=args.stats,
         json_stats=args.json_log,
         on_added=added_reporter(args, allowed_ips, dns),
+        on_reloaded=policy.update if policy is not None else None,
     )
     if args.command == "echo":
         announce = announcer(args, cfg, allowed_ips, dns, echo.echo_hint())
@@ -446,6 +449,7 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
             announce=runtime.wrap(announce),
             upstream=args.upstream,
             upstream_dns=args.upstream_dns,
+            policy=policy,
         )
 
 

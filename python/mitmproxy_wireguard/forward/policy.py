@@ -35,10 +35,15 @@ class Policy:
 
     def __init__(self, cfg: Configuration, allow_local: bool = False):
         self.allow_local = allow_local
-        self.tunnel_addresses = {ipaddress.ip_interface(a).ip for a in cfg.address}
+        self.update(cfg)
+
+    def update(self, cfg: Configuration) -> None:
+        """Takes the tunnel's addresses from `cfg` again: after a reload, the peers' addresses as they are now."""
+        addresses = {ipaddress.ip_interface(a).ip for a in cfg.address}
         for entry in cfg.dns:
             with contextlib.suppress(ValueError):
-                self.tunnel_addresses.add(ip_of(entry))
+                addresses.add(ip_of(entry))
+        self.tunnel_addresses = addresses
         self.tunnel_networks = [
             ipaddress.ip_network(n, strict=False) for peer in cfg.peers for n in peer["allowed_ips"]
         ]

@@ -30,15 +30,17 @@ class Forwarder:
         limits: Limits | None = None,
         upstream: Upstream | None = None,
         upstream_dns: Address | None = None,
+        policy: Policy | None = None,
     ):
         """`upstream`: every flow goes through it. `upstream_dns`: DNS queries to the tunnel's DNS addresses go
-        to this DNS server over TCP through `upstream` (which it needs), instead of this host's resolver."""
+        to this DNS server over TCP through `upstream` (which it needs), instead of this host's resolver.
+        `policy`: one the caller keeps up to date as peers change (default: from `cfg` and `allow_local`)."""
         if upstream_dns is not None and upstream is None:
             raise ValueError("upstream_dns needs an upstream")
         self.limits = limits or Limits()
         self.upstream = upstream
         self.upstream_dns = upstream_dns
-        self.policy = Policy(cfg, allow_local)
+        self.policy = policy if policy is not None else Policy(cfg, allow_local)
         self.dns_addresses: set[IPAddress] = set()
         for entry in cfg.dns:
             with contextlib.suppress(ValueError):
@@ -46,7 +48,6 @@ class Forwarder:
         self.resolver = Resolver(self.limits)
         self._server: Server | None = None
         self._loop = asyncio.get_running_loop()
-        self._peer_keys = cfg.client_public_keys
         self._seen_peers: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._udp = UdpFlows(self.policy, self.limits, self._spawn, upstream)
@@ -60,11 +61,12 @@ class Forwarder:
         self._server = server
         self._udp.server = server
 
-    def _peer_of_datagram(self, src: Address) -> str:
-        index = getattr(src, "peer", None)
-        if isinstance(index, int) and 0 <= index < len(self._peer_keys):
-            return self._peer_keys[index]
-        return "?"
+    @staticmethod
+    def _peer_of_datagram(src: Address) -> str:
+        """The public key of the peer a datagram came from, which the server gives its source address: peers
+        added while the server runs included."""
+        key = getattr(src, "peer_public_key", None)
+        return key if isinstance(key, str) else "?"
 
     def _seen(self, peer: str, client: Address, endpoint: Address | None = None) -> None:
         """Logs a peer's first flow."""
@@ -161,11 +163,12 @@ async def serve(
     announce: Callable[[Server], None] | None = None,
     upstream: Upstream | None = None,
     upstream_dns: Address | None = None,
+    policy: Policy | None = None,
 ) -> None:
     """Runs the proxy on `host` and the configuration's listen port until SIGINT or SIGTERM; raises `ServerError`
     if the server fails. `limits` sets timeouts and each peer's share (see `Limits`); `announce(server)` tells
-    users how to connect once the server runs; `upstream` and `upstream_dns` as for `Forwarder`."""
-    forwarder = Forwarder(cfg, allow_local, limits, upstream, upstream_dns)
+    users how to connect once the server runs; `upstream`, `upstream_dns` and `policy` as for `Forwarder`."""
+    forwarder = Forwarder(cfg, allow_local, limits, upstream, upstream_dns, policy)
     server = await start_server(host, cfg, forwarder.handle_connection, forwarder.receive_datagram)
     forwarder.server = server
     try:
