@@ -13,6 +13,10 @@ pub(super) struct Drops {
     pub not_wireguard: u64,
     pub bad_mac: u64,
     pub cookies: u64,
+    /// Handshake messages past the MAC checks over their source's bucket (`handshake_limit`).
+    pub source_limited: u64,
+    /// Handshake messages past the MAC checks over the bucket of all sources together.
+    pub over_budget: u64,
     pub undecryptable: u64,
     pub unknown_peer: u64,
     pub last_unknown_peer: Option<[u8; 32]>,
@@ -60,6 +64,14 @@ impl Drops {
         }
         let counts = [
             (drops.cookies, "handshakes answered with a cookie (under load)"),
+            (
+                drops.source_limited,
+                "handshakes over their source's limit (20 a second)",
+            ),
+            (
+                drops.over_budget,
+                "handshakes over the limit of all sources together",
+            ),
             (drops.not_wireguard, "datagrams that are no WireGuard message"),
             (drops.bad_mac, "handshakes with a bad MAC"),
             (drops.undecryptable, "handshakes that do not decrypt"),
