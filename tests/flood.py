@@ -1,6 +1,6 @@
 """A handshake flood, run as a process of its own so that its work does not share the tests' event loop.
 
-    python flood.py HOST PORT SERVER_PUBLIC_KEY RATE SECONDS [--replay [--claim PEER_PUBLIC_KEY]]
+    python flood.py HOST PORT SERVER_PUBLIC_KEY RATE SECONDS [--source ADDRESS] [--replay [--claim PEER_PUBLIC_KEY]]
 
 Builds WireGuard handshake initiations (Noise_IKpsk2) from keys the server does not know, sends them at RATE a
 second for SECONDS, and prints one JSON line: how many were sent and how many cookie replies came back.
@@ -169,9 +169,12 @@ def main() -> None:
         "--replay", action="store_true", help="one initiation with a valid MAC2, again and again"
     )
     parser.add_argument("--claim", help="with --replay: the public key of a peer the initiation claims to be")
+    parser.add_argument("--source", help="the address to send from (the peers' own is another)")
     args = parser.parse_args()
     server_public = base64.b64decode(args.server_key)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if args.source:
+        sock.bind((args.source, 0))
     sock.connect((args.host, args.port))
     sock.setblocking(False)
     index = int.from_bytes(os.urandom(4), "little")

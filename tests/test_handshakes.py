@@ -130,6 +130,9 @@ async def test_one_initiation_with_a_valid_mac2_replayed_does_not_slow_peers_dow
             str(REPLAY_SECONDS),
             "--replay",
             *claimed,
+            # An address of the stranger's own: one shared with a peer shares its limit too.
+            "--source",
+            "127.0.0.2",
             stdout=asyncio.subprocess.PIPE,
         )
         try:
