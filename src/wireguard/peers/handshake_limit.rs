@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Handshake messages a second from one source once its burst is used up (as the kernel module and
 /// wireguard-go).
@@ -170,18 +170,19 @@ impl HandshakeLimit {
     }
 
     /// Sources tracked now.
+    #[cfg(test)]
     pub fn sources(&self) -> usize {
         self.sources.len()
     }
 }
 
-/// The time a full per-source bucket takes to refill.
-#[cfg(test)]
-pub const PER_SOURCE_REFILL: Duration = Duration::from_nanos(PER_SOURCE_BURST * cost(PER_SOURCE_RATE));
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// The time an empty per-source bucket takes to fill.
+    const PER_SOURCE_REFILL: Duration = Duration::from_nanos(PER_SOURCE_BURST * cost(PER_SOURCE_RATE));
 
     fn v4(s: &str) -> IpAddr {
         s.parse().unwrap()
