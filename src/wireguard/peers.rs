@@ -7,6 +7,9 @@
 //! - One rate limiter (one cookie secret) sits in front of every peer and checks each handshake message's MAC1
 //!   first; over its limit it answers with a cookie reply, whoever the message claims to be for. A cookie reply
 //!   proves nothing about who sent the datagram (MAC1 needs only the server's public key).
+//! - Behind it, handshake messages that passed the MAC checks reach a Diffie-Hellman only as far as a bucket per
+//!   source address and one for all sources let them (`handshake_limit`): a cookie proves an address, and a
+//!   message with a valid MAC2 passes the limiter however often it is replayed.
 //! - A peer's endpoint moves only on a datagram that its key authenticated: a handshake message that completed,
 //!   or data. Never on a cookie, in either direction.
 //! - A decrypted packet whose source address is not in its peer's AllowedIPs is dropped (cryptokey routing),
