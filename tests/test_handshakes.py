@@ -1,6 +1,6 @@
 """Handshakes under attack, through real clients: a flood of handshake initiations from unknown keys gets cookie
-replies instead of a Diffie-Hellman each, connected peers keep their pace, and a known peer still completes a
-new handshake."""
+replies instead of a Diffie-Hellman each, one initiation with a valid MAC2 replayed gets no more than its source's
+share, connected peers keep their pace, and a known peer still completes a new handshake."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 
 import mitmproxy_wireguard as wg
+from flood import hchacha20
 from helpers import close_writer, echo, needs_client, open_connection, start_client
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
 
 FLOOD_RATE = int(os.environ.get("FLOOD_RATE", 20_000))
 FLOOD_SECONDS = 8
+REPLAY_SECONDS = 12
 
 
 async def round_trip_rate(
@@ -98,6 +100,88 @@ async def test_a_handshake_flood_gets_cookies_and_peers_keep_their_pace(start):
     assert result["cookies"] > result["sent"] / 2, result
     assert during >= alone / 2, f"{during:.0f} round trips/s under the flood, {alone:.0f} without"
     assert handshake_time < 10
+
+
+def test_hchacha20_matches_the_draft() -> None:
+    """The test vector of draft-irtf-cfrg-xchacha-03, 2.2.1: the replay flood decrypts cookies with it."""
+    nonce = bytes.fromhex("000000090000004a0000000031415927")
+    assert hchacha20(bytes(range(32)), nonce).hex() == (
+        "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc"
+    )
+
+
+@pytest.mark.parametrize("claim", [False, True], ids=["unknown key", "a peer's key"])
+async def test_one_initiation_with_a_valid_mac2_replayed_does_not_slow_peers_down(start, claim):
+    """A stranger gets the server under load, decrypts the cookie reply meant for its own address, and replays
+    its one initiation with the MAC2 from it: a valid MAC2 passes the cookie check each time. With a peer's
+    public key in it (but not the peer's private key), each copy reaches the peer's handshake state before it
+    fails at the timestamp."""
+    setup = await start(peers=3)
+    host, port = setup.server.getsockname()
+    reader, writer = await open_connection("10.0.0.42", 7)
+    try:
+        alone = await round_trip_rate(reader, writer, 2)
+
+        claimed = ["--claim", setup.cfg.client_public_keys[2]] if claim else []
+        flood = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("flood.py")),
+            host,
+            str(port),
+            setup.cfg.server_public_key,
+            str(FLOOD_RATE),
+            str(REPLAY_SECONDS),
+            "--replay",
+            *claimed,
+            # An address of the stranger's own: one shared with a peer shares its limit too.
+            "--source",
+            "127.0.0.2",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            await asyncio.sleep(2)  # the cookie, then the replay is on
+            try:
+                during = await round_trip_rate(reader, writer, 2)
+            except TimeoutError:
+                during = 0.0  # one round trip took more than 10 s
+
+            # A known peer that starts now completes its handshake while the replay goes on.
+            started = time.monotonic()
+            second = await start_client(
+                setup.server,
+                setup.cfg.server_public_key,
+                setup.cfg.client_private_keys[1],
+                addresses=tuple(setup.cfg.peers[1]["allowed_ips"]),
+                routes=("10.0.1.0/24",),
+            )
+            try:
+                r2, w2 = await open_connection("10.0.1.42", 7, timeout=10)
+                w2.write(b"second peer")
+                assert await asyncio.wait_for(r2.readexactly(11), 10) == b"second peer"
+                handshake_time = time.monotonic() - started
+                replay_on = flood.returncode is None
+                await close_writer(w2)
+            finally:
+                second.stop()
+            flood_out, _ = await asyncio.wait_for(flood.communicate(), REPLAY_SECONDS + 30)
+        finally:
+            if flood.returncode is None:
+                flood.kill()
+                await flood.wait()
+    finally:
+        await close_writer(writer)
+
+    result = json.loads(flood_out)
+    assert "error" not in result, result
+    rate = result["sent"] / result["seconds"]
+    print(
+        f"replay {rate:.0f}/s, {result['cookies']} cookie replies during it; {alone:.0f} rt/s alone, "
+        f"{during:.0f} during ({during / alone:.2f}x); second peer's handshake in {handshake_time:.1f} s"
+    )
+    assert rate > FLOOD_RATE * 0.8, f"the replay reached only {rate:.0f} initiations/s"
+    assert during >= alone / 2, f"{during:.0f} round trips/s under the replay, {alone:.0f} without"
+    assert handshake_time < 10
+    assert replay_on, "the replay ended before the second peer's handshake completed"
 
 
 @pytest.mark.slow

@@ -83,8 +83,10 @@ impl NetworkTask {
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
+            // Not biased: tokio starts from a random branch each time, so neither a Python side that always has
+            // messages nor a busy tunnel keeps the other, or the stack's timers, from running; each wakeup does
+            // a bounded batch.
             let wakeup = tokio::select! {
-                biased;
                 _ = &mut stop => break,
                 msg = self.from_python.recv() => Wakeup::Python(msg),
                 msg = self.from_wireguard.recv() => Wakeup::WireGuard(msg),

@@ -117,8 +117,10 @@ impl WireGuardTask {
         let stop = shutdown.wait();
         tokio::pin!(stop);
         loop {
+            // Not biased: tokio starts from a random branch each time, so none that is always ready (a flooded
+            // socket, a stack with packets to send) keeps the others from running, the timers among them; each
+            // branch does a bounded batch. Python's requests need an order of their own: see the socket's branch.
             tokio::select! {
-                biased;
                 _ = &mut stop => break,
                 // While datagrams wait for the socket, packets wait in the channel: the stack sees backpressure.
                 msg = self.from_network.recv(), if self.outbound.queue.len() < BATCH => {
@@ -129,7 +131,6 @@ impl WireGuardTask {
                         self.encrypt(msg);
                     }
                 }
-                // Before the socket: a peer added a moment before its handshake arrived is known to it.
                 Some(msg) = self.from_python.recv() => {
                     let reply = self.request(msg);
                     if self.to_network.send(reply).await.is_err() {
@@ -140,6 +141,15 @@ impl WireGuardTask {
                     if let Err(e) = ready {
                         result = Err(e.into());
                         break;
+                    }
+                    // A peer added a moment before its handshake arrived is known to it: the requests that wait
+                    // go first. Only those there now, so that requests cannot keep the socket waiting either.
+                    for _ in 0..self.from_python.len() {
+                        let Ok(msg) = self.from_python.try_recv() else { break };
+                        let reply = self.request(msg);
+                        if self.to_network.send(reply).await.is_err() {
+                            return Ok(());
+                        }
                     }
                     self.receive_batch();
                     for delivery in self.deliveries.drain(..) {

@@ -7,6 +7,9 @@
 //! - One rate limiter (one cookie secret) sits in front of every peer and checks each handshake message's MAC1
 //!   first; over its limit it answers with a cookie reply, whoever the message claims to be for. A cookie reply
 //!   proves nothing about who sent the datagram (MAC1 needs only the server's public key).
+//! - Behind it, handshake messages that passed the MAC checks reach a Diffie-Hellman only as far as a bucket per
+//!   source address and one for all sources let them (`handshake_limit`): a cookie proves an address, and a
+//!   message with a valid MAC2 passes the limiter however often it is replayed.
 //! - A peer's endpoint moves only on a datagram that its key authenticated: a handshake message that completed,
 //!   or data. Never on a cookie, in either direction.
 //! - A decrypted packet whose source address is not in its peer's AllowedIPs is dropped (cryptokey routing),
@@ -20,6 +23,7 @@
 
 mod counters;
 mod drops;
+mod handshake_limit;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +43,7 @@ use crate::keys;
 use crate::messages::{PeerId, PeerInfo, PeerStats};
 use counters::Counters;
 use drops::Drops;
+use handshake_limit::{HandshakeLimit, Refused};
 
 /// Handshake messages a second, over all peers, before the server asks for cookies (as boringtun's own
 /// device does).
@@ -149,6 +154,9 @@ pub struct Peers {
     /// The peers not removed, by public key.
     by_key: HashMap<[u8; 32], usize>,
     next_id: PeerId,
+    /// Behind `limiter`: how many handshake messages that passed it reach a Diffie-Hellman, from each source and
+    /// from all together (a valid MAC2 lets a message past `limiter` however often it is sent).
+    handshakes: HandshakeLimit,
     drops: Drops,
     period_start: Option<Instant>,
 }
@@ -173,6 +181,7 @@ impl Peers {
             by_id: HashMap::new(),
             by_key: HashMap::new(),
             next_id: 0,
+            handshakes: HandshakeLimit::new(Instant::now()),
             drops: Drops::default(),
             period_start: None,
         };
@@ -366,9 +375,9 @@ impl Peers {
         });
     }
 
-    /// Checks a datagram's MACs under the shared limiter and finds the peer it is for: for a handshake
-    /// initiation by the initiator's static key (one Diffie-Hellman), for the others by the receiver index the
-    /// server handed out. Returns the peer's slot and whether the datagram is a cookie reply.
+    /// Checks a datagram's MACs under the shared limiter, then a handshake message against its source's and the
+    /// global bucket, and finds the peer it is for: for a handshake initiation by the initiator's static key (one
+    /// Diffie-Hellman), for the others by the receiver index the server handed out. Returns the peer's slot and whether the datagram is a cookie reply.
     fn route(
         &mut self,
         src: SocketAddr,
@@ -393,6 +402,19 @@ impl Peers {
                 return None;
             }
         };
+        if matches!(packet, Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)) {
+            match self.handshakes.allow(Instant::now(), src.ip()) {
+                Ok(()) => {}
+                Err(Refused::Source) => {
+                    self.drops.source_limited += 1;
+                    return None;
+                }
+                Err(Refused::Global) => {
+                    self.drops.over_budget += 1;
+                    return None;
+                }
+            }
+        }
         let index = match packet {
             Packet::HandshakeInit(init) => {
                 let Ok(half) = parse_handshake_anon(&self.secret, &self.public, &init) else {
@@ -453,6 +475,7 @@ impl Peers {
         {
             self.period_start = Some(now);
             self.drops.report(&keys::encode(self.public.as_bytes()));
+            self.handshakes.prune(now);
         }
         for peer in self.slots.iter_mut().flatten().filter(|p| !p.removed) {
             match peer.tunn.update_timers(buf) {

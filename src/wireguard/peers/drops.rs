@@ -18,6 +18,10 @@ pub(super) struct Drops {
     /// Where the last of them came from.
     pub last_bad_mac: Option<SocketAddr>,
     pub cookies: u64,
+    /// Handshake messages past the MAC checks over their source's bucket (`handshake_limit`).
+    pub source_limited: u64,
+    /// Handshake messages past the MAC checks over the bucket of all sources together.
+    pub over_budget: u64,
     pub undecryptable: u64,
     pub unknown_peer: u64,
     pub last_unknown_peer: Option<[u8; 32]>,
@@ -91,6 +95,14 @@ impl Drops {
         }
         let counts = [
             (self.cookies, "handshakes answered with a cookie (under load)"),
+            (
+                self.source_limited,
+                "handshakes over their source's limit (20 a second)",
+            ),
+            (
+                self.over_budget,
+                "handshakes over the limit of all sources together",
+            ),
             (self.not_wireguard, "datagrams that are no WireGuard message"),
             (self.undecryptable, "handshakes that do not decrypt"),
             (self.unknown_index, "datagrams for an unknown receiver index"),

@@ -453,3 +453,165 @@ fn packets_too_large_to_encrypt_are_dropped_not_a_panic() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].1.len(), BUFFER_SIZE);
 }
+
+/// A client of the server that does not know it: its initiations have a valid MAC1 and fail at the lookup of
+/// its static key, after one Diffie-Hellman.
+fn stranger(peers: &Peers, index: u32) -> Tunn {
+    let server_key = keys::public("s", &keys::encode(peers.public.as_bytes())).unwrap();
+    Tunn::new(
+        keys::secret("x", &keys::generate()).unwrap(),
+        server_key,
+        None,
+        None,
+        index,
+        None,
+    )
+}
+
+/// Puts the server under load (past the cookie threshold) with forged responses from an address of their own.
+fn load(peers: &mut Peers) {
+    let loader: SocketAddr = "127.0.0.9:9".parse().unwrap();
+    forge_responses(peers, loader, HANDSHAKES_PER_SECOND as u32);
+    peers.drops = Drops::default();
+}
+
+/// The initiation of `client` with a valid MAC2 for `from`: sent once without, the server's cookie reply gives
+/// the cookie, which the client uses in its next one (boringtun decrypts the cookie with XChaCha20-Poly1305
+/// under the server's key, the MAC1 of the message it answers as additional data).
+fn initiation_with_mac2(peers: &mut Peers, client: &mut Tunn, from: SocketAddr) -> Vec<u8> {
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let mut cbuf = vec![0u8; BUFFER_SIZE];
+    let TunnResult::WriteToNetwork(init) = client.format_handshake_initiation(&mut cbuf, true) else {
+        panic!()
+    };
+    let init = init.to_vec();
+    let out = collect(|e| peers.receive(from, &init, &mut buf, &mut |o| e(o)));
+    assert_eq!(
+        (out.len(), out[0].1.len(), out[0].1[0]),
+        (1, 64, 3),
+        "a cookie reply"
+    );
+    assert!(matches!(
+        client.decapsulate(Some(from.ip()), &out[0].1, &mut cbuf),
+        TunnResult::Done
+    ));
+    let TunnResult::WriteToNetwork(init) = client.format_handshake_initiation(&mut cbuf, true) else {
+        panic!()
+    };
+    init.to_vec()
+}
+
+#[test]
+fn a_replayed_initiation_with_a_valid_mac2_reaches_a_diffie_hellman_only_as_its_source_may() {
+    let (mut peers, _) = setup();
+    let attacker: SocketAddr = "127.0.0.2:666".parse().unwrap();
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    load(&mut peers);
+    let mut client = stranger(&peers, 1);
+    let init = initiation_with_mac2(&mut peers, &mut client, attacker);
+    let before = peers.drops.unknown_peer;
+    let start = Instant::now();
+    for _ in 0..200 {
+        assert!(collect(|e| peers.receive(attacker, &init, &mut buf, &mut |o| e(o))).is_empty());
+    }
+    let elapsed = start.elapsed();
+    // The MAC2 is valid: no cookie reply, each copy reaches the lookup of its key, as far as its bucket lets it.
+    let reached = peers.drops.unknown_peer - before;
+    let may = handshake_limit::PER_SOURCE_BURST
+        + (elapsed.as_secs_f64() * handshake_limit::PER_SOURCE_RATE as f64) as u64
+        + 1;
+    assert!(
+        reached <= may,
+        "{reached} of 200 copies reached a Diffie-Hellman in {elapsed:?}"
+    );
+    assert_eq!(peers.drops.source_limited, 200 - reached);
+    assert_eq!(
+        peers.drops.cookies, 1,
+        "only the first initiation got a cookie reply"
+    );
+}
+
+#[test]
+fn initiations_with_valid_mac2s_from_many_sources_are_bounded_together() {
+    // A global bucket a debug build can reach (the real one is tested in `handshake_limit`).
+    const RATE: u64 = 5;
+    const BURST: u64 = 10;
+    let (mut peers, _) = setup();
+    peers.handshakes = HandshakeLimit::with_global(Instant::now(), RATE, BURST);
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    load(&mut peers);
+    let mut client = stranger(&peers, 1);
+    // One initiation per source, each with the MAC2 of its source: no source's bucket is ever empty.
+    let sources: u32 = 60;
+    let inits: Vec<(SocketAddr, Vec<u8>)> = (0..sources)
+        .map(|i| {
+            let from = SocketAddr::from(((0x0a00_0000 + i).to_be_bytes(), 1000));
+            (from, initiation_with_mac2(&mut peers, &mut client, from))
+        })
+        .collect();
+    // Getting the cookies took time, in which the global bucket filled up again.
+    let before = peers.drops.unknown_peer;
+    let start = Instant::now();
+    for (from, init) in &inits {
+        assert!(collect(|e| peers.receive(*from, init, &mut buf, &mut |o| e(o))).is_empty());
+    }
+    let elapsed = start.elapsed();
+    let reached = peers.drops.unknown_peer - before;
+    let may = BURST + (elapsed.as_secs_f64() * RATE as f64) as u64 + 1;
+    assert!(
+        reached <= may,
+        "{reached} of {sources} initiations reached a Diffie-Hellman in {elapsed:?}"
+    );
+    assert_eq!(peers.drops.source_limited, 0);
+    assert_eq!(peers.drops.over_budget, u64::from(sources) - reached);
+}
+
+/// What one handshake initiation costs the server, in a release build:
+/// `cargo test --release --lib handshake_cost -- --ignored --nocapture`. Each from a source of its own, fewer
+/// than the cookie threshold at a time; the best of several rounds.
+#[test]
+#[ignore]
+fn handshake_cost() {
+    const N: usize = 90;
+    let mut best = (f64::MAX, f64::MAX);
+    for _ in 0..10 {
+        let (mut peers, mut clients) = server(&[&[] as &[&str]; N]);
+        let mut buf = vec![0u8; BUFFER_SIZE];
+        let mut cbuf = vec![0u8; BUFFER_SIZE];
+        let known: Vec<Vec<u8>> = clients
+            .iter_mut()
+            .map(|c| match c.format_handshake_initiation(&mut cbuf, false) {
+                TunnResult::WriteToNetwork(init) => init.to_vec(),
+                _ => panic!(),
+            })
+            .collect();
+        let unknown: Vec<Vec<u8>> = (0..N as u32)
+            .map(
+                |i| match stranger(&peers, i).format_handshake_initiation(&mut cbuf, false) {
+                    TunnResult::WriteToNetwork(init) => init.to_vec(),
+                    _ => panic!(),
+                },
+            )
+            .collect();
+        let mut time = |inits: &[Vec<u8>], peers: &mut Peers| {
+            peers.tick(Instant::now() + Duration::from_secs(2), &mut cbuf, &mut |_| {});
+            let start = Instant::now();
+            for (i, init) in inits.iter().enumerate() {
+                let from = SocketAddr::from(([10, 0, 0, i as u8], 1000));
+                peers.receive(from, init, &mut buf, &mut |_| {});
+            }
+            start.elapsed().as_secs_f64() / inits.len() as f64
+        };
+        let k = time(&known, &mut peers);
+        assert_eq!(peers.drops.cookies, 0);
+        std::thread::sleep(Duration::from_millis(1100));
+        let u = time(&unknown, &mut peers);
+        assert_eq!(peers.drops.unknown_peer, N as u64);
+        best = (best.0.min(k), best.1.min(u));
+    }
+    println!(
+        "a handshake initiation costs {:.0} µs for a known peer, {:.0} µs from an unknown key",
+        best.0 * 1e6,
+        best.1 * 1e6
+    );
+}
