@@ -44,6 +44,33 @@ async def round_trip_rate(
     return best
 
 
+async def flood_rate_here(seconds: float = 2) -> float:
+    """The control for a flood's rate: what the flood process reaches on this machine now, sending to a socket
+    that nobody reads. A flood against the server must come near it; a fixed figure failed on a loaded machine.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        flood = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("flood.py")),
+            "127.0.0.1",
+            str(sink.getsockname()[1]),
+            wg.pubkey(wg.genkey()),
+            str(FLOOD_RATE),
+            str(seconds),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(flood.communicate(), seconds + 60)
+    result = json.loads(out)
+    return float(result["sent"] / result["seconds"])
+
+
+def assert_flood_rate(rate: float, control: float, what: str) -> None:
+    """The flood ran at the rate asked for, or as near it as this machine's control reached."""
+    target = min(FLOOD_RATE, control)
+    assert rate > target * 0.8, f"the {what} reached only {rate:.0f} initiations/s, the control {control:.0f}"
+
+
 async def test_a_handshake_flood_gets_cookies_and_peers_keep_their_pace(start):
     setup = await start(peers=2)
     host, port = setup.server.getsockname()
@@ -96,7 +123,7 @@ async def test_a_handshake_flood_gets_cookies_and_peers_keep_their_pace(start):
         f"flood {rate:.0f}/s, {result['cookies']} cookie replies; {alone:.0f} rt/s alone, {during:.0f} during; "
         f"second peer's handshake in {handshake_time:.1f} s"
     )
-    assert rate > FLOOD_RATE * 0.8, f"the flood reached only {rate:.0f} initiations/s"
+    assert_flood_rate(rate, await flood_rate_here(), "flood")
     assert result["cookies"] > result["sent"] / 2, result
     assert during >= alone / 2, f"{during:.0f} round trips/s under the flood, {alone:.0f} without"
     assert handshake_time < 10
@@ -178,7 +205,7 @@ async def test_one_initiation_with_a_valid_mac2_replayed_does_not_slow_peers_dow
         f"replay {rate:.0f}/s, {result['cookies']} cookie replies during it; {alone:.0f} rt/s alone, "
         f"{during:.0f} during ({during / alone:.2f}x); second peer's handshake in {handshake_time:.1f} s"
     )
-    assert rate > FLOOD_RATE * 0.8, f"the replay reached only {rate:.0f} initiations/s"
+    assert_flood_rate(rate, await flood_rate_here(), "replay")
     assert during >= alone / 2, f"{during:.0f} round trips/s under the replay, {alone:.0f} without"
     assert handshake_time < 10
     assert replay_on, "the replay ended before the second peer's handshake completed"
