@@ -15,7 +15,7 @@ use super::peers::PeerState;
 use super::recovery::SeqTracker;
 use super::release::{ReadPosition, WritePosition};
 use super::{
-    Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, INITIAL_SEND_BUFFER, KEEPALIVE, RX_BUFFER,
+    Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, INITIAL_SEND_BUFFER, KEEPALIVE, MIN_RTO, RX_BUFFER,
     SILENCE_TIMEOUT, WRITE_LOW_WATER,
 };
 use crate::messages::{ConnectionId, NetworkToPython, PeerId};
@@ -99,6 +99,8 @@ impl Stack {
         // Never less in flight than the fixed 64 KiB window of the earlier releases (the first round trip).
         socket.set_min_congestion_window(INITIAL_SEND_BUFFER);
         socket.set_timeout(Some(SILENCE_TIMEOUT.into()));
+        // As Linux: a lost tail of a flight on a path of 20-200 ms waits 200 ms for its timeout, not 1 s.
+        socket.set_min_rto(MIN_RTO.into());
         autotune::start(&mut socket);
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
             log::debug!("dropped a SYN to {}: {e}", flow.destination);

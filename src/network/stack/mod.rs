@@ -108,6 +108,8 @@ const KEEPALIVE: Duration = Duration::from_secs(600);
 /// The longest silence of a client on an open connection: four keepalive probes went unanswered. Then the
 /// connection is reset (Python hears `ConnectionClosed` with `reset`, as of a kernel's ETIMEDOUT).
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(4 * 600);
+/// The floor of the retransmission timeout: 200 ms, as Linux's, not RFC 6298's 1 s (smoltcp's default).
+const MIN_RTO: Duration = Duration::from_millis(200);
 
 /// The longest time data may wait unacknowledged, a client that keeps its window closed included: then the
 /// connection is reset, as a kernel with TCP_USER_TIMEOUT resets it.

@@ -274,6 +274,17 @@ fn connections_to_any_address_carry_data_both_ways_and_half_close() {
     }
 }
 
+/// A lost segment that no duplicate ACK reveals waits for the retransmission timeout: its floor is Linux's 200 ms,
+/// not smoltcp's default of 1 s.
+#[test]
+fn connections_have_a_200_ms_floor_under_the_retransmission_timeout() {
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "198.51.100.7:80");
+    let id = established(&client.pump(&mut stack));
+    let socket = stack.connections.get_mut(&id).unwrap().socket();
+    assert_eq!(socket.min_rto(), smoltcp::time::Duration::from_millis(200));
+}
+
 /// On a path that reorders, a client's FIN, sent right after its last segment, can overtake it. The stack keeps
 /// the FIN and ends the stream once the data before it arrived, without waiting for the client to send it again.
 #[test]

@@ -150,10 +150,9 @@ const RTTE_MIN_MARGIN: u32 = 5;
 /// K, according to RFC 6298
 const RTTE_K: u32 = 4;
 
-// RFC 6298 (2.4) asks for a 1 second minimum, written when clocks were coarse and
-// delayed ACKs long. Like Linux (TCP_RTO_MIN), use 200 ms: on a 20-200 ms path a lost
-// tail segment otherwise waits 1 s or more for its retransmission.
-const RTTE_MIN_RTO: u32 = 200;
+// RFC 6298 (2.4): Whenever RTO is computed, if it is less than 1 second, then the
+// RTO SHOULD be rounded up to 1 second. The default; see `Socket::set_min_rto`.
+const RTTE_MIN_RTO: u32 = 1000;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
@@ -174,6 +173,8 @@ struct RttEstimator {
     timestamp: Option<(Instant, TcpSeqNumber)>,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
+    /// The floor of the retransmission timeout, in milliseconds.
+    min_rto: u32,
 }
 
 impl Default for RttEstimator {
@@ -186,6 +187,7 @@ impl Default for RttEstimator {
             timestamp: None,
             max_seq_sent: None,
             rto_count: 0,
+            min_rto: RTTE_MIN_RTO,
         }
     }
 }
@@ -223,7 +225,7 @@ impl RttEstimator {
 
         // RFC 6298 (2.2), (2.3)
         let margin = RTTE_MIN_MARGIN.max(self.rttvar * RTTE_K);
-        self.rto = (self.srtt + margin).clamp(RTTE_MIN_RTO, RTTE_MAX_RTO);
+        self.rto = (self.srtt + margin).clamp(self.min_rto, RTTE_MAX_RTO);
 
         self.rto_count = 0;
 
@@ -1263,6 +1265,22 @@ impl<'a> Socket<'a> {
         self.timeout = duration
     }
 
+    /// Set the floor of the retransmission timeout.
+    ///
+    /// By default it is 1 second, as RFC 6298 (2.4) says. That rule dates from coarse clocks and
+    /// long delayed ACKs; Linux uses 200 ms (`TCP_RTO_MIN`). On a path of 20-200 ms, a lost
+    /// segment that no duplicate ACK reveals (the last ones of a flight) waits for the timeout,
+    /// five to fifty round trips at 1 second. The floor is at most 60 seconds, the maximum RTO;
+    /// it takes effect with the next round-trip sample.
+    pub fn set_min_rto(&mut self, min_rto: Duration) {
+        self.rtte.min_rto = min_rto.total_millis().clamp(1, RTTE_MAX_RTO as u64) as u32;
+    }
+
+    /// The floor of the retransmission timeout. See [set_min_rto](#method.set_min_rto).
+    pub fn min_rto(&self) -> Duration {
+        Duration::from_millis(self.rtte.min_rto as _)
+    }
+
     /// Set the ACK delay duration.
     ///
     /// By default, the ACK delay is set to 10ms.
@@ -1371,7 +1389,11 @@ impl<'a> Socket<'a> {
 
         self.state = State::Closed;
         self.timer = Timer::new();
-        self.rtte = RttEstimator::default();
+        // The floor is a setting: it outlives the connection.
+        self.rtte = RttEstimator {
+            min_rto: self.rtte.min_rto,
+            ..RttEstimator::default()
+        };
         self.slow_start_exit = SlowStartExit::default();
         self.rate_sampler = RateSampler::default();
         self.acked_total = 0;
@@ -8301,6 +8323,8 @@ mod test {
         let mut s = socket_established();
         s.remote_mss = 3;
         s.remote_has_sack = sack;
+        // The timeout's floor of a server on paths of 20-200 ms, as Linux's.
+        s.set_min_rto(Duration::from_millis(200));
         s.rtte.sample(20);
         send!(s, time 0, TcpRepr {
             seq_number: REMOTE_SEQ + 1,
@@ -11708,10 +11732,18 @@ mod test {
     }
 
     #[test]
-    fn test_rtt_estimator_min_rto_200ms() {
+    fn test_rtt_estimator_min_rto() {
         // A 50 ms path with little variance: the retransmission timeout settles at the
-        // 200 ms floor, not 1 s.
+        // floor, 1 s by default, or the one set.
         let mut r = RttEstimator::default();
+        for _ in 0..32 {
+            r.sample(50);
+        }
+        assert_eq!(r.retransmission_timeout(), Duration::from_millis(1000));
+        let mut r = RttEstimator {
+            min_rto: 200,
+            ..RttEstimator::default()
+        };
         for _ in 0..32 {
             r.sample(50);
         }
@@ -11719,8 +11751,22 @@ mod test {
     }
 
     #[test]
+    fn test_set_min_rto() {
+        let mut s = socket();
+        assert_eq!(s.min_rto(), Duration::from_millis(1000));
+        s.set_min_rto(Duration::from_millis(200));
+        assert_eq!(s.min_rto(), Duration::from_millis(200));
+        // A setting: it outlives the connection.
+        s.reset();
+        assert_eq!(s.min_rto(), Duration::from_millis(200));
+        s.set_min_rto(Duration::from_secs(3600));
+        assert_eq!(s.min_rto(), Duration::from_secs(60));
+    }
+
+    #[test]
     fn test_data_retransmit_after_min_rto() {
         let mut s = socket_established();
+        s.set_min_rto(Duration::from_millis(200));
         s.rtte.sample(20);
         s.send_slice(b"abcdef").unwrap();
         recv!(s, time 0, Ok(TcpRepr {
@@ -12058,6 +12104,7 @@ mod test {
         let mut s = socket_established_with_buffer_sizes(32768, 64);
         s.set_congestion_control(CongestionControl::Cubic);
         s.set_pacing(pacing);
+        s.set_min_rto(Duration::from_millis(200));
         s.remote_mss = 1024;
         s.remote_win_len = 65535;
         s.send_slice(&[b'x'; 2048]).unwrap();
@@ -12335,6 +12382,7 @@ mod test {
     fn test_congestion_window_floor() {
         let mut s = socket_established_with_buffer_sizes(16384, 64);
         s.set_congestion_control(CongestionControl::Cubic);
+        s.set_min_rto(Duration::from_millis(200));
         s.remote_mss = 1024;
         s.remote_win_len = 65535;
         s.rtte.sample(50);
