@@ -1992,8 +1992,13 @@ impl<'a> Socket<'a> {
     /// data (D-SACKs, stale or bogus ones) are ignored. When the scoreboard is full the
     /// highest range is forgotten: the lowest ones decide what is retransmitted next.
     fn sack_record(&mut self, left: TcpSeqNumber, right: TcpSeqNumber) {
-        let end = self.local_seq_no + self.tx_buffer.len();
-        if left <= self.local_seq_no || right <= left || right > end {
+        // RFC 2018: a block beyond what was sent is ignored. Data queued but never sent is
+        // not the peer's to report: taken as delivered, it would be skipped, and counted in
+        // the delivery rate that paces the connection.
+        let Some(sent) = self.rtte.max_seq_sent else {
+            return;
+        };
+        if left <= self.local_seq_no || right <= left || right > sent {
             return;
         }
         let (mut left, mut right) = (left, right);
@@ -8349,6 +8354,24 @@ mod test {
             (LOCAL_SEQ + 1 + from).0 as u32,
             (LOCAL_SEQ + 1 + to).0 as u32,
         ))
+    }
+
+    #[test]
+    fn test_sack_blocks_beyond_the_data_sent_are_ignored() {
+        // aaaBBB went out; cccDDD is queued, not sent yet. A SACK block over it (or reaching
+        // into it) reports data the remote cannot have: it is ignored, and cccDDD goes out
+        // whole.
+        let mut s = socket_sack_flight(b"aaaBBB");
+        s.send_slice(b"cccDDD").unwrap();
+        send!(s, time 50, sack_dup_ack([sack_block(9, 12), sack_block(3, 9), None]));
+        assert_eq!(s.sacked_len(), 0);
+        send!(s, time 51, sack_dup_ack([sack_block(3, 6), None, None]));
+        assert_eq!(s.sacked_len(), 3);
+        let sent = drain(&mut s, Instant::from_millis(60));
+        assert!(
+            sent.contains(&(LOCAL_SEQ + 1 + 9, 3)),
+            "DDD was not sent: {sent:?}"
+        );
     }
 
     #[test]
