@@ -21,7 +21,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// A TCP handshake completed: a new connection for the handler.
+/// A TCP handshake completed. `endpoint` is the peer's outer UDP address, `src` the client's address inside
+/// the tunnel, `dst` the destination it asked for.
 #[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
 pub struct ConnectionEstablished {
     id: ConnectionId,
@@ -61,7 +62,8 @@ pub struct ConnectionClosed {
     reset: bool,
 }
 
-/// A UDP datagram from a peer; `peer` is the peer's id, for the reply's way back.
+/// A UDP datagram from a peer: `peer` is its id (a reply sent with it reaches that peer), `peer_public_key`
+/// its key.
 #[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
 pub struct DatagramReceived {
     data: Py<PyBytes>,
@@ -71,8 +73,9 @@ pub struct DatagramReceived {
     peer_public_key: Py<PyAny>,
 }
 
-/// The answer to a request of Python's, after every event it caused: `error` is why it was refused, `stats`
-/// the peers' statistics (dicts with the fields of `PeerStats`) for a request of them.
+/// The answer to the request numbered `request` (`add_peer`, `remove_peer`, `request_stats`), after every
+/// event it caused. `error` is why it was refused (a ValueError), else None; `stats` the peers' statistics for
+/// `request_stats` (the fields of `PeerStats`), else None.
 #[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
 pub struct RequestDone {
     request: RequestId,
@@ -80,7 +83,8 @@ pub struct RequestDone {
     stats: Option<Py<PyAny>>,
 }
 
-/// Every task of the engine ended; `error` says why if it was not asked to close (a task failed).
+/// Every task of the engine ended; `error` says why if it was not asked to close (a task failed), else
+/// None.
 #[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
 pub struct ServerClosed {
     error: Option<String>,
