@@ -10,8 +10,10 @@
 //! - Behind it, handshake messages that passed the MAC checks reach a Diffie-Hellman only as far as a bucket per
 //!   source address and one for all sources let them (`handshake_limit`): a cookie proves an address, and a
 //!   message with a valid MAC2 passes the limiter however often it is replayed.
-//! - A peer's endpoint moves only on a datagram that its key authenticated: a handshake message that completed,
-//!   or data. Never on a cookie, in either direction.
+//! - A peer's endpoint moves only on a datagram that its key authenticated: a handshake initiation that was
+//!   accepted (as WireGuard does; a replay is refused by its timestamp, but boringtun keeps the last one in
+//!   memory only, so after a restart a recorded initiation is accepted once: SECURITY.md), a handshake response,
+//!   a keepalive or data. Never on a cookie, in either direction.
 //! - A decrypted packet whose source address is not in its peer's AllowedIPs is dropped (cryptokey routing),
 //!   unless the peer may use any address (configured without AllowedIPs).
 //!
@@ -343,8 +345,9 @@ impl Peers {
             }
             TunnResult::WriteToNetwork(reply) => {
                 peer.counters.received(datagram.len());
-                // A handshake that completed. `route` answered every cookie already; the check stays so that a
-                // cookie reply, whatever its origin, never moves an endpoint.
+                // An initiation accepted (answered with a response), or a response to ours answered with a
+                // keepalive. `route` answered every cookie already; the check stays so that a cookie reply,
+                // whatever its origin, never moves an endpoint.
                 if reply.first() != Some(&COOKIE_REPLY) {
                     peer.endpoint = Some(src);
                     peer.counters.last_handshake = Some(Instant::now());
