@@ -27,6 +27,7 @@ mod counters;
 mod drops;
 mod handshake_limit;
 
+use log::Level;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -448,21 +449,31 @@ impl Peers {
         };
         let Some(endpoint) = peer.endpoint else {
             peer.counters.no_session += 1;
-            log::debug!("dropped a packet for peer {id}: it never connected");
+            crate::ratelog::note(
+                Level::Debug,
+                "packets for peers that never connected dropped",
+                || format!("dropped a packet for peer {id}: it never connected"),
+            );
             return;
         };
         if packet.len() > MAX_PACKET.min(buf.len().saturating_sub(DATA_OVERHEAD)) {
             peer.counters.too_large += 1;
-            log::warn!(
-                "dropped a packet of {} bytes for peer {id}: too large to encrypt",
-                packet.len()
-            );
+            crate::ratelog::note(Level::Warn, "packets too large to encrypt dropped", || {
+                format!(
+                    "dropped a packet of {} bytes for peer {id}: too large to encrypt",
+                    packet.len()
+                )
+            });
             return;
         }
         match peer.tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(datagram) if peer.removed && datagram.first() != Some(&DATA) => {}
             TunnResult::WriteToNetwork(datagram) => peer.send(endpoint, datagram, emit),
-            TunnResult::Err(e) => log::debug!("could not encrypt a packet for peer {id}: {e:?}"),
+            TunnResult::Err(e) => {
+                crate::ratelog::note(Level::Debug, "packets that could not be encrypted", || {
+                    format!("could not encrypt a packet for peer {id}: {e:?}")
+                })
+            }
             _ => {}
         }
     }
@@ -488,7 +499,9 @@ impl Peers {
                     }
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) => {}
-                TunnResult::Err(e) => log::debug!("timer error for peer {}: {e:?}", peer.info.id),
+                TunnResult::Err(e) => crate::ratelog::note(Level::Debug, "timer errors", || {
+                    format!("timer error for peer {}: {e:?}", peer.info.id)
+                }),
                 _ => {}
             }
         }
