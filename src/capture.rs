@@ -8,13 +8,14 @@
 //!
 //! The network task holds a `Tap` and hands it copies of packets; a writer thread of its own owns the file. Between
 //! them is a bounded queue: when the writer falls behind, the tap drops packets from the capture and counts them,
-//! so that the disk never stalls the tunnel. `start` opens the file on the caller's thread (errors name the path);
-//! `Capture::finish`, once the tap is gone, waits for the writer to write out the queue and close the file.
+//! so that the disk never stalls the tunnel. `start` opens the file on the caller's thread (errors name the path;
+//! `open_private` says which files it writes into, replaces or refuses); `Capture::finish`, once the tap is
+//! gone, waits for the writer to write out the queue and close the file.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -185,25 +186,12 @@ impl Capture {
     }
 }
 
-/// Creates (or truncates) `path`, readable by its owner only, writes the pcapng header and starts the writer.
-/// Errors carry the path.
+/// Opens `path` as `open_private` does, writes the pcapng header and starts the writer. Errors carry the path.
 pub fn start(path: &Path) -> Result<(Capture, Tap)> {
-    let named = |source: io::Error| Error::File {
+    let file = open_private(path).map_err(|source| Error::File {
         path: path.to_owned(),
         source,
-    };
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(named)?;
-    // A file that existed keeps its mode on open: captures hold private traffic.
-    if file.metadata().map_err(named)?.is_file() {
-        file.set_permissions(Permissions::from_mode(0o600))
-            .map_err(named)?;
-    }
+    })?;
     let writer =
         PcapNgWriter::with_section_header(BufWriter::new(file), section_header()).map_err(io_error)?;
     let (queue, entries) = mpsc::sync_channel(QUEUE);
@@ -228,6 +216,90 @@ pub fn start(path: &Path) -> Result<(Capture, Tap)> {
         dropped,
     };
     Ok((capture, tap))
+}
+
+/// The file a capture is written to, readable by this user only: the capture holds every peer's traffic in
+/// clear.
+///
+/// - No file at `path`: a new one is made (mode 0600, `O_EXCL`, `O_NOFOLLOW`).
+/// - A regular file of this user: replaced by a new one made next to it and renamed over it, so that its mode,
+///   its hard links and the handles others hold on it see nothing of the capture.
+/// - A FIFO or a device of this user (a pipe to Wireshark, `/dev/null`): written into as it is.
+/// - A symbolic link, or anything of another user (made first in a shared folder such as /tmp): refused, as
+///   `PermissionDenied`. A link is never followed; another user's file is neither written into nor replaced.
+pub fn open_private(path: &Path) -> io::Result<File> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return create_new(path),
+        other => other?,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refused(
+            "is a symbolic link; a capture is not written through a link: remove it or choose another path",
+        ));
+    }
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(refused(&format!(
+            "belongs to another user (uid {}); a capture is written only into a file of this user: remove it \
+             or choose another path",
+            meta.uid()
+        )));
+    }
+    if meta.is_file() {
+        return replace(path);
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // What was opened is what was checked, not something put there since.
+    let opened = file.metadata()?;
+    if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+        return Err(refused("was replaced while it was opened"));
+    }
+    Ok(file)
+}
+
+fn refused(reason: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, reason)
+}
+
+/// A new file at `path`, mode 0600, never through a link.
+fn create_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// A new file made next to `path` under a name of its own, then renamed over `path`.
+fn replace(path: &Path) -> io::Result<File> {
+    use rand_core::RngCore;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "names no file"))?;
+    for _ in 0..8 {
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{:016x}.tmp", rand_core::OsRng.next_u64()));
+        let temp = path.with_file_name(temp_name);
+        let file = match create_new(&temp) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            other => other?,
+        };
+        if let Err(e) = std::fs::rename(&temp, path) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+        return Ok(file);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free name for a new file next to it",
+    ))
 }
 
 fn section_header() -> SectionHeaderBlock<'static> {

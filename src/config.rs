@@ -263,16 +263,21 @@ impl Configuration {
         wg_quick::parse(text, file)
     }
 
+    /// Reads the file at once, then parses what was read.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path)?;
-        let name = path.display().to_string();
+        Configuration::from_bytes(bytes, &path.display().to_string())
+    }
+
+    /// A WireGuard configuration file's contents, which must be UTF-8; errors name `name`.
+    pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self> {
         let text = String::from_utf8(bytes).map_err(|e| Error::InvalidFile {
-            file: name.clone(),
+            file: name.to_owned(),
             line: Some(wg_quick::line_of(e.as_bytes(), e.utf8_error().valid_up_to())),
             field: "text".into(),
             reason: "not UTF-8 text".into(),
         })?;
-        Configuration::from_wg_quick(&text, &name)
+        Configuration::from_wg_quick(&text, name)
     }
 
     /// Writes the file as a whole (a new file, then renamed over the old one), readable by its owner only: it

@@ -4,6 +4,7 @@
 //!
 //! The queue is bounded where it must be: TCP data by each connection's flow control, datagrams by a count.
 
+use log::Level;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -125,7 +126,9 @@ impl EventSender {
                 Ok(_) => {}
                 // A full socket already holds a wakeup.
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => log::debug!("could not wake Python: {e}"),
+                Err(e) => crate::ratelog::note(Level::Debug, "failed wakeups of Python", || {
+                    format!("could not wake Python: {e}")
+                }),
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod keys;
 pub mod messages;
 pub mod network;
+pub mod ratelog;
 pub mod server;
 pub mod shutdown;
 pub mod supervisor;

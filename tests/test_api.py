@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
+import logging
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -195,3 +199,35 @@ def test_a_server_never_closed_stops_when_its_loop_ends():
     done = subprocess.run([sys.executable, "-c", NEVER_CLOSED], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped"
+
+
+async def test_records_that_come_once_a_datagram_are_aggregated_per_second(caplog):
+    """At debug level, a record per dropped datagram would cross into Python once a datagram: the first of a
+    second is logged, the others are counted in one record when the second is over."""
+    sent = 2000
+    caplog.set_level(logging.DEBUG)
+    async with await wg.start_server(
+        "127.0.0.1", wg.Configuration.generate(listen_port=0, peers=2), echo, ignore_datagram
+    ) as server:
+        # With two peers and no datagram from 10.0.0.200, a reply to it reaches no one: dropped, each.
+        started = time.monotonic()
+        for _ in range(sent):
+            server.send_datagram(b"x", ("10.0.0.42", 53), ("10.0.0.200", 53))
+        single: list[str] = []
+        counted = 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            messages = [r.getMessage() for r in caplog.records]
+            single = [m for m in messages if m.startswith("dropped a datagram to 10.0.0.200:53")]
+            summaries = [
+                re.fullmatch(r"(\d+) more datagrams from Python dropped in the last second, the last: .*", m)
+                for m in messages
+            ]
+            counted = sum(int(m.group(1)) for m in summaries if m)
+            if len(single) + counted >= sent:
+                break
+        seconds = time.monotonic() - started
+    assert len(single) + counted == sent, (len(single), counted)
+    # One record at once per second that had drops, and its count at the end of the second.
+    assert 1 <= len(single) <= seconds + 1, (len(single), seconds)

@@ -187,3 +187,62 @@ async def test_start_capture_errors_name_the_path(start, tmp_path):
     setup.server.start_capture(tmp_path / "two.pcapng")
     setup.server.stop_capture()
     assert (tmp_path / "two.pcapng").stat().st_size > 0
+
+
+async def test_a_link_at_the_capture_path_is_refused_not_followed(start, tmp_path):
+    setup = await start()
+    target = tmp_path / "target"
+    target.write_bytes(b"precious")
+    link = tmp_path / "linked.pcapng"
+    link.symlink_to(target)
+    with pytest.raises(PermissionError, match="link") as info:
+        setup.server.start_capture(link)
+    assert info.value.filename == str(link)
+    setup.server.stop_capture()
+    assert target.read_bytes() == b"precious" and link.is_symlink()
+    # A link to nowhere is not followed either: nothing is created where it points.
+    dangling = tmp_path / "dangling.pcapng"
+    dangling.symlink_to(tmp_path / "made-through-the-link")
+    with pytest.raises(PermissionError, match="link"):
+        setup.server.start_capture(dangling)
+    setup.server.stop_capture()
+    assert not (tmp_path / "made-through-the-link").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+async def test_a_file_of_another_user_at_the_capture_path_is_refused(start, tmp_path):
+    """Someone who made the file first (in a shared folder such as /tmp) would own the capture, and could read
+    every peer's traffic through the handle they keep open."""
+    setup = await start()
+    path = tmp_path / "theirs.pcapng"
+    path.write_bytes(b"")
+    os.chown(path, 65534, 65534)  # nobody
+    path.chmod(0o644)
+    with open(path, "rb") as theirs:
+        with pytest.raises(PermissionError, match="another user") as info:
+            setup.server.start_capture(path)
+        assert info.value.filename == str(path)
+        reader, writer = await open_connection("10.0.0.42", 8080)
+        writer.write(b"x")
+        assert await asyncio.wait_for(reader.readexactly(1), 5) == b"x"
+        await close_writer(writer)
+        setup.server.stop_capture()
+        assert theirs.read() == b""
+    assert path.stat().st_uid == 65534 and path.stat().st_size == 0
+
+
+async def test_a_capture_replaces_a_file_of_ours_without_writing_into_it(start, tmp_path):
+    """A file of ours is replaced by a new one (mode 0600): a handle on the old one, or a hard link to it, sees
+    nothing of the capture."""
+    setup = await start()
+    path = tmp_path / "ours.pcapng"
+    path.write_bytes(b"old")
+    path.chmod(0o644)
+    os.link(path, tmp_path / "hard-link")
+    with open(path, "rb") as old:
+        setup.server.start_capture(path)
+        setup.server.stop_capture()
+        assert old.read() == b"old"
+    assert (tmp_path / "hard-link").read_bytes() == b"old"
+    st = path.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid() and st.st_size > 3

@@ -201,6 +201,37 @@ def test_metadata_services_and_local_destinations_are_refused_unless_allowed(
     assert forward.Policy(cfg, allow_local=True).refusal(address) == allowed
 
 
+@pytest.mark.parametrize(
+    "address, refusal",
+    [
+        ("64:ff9b::7f00:1", "a loopback address (in a NAT64 address)"),
+        ("64:ff9b::127.0.0.53", "a loopback address (in a NAT64 address)"),
+        ("64:ff9b::a9fe:a9fe", "a link-local address (in a NAT64 address)"),
+        ("64:ff9b::a864:81b", None),  # 168.100.8.27: not a metadata service
+        ("64:ff9b::a83f:8110", "a cloud metadata address (in a NAT64 address)"),
+        ("64:ff9b::ffff:ffff", "a multicast or broadcast address (in a NAT64 address)"),
+        ("64:ff9b::", "the unspecified address (in a NAT64 address)"),
+        ("64:ff9b::a00:2", "an address inside the tunnel (in a NAT64 address)"),
+        ("64:ff9b::c633:6407", None),  # 198.51.100.7
+        ("2002:7f00:1::", "a loopback address (in a 6to4 address)"),
+        ("2002:7f00:1:1::5", "a loopback address (in a 6to4 address)"),
+        ("2002:a9fe:a9fe::", "a link-local address (in a 6to4 address)"),
+        ("2002:6464:64c8::1", "a cloud metadata address (in a 6to4 address)"),
+        ("2002:a00:2::", "an address inside the tunnel (in a 6to4 address)"),
+        ("2002:c633:6407::1", None),
+    ],
+)
+def test_nat64_and_6to4_destinations_are_judged_by_the_ipv4_address_they_carry(
+    address: str, refusal: str | None
+) -> None:
+    """Checked on the proxy's policy alone: no connection is made."""
+    cfg = wg.Configuration.generate()
+    assert "10.0.0.2/32" in cfg.peers[0]["allowed_ips"]
+    assert forward.Policy(cfg).refusal(address) == refusal
+    inside = refusal is not None and refusal.startswith("an address inside the tunnel")
+    assert forward.Policy(cfg, allow_local=True).refusal(address) == (refusal if inside else None)
+
+
 def outbound_connections(host: str, port: int) -> str:
     """`ss` lines of the proxy's established connections to `host:port`, with their timers."""
     out = subprocess.run(

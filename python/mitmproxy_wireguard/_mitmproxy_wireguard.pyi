@@ -58,6 +58,8 @@ class Configuration:
 
     @staticmethod
     def _from_keys(listen_port: int, private_key: str, peer_public_keys: list[str]) -> Configuration: ...
+    @staticmethod
+    def _from_bytes(data: bytes, file: str) -> Configuration: ...
     def to_json(self) -> str:
         """The configuration as JSON, private keys included."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import Configuration, Server
+from ._files import read_whole_configuration, warn_if_readable
 from .peers import show
 
 logger = logging.getLogger("mitmproxy_wireguard.cli")
@@ -135,14 +136,16 @@ class Runtime:
     async def reload(self, server: Server) -> None:
         """Reads the configuration file again and applies its peers: new ones are added, missing ones removed,
         changed ones (AllowedIPs, PresharedKey, PersistentKeepalive) replaced. A peer without AllowedIPs gets
-        the next free tunnel addresses, written into the file. A broken file changes nothing.
+        the next free tunnel addresses, written into the file. A broken file changes nothing, nor does a file
+        that is only partly written as far as `read_whole_configuration` can tell (its last line lacks a newline).
         """
         async with self._reloading:
             if self._conf is None:
                 logger.warning("SIGHUP: there is no --conf file to reload")
                 return
+            warn_if_readable(self._conf, logger)
             try:
-                cfg = Configuration.from_file(self._conf)
+                cfg = read_whole_configuration(self._conf)
             except (ValueError, OSError) as e:
                 logger.error("could not reload %s, the peers stay as they were: %s", self._conf, e)
                 return

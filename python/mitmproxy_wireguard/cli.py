@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import Configuration, Server, ServerError, echo, forward, qr
-from ._files import write_private
+from ._files import warn_if_readable, write_private
 from ._program import host_port
 from ._runtime import Runtime, give_addresses, write_given_addresses
 
@@ -294,6 +294,7 @@ def load_configuration(path: Path | None, port: int | None, peers: int) -> Confi
     """The configuration file at `path`, made and saved with fresh keys when missing; `port` overrides the
     listen port. Peers without AllowedIPs get the next free tunnel addresses, written into the file."""
     if path is not None and path.exists():
+        warn_if_readable(path, logger)
         cfg = Configuration.from_file(path)
         given = give_addresses(cfg)
         if given:

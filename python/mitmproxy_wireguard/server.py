@@ -82,8 +82,11 @@ class Server:
         """Starts writing the packets inside the tunnel to `path`, a pcapng file for tcpdump or Wireshark: the
         decrypted IP packets from and to every peer, each peer an interface of its own named by its public key,
         with each packet's direction. The packets have a Linux "cooked" header (link type LINUX_SLL), not raw
-        IP: libpcap, and so tcpdump, refuses a pcapng file with more than one raw IP interface. The file is created (or truncated) readable by its
-        owner only: it holds the peers' traffic in clear.
+        IP: libpcap, and so tcpdump, refuses a pcapng file with more than one raw IP interface. The file is created
+        readable by its owner only: it holds the peers' traffic in clear. A regular file of this user at `path` is
+        replaced by a new one (renamed over it: a handle or a hard link on the old one sees nothing of the
+        capture); a FIFO or device of this user is written into as it is; a symbolic link, or anything of another
+        user, is refused with `PermissionError`.
 
         The disk never slows the tunnel down: when the file cannot be written as fast as packets come, packets
         are left out of the capture, and the count is logged when the capture stops. Raises `OSError` (with the

@@ -14,6 +14,7 @@
 //! - The bookkeeping holds exactly the datagrams under reassembly: a datagram that completes, overlaps, expires
 //!   or is evicted leaves no entry behind.
 
+use log::Level;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -227,11 +228,15 @@ impl Reassembler {
     pub fn insert(&mut self, peer: PeerId, packet: &[u8], now: Instant) -> Option<Vec<u8>> {
         self.expire(now);
         let Some(f) = parse(packet) else {
-            log::debug!("dropped a malformed fragment from peer {peer}");
+            crate::ratelog::note(Level::Debug, "fragments dropped", || {
+                format!("dropped a malformed fragment from peer {peer}")
+            });
             return None;
         };
         if let Some(why) = f.invalid() {
-            log::debug!("dropped a fragment from peer {peer}: {why}");
+            crate::ratelog::note(Level::Debug, "fragments dropped", || {
+                format!("dropped a fragment from peer {peer}: {why}")
+            });
             return None;
         }
         let (start, end) = (f.offset, f.offset + f.data.len());
@@ -252,7 +257,9 @@ impl Reassembler {
             None => !f.more && partial.payload.len() > end,
         };
         if inconsistent || !partial.add_range(start, end) {
-            log::debug!("dropped a datagram from peer {peer}: overlapping or inconsistent fragments");
+            crate::ratelog::note(Level::Debug, "datagrams dropped in reassembly", || {
+                format!("dropped a datagram from peer {peer}: overlapping or inconsistent fragments")
+            });
             self.remove(&key);
             return None;
         }
@@ -268,7 +275,9 @@ impl Reassembler {
         if complete {
             let partial = self.remove(&key)?;
             return rebuild(partial, f.protocol, f.v6).or_else(|| {
-                log::debug!("dropped a datagram from peer {peer}: larger than an IP packet can be");
+                crate::ratelog::note(Level::Debug, "datagrams dropped in reassembly", || {
+                    format!("dropped a datagram from peer {peer}: larger than an IP packet can be")
+                });
                 None
             });
         }
@@ -329,7 +338,9 @@ impl Reassembler {
     fn evict_oldest(&mut self, peer: PeerId, why: &str) {
         let oldest = self.shares.get(&peer).and_then(|s| s.partials.first().copied());
         if let Some((_, key)) = oldest {
-            log::debug!("dropped an incomplete datagram from peer {peer}: {why}");
+            crate::ratelog::note(Level::Debug, "incomplete datagrams dropped", || {
+                format!("dropped an incomplete datagram from peer {peer}: {why}")
+            });
             self.remove(&key);
         }
     }
@@ -339,7 +350,9 @@ impl Reassembler {
             if now.saturating_duration_since(at) < TIMEOUT {
                 break;
             }
-            log::debug!("dropped an incomplete datagram from peer {}: timed out", key.peer);
+            crate::ratelog::note(Level::Debug, "incomplete datagrams dropped", || {
+                format!("dropped an incomplete datagram from peer {}: timed out", key.peer)
+            });
             self.remove(&key);
         }
     }

@@ -170,6 +170,15 @@ impl Configuration {
         ))
     }
 
+    /// What `from_file` makes of a file's contents, read by the caller; errors name `file`. Private: the
+    /// command line's reload reads the file once, checks it is whole, and parses what it read.
+    #[staticmethod]
+    fn _from_bytes(py: Python<'_>, data: Vec<u8>, file: &str) -> PyResult<Self> {
+        Ok(Configuration(
+            py.detach(|| config::Configuration::from_bytes(data, file))?,
+        ))
+    }
+
     /// Writes the configuration as a WireGuard configuration file that `from_file` reads back unchanged,
     /// readable by its owner only.
     fn to_file(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {

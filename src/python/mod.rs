@@ -18,7 +18,11 @@ impl From<Error> for PyErr {
                 PyValueError::new_err(e.to_string())
             }
             Error::Io(io) => io.into(),
-            Error::File { path, source } => match source.raw_os_error() {
+            Error::File { path, source } => match source.raw_os_error().or(match source.kind() {
+                // A refusal of our own (a link, another user's file): PermissionError, as from the system.
+                std::io::ErrorKind::PermissionDenied => Some(libc::EACCES),
+                _ => None,
+            }) {
                 // As Python's own `open` raises it: `OSError(errno, strerror, filename)` makes the subclass
                 // (`PermissionError`, ...) and the message `[Errno N] strerror: 'path'`.
                 Some(errno) => {

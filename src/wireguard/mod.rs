@@ -5,6 +5,7 @@ pub mod peers;
 #[cfg(test)]
 mod fuzz_tests;
 
+use log::Level;
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -57,7 +58,9 @@ impl Outbound {
                 Ok(_) => return,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    log::debug!("could not send {} bytes to {addr}: {e}", datagram.len());
+                    crate::ratelog::note(Level::Debug, "datagrams that could not be sent", || {
+                        format!("could not send {} bytes to {addr}: {e}", datagram.len())
+                    });
                     return;
                 }
             }
@@ -78,7 +81,9 @@ impl Outbound {
             match socket.try_send_to(datagram, *addr) {
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) => log::debug!("could not send {} bytes to {addr}: {e}", datagram.len()),
+                Err(e) => crate::ratelog::note(Level::Debug, "datagrams that could not be sent", || {
+                    format!("could not send {} bytes to {addr}: {e}", datagram.len())
+                }),
             }
             self.queue.pop_front();
         }
@@ -166,6 +171,8 @@ impl WireGuardTask {
                 _ = tick.tick() => {
                     let (socket, outbound) = (&self.socket, &mut self.outbound);
                     self.peers.tick(std::time::Instant::now(), &mut self.buf, &mut |out| emit(socket, outbound, out, &mut Vec::new()));
+                    // The counts of per-packet records whose second is over, even if no record follows.
+                    crate::ratelog::flush();
                 }
             }
         }
@@ -191,7 +198,11 @@ impl WireGuardTask {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 // ICMP errors from earlier sends surface here (e.g. port unreachable); they concern no one else.
-                Err(e) => log::debug!("receive error on the WireGuard socket: {e}"),
+                Err(e) => {
+                    crate::ratelog::note(Level::Debug, "receive errors on the WireGuard socket", || {
+                        format!("receive error on the WireGuard socket: {e}")
+                    })
+                }
             }
         }
     }

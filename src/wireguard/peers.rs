@@ -10,8 +10,10 @@
 //! - Behind it, handshake messages that passed the MAC checks reach a Diffie-Hellman only as far as a bucket per
 //!   source address and one for all sources let them (`handshake_limit`): a cookie proves an address, and a
 //!   message with a valid MAC2 passes the limiter however often it is replayed.
-//! - A peer's endpoint moves only on a datagram that its key authenticated: a handshake message that completed,
-//!   or data. Never on a cookie, in either direction.
+//! - A peer's endpoint moves only on a datagram that its key authenticated: a handshake initiation that was
+//!   accepted (as WireGuard does; a replay is refused by its timestamp, but boringtun keeps the last one in
+//!   memory only, so after a restart a recorded initiation is accepted once: SECURITY.md), a handshake response,
+//!   a keepalive or data. Never on a cookie, in either direction.
 //! - A decrypted packet whose source address is not in its peer's AllowedIPs is dropped (cryptokey routing),
 //!   unless the peer may use any address (configured without AllowedIPs).
 //!
@@ -25,6 +27,7 @@ mod counters;
 mod drops;
 mod handshake_limit;
 
+use log::Level;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -343,8 +346,9 @@ impl Peers {
             }
             TunnResult::WriteToNetwork(reply) => {
                 peer.counters.received(datagram.len());
-                // A handshake that completed. `route` answered every cookie already; the check stays so that a
-                // cookie reply, whatever its origin, never moves an endpoint.
+                // An initiation accepted (answered with a response), or a response to ours answered with a
+                // keepalive. `route` answered every cookie already; the check stays so that a cookie reply,
+                // whatever its origin, never moves an endpoint.
                 if reply.first() != Some(&COOKIE_REPLY) {
                     peer.endpoint = Some(src);
                     peer.counters.last_handshake = Some(Instant::now());
@@ -445,21 +449,31 @@ impl Peers {
         };
         let Some(endpoint) = peer.endpoint else {
             peer.counters.no_session += 1;
-            log::debug!("dropped a packet for peer {id}: it never connected");
+            crate::ratelog::note(
+                Level::Debug,
+                "packets for peers that never connected dropped",
+                || format!("dropped a packet for peer {id}: it never connected"),
+            );
             return;
         };
         if packet.len() > MAX_PACKET.min(buf.len().saturating_sub(DATA_OVERHEAD)) {
             peer.counters.too_large += 1;
-            log::warn!(
-                "dropped a packet of {} bytes for peer {id}: too large to encrypt",
-                packet.len()
-            );
+            crate::ratelog::note(Level::Warn, "packets too large to encrypt dropped", || {
+                format!(
+                    "dropped a packet of {} bytes for peer {id}: too large to encrypt",
+                    packet.len()
+                )
+            });
             return;
         }
         match peer.tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(datagram) if peer.removed && datagram.first() != Some(&DATA) => {}
             TunnResult::WriteToNetwork(datagram) => peer.send(endpoint, datagram, emit),
-            TunnResult::Err(e) => log::debug!("could not encrypt a packet for peer {id}: {e:?}"),
+            TunnResult::Err(e) => {
+                crate::ratelog::note(Level::Debug, "packets that could not be encrypted", || {
+                    format!("could not encrypt a packet for peer {id}: {e:?}")
+                })
+            }
             _ => {}
         }
     }
@@ -485,7 +499,9 @@ impl Peers {
                     }
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) => {}
-                TunnResult::Err(e) => log::debug!("timer error for peer {}: {e:?}", peer.info.id),
+                TunnResult::Err(e) => crate::ratelog::note(Level::Debug, "timer errors", || {
+                    format!("timer error for peer {}: {e:?}", peer.info.id)
+                }),
                 _ => {}
             }
         }

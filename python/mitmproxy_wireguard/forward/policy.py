@@ -1,5 +1,6 @@
 """Which destinations the proxy connects to: everything but this host itself, cloud metadata services and the
-tunnel's own addresses, unless `allow_local`."""
+tunnel's own addresses, unless `allow_local`. An IPv6 address that carries an IPv4 address (NAT64, 6to4) is
+judged by that IPv4 address too."""
 
 from __future__ import annotations
 
@@ -30,6 +31,22 @@ CLOUD_METADATA = frozenset(
 )
 
 
+# The well-known NAT64 prefix (RFC 6052): a translator on the way connects to the IPv4 address in the last 32 bits.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def carried_ipv4(ip: IPAddress) -> tuple[ipaddress.IPv4Address, str] | None:
+    """The IPv4 address that an IPv6 address stands for, with the name of the scheme: NAT64 (64:ff9b::/96) or
+    6to4 (2002::/16). None for any other address."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF), "NAT64"
+    if ip.sixtofour is not None:
+        return ip.sixtofour, "6to4"
+    return None
+
+
 class Policy:
     """Which destinations the proxy connects to."""
 
@@ -56,6 +73,12 @@ class Policy:
             return "not an IP address"
         if ip in self.tunnel_addresses or any(ip in n for n in self.tunnel_networks):
             return "an address inside the tunnel"
+        carried = carried_ipv4(ip)
+        if carried is not None:
+            # 64:ff9b::7f00:1 reaches 127.0.0.1 through a translator: it is refused as 127.0.0.1 would be.
+            why = self.refusal(str(carried[0]))
+            if why is not None:
+                return f"{why} (in a {carried[1]} address)"
         if self.allow_local:
             return None
         if ip.is_unspecified:

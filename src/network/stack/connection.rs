@@ -1,6 +1,7 @@
 //! A TCP connection: its socket, what Python wrote that is not yet in the socket, and the steps that move it on,
 //! which `Stack::service` runs in order.
 
+use log::Level;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -103,7 +104,9 @@ impl Stack {
         socket.set_min_rto(MIN_RTO.into());
         autotune::start(&mut socket);
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
-            log::debug!("dropped a SYN to {}: {e}", flow.destination);
+            crate::ratelog::note(Level::Debug, "SYNs dropped", || {
+                format!("dropped a SYN to {}: {e}", flow.destination)
+            });
             return None;
         }
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
@@ -182,7 +185,9 @@ impl Stack {
         };
         if let Some(conn) = self.connections.get_mut(&id) {
             if conn.socket().state() == tcp::State::TimeWait {
-                log::debug!("connection {id}: a new SYN ends its TIME-WAIT");
+                crate::ratelog::note(Level::Debug, "TIME-WAITs ended by a new SYN", || {
+                    format!("connection {id}: a new SYN ends its TIME-WAIT")
+                });
                 self.forget(id);
             }
         }

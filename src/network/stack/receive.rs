@@ -1,5 +1,6 @@
 //! Packets from peers: reassembled if fragmented, parsed, and dispatched by protocol to a handler each.
 
+use log::Level;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant as StdInstant;
 
@@ -34,7 +35,9 @@ impl Stack {
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.malformed += 1;
                 }
-                log::debug!("dropped a packet from peer {peer}: {e}");
+                crate::ratelog::note(Level::Debug, "malformed packets from peers dropped", || {
+                    format!("dropped a packet from peer {peer}: {e}")
+                });
                 return;
             }
         };

@@ -1,5 +1,6 @@
 //! Python's requests: writes, half-close, close, abort and flow control on a connection, and datagrams to send.
 
+use log::Level;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -79,23 +80,27 @@ impl Stack {
             Some(peer) if self.peers.contains_key(&peer) => peer,
             // A reply meant for a removed peer reaches no one else.
             Some(peer) => {
-                log::debug!("dropped a datagram to {dst}: peer {peer} was removed");
+                crate::ratelog::note(Level::Debug, "datagrams from Python dropped", || {
+                    format!("dropped a datagram to {dst}: peer {peer} was removed")
+                });
                 return;
             }
             None => match self.udp_routes.get(&dst) {
                 Some(peer) => peer,
                 None if self.peers.len() == 1 => *self.peers.keys().next().expect("one peer"),
                 None => {
-                    log::debug!("dropped a datagram to {dst}: no peer sent from that address");
+                    crate::ratelog::note(Level::Debug, "datagrams from Python dropped", || {
+                        format!("dropped a datagram to {dst}: no peer sent from that address")
+                    });
                     return;
                 }
             },
         };
         match packet::udp_packets(src, dst, data, MTU, self.fragment_ident()) {
             Some(packets) => out.packets.extend(packets.into_iter().map(|p| (peer, p))),
-            None => {
-                log::debug!("dropped a datagram from {src} to {dst}: address families differ or too large")
-            }
+            None => crate::ratelog::note(Level::Debug, "datagrams from Python dropped", || {
+                format!("dropped a datagram from {src} to {dst}: address families differ or too large")
+            }),
         }
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! A reset connection is reported to Python as reset, as a kernel's ETIMEDOUT.
 
+use log::Level;
 use smoltcp::time::Instant;
 
 use super::connection::Connection;
@@ -59,11 +60,15 @@ impl Stack {
             return false;
         }
         if conn.lifecycle == Lifecycle::Connecting {
-            log::debug!("connection {id}: the client did not complete its handshake in time, dropped");
+            crate::ratelog::note(Level::Debug, "connections dropped unestablished", || {
+                format!("connection {id}: the client did not complete its handshake in time, dropped")
+            });
             self.forget(id);
             return true;
         }
-        log::debug!("connection {id}: the client did not answer in time, resetting");
+        crate::ratelog::note(Level::Debug, "connections reset unanswered", || {
+            format!("connection {id}: the client did not answer in time, resetting")
+        });
         conn.abort();
         false
     }
