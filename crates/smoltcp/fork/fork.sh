@@ -8,7 +8,8 @@
 # The base release is named in BASE and fetched by cargo. The series (series/*.patch, in order) applied to it gives
 # the tree exactly: the fixes come first, each made against the release alone, so that each can be offered on its
 # own (each applies to the release alone, and in order after the ones before it exactly); the last patch, generated,
-# is everything else.
+# is everything else. A fix that builds on another names it in a first line `Depends-on: FILE`: "alone" is then
+# with that one (and what it depends on) applied first.
 set -euo pipefail
 
 fork=$(cd "$(dirname "$0")" && pwd)
@@ -56,6 +57,25 @@ diff_dirs() {
 
 fixes() { find "$fork/series" -name '*.patch' ! -name "$(basename "$generated")" | sort; }
 
+# The fixes a fix builds on, in the order to apply them, itself last.
+with_dependencies() {
+    local dep
+    for dep in $(sed -n 's/^Depends-on: //p' "$1"); do with_dependencies "$fork/series/$dep"; done
+    echo "$1"
+}
+
+# Applies a fix with what it builds on to the copy of the release at $2; `--dry-run` as $3 checks only the fix.
+apply_alone() {
+    local p
+    for p in $(with_dependencies "$1"); do
+        if [ "$p" = "$1" ]; then
+            (cd "$2" && patch -s -p1 --no-backup-if-mismatch ${3:-} <"$p" >/dev/null) || return 1
+        else
+            (cd "$2" && patch -s -p1 --no-backup-if-mismatch <"$p" >/dev/null) || return 1
+        fi
+    done
+}
+
 release=$(released)
 copy_release "$work/release"
 copy_tree "$work/tree"
@@ -78,7 +98,7 @@ check)
     status=0
     for p in $(fixes); do
         copy_release "$work/alone"
-        (cd "$work/alone" && patch -s -p1 --no-backup-if-mismatch --dry-run <"$p" >/dev/null) ||
+        apply_alone "$p" "$work/alone" --dry-run ||
             { echo "$(basename "$p") does not apply to smoltcp $base alone" >&2; status=1; }
         rm -rf "$work/alone"
     done
@@ -93,12 +113,12 @@ test)
     # One target folder for all of them: only the crate itself builds again.
     export CARGO_TARGET_DIR="$work/target"
     for p in $(fixes); do
-        echo "== smoltcp $base with $(basename "$p") alone"
+        echo "== smoltcp $base with $(with_dependencies "$p" | xargs -n1 basename | paste -sd' ') alone"
         rm -rf "$work/alone"
         copy_release "$work/alone"
         cp "$release/Cargo.lock" "$work/alone/"
-        (cd "$work/alone" && patch -s -p1 --no-backup-if-mismatch <"$p" &&
-            cargo test -q --locked --lib 2>&1 | grep -E '^test result|FAILED|panicked|^error' )
+        apply_alone "$p" "$work/alone"
+        (cd "$work/alone" && cargo test -q --locked --lib 2>&1 | grep -E '^test result|FAILED|panicked|^error')
     done
     ;;
 *)

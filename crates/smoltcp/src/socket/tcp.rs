@@ -814,6 +814,9 @@ pub struct Socket<'a> {
     remote_last_ts: Option<Instant>,
     /// The sequence number of the last packet received, used for sACK
     local_rx_last_seq: Option<TcpSeqNumber>,
+    /// Data that arrived a second time, for the next ACK's first SACK block (a D-SACK,
+    /// RFC 2883): it tells the remote that its retransmission was needless.
+    rx_duplicate: Option<(TcpSeqNumber, TcpSeqNumber)>,
     /// The ACK number of the last packet received.
     local_rx_last_ack: Option<TcpSeqNumber>,
     /// The number of packets received directly after
@@ -967,6 +970,7 @@ impl<'a> Socket<'a> {
             remote_last_ts: None,
             local_rx_last_ack: None,
             local_rx_last_seq: None,
+            rx_duplicate: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
             sacked: [None; SACK_SCOREBOARD_LEN],
@@ -1415,6 +1419,7 @@ impl<'a> Socket<'a> {
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
+        self.rx_duplicate = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
         self.sacked = [None; SACK_SCOREBOARD_LEN];
@@ -2318,7 +2323,17 @@ impl<'a> Socket<'a> {
             }
             reply_repr.sack_ranges[1] = others[0];
             reply_repr.sack_ranges[2] = others[1];
+
+            // RFC 2883: a duplicate goes first, then the blocks as above, as many as fit.
+            if let Some((left, right)) = self.rx_duplicate.take() {
+                reply_repr.sack_ranges = [
+                    Some((left.0 as u32, right.0 as u32)),
+                    reply_repr.sack_ranges[0],
+                    reply_repr.sack_ranges[1],
+                ];
+            }
         }
+        self.rx_duplicate = None;
 
         // Since the sACK option may have changed the length of the payload, update that.
         ip_reply_repr.set_payload_len(reply_repr.buffer_len());
@@ -2567,6 +2582,14 @@ impl<'a> Socket<'a> {
                     debug_assert!(overlap_start <= overlap_end);
 
                     self.local_rx_last_seq = Some(repr.seq_number);
+                    if self.remote_has_sack
+                        && segment_start < window_start
+                        && !repr.payload.is_empty()
+                    {
+                        // The segment's start arrived before: a D-SACK for that part.
+                        let data_end = segment_start + repr.payload.len();
+                        self.rx_duplicate = Some((segment_start, data_end.min(window_start)));
+                    }
 
                     (
                         &repr.payload[overlap_start - segment_start..overlap_end - segment_start],
@@ -2628,6 +2651,10 @@ impl<'a> Socket<'a> {
                             TcpControl::None | TcpControl::Psh | TcpControl::Fin
                         )
                     {
+                        let data_end = segment_start + repr.payload.len();
+                        if self.remote_has_sack && data_end <= window_start {
+                            self.rx_duplicate = Some((segment_start, data_end));
+                        }
                         return Some(self.ack_reply(ip_repr, repr));
                     }
 
@@ -3139,6 +3166,15 @@ impl<'a> Socket<'a> {
         }
 
         let assembler_was_empty = self.assembler.is_empty();
+        if self.remote_has_sack
+            && self.assembler.iter_data().any(|(left, right)| {
+                left <= payload_offset && payload_offset + payload_len <= right
+            })
+        {
+            // Out-of-order data that arrived before: a D-SACK for it.
+            let start = self.remote_seq_no + self.rx_buffer.len() + payload_offset;
+            self.rx_duplicate = Some((start, start + payload_len));
+        }
 
         // Try adding payload octets to the assembler.
         let Ok(contig_len) = self
@@ -3214,7 +3250,7 @@ impl<'a> Socket<'a> {
         // Per RFC 5681, we should send an immediate ACK when either:
         //  1) an out-of-order segment is received, or
         //  2) a segment arrives that fills in all or part of a gap in sequence space.
-        if !self.assembler.is_empty() || !assembler_was_empty {
+        if !self.assembler.is_empty() || !assembler_was_empty || self.rx_duplicate.is_some() {
             // Note that we change the transmitter state here.
             // This is fine because smoltcp assumes that it can always transmit zero or one
             // packets for every packet it receives.
@@ -5777,6 +5813,88 @@ mod test {
                 })
             );
         }
+    }
+
+    /// A SACK block of the remote's data from `from` to `to`.
+    fn rx_block(from: usize, to: usize) -> Option<(u32, u32)> {
+        Some((
+            (REMOTE_SEQ + 1 + from).0 as u32,
+            (REMOTE_SEQ + 1 + to).0 as u32,
+        ))
+    }
+
+    fn data_at(at: usize, payload: &[u8]) -> TcpRepr<'_> {
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + at,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload,
+            ..SEND_TEMPL
+        }
+    }
+
+    #[test]
+    fn test_dsack_for_data_received_twice() {
+        // RFC 2883: the remote resent data that had arrived (its ACK was lost, or the path
+        // reordered): the ACK's first block reports the duplicate.
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        send!(s, data_at(0, &b"abcdef"[..]));
+        send!(
+            s,
+            data_at(0, &b"abcdef"[..]),
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 58,
+                sack_ranges: [rx_block(0, 6), None, None],
+                ..RECV_TEMPL
+            })
+        );
+    }
+
+    #[test]
+    fn test_dsack_for_the_part_of_a_segment_received_before() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        send!(s, data_at(0, &b"abcdef"[..]));
+        send!(
+            s,
+            data_at(3, &b"defghi"[..]),
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 9),
+                window_len: 55,
+                sack_ranges: [rx_block(3, 6), None, None],
+                ..RECV_TEMPL
+            })
+        );
+    }
+
+    #[test]
+    fn test_dsack_for_out_of_order_data_received_twice() {
+        // The duplicate first, then the block that holds it.
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        send!(
+            s,
+            data_at(6, &b"ghi"[..]),
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                sack_ranges: [rx_block(6, 9), None, None],
+                ..RECV_TEMPL
+            })
+        );
+        send!(
+            s,
+            data_at(6, &b"ghi"[..]),
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                sack_ranges: [rx_block(6, 9), rx_block(6, 9), None],
+                ..RECV_TEMPL
+            })
+        );
     }
 
     #[test]
