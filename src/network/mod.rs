@@ -7,9 +7,6 @@ pub mod packet;
 pub mod stack;
 mod udp_routes;
 
-#[cfg(test)]
-mod fuzz_tests;
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -207,4 +204,9 @@ impl NetworkTask {
 /// A peer's public key, which names its interface in a capture.
 fn key(stack: &Stack, peer: PeerId) -> Option<Arc<str>> {
     stack.peer(peer).map(|info| info.public_key.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    mod fuzz;
 }

@@ -2,9 +2,6 @@
 
 pub mod peers;
 
-#[cfg(test)]
-mod fuzz_tests;
-
 use log::Level;
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -268,4 +265,9 @@ fn emit(socket: &UdpSocket, outbound: &mut Outbound, out: Output, deliveries: &m
             packet: packet.to_vec(),
         }),
     }
+}
+
+#[cfg(test)]
+mod tests {
+    mod fuzz;
 }

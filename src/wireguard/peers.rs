@@ -509,6 +509,4 @@ impl Peers {
 }
 
 #[cfg(test)]
-mod runtime_tests;
-#[cfg(test)]
 mod tests;

@@ -22,8 +22,6 @@ mod admission;
 mod autotune;
 mod connection;
 mod lifecycle;
-#[cfg(test)]
-mod peer_tests;
 mod peers;
 mod receive;
 mod recovery;

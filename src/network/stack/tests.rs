@@ -16,6 +16,7 @@ const PACING_WAIT: Duration = Duration::from_millis(50);
 
 mod autotune;
 mod limits;
+mod peers;
 mod recovery;
 mod window_scale;
 

@@ -6,6 +6,8 @@ use blake2::digest::consts::U16;
 use blake2::digest::{KeyInit, Mac};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 
+mod runtime;
+
 /// A server with one peer per entry of `allowed_ips` (none: any address), and a client `Tunn` for each.
 pub(super) fn server(allowed_ips: &[&[&str]]) -> (Peers, Vec<Tunn>) {
     let server_key = keys::generate();

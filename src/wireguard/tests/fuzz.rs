@@ -10,9 +10,9 @@ use std::time::Instant;
 use boringtun::noise::{Tunn, TunnResult};
 use proptest::prelude::*;
 
-use super::peers::{Output, Peers, BUFFER_SIZE};
 use crate::config::{Configuration, Peer as PeerConfig};
 use crate::keys;
+use crate::wireguard::peers::{Output, Peers, BUFFER_SIZE};
 
 /// `default` cases, unless PROPTEST_CASES asks for another number (for a longer run).
 fn config(default: u32) -> ProptestConfig {

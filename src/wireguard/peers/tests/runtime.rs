@@ -1,7 +1,7 @@
 //! Unit tests of peers added and removed while the server runs, and of what is counted of each peer.
 
-use super::tests::{collect, connect, encrypt, packet_from, server};
-use super::*;
+use super::super::*;
+use super::{collect, connect, encrypt, packet_from, server};
 use crate::config::Peer as PeerConfig;
 
 /// A new peer's configuration (any address) and its client's `Tunn`, for the server `peers`.

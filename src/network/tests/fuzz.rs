@@ -13,10 +13,10 @@ use proptest::sample::select;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket};
 
-use super::device::MTU;
-use super::packet::{self, Inbound, Segment};
-use super::stack::{Outputs, Stack};
 use crate::messages::{ConnectionId, NetworkToPython, PeerInfo, PythonToNetwork};
+use crate::network::device::MTU;
+use crate::network::packet::{self, Inbound, Segment};
+use crate::network::stack::{Outputs, Stack};
 
 /// `default` cases, unless PROPTEST_CASES asks for another number (for a longer run).
 fn config(default: u32) -> ProptestConfig {
@@ -209,7 +209,7 @@ fn mutated(packet: Vec<u8>, mutations: &[(usize, u8)], resize: Option<usize>) ->
 
 /// Everything that reads a packet from a peer, run on one; none may panic.
 fn read_everything(packet: &[u8]) {
-    let _ = super::fragments::is_fragment(packet);
+    let _ = crate::network::fragments::is_fragment(packet);
     let _ = packet::sent_segment(packet);
     if let Ok(Inbound::Tcp { segment, .. }) = packet::parse(packet) {
         for flip in [false, true] {

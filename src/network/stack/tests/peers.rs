@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 
 use smoltcp::socket::tcp;
 
-use super::tests::{data, established, stack, Client, TestStack};
-use super::*;
+use super::super::*;
+use super::{data, established, stack, Client, TestStack};
 use crate::messages::{PeerStats, PythonToNetwork};
 use crate::network::device::MTU;
 use crate::network::packet;
