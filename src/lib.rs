@@ -13,6 +13,7 @@ pub mod keys;
 pub mod messages;
 pub mod network;
 pub mod server;
+mod shares;
 pub mod shutdown;
 pub mod supervisor;
 pub mod wireguard;
