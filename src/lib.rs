@@ -4,6 +4,7 @@
 //! `network` (the TCP/IP stack), which passes connections, data and datagrams to Python through `events`;
 //! Python's writes come back as `messages::PythonToNetwork`. `server` starts the tasks and `supervisor` joins them.
 
+pub mod budget;
 pub mod capture;
 pub mod config;
 mod console;

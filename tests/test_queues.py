@@ -8,6 +8,7 @@ Each test has one peer misbehave through a real client and measures another peer
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -16,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from helpers import needs_client
+from helpers import close_writer, needs_client
 
 pytestmark = needs_client
+
+MB = 1 << 20
 
 # Sends UDP from SOURCE to HOST:PORT, SIZE bytes each, for SECONDS, at most RATE a second (0: as fast as it
 # can), and never more than 5,000,000 datagrams; prints how many it sent. A process of its own, so that the
@@ -180,3 +183,102 @@ async def test_a_flooding_peer_leaves_the_others_their_share_of_pythons_queue(st
     assert during[0] >= 10, "the other peer hardly sent during the flood"
     assert during[1] >= 0.95 * during[0], f"during the flood: {during[1]} of {during[0]} answered"
     assert after[1] >= 0.95 * after[0], f"after the flood: {after[1]} of {after[0]} answered"
+
+
+async def ping_pong_rate(
+    source: str, destination: tuple[str, int], seconds: float = 1.0, windows: int = 3
+) -> float:
+    """Round trips per second of 1000-byte messages on one connection from `source`: the best of a few short
+    windows, so that a moment of noise on a shared machine does not decide."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*destination, local_addr=(source, 0)), 10)
+    message = os.urandom(1000)
+    best = 0.0
+    try:
+        for _ in range(windows):
+            count = 0
+            start = time.monotonic()
+            while (elapsed := time.monotonic() - start) < seconds:
+                writer.write(message)
+                await asyncio.wait_for(reader.readexactly(len(message)), 10)
+                count += 1
+            best = max(best, count / elapsed)
+    finally:
+        await close_writer(writer)
+    return best
+
+
+# What the server process may grow by while a handler answers each datagram with 100 of 65,000 bytes: the
+# queues into the tunnel (8 MiB from Python, 512 KiB of datagrams to the WireGuard task), the datagrams waiting
+# for the socket (4,096 of at most 1,500 bytes), and what Python and the allocator keep besides, four times
+# over. Without the bounds it grew by 5 GB within seconds.
+AMPLIFIED_GROWTH = 64 * MB
+
+
+@pytest.mark.timeout(120)
+async def test_answers_python_sends_faster_than_the_tunnel_takes_them_cost_bounded_memory(
+    server_process, wg_clients
+):
+    """Peer 0 sends 50 datagrams a second for 20 s and the handler answers each with 100 datagrams of 65,000
+    bytes (325 MB a second): the server's memory grows by less than `AMPLIFIED_GROWTH`, and peer 1's TCP
+    ping-pong keeps at least half its rate, during the flood and after it."""
+    server = await server_process(peers=2)
+    cfg = server.cfg
+    other = peer_address(cfg, 1)
+    await wg_clients(
+        server,
+        cfg.server_public_key,
+        cfg.client_private_keys[1],
+        addresses=tuple(cfg.peers[1]["allowed_ips"]),
+        routes=("10.1.0.0/16",),
+    )
+    alone = await ping_pong_rate(other, ("10.1.0.42", 7))
+    assert await asyncio.to_thread(
+        udp_echoes, peer_address(cfg, 0), ("10.0.0.42", 9), 1, time.monotonic() + 10, 5
+    )
+
+    await server.command("amplify 100 65000")
+    before = server.rss()
+    server.reset_peak()
+    flooder = flood(peer_address(cfg, 0), ("10.0.0.42", 9), 20, size=100, rate=50)
+    peak = before
+    rates = []
+
+    async def guard() -> None:
+        """Ends the flood if memory runs away, so that a failing run does not take the machine's."""
+        while flooder.poll() is None:
+            if server.rss() - before > 1024 * MB:
+                flooder.kill()
+            await asyncio.sleep(0.1)
+
+    guarding = asyncio.create_task(guard())
+    try:
+        deadline = time.monotonic() + 19
+        while time.monotonic() < deadline and peak - before < 1024 * MB:
+            try:
+                rates.append(await asyncio.wait_for(ping_pong_rate(other, ("10.1.0.42", 7), 0.5, 2), 5))
+            except (asyncio.TimeoutError, OSError):
+                rates.append(0.0)  # no round trip in 5 s
+            peak = max(peak, server.peak_rss())
+        flood_sent = await asyncio.to_thread(stop, flooder)
+    finally:
+        if flooder.poll() is None:
+            flooder.kill()
+            flooder.wait(5)
+        await guarding
+    peak = max(peak, server.peak_rss())
+    await server.command("amplify 1 0", timeout=60)
+    try:
+        after = await asyncio.wait_for(ping_pong_rate(other, ("10.1.0.42", 7)), 30)
+    except (asyncio.TimeoutError, OSError):
+        after = 0.0
+    during = sorted(rates)[len(rates) // 2] if rates else 0.0
+    log = await server.close()
+    dropped = log.count("dropped")
+    print(
+        f"flood: {flood_sent} datagrams, each answered with 100 of 65,000 bytes; memory grew by "
+        f"{(peak - before) / MB:.1f} MB; the other peer's ping-pong: {alone:.0f}/s alone, {during:.0f}/s "
+        f"(median of {len(rates)}) during, {after:.0f}/s after; {dropped} log records of drops"
+    )
+    assert peak - before < AMPLIFIED_GROWTH, f"memory grew by {(peak - before) / MB:.1f} MB"
+    assert during >= alone / 2, f"{during:.0f} round trips/s during the flood, {alone:.0f} alone"
+    assert after >= alone / 2, f"{after:.0f} round trips/s after the flood, {alone:.0f} alone"
