@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::messages::NetworkToPython;
+use crate::messages::{NetworkToPython, PeerId};
 use crate::shares::{Refusal, Shares};
 
 /// How often dropped datagrams are logged at most.
@@ -145,7 +145,9 @@ impl EventSender {
         self.shared.starved.store(true, Ordering::Release);
     }
 
-    pub fn send(&mut self, event: NetworkToPython) {
+    /// Queues an event for Python. Returns the peer of a datagram that was dropped instead (its peer over its
+    /// share, or the queue full).
+    pub fn send(&mut self, event: NetworkToPython) -> Option<PeerId> {
         let bytes = event_bytes(&event);
         if let NetworkToPython::Datagram { data, peer, .. } = &event {
             // TCP data shares the bytes: a datagram also needs room among them.
@@ -158,12 +160,12 @@ impl EventSender {
                 Ok(()) => {}
                 Err(Refusal::Full) => {
                     self.drops.full += 1;
-                    return;
+                    return Some(peer.id);
                 }
                 Err(Refusal::OverShare) => {
                     self.drops.over_share += 1;
                     self.drops.last_over_share = Some(peer.public_key.clone());
-                    return;
+                    return Some(peer.id);
                 }
             }
         }
@@ -174,6 +176,7 @@ impl EventSender {
         if self.tx.send(event).is_ok() {
             self.pending_wake = true;
         }
+        None
     }
 
     /// Wakes Python if events arrived since it last looked. Call once after a batch of `send`s.

@@ -186,7 +186,10 @@ async def test_a_flooding_peer_leaves_the_others_their_share_of_pythons_queue(st
     assert during[0] >= 10, "the other peer hardly sent during the flood"
     assert during[1] >= 0.95 * during[0], f"during the flood: {during[1]} of {during[0]} answered"
     assert after[1] >= 0.95 * after[0], f"after the flood: {after[1]} of {after[0]} answered"
-    # The flooder's drops are logged, with its key, at most once a second.
+    # The drops are counted for the flooder, and logged with its key at most once a second.
+    drops = {s.public_key: s.drops["python_queue"] for s in await setup.server.peers()}
+    print(f"dropped at the queue to Python, by peer: {drops}")
+    assert drops[setup.client.public_key] > 1000, drops
     reports = [r.getMessage() for r in caplog.records if "over their share" in r.getMessage()]
     assert reports and setup.client.public_key in reports[0], reports[:1]
     assert len(reports) <= time.monotonic() - flood_start + 1, f"{len(reports)} reports"

@@ -23,7 +23,7 @@ use crate::messages::{
     NetworkToPython, NetworkToWireGuard, PeerId, PythonToNetwork, Reply, WireGuardToNetwork,
 };
 use crate::shutdown;
-use stack::{Outputs, Stack};
+use stack::{Outputs, QueueDrop, Stack};
 
 /// Messages handled before the task flushes what they produced; keeps a burst from starving the others.
 const BATCH: usize = 64;
@@ -167,6 +167,8 @@ impl NetworkTask {
                     for (peer, packet) in made {
                         self.send_packet(now, peer, packet);
                     }
+                } else {
+                    self.stack.count_queue_drop(peer, QueueDrop::Tunnel);
                 }
             }
             msg => self.stack.handle(now, msg, out),
@@ -213,6 +215,8 @@ impl NetworkTask {
         for (peer, packet) in out.packets.drain(..) {
             if packet::is_tcp(&packet) || self.tunnel.admit(peer, 1, packet.len()) {
                 self.send_packet(now, peer, packet);
+            } else {
+                self.stack.count_queue_drop(peer, QueueDrop::Tunnel);
             }
         }
     }
@@ -236,7 +240,9 @@ impl NetworkTask {
         }
         self.send_packets(now, out);
         for event in out.events.drain(..) {
-            self.events.send(event);
+            if let Some(peer) = self.events.send(event) {
+                self.stack.count_queue_drop(peer, QueueDrop::Python);
+            }
         }
         self.events.wake();
         if now >= self.last_report + REPORT_EVERY {
