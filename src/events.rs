@@ -2,18 +2,24 @@
 //! event loop watches. The network task never waits for Python (nor for its GIL): it queues, and writes one
 //! byte to the wakeup socket when Python has not been woken since it last emptied the queue.
 //!
-//! The queue is bounded where it must be: TCP data by each connection's flow control, datagrams by a count.
+//! The queue is bounded where it must be: TCP data by each connection's flow control, datagrams by a count and
+//! bytes, of which each peer has a share (`shares`).
 
 use log::Level;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::messages::NetworkToPython;
+use crate::messages::{NetworkToPython, PeerId};
+use crate::shares::{Refusal, Shares};
+
+/// How often dropped datagrams are logged at most.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Datagrams waiting for Python before more are dropped.
 pub const MAX_QUEUED_DATAGRAMS: usize = 4096;
@@ -24,7 +30,8 @@ pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 struct Shared {
     /// Python was woken and has not yet started emptying the queue.
     notified: AtomicBool,
-    queued_datagrams: AtomicUsize,
+    /// Each peer's datagrams in the queue. Locked once per datagram on each side, never across anything else.
+    shares: Mutex<Shares>,
     queued_bytes: AtomicUsize,
     /// Some connection was left unread for lack of room; Python asks the network task to resume it.
     starved: AtomicBool,
@@ -35,7 +42,53 @@ pub struct EventSender {
     shared: Arc<Shared>,
     wake: UnixStream,
     pending_wake: bool,
-    dropped_datagrams: u64,
+    drops: Drops,
+}
+
+/// Datagrams dropped since they were last logged.
+struct Drops {
+    full: u64,
+    over_share: u64,
+    /// The last peer that was over its share.
+    last_over_share: Option<Arc<str>>,
+    last_report: Instant,
+}
+
+impl Drops {
+    fn new() -> Self {
+        Drops {
+            full: 0,
+            over_share: 0,
+            last_over_share: None,
+            last_report: Instant::now(),
+        }
+    }
+
+    /// Logs the drops once `REPORT_EVERY` passed since the last report.
+    fn report(&mut self, now: Instant) {
+        if self.full + self.over_share == 0 || now < self.last_report + REPORT_EVERY {
+            return;
+        }
+        if self.full > 0 {
+            log::info!(
+                "Python is not keeping up: dropped {} datagrams for it in the last {:.1} s (its queue was full)",
+                self.full,
+                now.duration_since(self.last_report).as_secs_f64()
+            );
+        }
+        if let Some(peer) = &self.last_over_share {
+            log::info!(
+                "Python is not keeping up: dropped {} datagrams in the last {:.1} s from peers over their \
+                 share of its queue, the last from peer {peer}",
+                self.over_share,
+                now.duration_since(self.last_report).as_secs_f64()
+            );
+        }
+        *self = Drops {
+            last_report: now,
+            ..Drops::new()
+        };
+    }
 }
 
 pub struct EventReceiver {
@@ -51,7 +104,7 @@ pub fn channel() -> std::io::Result<(EventSender, EventReceiver)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         notified: AtomicBool::new(false),
-        queued_datagrams: AtomicUsize::new(0),
+        shares: Mutex::new(Shares::new(MAX_QUEUED_DATAGRAMS, MAX_QUEUED_BYTES)),
         queued_bytes: AtomicUsize::new(0),
         starved: AtomicBool::new(false),
     });
@@ -61,7 +114,7 @@ pub fn channel() -> std::io::Result<(EventSender, EventReceiver)> {
             shared: shared.clone(),
             wake: wake_tx,
             pending_wake: false,
-            dropped_datagrams: 0,
+            drops: Drops::new(),
         },
         EventReceiver {
             rx,
@@ -79,7 +132,7 @@ impl EventSender {
             shared: self.shared.clone(),
             wake: self.wake.try_clone()?,
             pending_wake: false,
-            dropped_datagrams: 0,
+            drops: Drops::new(),
         })
     }
 
@@ -93,22 +146,29 @@ impl EventSender {
         self.shared.starved.store(true, Ordering::Release);
     }
 
-    pub fn send(&mut self, event: NetworkToPython) {
+    /// Queues an event for Python. Returns the peer of a datagram that was dropped instead (its peer over its
+    /// share, or the queue full).
+    pub fn send(&mut self, event: NetworkToPython) -> Option<PeerId> {
         let bytes = event_bytes(&event);
-        if let NetworkToPython::Datagram { data, .. } = &event {
-            if self.shared.queued_datagrams.load(Ordering::Relaxed) >= MAX_QUEUED_DATAGRAMS
-                || data.len() > self.room()
-            {
-                self.dropped_datagrams += 1;
-                if self.dropped_datagrams.is_power_of_two() {
-                    log::debug!(
-                        "Python is not keeping up: dropped {} datagrams so far",
-                        self.dropped_datagrams
-                    );
+        if let NetworkToPython::Datagram { data, peer, .. } = &event {
+            // TCP data shares the bytes: a datagram also needs room among them.
+            let admitted = if data.len() > self.room() {
+                Err(Refusal::Full)
+            } else {
+                self.shared.shares().admit(peer.id, data.len())
+            };
+            match admitted {
+                Ok(()) => {}
+                Err(Refusal::Full) => {
+                    self.drops.full += 1;
+                    return Some(peer.id);
                 }
-                return;
+                Err(Refusal::OverShare) => {
+                    self.drops.over_share += 1;
+                    self.drops.last_over_share = Some(peer.public_key.clone());
+                    return Some(peer.id);
+                }
             }
-            self.shared.queued_datagrams.fetch_add(1, Ordering::Relaxed);
         }
         if bytes > 0 {
             self.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
@@ -117,10 +177,14 @@ impl EventSender {
         if self.tx.send(event).is_ok() {
             self.pending_wake = true;
         }
+        None
     }
 
     /// Wakes Python if events arrived since it last looked. Call once after a batch of `send`s.
     pub fn wake(&mut self) {
+        if self.drops.full + self.drops.over_share > 0 {
+            self.drops.report(Instant::now());
+        }
         if std::mem::take(&mut self.pending_wake) && !self.shared.notified.swap(true, Ordering::AcqRel) {
             match self.wake.write(&[1]) {
                 Ok(_) => {}
@@ -150,8 +214,8 @@ impl EventReceiver {
 
     pub fn try_recv(&mut self) -> Option<NetworkToPython> {
         let event = self.rx.try_recv().ok()?;
-        if matches!(event, NetworkToPython::Datagram { .. }) {
-            self.shared.queued_datagrams.fetch_sub(1, Ordering::Relaxed);
+        if let NetworkToPython::Datagram { data, peer, .. } = &event {
+            self.shared.shares().release(peer.id, data.len());
         }
         let bytes = event_bytes(&event);
         if bytes > 0 {
@@ -163,6 +227,13 @@ impl EventReceiver {
     /// Whether the network task left connections unread for lack of room; clears the flag.
     pub fn take_starved(&self) -> bool {
         self.shared.starved.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Shared {
+    fn shares(&self) -> MutexGuard<'_, Shares> {
+        // The lock is held for a few additions that cannot panic half-way: a poisoned one is still consistent.
+        self.shares.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -4,6 +4,7 @@
 //! `network` (the TCP/IP stack), which passes connections, data and datagrams to Python through `events`;
 //! Python's writes come back as `messages::PythonToNetwork`. `server` starts the tasks and `supervisor` joins them.
 
+pub mod budget;
 pub mod capture;
 pub mod config;
 mod console;
@@ -14,6 +15,7 @@ pub mod messages;
 pub mod network;
 pub mod ratelog;
 pub mod server;
+mod shares;
 pub mod shutdown;
 pub mod supervisor;
 pub mod wireguard;

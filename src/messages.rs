@@ -135,6 +135,16 @@ pub enum PythonToNetwork {
     Capture(Option<Tap>),
 }
 
+impl PythonToNetwork {
+    /// The bytes of data it carries, as its queue's budget counts them (`budget`).
+    pub fn queued_bytes(&self) -> usize {
+        match self {
+            PythonToNetwork::Write { data, .. } | PythonToNetwork::SendDatagram { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum NetworkToPython {
     /// A TCP handshake completed: a new connection for the handler.

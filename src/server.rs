@@ -2,11 +2,13 @@
 //! thread of their own, so that Python's thread only converts and dispatches.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 
+use crate::budget::{ByteBudget, TunnelQueue};
 use crate::config::Configuration;
 use crate::console;
 use crate::error::{Error, Result};
@@ -21,12 +23,26 @@ use crate::wireguard::{peers::Peers, Channels, WireGuardTask};
 /// (and the kernel's socket buffer, then the client, see the backpressure).
 const PACKET_QUEUE: usize = 1024;
 
+/// Bytes of Python's writes and datagrams that wait for the network task; datagrams beyond it are dropped.
+/// Twice what Python's queue holds of data for a handler the other way is far more than the network task lets
+/// wait: it takes a batch of Python's messages at every turn.
+const PYTHON_QUEUE_BYTES: usize = 8 << 20;
+
+/// Bytes and packets of datagrams that wait for the WireGuard task to encrypt and send them, shared by the
+/// peers (`shares`): a peer that has them alone holds half, about what a kernel buffers for a UDP socket
+/// (`net.core.wmem_default`, 208 KiB). A packet for another peer, TCP included, waits behind little more than
+/// that (well under a millisecond of encryption) however much Python sends to one peer.
+const TUNNEL_QUEUE_BYTES: usize = 512 << 10;
+const TUNNEL_QUEUE_PACKETS: usize = 4096;
+
 /// UDP socket buffers: large enough for bursts at full speed.
 const SOCKET_BUFFER: usize = 4 << 20;
 
 pub struct Server {
     local_addr: SocketAddr,
     to_network: mpsc::UnboundedSender<PythonToNetwork>,
+    /// What `to_network` holds.
+    to_network_budget: Arc<ByteBudget>,
     to_wireguard: mpsc::UnboundedSender<PythonToWireGuard>,
     trigger: shutdown::Trigger,
     thread: Option<JoinHandle<()>>,
@@ -53,22 +69,26 @@ impl Server {
         };
         let (trigger, signal) = shutdown::channel();
         let (wg_to_net, net_from_wg) = mpsc::channel(PACKET_QUEUE);
+        // Unbounded channels, each with its bound (`budget`): datagrams beyond it are dropped, never TCP.
         let (net_to_wg, wg_from_net) = mpsc::unbounded_channel();
+        let tunnel = Arc::new(TunnelQueue::new(TUNNEL_QUEUE_PACKETS, TUNNEL_QUEUE_BYTES));
         let (py_to_net, net_from_py) = mpsc::unbounded_channel();
+        let py_to_net_budget = Arc::new(ByteBudget::new(PYTHON_QUEUE_BYTES));
         let (py_to_wg, wg_from_py) = mpsc::unbounded_channel();
         let mut closed = events.try_clone()?;
 
         let channels = Channels {
             to_network: wg_to_net,
             from_network: wg_from_net,
+            tunnel: tunnel.clone(),
             from_python: wg_from_py,
         };
         let wireguard = WireGuardTask::new(socket, peers, channels, signal.clone());
         let network = NetworkTask::new(
             Stack::new(infos, std::time::Instant::now()),
             net_from_wg,
-            net_to_wg,
-            net_from_py,
+            (net_to_wg, tunnel),
+            (net_from_py, py_to_net_budget.clone()),
             events,
             signal,
         );
@@ -92,6 +112,7 @@ impl Server {
         Ok(Server {
             local_addr,
             to_network: py_to_net,
+            to_network_budget: py_to_net_budget,
             to_wireguard: py_to_wg,
             trigger,
             thread: Some(thread),
@@ -102,8 +123,25 @@ impl Server {
         self.local_addr
     }
 
+    /// Queues a message for the network task. A datagram for which the queue has no room is dropped (and
+    /// counted): Python sends faster than the tunnel takes them.
     pub fn send(&self, msg: PythonToNetwork) -> Result<()> {
-        self.to_network.send(msg).map_err(|_| Error::Closed)
+        let bytes = msg.queued_bytes();
+        if matches!(msg, PythonToNetwork::SendDatagram { .. }) {
+            if !self.to_network_budget.try_take(bytes) {
+                // A closed server says so, as for every other message.
+                return match self.to_network.is_closed() {
+                    true => Err(Error::Closed),
+                    false => Ok(()),
+                };
+            }
+        } else {
+            self.to_network_budget.take(bytes);
+        }
+        self.to_network.send(msg).map_err(|_| {
+            self.to_network_budget.give_back(bytes);
+            Error::Closed
+        })
     }
 
     /// A request about peers; its reply comes as `NetworkToPython::Reply`.

@@ -90,11 +90,12 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Setup]]]:
 
 @pytest.fixture
 async def server_process() -> AsyncIterator[Callable[[], Awaitable[ServerProcess]]]:
-    """Starts the server process and a real WireGuard client for it; both end with the test."""
+    """Starts the server process (with `peers` peers) and a real WireGuard client for its first peer, routing
+    10.0.0.0/16; both end with the test."""
     made: list[tuple[ServerProcess, Any]] = []
 
-    async def factory() -> ServerProcess:
-        server = ServerProcess()
+    async def factory(peers: int = 1) -> ServerProcess:
+        server = ServerProcess(peers)
         client = await start_client(
             server, server.cfg.server_public_key, server.cfg.client_private_keys[0], routes=("10.0.0.0/16",)
         )

@@ -306,8 +306,8 @@ def tcpdump(path: Path, *options: str) -> list[str]:
 class ServerProcess:
     """server_process.py, run with a fresh configuration; `stderr` collects its log."""
 
-    def __init__(self) -> None:
-        self.cfg = wg.Configuration.generate(listen_port=0, peers=1)
+    def __init__(self, peers: int = 1) -> None:
+        self.cfg = wg.Configuration.generate(listen_port=0, peers=peers)
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("server_process.py")), self.cfg.to_json()],

@@ -8,6 +8,8 @@ one command per line on stdin and answers each with one JSON line on stdout:
 - `stats`: open streams, running asyncio tasks, datagrams received so far;
 - `hold` / `release`: new connections' handlers wait before their first read until `release` (a slow handler);
 - `block SECONDS`: blocks the event loop (a slow callback in the user's code);
+- `amplify COUNT SIZE`: from now on, each datagram is answered with COUNT datagrams of SIZE bytes instead of
+  its echo (`amplify 1 0` echoes again);
 - `close`: closes the server and exits.
 
 Echo: TCP data comes back as it is read; in held connections, the handler reads everything first and then
@@ -32,6 +34,7 @@ async def main(cfg: wg.Configuration) -> None:
     released.set()
     streams = 0
     datagrams = 0
+    amplify: tuple[int, bytes] | None = None
     server: wg.Server
 
     async def handle(stream: wg.TcpStream) -> None:
@@ -58,7 +61,12 @@ async def main(cfg: wg.Configuration) -> None:
     def receive_datagram(data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
         nonlocal datagrams
         datagrams += 1
-        server.send_datagram(data, dst, src)
+        if amplify is None:
+            server.send_datagram(data, dst, src)
+            return
+        count, answer = amplify
+        for _ in range(count):
+            server.send_datagram(answer, dst, src)
 
     server = await wg.start_server("127.0.0.1", cfg, handle, receive_datagram)
     reader = asyncio.StreamReader()
@@ -82,6 +90,10 @@ async def main(cfg: wg.Configuration) -> None:
             elif command == "block":
                 answer(ok=True)
                 time.sleep(float(args[0]))
+            elif command == "amplify":
+                count, size = int(args[0]), int(args[1])
+                amplify = None if size == 0 else (count, bytes(size))
+                answer(ok=True)
             elif command == "close":
                 break
             else:

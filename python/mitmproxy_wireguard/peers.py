@@ -47,7 +47,11 @@ class PeerStats:
     - `replayed`: data messages it sent before (replays, or duplicates of the network);
     - `no_session`: packets for it before it ever completed a handshake;
     - `too_large`: packets for it too large to encrypt;
-    - `malformed`: its packets that are no valid IP packet.
+    - `malformed`: its packets that are no valid IP packet;
+    - `python_queue`: its datagrams dropped because Python did not keep up (the peer was over its share of the
+      queue of datagrams waiting for Python, or the queue was full);
+    - `tunnel_queue`: datagrams for it dropped because the tunnel did not keep up with Python (the peer was over
+      its share of the queue of packets waiting to be encrypted).
     """
 
     def as_dict(self) -> dict[str, Any]:

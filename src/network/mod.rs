@@ -8,10 +8,11 @@ pub mod stack;
 mod udp_routes;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::budget::{ByteBudget, TunnelQueue};
 use crate::capture::{Direction, Tap};
 use crate::error::Result;
 use crate::events::EventSender;
@@ -19,10 +20,13 @@ use crate::messages::{
     NetworkToPython, NetworkToWireGuard, PeerId, PythonToNetwork, Reply, WireGuardToNetwork,
 };
 use crate::shutdown;
-use stack::{Outputs, Stack};
+use stack::{Outputs, QueueDrop, Stack};
 
 /// Messages handled before the task flushes what they produced; keeps a burst from starving the others.
 const BATCH: usize = 64;
+
+/// How often datagrams dropped at the queues into the tunnel are logged at most.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// What woke the task.
 enum Wakeup {
@@ -35,19 +39,25 @@ pub struct NetworkTask {
     stack: Stack,
     from_wireguard: mpsc::Receiver<WireGuardToNetwork>,
     to_wireguard: mpsc::UnboundedSender<NetworkToWireGuard>,
+    /// Each peer's datagrams in `to_wireguard`: those beyond a peer's share are dropped, TCP always passes.
+    tunnel: Arc<TunnelQueue>,
     from_python: mpsc::UnboundedReceiver<PythonToNetwork>,
+    /// What `from_python` holds: given back as messages are taken out.
+    from_python_budget: Arc<ByteBudget>,
     events: EventSender,
     shutdown: shutdown::Signal,
     /// The running packet capture, if any: every packet from and to peers is copied to it.
     capture: Option<Tap>,
+    /// When drops at the queues into the tunnel were last logged.
+    last_report: Instant,
 }
 
 impl NetworkTask {
     pub fn new(
         stack: Stack,
         from_wireguard: mpsc::Receiver<WireGuardToNetwork>,
-        to_wireguard: mpsc::UnboundedSender<NetworkToWireGuard>,
-        from_python: mpsc::UnboundedReceiver<PythonToNetwork>,
+        (to_wireguard, tunnel): (mpsc::UnboundedSender<NetworkToWireGuard>, Arc<TunnelQueue>),
+        (from_python, from_python_budget): (mpsc::UnboundedReceiver<PythonToNetwork>, Arc<ByteBudget>),
         events: EventSender,
         shutdown: shutdown::Signal,
     ) -> Self {
@@ -55,10 +65,13 @@ impl NetworkTask {
             stack,
             from_wireguard,
             to_wireguard,
+            tunnel,
             from_python,
+            from_python_budget,
             events,
             shutdown,
             capture: None,
+            last_report: Instant::now(),
         }
     }
 
@@ -134,9 +147,27 @@ impl NetworkTask {
     }
 
     fn handle(&mut self, now: Instant, msg: PythonToNetwork, out: &mut Outputs) {
+        self.from_python_budget.give_back(msg.queued_bytes());
         match msg {
             // Dropping a tap ends its capture: its writer finishes the file.
             PythonToNetwork::Capture(tap) => self.capture = tap,
+            // A datagram of Python's goes to the WireGuard task whole (all its fragments) or not at all.
+            msg @ PythonToNetwork::SendDatagram { .. } => {
+                let start = out.packets.len();
+                self.stack.handle(now, msg, out);
+                let made = out.packets.split_off(start);
+                let Some(&(peer, _)) = made.first() else {
+                    return; // dropped by the stack (no route), which logged why
+                };
+                let bytes = made.iter().map(|(_, packet)| packet.len()).sum();
+                if self.tunnel.admit(peer, made.len(), bytes) {
+                    for (peer, packet) in made {
+                        self.send_packet(now, peer, packet);
+                    }
+                } else {
+                    self.stack.count_queue_drop(peer, QueueDrop::Tunnel);
+                }
+            }
             msg => self.stack.handle(now, msg, out),
         }
     }
@@ -175,16 +206,27 @@ impl NetworkTask {
         out.events.push(NetworkToPython::Reply { request, reply });
     }
 
+    /// Sends the stack's packets to the WireGuard task: TCP always (its windows bound it), other packets
+    /// (ICMP, the stack's UDP) within their peer's share of the queue.
     fn send_packets(&mut self, now: Instant, out: &mut Outputs) {
         for (peer, packet) in out.packets.drain(..) {
-            if let Some(tap) = &mut self.capture {
-                tap.packet(now, peer, Direction::ToPeer, &packet, |id| key(&self.stack, id));
+            if packet::is_tcp(&packet) || self.tunnel.admit(peer, 1, packet.len()) {
+                self.send_packet(now, peer, packet);
+            } else {
+                self.stack.count_queue_drop(peer, QueueDrop::Tunnel);
             }
-            // The WireGuard task ends only after this task: a failed send means shutdown is under way.
-            let _ = self
-                .to_wireguard
-                .send(NetworkToWireGuard::Packet { peer, packet });
         }
+    }
+
+    /// Sends one packet, admitted to the queue already if it is no TCP segment.
+    fn send_packet(&mut self, now: Instant, peer: PeerId, packet: Vec<u8>) {
+        if let Some(tap) = &mut self.capture {
+            tap.packet(now, peer, Direction::ToPeer, &packet, |id| key(&self.stack, id));
+        }
+        // The WireGuard task ends only after this task: a failed send means shutdown is under way.
+        let _ = self
+            .to_wireguard
+            .send(NetworkToWireGuard::Packet { peer, packet });
     }
 
     fn flush(&mut self, now: Instant, out: &mut Outputs) {
@@ -195,9 +237,34 @@ impl NetworkTask {
         }
         self.send_packets(now, out);
         for event in out.events.drain(..) {
-            self.events.send(event);
+            if let Some(peer) = self.events.send(event) {
+                self.stack.count_queue_drop(peer, QueueDrop::Python);
+            }
         }
         self.events.wake();
+        if now >= self.last_report + REPORT_EVERY {
+            self.report_drops(now);
+        }
+    }
+
+    /// Logs the datagrams dropped at the queues into the tunnel since the last report.
+    fn report_drops(&mut self, now: Instant) {
+        let seconds = now.duration_since(self.last_report).as_secs_f64();
+        self.last_report = now;
+        let from_python = self.from_python_budget.take_dropped();
+        if from_python > 0 {
+            log::info!(
+                "the tunnel is not keeping up with Python: dropped {from_python} datagrams of Python's in the \
+                 last {seconds:.1} s (its queue to the network task was full)"
+            );
+        }
+        let to_wireguard = self.tunnel.take_dropped();
+        if to_wireguard > 0 {
+            log::info!(
+                "the tunnel is not keeping up: dropped {to_wireguard} datagrams for peers in the last \
+                 {seconds:.1} s (over their peer's share of the queue to the WireGuard task)"
+            );
+        }
     }
 }
 

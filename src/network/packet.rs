@@ -275,6 +275,15 @@ pub fn echo_reply(
     }
 }
 
+/// Whether a packet built by the stack is a TCP segment (which is never fragmented).
+pub fn is_tcp(packet: &[u8]) -> bool {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.get(9) == Some(&6),
+        Some(6) => packet.get(6) == Some(&6),
+        _ => false,
+    }
+}
+
 /// A UDP datagram as packets of at most `mtu` bytes: one packet, or fragments with identification `ident`.
 pub fn udp_packets(
     src: SocketAddr,

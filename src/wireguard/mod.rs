@@ -6,13 +6,16 @@ use log::Level;
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::budget::TunnelQueue;
 use crate::error::Result;
 use crate::messages::{NetworkToWireGuard, PythonToWireGuard, Reply, WireGuardToNetwork};
+use crate::network::packet::is_tcp;
 use crate::shutdown;
 use peers::{Output, Peers, BUFFER_SIZE};
 
@@ -30,6 +33,8 @@ pub struct WireGuardTask {
     peers: Peers,
     to_network: mpsc::Sender<WireGuardToNetwork>,
     from_network: mpsc::UnboundedReceiver<NetworkToWireGuard>,
+    /// Each peer's datagrams in `from_network`: counted out as they are taken.
+    tunnel: Arc<TunnelQueue>,
     /// Python's requests about peers; replies go the way of the network task, which has the events.
     from_python: mpsc::UnboundedReceiver<PythonToWireGuard>,
     shutdown: shutdown::Signal,
@@ -45,7 +50,9 @@ pub struct WireGuardTask {
 #[derive(Default)]
 struct Outbound {
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Datagrams dropped since the last report.
     dropped: u64,
+    last_report: Option<std::time::Instant>,
 }
 
 impl Outbound {
@@ -64,12 +71,25 @@ impl Outbound {
         }
         if self.queue.len() >= MAX_OUTBOUND {
             self.dropped += 1;
-            if self.dropped.is_power_of_two() {
-                log::debug!("send queue full: dropped {} datagrams so far", self.dropped);
-            }
             return;
         }
         self.queue.push_back((addr, datagram.to_vec()));
+    }
+
+    /// Logs the datagrams dropped since the last report, at most once a second.
+    fn report(&mut self, now: std::time::Instant) {
+        if self.dropped == 0
+            || self
+                .last_report
+                .is_some_and(|last| now < last + Duration::from_secs(1))
+        {
+            return;
+        }
+        log::debug!(
+            "send queue full: dropped {} datagrams for peers since the last report",
+            std::mem::take(&mut self.dropped)
+        );
+        self.last_report = Some(now);
     }
 
     /// Sends what waits, until the socket is full again.
@@ -91,6 +111,7 @@ impl Outbound {
 pub struct Channels {
     pub to_network: mpsc::Sender<WireGuardToNetwork>,
     pub from_network: mpsc::UnboundedReceiver<NetworkToWireGuard>,
+    pub tunnel: Arc<TunnelQueue>,
     pub from_python: mpsc::UnboundedReceiver<PythonToWireGuard>,
 }
 
@@ -101,6 +122,7 @@ impl WireGuardTask {
             peers,
             to_network: channels.to_network,
             from_network: channels.from_network,
+            tunnel: channels.tunnel,
             from_python: channels.from_python,
             shutdown,
             buf: vec![0; BUFFER_SIZE],
@@ -166,8 +188,10 @@ impl WireGuardTask {
                     }
                 }
                 _ = tick.tick() => {
+                    let now = std::time::Instant::now();
                     let (socket, outbound) = (&self.socket, &mut self.outbound);
-                    self.peers.tick(std::time::Instant::now(), &mut self.buf, &mut |out| emit(socket, outbound, out, &mut Vec::new()));
+                    self.peers.tick(now, &mut self.buf, &mut |out| emit(socket, outbound, out, &mut Vec::new()));
+                    self.outbound.report(now);
                     // The counts of per-packet records whose second is over, even if no record follows.
                     crate::ratelog::flush();
                 }
@@ -207,6 +231,9 @@ impl WireGuardTask {
     fn encrypt(&mut self, msg: NetworkToWireGuard) {
         match msg {
             NetworkToWireGuard::Packet { peer, packet } => {
+                if !is_tcp(&packet) {
+                    self.tunnel.release(peer, packet.len());
+                }
                 let (socket, outbound) = (&self.socket, &mut self.outbound);
                 self.peers.send(peer, &packet, &mut self.buf, &mut |out| {
                     emit(socket, outbound, out, &mut Vec::new())

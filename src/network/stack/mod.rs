@@ -49,6 +49,7 @@ use admission::Admission;
 use autotune::WindowBudget;
 use connection::Connection;
 use peers::PeerState;
+pub use peers::QueueDrop;
 
 /// Receive and send buffer of each connection, mapped on demand (`LazyMemory`): an idle connection pays for the
 /// pages its data touched, not for these sizes. The receive buffer sets the largest TCP window and, above 64 KiB,

@@ -17,12 +17,30 @@ pub(super) struct PeerState {
     pub(super) info: PeerInfo,
     /// Packets that did not parse.
     pub(super) malformed: u64,
+    /// Its datagrams dropped at the queue to Python, and datagrams for it dropped at the queue to the WireGuard
+    /// task: the peer was over its share, or the queue full.
+    pub(super) python_queue: u64,
+    pub(super) tunnel_queue: u64,
 }
 
 impl PeerState {
     fn new(info: PeerInfo) -> Self {
-        PeerState { info, malformed: 0 }
+        PeerState {
+            info,
+            malformed: 0,
+            python_queue: 0,
+            tunnel_queue: 0,
+        }
     }
+}
+
+/// Which queue dropped a peer's datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueDrop {
+    /// The queue of datagrams waiting for Python.
+    Python,
+    /// The queue of packets waiting for the WireGuard task.
+    Tunnel,
 }
 
 /// The stack's table of peers, from the peers a server starts with.
@@ -34,6 +52,16 @@ pub(super) fn table(peers: Vec<PeerInfo>) -> HashMap<PeerId, PeerState> {
 }
 
 impl Stack {
+    /// Counts a datagram of or for `peer` that a queue between the tasks dropped.
+    pub fn count_queue_drop(&mut self, peer: PeerId, queue: QueueDrop) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            match queue {
+                QueueDrop::Python => state.python_queue += 1,
+                QueueDrop::Tunnel => state.tunnel_queue += 1,
+            }
+        }
+    }
+
     /// A peer added while the server runs; its packets follow.
     pub fn add_peer(&mut self, info: PeerInfo) {
         self.peers.insert(info.id, PeerState::new(info));
@@ -77,8 +105,12 @@ impl Stack {
         for s in stats {
             s.tcp_connections = connections.get(&s.id).copied().unwrap_or(0);
             s.udp_flows = flows.get(&s.id).copied().unwrap_or(0);
-            let malformed = self.peers.get(&s.id).map_or(0, |p| p.malformed);
-            s.drops.push(("malformed", malformed));
+            let state = self.peers.get(&s.id);
+            s.drops.push(("malformed", state.map_or(0, |p| p.malformed)));
+            s.drops
+                .push(("python_queue", state.map_or(0, |p| p.python_queue)));
+            s.drops
+                .push(("tunnel_queue", state.map_or(0, |p| p.tunnel_queue)));
         }
     }
 }

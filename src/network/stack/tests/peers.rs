@@ -146,3 +146,17 @@ fn statistics_count_each_peers_open_connections_and_udp_flows() {
     b.pump(&mut stack);
     assert_eq!(stats_of(&mut stack, &[1])[0].tcp_connections, 0);
 }
+
+#[test]
+fn statistics_count_each_peers_datagrams_dropped_at_the_queues() {
+    let mut stack = stack();
+    stack.count_queue_drop(0, QueueDrop::Python);
+    stack.count_queue_drop(0, QueueDrop::Python);
+    stack.count_queue_drop(1, QueueDrop::Tunnel);
+    stack.count_queue_drop(7, QueueDrop::Tunnel); // a removed peer: nothing to count on
+    let stats = stats_of(&mut stack, &[0, 1]);
+    assert!(stats[0].drops.contains(&("python_queue", 2)));
+    assert!(stats[0].drops.contains(&("tunnel_queue", 0)));
+    assert!(stats[1].drops.contains(&("python_queue", 0)));
+    assert!(stats[1].drops.contains(&("tunnel_queue", 1)));
+}
