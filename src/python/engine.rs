@@ -107,7 +107,7 @@ impl Engine {
     }
 
     /// Answers a `ConnectionRequested`: "accept" (the SYN-ACK), "reset" (a RST), "host-unreachable",
-    /// "network-unreachable" or "prohibited" (an ICMP destination-unreachable with that code) or "silence"
+    /// "network-unreachable" or "prohibited" (an ICMP destination unreachable with that code) or "silence"
     /// (nothing, until the handshake times out). `ValueError` for any other answer.
     fn answer_connection(&self, id: ConnectionId, answer: &str) -> PyResult<()> {
         let answer = match answer {

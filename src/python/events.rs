@@ -22,8 +22,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// A client's SYN, held until Python answers it (`Engine.answer_connection`): only from an engine started to
-/// ask first.
+/// A client's SYN, which waits for `Engine.answer_connection` (only from an engine started with
+/// `ask_first`). `endpoint` is the peer's outer UDP address, `src` the client's address inside the tunnel,
+/// `dst` the destination it asked for.
 #[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
 pub struct ConnectionRequested {
     id: ConnectionId,
