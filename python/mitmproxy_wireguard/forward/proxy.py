@@ -119,17 +119,19 @@ class Forwarder:
         connection made waits for `handle_connection`; a refused one is logged here."""
         if self._is_dns(dst):
             return True  # Answered here, or through the upstream: `handle_connection` decides.
-        self._seen(peer, client)
         flow = Flow("tcp", peer, client, dst)
         why = self.policy.refusal(dst[0])
         if why is not None:
             flow.outcome = f"refused: {why}"
+            self._seen(peer, client)
             flow.log()
             return Refusal.PROHIBITED
         try:
             dialed = await dial(dst, self.limits, self.upstream)
         except (UpstreamError, OSError, asyncio.TimeoutError) as e:
             flow.outcome = failure(e)
+            # An accepted connection's peer is logged by `handle_connection`, with its endpoint.
+            self._seen(peer, client)
             flow.log()
             return refusal(e)
         except asyncio.CancelledError:
