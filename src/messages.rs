@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use crate::capture::Tap;
 use crate::config::Peer;
+use crate::network::packet::Unreachable;
 
 /// A peer's number, handed out by the WireGuard task as peers are added: never given twice, so it names one
 /// peer for the server's life, even after that peer was removed.
@@ -128,6 +129,11 @@ pub enum PythonToNetwork {
         /// The peer to send to; if not known, the last peer that sent from `dst`.
         peer: Option<PeerId>,
     },
+    /// Python's answer to `ConnectionRequested`.
+    Answer {
+        id: ConnectionId,
+        answer: SynAnswer,
+    },
     /// Python emptied its queue: read the connections that were left unread for lack of room.
     ResumeStarved,
     /// Start copying every packet to and from peers to a capture (`Some`, replacing any other), or stop (`None`):
@@ -145,8 +151,34 @@ impl PythonToNetwork {
     }
 }
 
+/// What a client gets for its SYN, once Python decided (when the server asks it, see `ConnectionRequested`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynAnswer {
+    /// The SYN-ACK: the handshake goes on, and `ConnectionEstablished` follows once it completes.
+    Accept,
+    /// A RST, as from a port that nothing listens on.
+    Reset,
+    /// An ICMP destination-unreachable message that quotes the SYN.
+    Unreachable(Unreachable),
+    /// Nothing, to this SYN or its retransmissions, until the handshake timeout forgets the connection, as a
+    /// destination that drops packets answers.
+    Silence,
+}
+
 #[derive(Debug)]
 pub enum NetworkToPython {
+    /// A SYN arrived, and the server was started to ask Python first: no SYN-ACK goes out until Python answers
+    /// with `PythonToNetwork::Answer`. Sent once per connection (not for the SYN's retransmissions).
+    ConnectionRequested {
+        id: ConnectionId,
+        peer: PeerInfo,
+        /// The client's outer UDP endpoint when its SYN arrived.
+        endpoint: SocketAddr,
+        /// The client's address inside the tunnel.
+        src: SocketAddr,
+        /// The destination the client asked for.
+        dst: SocketAddr,
+    },
     /// A TCP handshake completed: a new connection for the handler.
     ConnectionEstablished {
         id: ConnectionId,

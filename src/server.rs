@@ -50,8 +50,9 @@ pub struct Server {
 
 impl Server {
     /// Binds `host:config.listen_port` and starts the tasks. `events` receives everything meant for Python,
-    /// last of all `ServerClosed`, with the reason if a task failed.
-    pub fn start(host: &str, config: &Configuration, events: EventSender) -> Result<Server> {
+    /// last of all `ServerClosed`, with the reason if a task failed. `ask_first`: each SYN waits for Python's
+    /// answer (`Stack::set_ask_first`).
+    pub fn start(host: &str, config: &Configuration, events: EventSender, ask_first: bool) -> Result<Server> {
         let peers = Peers::new(config)?;
         let infos = (0..config.peers.len())
             .filter_map(|id| peers.info(id).cloned())
@@ -84,8 +85,10 @@ impl Server {
             from_python: wg_from_py,
         };
         let wireguard = WireGuardTask::new(socket, peers, channels, signal.clone());
+        let mut stack = Stack::new(infos, std::time::Instant::now());
+        stack.set_ask_first(ask_first);
         let network = NetworkTask::new(
-            Stack::new(infos, std::time::Instant::now()),
+            stack,
             net_from_wg,
             (net_to_wg, tunnel),
             (net_from_py, py_to_net_budget.clone()),

@@ -64,6 +64,7 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Setup]]]:
         receive_datagram: Callable[[bytes, tuple[str, int], tuple[str, int]], None] | None = None,
         host: str = "127.0.0.1",
         peers: int = 1,
+        accept_connection: Callable[..., Any] | None = None,
         **client_args: Any,
     ) -> Setup:
         cfg = wg.Configuration.generate(listen_port=0, peers=peers)
@@ -73,7 +74,11 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Setup]]]:
             datagrams.append((data, src, dst))
             server.send_datagram(data, dst, src)
 
-        server = await wg.start_server(host, cfg, handle_connection, receive_datagram or echo_datagram)
+        # Without `accept_connection`, the call as every earlier version made it.
+        extra = {} if accept_connection is None else {"accept_connection": accept_connection}
+        server = await wg.start_server(
+            host, cfg, handle_connection, receive_datagram or echo_datagram, **extra
+        )
         servers.append(server)
         client_args.setdefault("addresses", tuple(cfg.peers[0]["allowed_ips"]))
         client = await start_client(server, cfg.server_public_key, cfg.client_private_keys[0], **client_args)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import ipaddress
 import itertools
 import json
@@ -412,15 +413,15 @@ async def connect(ns: Namespace, address: tuple[str, int]) -> socket.socket:
     return sock
 
 
-async def assert_reset(ns: Namespace, address: tuple[str, int]) -> None:
-    """A TCP connection from `ns` to `address` ends in a reset. The tunnel's handshake completes first, so the
-    reset may come before or after the connect call has seen it complete."""
+async def assert_refused(ns: Namespace, address: tuple[str, int], error: int = errno.ECONNREFUSED) -> None:
+    """A TCP connection from `ns` to `address` is refused before its handshake completes: the connect call fails
+    with `error` (ECONNREFUSED for a RST, EHOSTUNREACH for an ICMP host unreachable or prohibited)."""
     loop = asyncio.get_running_loop()
     with ns.socket() as sock:
         sock.setblocking(False)
-        with pytest.raises(ConnectionResetError):
+        with pytest.raises(OSError) as failed:
             await asyncio.wait_for(loop.sock_connect(sock, address), 10)
-            await asyncio.wait_for(loop.sock_recv(sock, 100), 10)
+        assert failed.value.errno == error, failed.value
 
 
 async def connect_from(

@@ -27,6 +27,7 @@ def test_public_names():
     assert set(wg.__all__) == {
         "Configuration",
         "PeerStats",
+        "Refusal",
         "Server",
         "ServerError",
         "TcpStream",

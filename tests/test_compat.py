@@ -161,3 +161,44 @@ async def test_arguments_of_neither_form_are_type_errors():
         await wg.start_server(
             "127.0.0.1", 0, wg.genkey(), wg.pubkey(wg.genkey()), *handlers  # type: ignore[call-overload]
         )
+
+
+@pytest.mark.parametrize("by_name", [False, True], ids=["by-position", "by-name"])
+async def test_the_0_1_call_form_takes_accept_connection_as_a_keyword(servers, wg_clients, by_name):
+    server_key, client_key = wg.genkey(), wg.genkey()
+    asked: list[tuple[str, tuple[str, int], tuple[str, int]]] = []
+
+    def accept(peer_public_key: str, src: tuple[str, int], dst: tuple[str, int]) -> bool | wg.Refusal:
+        asked.append((peer_public_key, src, dst))
+        return dst[1] == 443 or wg.Refusal.RESET
+
+    handle_connection, receive_datagram = echo_handlers(servers, [])
+    if by_name:
+        server = await wg.start_server(
+            host="127.0.0.1",
+            port=0,
+            private_key=server_key,
+            peer_public_keys=[wg.pubkey(client_key)],
+            handle_connection=handle_connection,
+            receive_datagram=receive_datagram,
+            accept_connection=accept,
+        )
+    else:
+        server = await wg.start_server(
+            "127.0.0.1",
+            0,
+            server_key,
+            [wg.pubkey(client_key)],
+            handle_connection,
+            receive_datagram,
+            accept_connection=accept,
+        )
+    servers.append(server)
+    await wg_clients(server, wg.pubkey(server_key), client_key, addresses=MITMPROXY_ADDRESS, routes=ROUTES)
+    await tcp_round_trip(None, wg.pubkey(client_key))
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.wait_for(asyncio.open_connection("10.0.0.42", 1235), 10)
+    assert [(key, dst) for key, _, dst in asked] == [
+        (wg.pubkey(client_key), ("10.0.0.42", 443)),
+        (wg.pubkey(client_key), ("10.0.0.42", 1235)),
+    ]

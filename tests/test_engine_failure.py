@@ -25,7 +25,7 @@ REASON = "the wireguard task panicked: The destination buffer is too small"
 class FailingEngine:
     """The native engine's interface, with an engine whose task failed right after the start."""
 
-    def __init__(self, host: str = "", cfg: Any = None) -> None:
+    def __init__(self, host: str = "", cfg: Any = None, ask_first: bool = False) -> None:
         self._wakeup, self._wake = socket.socketpair()
         self._wake.send(b"\0")
         self._events: list[Any] = [native.ServerClosed(REASON)]

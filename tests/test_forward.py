@@ -28,7 +28,6 @@ import mitmproxy_wireguard as wg
 from mitmproxy_wireguard import forward
 from helpers import (
     Namespace,
-    assert_reset,
     assert_udp_echo,
     connect,
     needs_client,
@@ -161,16 +160,36 @@ async def test_udp_and_dns_through_the_proxy(test_host, proxy):
     assert [rr.address for rrset in answer.answer for rr in rrset] == [TEST_HOST]
 
 
+async def curl(ns: Namespace, *args: str) -> tuple[int, str, float]:
+    """curl in `ns`, its output thrown away: its exit code, what it printed on stderr and how long it took."""
+    started = time.monotonic()
+    out = await asyncio.to_thread(
+        subprocess.run,
+        ns.exec("curl", "-sS", "-o", "/dev/null", *args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return out.returncode, out.stderr, time.monotonic() - started
+
+
 async def test_the_proxy_hosts_own_addresses_are_refused(test_host, proxy):
-    """The tunnel's TCP handshake completes before the proxy knows the destination (as with any transparent
-    proxy of this kind); a refused destination then gets a RST, and nothing reaches the service."""
+    """The proxy decides on the client's SYN: a destination its policy refuses gets an ICMP destination
+    unreachable (administratively prohibited) at once, as from a firewall, and nothing reaches the service."""
     host, _ = test_host
     # A service on the proxy's host: reachable through the tunnel only if the proxy forgot to refuse it.
     with socket.create_server(("0.0.0.0", 0)) as service:
         service.setblocking(False)
         port = service.getsockname()[1]
         process, client_ns = await proxy()
-        await assert_reset(client_ns, (host.here, port))
+        code, stderr, took = await curl(client_ns, "--max-time", "10", f"http://{host.here}:{port}/")
+        # curl 7: "Failed to connect ... Couldn't connect to server" (curl names no errno), at once.
+        assert code == 7 and "Failed to connect" in stderr, (code, stderr)
+        assert took < 5
+        # The kernel reads the ICMP error as "No route to host".
+        with client_ns.socket() as sock:
+            sock.settimeout(10)
+            assert sock.connect_ex((host.here, port)) == errno.EHOSTUNREACH
         with pytest.raises(BlockingIOError):
             service.accept()
         record = process.wait_for(lambda: flow_records(process, "tcp", f"{host.here}:{port}"), timeout=10)[0]
@@ -292,13 +311,50 @@ async def test_an_idle_udp_flow_ends_after_the_timeout(test_host, proxy):
             assert 1 <= records[-1]["duration"] < 5
 
 
-async def test_a_destination_that_never_answers_is_given_up_after_the_connect_timeout(test_host, proxy):
+async def test_a_destination_that_never_answers_never_answers_the_client_either(test_host, proxy):
+    """The proxy gives up after its connect timeout, and the client's SYN stays unanswered: the client times out
+    as it would without the proxy, rather than seeing its connection accepted and then reset."""
     process, client_ns = await proxy("--connect-timeout", "1")
-    # The reset comes when the proxy gives up.
-    await assert_reset(client_ns, (SILENT_HOST, 80))
+    code, stderr, took = await curl(client_ns, "--connect-timeout", "3", f"http://{SILENT_HOST}/")
+    assert code == 28, (code, stderr)  # curl's "operation timed out"
+    assert took >= 3
     record = process.wait_for(lambda: flow_records(process, "tcp", f"{SILENT_HOST}:80"), timeout=10)[0]
     assert record["outcome"] == "unreachable: timed out", record
     assert 1 <= record["duration"] < 4
+
+
+async def test_a_refused_port_is_refused_to_the_client_at_once(test_host, proxy):
+    """Nothing listens on the port: the destination's RST becomes the client's, before any handshake."""
+    process, client_ns = await proxy()
+    code, stderr, took = await curl(client_ns, "--max-time", "10", f"http://{TEST_HOST}:81/")
+    # curl 7: "Failed to connect ... Couldn't connect to server" (curl names no errno), at once.
+    assert code == 7 and "Failed to connect" in stderr, (code, stderr)
+    assert took < 3
+    with client_ns.socket() as sock:
+        sock.settimeout(10)
+        assert sock.connect_ex((TEST_HOST, 81)) == errno.ECONNREFUSED
+    record = process.wait_for(lambda: flow_records(process, "tcp", f"{TEST_HOST}:81"), timeout=10)[0]
+    assert record["outcome"] == "unreachable: refused (nothing listens on that port)", record
+    assert record["bytes_up"] == record["bytes_down"] == 0
+
+
+@pytest.mark.parametrize(
+    "error, answer",
+    [
+        (asyncio.TimeoutError(), wg.Refusal.SILENCE),
+        (OSError(errno.ETIMEDOUT, "timed out"), wg.Refusal.SILENCE),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), wg.Refusal.RESET),
+        (OSError(errno.EHOSTUNREACH, "no route"), wg.Refusal.HOST_UNREACHABLE),
+        (OSError(errno.ENETUNREACH, "no route"), wg.Refusal.NETWORK_UNREACHABLE),
+        (OSError(errno.EACCES, "not permitted"), wg.Refusal.PROHIBITED),
+        (OSError(errno.EADDRNOTAVAIL, "no address"), wg.Refusal.RESET),
+        (forward.upstream.UpstreamError("upstream refused"), wg.Refusal.RESET),
+    ],
+)
+def test_the_client_is_answered_as_the_destination_answered(error: BaseException, answer: wg.Refusal) -> None:
+    from mitmproxy_wireguard.forward.tcp import refusal
+
+    assert refusal(error) == answer
 
 
 async def udp_echoes(ns: Namespace, count: int, timeout: float) -> int:

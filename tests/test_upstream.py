@@ -9,6 +9,7 @@ destination tells whom it saw."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
@@ -23,7 +24,7 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from helpers import CI, Namespace, assert_reset, assert_udp_echo, connect, needs_client, wait_for_tcp
+from helpers import CI, Namespace, assert_refused, assert_udp_echo, connect, needs_client, wait_for_tcp
 from helpers_cli import Cli, flow_records
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
@@ -379,20 +380,20 @@ async def test_udp_is_refused_per_flow_where_the_upstream_carries_none(network, 
         ("tinyproxy", "refused: 401 Unauthorized"),
     ],
 )
-async def test_a_wrong_password_resets_the_clients_connection(network, proxy, kind, reason):
+async def test_a_wrong_password_refuses_the_clients_connection(network, proxy, kind, reason):
     url = getattr(network, kind)()
     process, client_ns = await proxy("--upstream", url.replace(PASSWORD, "wrong-password"))
-    # The reset comes when the upstream has refused.
-    await assert_reset(client_ns, (DESTINATION, 7))
+    # The client's SYN gets a RST once the upstream has refused.
+    await assert_refused(client_ns, (DESTINATION, 7))
     record = process.wait_for(lambda: flow_records(process, "tcp", f"{DESTINATION}:7"), timeout=10)[0]
     assert record["outcome"].startswith("upstream ") and reason in record["outcome"], record
     assert network.seen("tcp", 7) == []
     assert "wrong-password" not in process.output()
 
 
-async def test_an_upstream_that_is_down_resets_the_clients_connection(network, proxy):
+async def test_an_upstream_that_is_down_refuses_the_clients_connection(network, proxy):
     process, client_ns = await proxy("--upstream", f"socks5://{network.upstream.there}:1079")
-    await assert_reset(client_ns, (DESTINATION, 7))
+    await assert_refused(client_ns, (DESTINATION, 7))
     record = process.wait_for(lambda: flow_records(process, "tcp", f"{DESTINATION}:7"), timeout=10)[0]
     expected = f"upstream socks5://{network.upstream.there}:1079 unreachable: Connection refused"
     assert record["outcome"] == expected, record
@@ -406,7 +407,7 @@ async def test_local_destinations_are_refused_before_the_upstream(network, proxy
     own = (network.upstream.here, 7)
     with socket.create_server(("0.0.0.0", 7)) as service:
         service.setblocking(False)
-        await assert_reset(client_ns, own)
+        await assert_refused(client_ns, own, errno.EHOSTUNREACH)
         with pytest.raises(BlockingIOError):
             service.accept()
     record = process.wait_for(lambda: flow_records(process, "tcp", f"{own[0]}:7"), timeout=10)[0]

@@ -6,12 +6,13 @@ handed to asyncio code: see `start_server`.
 
 from ._mitmproxy_wireguard import Configuration, genkey, pubkey
 from .peers import PeerStats
-from .server import Server, ServerError, start_server
+from .server import Refusal, Server, ServerError, start_server
 from .stream import TcpStream
 
 __all__ = [
     "Configuration",
     "PeerStats",
+    "Refusal",
     "Server",
     "ServerError",
     "TcpStream",

@@ -11,6 +11,7 @@ __all__ = [
     "start_engine",
     "WRITE_HIGH_WATER",
     "WRITE_LOW_WATER",
+    "ConnectionRequested",
     "ConnectionEstablished",
     "ConnectionData",
     "ConnectionEof",
@@ -172,6 +173,23 @@ WRITE_LOW_WATER: Final[int]
 _Address: TypeAlias = tuple[str, int]
 
 @final
+class ConnectionRequested:
+    """A client's SYN, which waits for `Engine.answer_connection` (only from an engine started with
+    `ask_first`). `endpoint` is the peer's outer UDP address, `src` the client's address inside the tunnel,
+    `dst` the destination it asked for."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def peer_public_key(self) -> str: ...
+    @property
+    def endpoint(self) -> _Address: ...
+    @property
+    def src(self) -> _Address: ...
+    @property
+    def dst(self) -> _Address: ...
+
+@final
 class ConnectionEstablished:
     """A TCP handshake completed. `endpoint` is the peer's outer UDP address, `src` the client's address inside
     the tunnel, `dst` the destination it asked for."""
@@ -260,6 +278,7 @@ class ServerClosed:
     def error(self) -> str | None: ...
 
 _Event: TypeAlias = Union[
+    ConnectionRequested,
     ConnectionEstablished,
     ConnectionData,
     ConnectionEof,
@@ -275,6 +294,11 @@ class Engine:
     def getsockname(self) -> _Address: ...
     def wakeup_fd(self) -> int: ...
     def take_events(self) -> list[_Event]: ...
+    def answer_connection(self, id: int, answer: str) -> None:
+        """Answers a `ConnectionRequested`: "accept" (the SYN-ACK), "reset" (a RST), "host-unreachable",
+        "network-unreachable" or "prohibited" (an ICMP destination unreachable with that code) or "silence"
+        (nothing, until the handshake times out). `ValueError` for any other answer."""
+
     def write(self, id: int, data: bytes) -> None: ...
     def write_eof(self, id: int) -> None: ...
     def close_connection(self, id: int) -> None: ...
@@ -299,4 +323,4 @@ class Engine:
     def close(self) -> None: ...
     def join(self) -> None: ...
 
-def start_engine(host: str, config: Configuration) -> Engine: ...
+def start_engine(host: str, config: Configuration, ask_first: bool = False) -> Engine: ...

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import itertools
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, overload
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, Union, overload
 
 from . import _mitmproxy_wireguard as _native
 from ._mitmproxy_wireguard import Configuration
@@ -22,6 +23,29 @@ logger = logging.getLogger("mitmproxy_wireguard")
 Address = tuple[str, int]
 ConnectionHandler = Callable[[TcpStream], Awaitable[None]]
 DatagramHandler = Callable[[bytes, Address, Address], None]
+
+
+class Refusal(enum.Enum):
+    """How `accept_connection` (see `start_server`) refuses a connection: what the client gets for its SYN, as
+    from a destination that refuses it or cannot be reached."""
+
+    RESET = "reset"
+    """A RST, as from a port that nothing listens on: the client sees "connection refused" (ECONNREFUSED)."""
+    HOST_UNREACHABLE = "host-unreachable"
+    """An ICMP destination-unreachable, host unreachable: "no route to host" (EHOSTUNREACH)."""
+    NETWORK_UNREACHABLE = "network-unreachable"
+    """An ICMP destination-unreachable, network unreachable: "network is unreachable" (ENETUNREACH)."""
+    PROHIBITED = "prohibited"
+    """An ICMP destination-unreachable, administratively prohibited, as a firewall that rejects it answers
+    (Linux clients see EHOSTUNREACH for IPv4, EACCES for IPv6)."""
+    SILENCE = "silence"
+    """Nothing, to the SYN or its retransmissions, as a destination that drops packets: the client times out.
+    The half-open connection counts toward the peer's limit until the server forgets it (after about a
+    minute)."""
+
+
+Answer = Union[bool, Refusal]
+ConnectionAcceptor = Callable[[str, Address, Address], Union[Answer, Awaitable[Answer]]]
 
 
 class _PeerAddress(tuple):  # type: ignore[type-arg]
@@ -52,11 +76,13 @@ class Server:
         engine: _native.Engine,
         handle_connection: ConnectionHandler,
         receive_datagram: DatagramHandler,
+        accept_connection: ConnectionAcceptor | None = None,
     ):
         self._engine = engine
         self._loop = asyncio.get_running_loop()
         self._handle_connection = handle_connection
         self._receive_datagram = receive_datagram
+        self._accept_connection = accept_connection
         self._connections: dict[int, _Connection] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -202,6 +228,8 @@ class Server:
                 conn.drained(event.bytes)
         elif isinstance(event, _native.ConnectionEstablished):
             self._connection_established(event)
+        elif isinstance(event, _native.ConnectionRequested):
+            self._connection_requested(event)
         elif isinstance(event, _native.ConnectionEof):
             conn = self._connections.get(event.id)
             if conn is not None:
@@ -224,6 +252,50 @@ class Server:
             future.set_exception(ValueError(error))
         else:
             future.set_result(None if stats is None else [PeerStats(**s) for s in stats])
+
+    def _connection_requested(self, event: _native.ConnectionRequested) -> None:
+        """A SYN waits for `accept_connection`'s answer."""
+        if self._closing or self._accept_connection is None:
+            self._answer(event.id, not self._closing)
+            return
+        try:
+            answer = self._accept_connection(event.peer_public_key, event.src, event.dst)
+        except Exception:
+            logger.exception("accept_connection failed for a connection from %s to %s", event.src, event.dst)
+            answer = False
+        if inspect.isawaitable(answer):
+            task = self._loop.create_task(self._await_answer(event, answer))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        else:
+            self._answer(event.id, answer)
+
+    async def _await_answer(self, event: _native.ConnectionRequested, answer: Awaitable[Answer]) -> None:
+        try:
+            result: Any = await answer
+        except Exception:
+            logger.exception("accept_connection failed for a connection from %s to %s", event.src, event.dst)
+            result = False
+        self._answer(event.id, result)
+
+    def _answer(self, id: int, answer: Any) -> None:
+        if answer is True:
+            text = "accept"
+        elif answer is False:
+            text = "reset"
+        elif isinstance(answer, Refusal):
+            text = answer.value
+        else:
+            logger.error(
+                "accept_connection returned %r, not True, False or a Refusal: the connection is reset", answer
+            )
+            text = "reset"
+        if self._closing and text == "accept":
+            text = "reset"
+        try:
+            self._engine.answer_connection(id, text)
+        except RuntimeError:
+            pass  # The engine has stopped: the client's connection went with it.
 
     def _connection_established(self, event: _native.ConnectionEstablished) -> None:
         id = event.id
@@ -280,6 +352,8 @@ async def start_server(
     cfg: Configuration,
     handle_connection: ConnectionHandler,
     receive_datagram: DatagramHandler,
+    *,
+    accept_connection: ConnectionAcceptor | None = None,
 ) -> Server: ...
 
 
@@ -291,6 +365,8 @@ async def start_server(
     peer_public_keys: list[str],
     handle_connection: ConnectionHandler,
     receive_datagram: DatagramHandler,
+    *,
+    accept_connection: ConnectionAcceptor | None = None,
 ) -> Server: ...
 
 
@@ -309,6 +385,14 @@ async def start_server(host: str, *args: Any, **kwargs: Any) -> Server:
     `receive_datagram(data, src_addr, dst_addr)` is called for every UDP datagram a peer sends. `host` may be
     IPv4 or IPv6, or "" for every address of both; a listen port of 0 picks a free one (see `getsockname`).
     Bad keys or ports are a `ValueError` naming the argument.
+
+    `accept_connection(peer_public_key, src_addr, dst_addr)`, a keyword argument of either form, decides on
+    each TCP connection before the client hears anything: the server holds the client's SYN until it answers
+    `True` (the handshake completes, then `handle_connection` runs), `False` (a RST: "connection refused") or
+    a `Refusal` (a RST, an ICMP destination-unreachable, or silence), or returns an awaitable of one of these,
+    as a proxy that connects to the destination first does. An exception in it is logged and the connection
+    reset. Without it, every SYN is answered at once and `handle_connection` decides once the handshake is
+    done.
 
     ```python
     async def main() -> None:
@@ -366,8 +450,14 @@ def _start(
     cfg: Configuration,
     handle_connection: ConnectionHandler,
     receive_datagram: DatagramHandler,
+    *,
+    accept_connection: ConnectionAcceptor | None = None,
 ) -> Server:
-    return Server(_native.start_engine(host, cfg), handle_connection, receive_datagram)
+    if accept_connection is None:
+        engine = _native.start_engine(host, cfg)
+    else:
+        engine = _native.start_engine(host, cfg, True)
+    return Server(engine, handle_connection, receive_datagram, accept_connection)
 
 
 def _start_with_keys(
@@ -377,6 +467,8 @@ def _start_with_keys(
     peer_public_keys: list[str],
     handle_connection: ConnectionHandler,
     receive_datagram: DatagramHandler,
+    *,
+    accept_connection: ConnectionAcceptor | None = None,
 ) -> Server:
     cfg = Configuration._from_keys(port, private_key, peer_public_keys)
-    return _start(host, cfg, handle_connection, receive_datagram)
+    return _start(host, cfg, handle_connection, receive_datagram, accept_connection=accept_connection)

@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
-    Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket, UdpRepr,
+    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket, UdpRepr,
 };
 
 /// What the network task needs to know about a packet from a peer.
@@ -281,6 +281,107 @@ pub fn is_tcp(packet: &[u8]) -> bool {
         Some(4) => packet.get(9) == Some(&6),
         Some(6) => packet.get(6) == Some(&6),
         _ => false,
+    }
+}
+
+/// Why a destination is unreachable, as an ICMP destination-unreachable message says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// No route to the host (ICMPv4 code 1, ICMPv6 code 3: address unreachable).
+    Host,
+    /// No route to its network (ICMPv4 code 0, ICMPv6 code 0: no route to destination).
+    Network,
+    /// A policy refuses it (ICMPv4 code 13, ICMPv6 code 1: communication administratively prohibited).
+    Prohibited,
+}
+
+/// How much of the offending packet an ICMPv4 error quotes at most: the message stays within the 576 bytes
+/// every host takes (RFC 1812, 4.3.2.3). ICMPv6 errors stay within the minimum MTU of 1280 (RFC 4443), which
+/// smoltcp's `Icmpv6Repr` enforces itself.
+const ICMPV4_QUOTE: usize = 576 - 20 - 8 - 20;
+
+/// The ICMP destination-unreachable message that answers `packet` (an IPv4 or IPv6 packet from a client, as
+/// `parse` takes it), quoting its header and the start of its payload, so that the client's stack finds the
+/// connection it concerns. It comes from the address `packet` was sent to: the client routes that address
+/// through the tunnel, so its WireGuard accepts a packet from it. `None` if `packet` is not one `parse` reads.
+pub fn unreachable(packet: &[u8], why: Unreachable) -> Option<Vec<u8>> {
+    let caps = ChecksumCapabilities::default();
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            let payload = packet.get(ip.header_len() as usize..ip.total_len() as usize)?;
+            let quoted = Ipv4Repr {
+                src_addr: ip.src_addr(),
+                dst_addr: ip.dst_addr(),
+                next_header: ip.next_header(),
+                payload_len: payload.len(),
+                hop_limit: ip.hop_limit(),
+            };
+            let reason = match why {
+                Unreachable::Host => Icmpv4DstUnreachable::HostUnreachable,
+                Unreachable::Network => Icmpv4DstUnreachable::NetUnreachable,
+                Unreachable::Prohibited => Icmpv4DstUnreachable::CommProhibited,
+            };
+            let icmp = Icmpv4Repr::DstUnreachable {
+                reason,
+                header: quoted,
+                data: &payload[..payload.len().min(ICMPV4_QUOTE)],
+            };
+            let outer = Ipv4Repr {
+                src_addr: ip.dst_addr(),
+                dst_addr: ip.src_addr(),
+                next_header: IpProtocol::Icmp,
+                payload_len: icmp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut out = vec![0; outer.buffer_len() + icmp.buffer_len()];
+            outer.emit(&mut Ipv4Packet::new_unchecked(&mut out), &caps);
+            icmp.emit(
+                &mut Icmpv4Packet::new_unchecked(&mut out[outer.buffer_len()..]),
+                &caps,
+            );
+            Some(out)
+        }
+        Some(6) => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            let start = ip.header_len();
+            let payload = packet.get(start..start + ip.payload_len() as usize)?;
+            let quoted = Ipv6Repr {
+                src_addr: ip.src_addr(),
+                dst_addr: ip.dst_addr(),
+                next_header: ip.next_header(),
+                payload_len: payload.len(),
+                hop_limit: ip.hop_limit(),
+            };
+            let reason = match why {
+                Unreachable::Host => Icmpv6DstUnreachable::AddrUnreachable,
+                Unreachable::Network => Icmpv6DstUnreachable::NoRoute,
+                Unreachable::Prohibited => Icmpv6DstUnreachable::AdminProhibit,
+            };
+            let icmp = Icmpv6Repr::DstUnreachable {
+                reason,
+                header: quoted,
+                data: payload,
+            };
+            let (src, dst) = (ip.dst_addr(), ip.src_addr());
+            let outer = Ipv6Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: IpProtocol::Icmpv6,
+                payload_len: icmp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut out = vec![0; outer.buffer_len() + icmp.buffer_len()];
+            outer.emit(&mut Ipv6Packet::new_unchecked(&mut out));
+            icmp.emit(
+                &src,
+                &dst,
+                &mut Icmpv6Packet::new_unchecked(&mut out[outer.buffer_len()..]),
+                &caps,
+            );
+            Some(out)
+        }
+        _ => None,
     }
 }
 

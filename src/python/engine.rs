@@ -16,7 +16,8 @@ use crate::config;
 use crate::error::Error;
 use crate::events::{self, EventReceiver};
 use crate::keys;
-use crate::messages::{ConnectionId, PeerStats, PythonToNetwork, PythonToWireGuard, RequestId};
+use crate::messages::{ConnectionId, PeerStats, PythonToNetwork, PythonToWireGuard, RequestId, SynAnswer};
+use crate::network::packet::Unreachable;
 use crate::network::stack::{WRITE_HIGH_WATER, WRITE_LOW_WATER};
 use crate::server::Server;
 
@@ -36,14 +37,16 @@ pub fn set_log_reset(handle: pyo3_log::ResetHandle) {
 }
 
 /// Binds the socket and starts the engine thread. Raises `OSError` if the address cannot be bound and
-/// `ValueError` for a bad configuration.
+/// `ValueError` for a bad configuration. With `ask_first`, every SYN waits for Python's answer
+/// (`ConnectionRequested`, then `Engine.answer_connection`) before the client gets one.
 #[pyfunction]
-fn start_engine(host: &str, config: &Configuration) -> PyResult<Engine> {
+#[pyo3(signature = (host, config, ask_first = false))]
+fn start_engine(host: &str, config: &Configuration, ask_first: bool) -> PyResult<Engine> {
     if let Some(reset) = LOG_RESET.get() {
         reset.reset();
     }
     let (sender, events) = events::channel()?;
-    let server = Server::start(host, &config.0, sender)?;
+    let server = Server::start(host, &config.0, sender, ask_first)?;
     Ok(Engine {
         server,
         events,
@@ -101,6 +104,27 @@ impl Engine {
             let _ = self.server.send(PythonToNetwork::ResumeStarved);
         }
         Ok(out)
+    }
+
+    /// Answers a `ConnectionRequested`: "accept" (the SYN-ACK), "reset" (a RST), "host-unreachable",
+    /// "network-unreachable" or "prohibited" (an ICMP destination unreachable with that code) or "silence"
+    /// (nothing, until the handshake times out). `ValueError` for any other answer.
+    fn answer_connection(&self, id: ConnectionId, answer: &str) -> PyResult<()> {
+        let answer = match answer {
+            "accept" => SynAnswer::Accept,
+            "reset" => SynAnswer::Reset,
+            "host-unreachable" => SynAnswer::Unreachable(Unreachable::Host),
+            "network-unreachable" => SynAnswer::Unreachable(Unreachable::Network),
+            "prohibited" => SynAnswer::Unreachable(Unreachable::Prohibited),
+            "silence" => SynAnswer::Silence,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "invalid answer: {other:?} (accept, reset, host-unreachable, network-unreachable, \
+                     prohibited or silence)"
+                )))
+            }
+        };
+        self.send(PythonToNetwork::Answer { id, answer })
     }
 
     fn write(&self, id: ConnectionId, data: &[u8]) -> PyResult<()> {

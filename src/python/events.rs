@@ -10,6 +10,7 @@ use super::engine::{address, stats_dict};
 use crate::messages::{ConnectionId, NetworkToPython, PeerId, Reply, RequestId};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ConnectionRequested>()?;
     m.add_class::<ConnectionEstablished>()?;
     m.add_class::<ConnectionData>()?;
     m.add_class::<ConnectionEof>()?;
@@ -19,6 +20,21 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RequestDone>()?;
     m.add_class::<ServerClosed>()?;
     Ok(())
+}
+
+/// A client's SYN, which waits for `Engine.answer_connection` (only from an engine started with
+/// `ask_first`). `endpoint` is the peer's outer UDP address, `src` the client's address inside the tunnel,
+/// `dst` the destination it asked for.
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct ConnectionRequested {
+    id: ConnectionId,
+    peer_public_key: Py<PyAny>,
+    /// The peer's outer UDP address.
+    endpoint: Py<PyTuple>,
+    /// The client's address inside the tunnel.
+    src: Py<PyTuple>,
+    /// The destination the client asked for.
+    dst: Py<PyTuple>,
 }
 
 /// A TCP handshake completed. `endpoint` is the peer's outer UDP address, `src` the client's address inside
@@ -123,6 +139,22 @@ pub fn to_python(py: Python<'_>, event: NetworkToPython) -> PyResult<Py<PyAny>> 
         } => object(
             py,
             ConnectionEstablished {
+                id,
+                peer_public_key: (*peer.public_key).into_pyobject(py)?.into_any().unbind(),
+                endpoint: tuple(py, endpoint)?,
+                src: tuple(py, src)?,
+                dst: tuple(py, dst)?,
+            },
+        ),
+        NetworkToPython::ConnectionRequested {
+            id,
+            peer,
+            endpoint,
+            src,
+            dst,
+        } => object(
+            py,
+            ConnectionRequested {
                 id,
                 peer_public_key: (*peer.public_key).into_pyobject(py)?.into_any().unbind(),
                 endpoint: tuple(py, endpoint)?,

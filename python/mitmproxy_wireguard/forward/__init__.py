@@ -4,12 +4,17 @@ to, from this host; DNS queries to the tunnel's DNS addresses are answered with 
 Destinations on this host itself (loopback, link-local and its own addresses) and the metadata services of cloud
 providers (which hand out the host's credentials to whoever asks from it) are refused unless `allow_local` says
 otherwise, and so are addresses inside the tunnel (the server's and the peers'), which are not behind this host.
-Everything else is reached, private networks around this host included. A refused or unreachable TCP connection
-is reset; a refused datagram is dropped. Each finished flow is logged once, on the logger
+Everything else is reached, private networks around this host included.
+
+A client's TCP connection is answered as its destination answers: the proxy holds the client's SYN, connects to
+the destination (within `Limits.connect_timeout`), and only then completes the client's handshake. A destination
+that refuses gets the client a RST ("connection refused"), one without a route an ICMP destination unreachable,
+one that does not answer no answer at all (the client times out); a destination the proxy refuses gets an ICMP
+destination unreachable, administratively prohibited. A refused datagram is dropped. Each finished flow is logged once, on the logger
 `mitmproxy_wireguard.forward`, with its numbers in the log record's `flow` attribute (see `Flow.record`).
 
 With an upstream proxy (`Upstream`: SOCKS5 or HTTP CONNECT), every TCP connection goes through it, and so does
-UDP where a SOCKS5 upstream carries it (UDP ASSOCIATE); an upstream's failure resets the client's connection,
+UDP where a SOCKS5 upstream carries it (UDP ASSOCIATE); an upstream's failure refuses the client's connection,
 with the reason in the flow's outcome. DNS queries go through it to a DNS server of the user's choice if asked.
 Which destinations are refused is decided on the address the client asked for, as without an upstream.
 

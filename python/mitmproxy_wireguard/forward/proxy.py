@@ -1,5 +1,10 @@
 """The proxy as a whole: the handlers `start_server` calls, which hand each flow to its part (TCP, UDP, DNS),
-and `serve`, which runs them."""
+and `serve`, which runs them.
+
+A client's TCP connection is answered as its destination answers the proxy: the proxy holds the client's SYN
+(`accept_connection`), connects to the destination, and only then lets the handshake complete; a refused
+connection is refused to the client, with a RST, an ICMP destination-unreachable or silence (see
+`tcp.refusal`)."""
 
 from __future__ import annotations
 
@@ -7,16 +12,27 @@ import asyncio
 import contextlib
 from typing import Any, Callable
 
-from .. import Configuration, Server, TcpStream, start_server
+from .. import Configuration, Refusal, Server, TcpStream, start_server
 from .._program import serve_until_signal
 from ..server import Address
 from .flows import Flow, IPAddress, format_address, ip_of, logger
 from .limits import Limits
 from .policy import Policy
 from .resolver import DNS_PORT, Resolver, dns_over_tcp, upstream_answer
-from .tcp import forward_connection
+from .tcp import Dialed, dial, failure, forward_connection, refusal
 from .udp import UdpFlows
-from .upstream import Upstream
+from .upstream import Upstream, UpstreamError
+
+# How long a connection to a destination waits for the client's handshake to complete once the proxy accepted
+# its SYN: a little longer than the server keeps a half-open connection.
+UNCLAIMED_TIMEOUT = 70.0
+
+FlowKey = tuple[str, Address, Address]
+
+
+def flow_key(peer: str, client: Address, dst: Address) -> FlowKey:
+    """A TCP connection of a peer's, as both `accept_connection` and `handle_connection` name it."""
+    return (peer, (client[0], client[1]), (dst[0], dst[1]))
 
 
 class Forwarder:
@@ -51,6 +67,8 @@ class Forwarder:
         self._seen_peers: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._udp = UdpFlows(self.policy, self.limits, self._spawn, upstream)
+        # Connections to destinations whose client's SYN was accepted, until `handle_connection` takes them.
+        self._dialed: dict[FlowKey, tuple[Dialed, Flow, asyncio.TimerHandle]] = {}
 
     @property
     def server(self) -> Server | None:
@@ -91,15 +109,66 @@ class Forwarder:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for key in list(self._dialed):
+            self._unclaimed(key, "stopped")
         self._udp.close()
         self.resolver.pool.close()
+
+    async def accept_connection(self, peer: str, client: Address, dst: Address) -> bool | Refusal:
+        """A client's SYN: the policy, then the connection to the destination decide what the client gets. A
+        connection made waits for `handle_connection`; a refused one is logged here."""
+        if self._is_dns(dst):
+            return True  # Answered here, or through the upstream: `handle_connection` decides.
+        flow = Flow("tcp", peer, client, dst)
+        why = self.policy.refusal(dst[0])
+        if why is not None:
+            flow.outcome = f"refused: {why}"
+            self._seen(peer, client)
+            flow.log()
+            return Refusal.PROHIBITED
+        try:
+            dialed = await dial(dst, self.limits, self.upstream)
+        except (UpstreamError, OSError, asyncio.TimeoutError) as e:
+            flow.outcome = failure(e)
+            # An accepted connection's peer is logged by `handle_connection`, with its endpoint.
+            self._seen(peer, client)
+            flow.log()
+            return refusal(e)
+        except asyncio.CancelledError:
+            flow.outcome = "stopped"
+            flow.log()
+            raise
+        key = flow_key(peer, client, dst)
+        if key in self._dialed:
+            self._unclaimed(key, "replaced by a new connection")
+        timer = self._loop.call_later(
+            UNCLAIMED_TIMEOUT, self._unclaimed, key, "the client did not complete its handshake"
+        )
+        self._dialed[key] = (dialed, flow, timer)
+        return True
+
+    def _unclaimed(self, key: FlowKey, outcome: str) -> None:
+        """Ends a connection to a destination that no client connection took."""
+        entry = self._dialed.pop(key, None)
+        if entry is not None:
+            (_, writer), flow, timer = entry
+            timer.cancel()
+            writer.close()
+            flow.outcome = outcome
+            flow.log()
 
     async def handle_connection(self, stream: TcpStream) -> None:
         client = stream.get_extra_info("peername")
         dst = stream.get_extra_info("original_dst")
         peer = stream.get_extra_info("peer_public_key", "?")
         self._seen(peer, client, stream.get_extra_info("original_src"))
-        flow = Flow("tcp", peer, client, dst)
+        dialed: Dialed | None = None
+        entry = self._dialed.pop(flow_key(peer, client, dst), None)
+        if entry is not None:
+            dialed, flow, timer = entry
+            timer.cancel()
+        else:
+            flow = Flow("tcp", peer, client, dst)
         try:
             if self._is_dns(dst):
                 flow.protocol = "dns-tcp"
@@ -109,15 +178,18 @@ class Forwarder:
                 else:
                     await dns_over_tcp(self.resolver, stream, flow)
                 return
-            refusal = self.policy.refusal(dst[0])
-            if refusal is not None:
-                flow.outcome = f"refused: {refusal}"
-                stream.abort()
-                return
-            await forward_connection(stream, flow, self.limits, self.upstream)
+            if dialed is None:
+                why = self.policy.refusal(dst[0])
+                if why is not None:
+                    flow.outcome = f"refused: {why}"
+                    stream.abort()
+                    return
+            await forward_connection(stream, flow, self.limits, self.upstream, dialed=dialed)
         except asyncio.CancelledError:
             flow.outcome = "stopped"
             stream.abort()
+            if dialed is not None:
+                dialed[1].close()
             raise
         finally:
             if not stream.is_closing():
@@ -169,7 +241,13 @@ async def serve(
     if the server fails. `limits` sets timeouts and each peer's share (see `Limits`); `announce(server)` tells
     users how to connect once the server runs; `upstream`, `upstream_dns` and `policy` as for `Forwarder`."""
     forwarder = Forwarder(cfg, allow_local, limits, upstream, upstream_dns, policy)
-    server = await start_server(host, cfg, forwarder.handle_connection, forwarder.receive_datagram)
+    server = await start_server(
+        host,
+        cfg,
+        forwarder.handle_connection,
+        forwarder.receive_datagram,
+        accept_connection=forwarder.accept_connection,
+    )
     forwarder.server = server
     try:
         await serve_until_signal(server, lambda: announce(server) if announce is not None else None)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import struct
 import time
 from typing import Any, Callable
 
-from ..server import Address
+from ..server import Address, Refusal
 from ..stream import TcpStream
 from .flows import Flow, reason, unreachable
 from .limits import Limits
@@ -25,32 +26,66 @@ KEEPALIVE_INTERVAL = 10
 KEEPALIVE_COUNT = 6
 
 
+Dialed = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+# How the client's SYN is answered when the destination could not be reached, by the errno of the failed connect:
+# as the destination (or a router on the way) answered the proxy.
+_REFUSALS = {
+    errno.ECONNREFUSED: Refusal.RESET,
+    errno.ETIMEDOUT: Refusal.SILENCE,
+    errno.ENETUNREACH: Refusal.NETWORK_UNREACHABLE,
+    errno.EHOSTUNREACH: Refusal.HOST_UNREACHABLE,
+    errno.EHOSTDOWN: Refusal.HOST_UNREACHABLE,
+    errno.EACCES: Refusal.PROHIBITED,
+    errno.EPERM: Refusal.PROHIBITED,
+}
+
+
+async def dial(dst: Address, limits: Limits, upstream: Upstream | None = None) -> Dialed:
+    """Connects to `dst`, through `upstream` if given, within `limits.connect_timeout`. Raises `UpstreamError`,
+    `OSError` or `TimeoutError`."""
+    if upstream is not None:
+        return await upstream.open_connection(dst[0], dst[1], limits.connect_timeout)
+    return await asyncio.wait_for(asyncio.open_connection(dst[0], dst[1]), timeout=limits.connect_timeout)
+
+
+def refusal(e: BaseException) -> Refusal:
+    """What the client gets for its SYN when `dial` failed with `e`: a RST for a refusal, an ICMP
+    destination-unreachable for no route, silence for a timeout. An upstream's failure is a RST: the client
+    cannot be told more of it."""
+    if isinstance(e, UpstreamError):
+        return Refusal.RESET
+    if isinstance(e, (asyncio.TimeoutError, TimeoutError)) and not getattr(e, "errno", None):
+        return Refusal.SILENCE
+    if isinstance(e, OSError) and e.errno in _REFUSALS:
+        return _REFUSALS[e.errno]
+    return Refusal.RESET
+
+
+def failure(e: BaseException) -> str:
+    """A flow's outcome when `dial` failed with `e`."""
+    return str(e) if isinstance(e, UpstreamError) else unreachable(e)
+
+
 async def forward_connection(
     stream: TcpStream,
     flow: Flow,
     limits: Limits,
     upstream: Upstream | None = None,
     target: Address | None = None,
+    dialed: Dialed | None = None,
 ) -> None:
-    """Connects to `target` (by default the flow's destination), through `upstream` if given, and relays until
-    both ways have ended; a destination that cannot be reached in `limits.connect_timeout`, or an upstream
-    that fails, resets the client's connection."""
-    dst = target or flow.destination
-    try:
-        if upstream is not None:
-            reader, writer = await upstream.open_connection(dst[0], dst[1], limits.connect_timeout)
-        else:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(dst[0], dst[1]), timeout=limits.connect_timeout
-            )
-    except UpstreamError as e:
-        flow.outcome = str(e)
-        stream.abort()
-        return
-    except (OSError, asyncio.TimeoutError) as e:
-        flow.outcome = unreachable(e)
-        stream.abort()
-        return
+    """Connects to `target` (by default the flow's destination), through `upstream` if given, unless `dialed`
+    is that connection already, and relays until both ways have ended; a destination that cannot be reached in
+    `limits.connect_timeout`, or an upstream that fails, resets the client's connection."""
+    if dialed is None:
+        try:
+            dialed = await dial(target or flow.destination, limits, upstream)
+        except (UpstreamError, OSError, asyncio.TimeoutError) as e:
+            flow.outcome = failure(e)
+            stream.abort()
+            return
+    reader, writer = dialed
     try:
         keep_alive(writer.get_extra_info("socket"))
         flow.outcome = await relay(stream, reader, writer, flow, limits.tcp_idle_timeout)

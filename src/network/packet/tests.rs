@@ -124,3 +124,125 @@ fn malformed_packets_are_errors_not_panics() {
     p[6] = 0x20;
     assert_eq!(parse(&p), Err(ParseError::Fragment));
 }
+
+/// A SYN from `src` to `dst`, in either family.
+fn syn(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
+    let tcp = TcpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1_000),
+        ack_number: None,
+        window_len: 64_000,
+        window_scale: Some(7),
+        max_seg_size: Some(1_360),
+        sack_permitted: true,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let caps = ChecksumCapabilities::default();
+    let (mut packet, header) = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ip = Ipv4Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Tcp,
+                payload_len: tcp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut packet = vec![0; ip.buffer_len() + tcp.buffer_len()];
+            ip.emit(&mut Ipv4Packet::new_unchecked(&mut packet[..]), &caps);
+            (packet, ip.buffer_len())
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ip = Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Tcp,
+                payload_len: tcp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut packet = vec![0; ip.buffer_len() + tcp.buffer_len()];
+            ip.emit(&mut Ipv6Packet::new_unchecked(&mut packet[..]));
+            (packet, ip.buffer_len())
+        }
+        _ => panic!("one family"),
+    };
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut packet[header..]),
+        &src.ip().into(),
+        &dst.ip().into(),
+        &caps,
+    );
+    packet
+}
+
+#[test]
+fn an_unreachable_destination_answers_a_syn_with_icmp_that_quotes_it() {
+    let (src, dst) = (addr("10.0.0.2:40000"), addr("198.51.100.7:443"));
+    let packet = syn(src, dst);
+    for (why, code) in [
+        (Unreachable::Network, Icmpv4DstUnreachable::NetUnreachable),
+        (Unreachable::Host, Icmpv4DstUnreachable::HostUnreachable),
+        (Unreachable::Prohibited, Icmpv4DstUnreachable::CommProhibited),
+    ] {
+        let answer = unreachable(&packet, why).unwrap();
+        let ip = Ipv4Packet::new_checked(&answer[..]).unwrap();
+        assert!(ip.verify_checksum());
+        // From the address the client asked for, to the client.
+        assert_eq!(
+            (IpAddr::from(ip.src_addr()), IpAddr::from(ip.dst_addr())),
+            (dst.ip(), src.ip())
+        );
+        assert_eq!(ip.next_header(), IpProtocol::Icmp);
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        match Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap() {
+            Icmpv4Repr::DstUnreachable { reason, header, data } => {
+                assert_eq!(reason, code);
+                assert_eq!((header.src_addr, header.dst_addr), (ip.dst_addr(), ip.src_addr()));
+                assert_eq!(header.next_header, IpProtocol::Tcp);
+                // The whole segment is quoted: the ports and the SYN's sequence number are what the client's
+                // stack matches it with.
+                assert_eq!(data, &packet[20..]);
+                let tcp = TcpPacket::new_checked(data).unwrap();
+                assert_eq!(
+                    (tcp.src_port(), tcp.dst_port(), tcp.seq_number().0),
+                    (40000, 443, 1_000)
+                );
+            }
+            other => panic!("not a destination unreachable: {other:?}"),
+        }
+    }
+
+    let (src, dst) = (addr("[fd00::2]:40000"), addr("[2001:db8::7]:443"));
+    let packet = syn(src, dst);
+    for (why, code) in [
+        (Unreachable::Network, Icmpv6DstUnreachable::NoRoute),
+        (Unreachable::Host, Icmpv6DstUnreachable::AddrUnreachable),
+        (Unreachable::Prohibited, Icmpv6DstUnreachable::AdminProhibit),
+    ] {
+        let answer = unreachable(&packet, why).unwrap();
+        let ip = Ipv6Packet::new_checked(&answer[..]).unwrap();
+        assert_eq!(
+            (IpAddr::from(ip.src_addr()), IpAddr::from(ip.dst_addr())),
+            (dst.ip(), src.ip())
+        );
+        assert_eq!(ip.next_header(), IpProtocol::Icmpv6);
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        let (s, d) = (ip.src_addr(), ip.dst_addr());
+        match Icmpv6Repr::parse(&s, &d, &icmp, &ChecksumCapabilities::default()).unwrap() {
+            Icmpv6Repr::DstUnreachable { reason, header, data } => {
+                assert_eq!(reason, code);
+                assert_eq!((header.src_addr, header.dst_addr), (d, s));
+                assert_eq!(header.next_header, IpProtocol::Tcp);
+                assert_eq!(data, &packet[40..]);
+            }
+            other => panic!("not a destination unreachable: {other:?}"),
+        }
+    }
+
+    assert_eq!(unreachable(&[], Unreachable::Host), None);
+    assert_eq!(unreachable(&[0x45, 0, 0], Unreachable::Host), None);
+}

@@ -27,7 +27,7 @@ pub(super) struct Connection {
     pub(super) id: ConnectionId,
     pub(super) flow: Flow,
     /// The client's outer UDP endpoint when its SYN arrived (Python's `original_src`).
-    endpoint: SocketAddr,
+    pub(super) endpoint: SocketAddr,
     /// Borrows `memory`: declared first so that it is dropped first.
     pub(super) sockets: SocketSet<'static>,
     pub(super) handle: SocketHandle,
@@ -37,6 +37,8 @@ pub(super) struct Connection {
     last_state: tcp::State,
     /// What Python knows of the connection.
     pub(super) lifecycle: Lifecycle,
+    /// Whether its SYN waits for Python's answer, or was answered with silence.
+    pub(super) hold: Hold,
     /// Python wants data (asyncio's pause_reading / resume_reading).
     pub(super) reading: bool,
     /// Written by Python, not yet in the socket's send buffer.
@@ -70,6 +72,26 @@ pub(super) struct Connection {
     pub(super) read_position: ReadPosition,
     /// How far the client acknowledged, for the pages of the send buffer behind it.
     pub(super) write_position: WritePosition,
+}
+
+/// A SYN that waits for Python (when the stack asks first, see `Stack::set_ask_first`): its socket sends no
+/// SYN-ACK (smoltcp's `pause_synack`) and takes the SYN's retransmissions without a word.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) enum Hold {
+    /// Never asked, or accepted: the handshake goes on.
+    #[default]
+    None,
+    /// Python was asked; the SYN is kept for a RST or an ICMP error that answers it.
+    Asked(Vec<u8>),
+    /// Python answered with silence: nothing goes out until the handshake timeout forgets the connection.
+    Silent,
+}
+
+impl Hold {
+    /// The socket must send nothing.
+    pub(super) fn holds(&self) -> bool {
+        *self != Hold::None
+    }
 }
 
 impl Stack {
@@ -126,6 +148,7 @@ impl Stack {
                 seq: SeqTracker::default(),
                 last_state: tcp::State::Listen,
                 lifecycle: Lifecycle::Connecting,
+                hold: Hold::None,
                 reading: true,
                 pending: VecDeque::new(),
                 pending_offset: 0,

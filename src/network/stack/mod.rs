@@ -6,7 +6,7 @@
 //! as smoltcp does, so that a test moves time by passing it.
 //!
 //! - `receive`: packets from peers, dispatched by protocol (ping, UDP, TCP).
-//! - `requests`: Python's requests (writes, closes, flow control, datagrams).
+//! - `requests`: Python's requests (answers to SYNs, writes, closes, flow control, datagrams).
 //! - `connection`: a TCP connection and the steps that move it on (`Stack::service`).
 //! - `lifecycle`: what Python knows of a connection, as a state machine.
 //! - `peers`: the peers, added and removed while the server runs, and what is counted of each.
@@ -168,6 +168,8 @@ pub struct Stack {
     admission: Admission,
     /// Identification of the next fragmented datagram.
     next_ident: u32,
+    /// Python decides on each SYN before the client gets an answer (`NetworkToPython::ConnectionRequested`).
+    ask_first: bool,
     /// smoltcp counts time from here.
     epoch: StdInstant,
 }
@@ -209,6 +211,7 @@ impl Stack {
             },
             admission: Admission::default(),
             next_ident: 0,
+            ask_first: false,
             epoch: now,
         }
     }
@@ -227,6 +230,12 @@ impl Stack {
     fn fragment_ident(&mut self) -> u32 {
         self.next_ident = self.next_ident.wrapping_add(1);
         self.next_ident
+    }
+
+    /// Whether a SYN waits for Python's answer (`ConnectionRequested`, then `PythonToNetwork::Answer`) before
+    /// the client gets a SYN-ACK, a RST, an ICMP error or nothing; otherwise every SYN gets its SYN-ACK at once.
+    pub fn set_ask_first(&mut self, ask: bool) {
+        self.ask_first = ask;
     }
 
     pub fn connection_count(&self) -> usize {

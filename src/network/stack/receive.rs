@@ -116,7 +116,12 @@ impl Stack {
         let id = match self.flows.get(&flow) {
             Some(&id) => id,
             None if opens => match self.open(now, flow, endpoint) {
-                Some(id) => id,
+                Some(id) => {
+                    if self.ask_first {
+                        self.ask(id, &packet, out);
+                    }
+                    id
+                }
                 None => return,
             },
             None => return self.reset_unknown(now, flow.peer, packet, out),
@@ -126,7 +131,7 @@ impl Stack {
     }
 
     /// A segment that no connection takes: smoltcp answers it with a RST.
-    fn reset_unknown(&mut self, now: Instant, peer: PeerId, packet: Vec<u8>, out: &mut Outputs) {
+    pub(super) fn reset_unknown(&mut self, now: Instant, peer: PeerId, packet: Vec<u8>, out: &mut Outputs) {
         self.device.rx = Some(packet);
         self.iface.poll(now, &mut self.device, &mut self.no_sockets);
         out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));

@@ -4,8 +4,9 @@ use log::Level;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::connection::Hold;
 use super::{Outputs, Stack, LINGER};
-use crate::messages::{PeerId, PythonToNetwork};
+use crate::messages::{ConnectionId, NetworkToPython, PeerId, PythonToNetwork, SynAnswer};
 use crate::network::device::MTU;
 use crate::network::packet;
 
@@ -19,6 +20,10 @@ impl Stack {
             }
             PythonToNetwork::ResumeStarved => {
                 self.resume_starved();
+                return;
+            }
+            PythonToNetwork::Answer { id, answer } => {
+                self.answer(now, id, answer, out);
                 return;
             }
             PythonToNetwork::Capture(_) => unreachable!("the network task keeps the capture"),
@@ -52,10 +57,68 @@ impl Stack {
             PythonToNetwork::PauseReading { .. } => conn.reading = false,
             PythonToNetwork::ResumeReading { .. } => conn.reading = true,
             PythonToNetwork::SendDatagram { .. }
+            | PythonToNetwork::Answer { .. }
             | PythonToNetwork::ResumeStarved
             | PythonToNetwork::Capture(_) => unreachable!(),
         }
         self.mark_dirty(id);
+    }
+
+    /// Holds a new connection's SYN and asks Python about it (`set_ask_first`); `syn` is the SYN's packet.
+    pub(super) fn ask(&mut self, id: ConnectionId, syn: &[u8], out: &mut Outputs) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let Some(peer) = self.peers.get(&conn.flow.peer) else {
+            return;
+        };
+        conn.socket().pause_synack(true);
+        conn.hold = Hold::Asked(syn.to_vec());
+        out.events.push(NetworkToPython::ConnectionRequested {
+            id,
+            peer: peer.info.clone(),
+            endpoint: conn.endpoint,
+            src: conn.flow.client,
+            dst: conn.flow.destination,
+        });
+    }
+
+    /// Python's answer to a held SYN. Only the first answer counts; one for a connection that is gone (the
+    /// client gave up, or the handshake timed out) is ignored.
+    fn answer(&mut self, now: Instant, id: ConnectionId, answer: SynAnswer, out: &mut Outputs) {
+        let now = self.clock(now);
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let syn = match std::mem::take(&mut conn.hold) {
+            Hold::Asked(syn) => syn,
+            other => {
+                conn.hold = other;
+                return;
+            }
+        };
+        let peer = conn.flow.peer;
+        match answer {
+            SynAnswer::Accept => {
+                conn.socket().pause_synack(false);
+                self.mark_dirty(id);
+            }
+            SynAnswer::Silence => {
+                conn.hold = Hold::Silent;
+            }
+            SynAnswer::Reset => {
+                // As a closed port answers: the stack's answer to a segment that no connection takes.
+                self.forget(id);
+                self.reset_unknown(now, peer, syn, out);
+            }
+            SynAnswer::Unreachable(why) => {
+                self.forget(id);
+                match packet::unreachable(&syn, why) {
+                    Some(p) => out.packets.push((peer, p)),
+                    None => log::debug!("connection {id}: no ICMP error for its SYN"),
+                }
+            }
+        }
     }
 
     /// Python emptied its queue: the connections left unread for lack of room are read again.

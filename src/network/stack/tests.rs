@@ -14,6 +14,7 @@ use crate::network::packet;
 /// `Client::pump` lets the clock move on by up to this to a deadline of the stack: pacing's, not a timeout's.
 const PACING_WAIT: Duration = Duration::from_millis(50);
 
+mod ask_first;
 mod autotune;
 mod limits;
 mod peers;

@@ -44,7 +44,13 @@ impl Connection {
         now: Instant,
         timers: &mut BTreeSet<(Instant, ConnectionId)>,
     ) {
-        let mut next = iface.poll_at(now, &self.sockets);
+        // A held socket has nothing to send, though smoltcp, which does not look at the pause, says it has: only
+        // the handshake timeout is due.
+        let mut next = if self.hold.holds() {
+            None
+        } else {
+            iface.poll_at(now, &self.sockets)
+        };
         for at in [self.give_up_deadline(), self.release_at].into_iter().flatten() {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
