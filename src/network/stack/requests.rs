@@ -150,6 +150,15 @@ impl Stack {
             }
             None => match self.udp_routes.get(&dst) {
                 Some(peer) => peer,
+                None if self.udp_routes.is_shared(&dst) => {
+                    crate::ratelog::note(Level::Debug, "datagrams from Python dropped", || {
+                        format!(
+                            "dropped a datagram to {dst}: more than one peer sent from that address, and the \
+                             datagram names none (answer with the address it came from)"
+                        )
+                    });
+                    return;
+                }
                 None if self.peers.len() == 1 => *self.peers.keys().next().expect("one peer"),
                 None => {
                     crate::ratelog::note(Level::Debug, "datagrams from Python dropped", || {

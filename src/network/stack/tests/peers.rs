@@ -108,6 +108,20 @@ fn a_reply_for_a_removed_peer_goes_to_no_other() {
     assert_eq!(reply_to(&mut stack, "10.0.0.9:1"), vec![1]);
 }
 
+/// Two peers of the 0.1.x form, which may use any address, sent from the same one: a reply that names no peer
+/// could reach the wrong one, so it reaches none; one that names its peer reaches it.
+#[test]
+fn a_reply_to_an_address_two_peers_sent_from_must_name_its_peer() {
+    let mut stack = stack();
+    let mut out = Outputs::default();
+    udp_from(&mut stack, 0, "10.0.0.2:5353", &mut out);
+    assert_eq!(reply_to(&mut stack, "10.0.0.2:5353"), vec![0]);
+    udp_from(&mut stack, 1, "10.0.0.2:5353", &mut out);
+    assert!(reply_to(&mut stack, "10.0.0.2:5353").is_empty());
+    assert_eq!(reply_to_peer(&mut stack, "10.0.0.2:5353", Some(0)), vec![0]);
+    assert_eq!(reply_to_peer(&mut stack, "10.0.0.2:5353", Some(1)), vec![1]);
+}
+
 #[test]
 fn a_peer_added_later_opens_connections_under_its_own_key() {
     let mut stack = stack();
