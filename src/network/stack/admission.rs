@@ -4,15 +4,19 @@
 //! (half-open, open, closing, TIME-WAIT), and of them `Limits::half_open_per_peer` half-open (a kernel's SYN
 //! backlog): a peer that sends SYNs to ever new destinations cannot take more than its share of the server's
 //! memory, nor all of it with a few others, and a flood of SYNs that are never completed takes a fraction of it.
-//! A SYN beyond a limit is dropped without an answer, as a kernel drops a SYN when its listen queue is full: the client sends it again after its timeout,
-//! and gets its connection once room frees up (connections end, half-open ones time out) rather than an error.
-//! Refused SYNs are counted, and logged at most once a second.
+//! A SYN beyond the connection limits is dropped without an answer, as a kernel drops a SYN when its listen queue
+//! is full: the client sends it again after its timeout, and gets its connection once room frees up (connections
+//! end, half-open ones time out) rather than an error. A SYN beyond the half-open limit alone takes the place of
+//! the peer's oldest half-open connection instead (`oldest_half_open`): a flood of SYNs that are never completed
+//! (a scanner, a runaway retry loop) does not keep the same client from opening connections of its own, which
+//! complete within a round trip. Refused SYNs are counted, and logged at most once a second.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use smoltcp::time::Instant;
 
-use crate::messages::PeerId;
+use crate::messages::{ConnectionId, PeerId};
 
 /// How many connections one peer may hold. A peer may be a whole network behind a router, so this is generous:
 /// 16,384 connections cost about 200 MB idle (12 KB each, see tests/test_memory.py).
@@ -53,6 +57,9 @@ pub(super) struct Admission {
     /// Connections per peer, indexed by peer, and how many of them are half-open.
     held: Vec<usize>,
     half_open: Vec<usize>,
+    /// Each peer's connections in the order they opened, from the oldest: those still half-open among them
+    /// (the others are skipped, and compacted away as they pile up).
+    opened_ids: Vec<VecDeque<ConnectionId>>,
     total: usize,
     /// SYNs refused since the last log line, and when that was.
     refused: u64,
@@ -87,15 +94,42 @@ impl Admission {
         false
     }
 
-    /// `peer` opened a connection: it is half-open until `established`.
-    pub(super) fn opened(&mut self, peer: PeerId) {
+    /// Whether `peer` holds as many half-open connections as it may, and room is left otherwise: a new SYN may
+    /// take the place of its oldest half-open connection.
+    pub(super) fn half_open_full(&self, peer: PeerId) -> bool {
+        self.half_open.get(peer).copied().unwrap_or(0) >= self.limits.half_open_per_peer
+            && self.held.get(peer).copied().unwrap_or(0) < self.limits.per_peer
+            && self.total < self.limits.total
+    }
+
+    /// The next of `peer`'s connections in the order they opened, taken out: the caller skips those no longer
+    /// half-open.
+    pub(super) fn oldest_opened(&mut self, peer: PeerId) -> Option<ConnectionId> {
+        self.opened_ids.get_mut(peer)?.pop_front()
+    }
+
+    /// `peer` opened connection `id`: it is half-open until `established`. The order of opening is compacted
+    /// once those no longer half-open (`still_half_open` says) are more than those that are, so that it costs
+    /// the same per connection however many a peer opens.
+    pub(super) fn opened(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        still_half_open: impl Fn(ConnectionId) -> bool,
+    ) {
         if self.held.len() <= peer {
             self.held.resize(peer + 1, 0);
             self.half_open.resize(peer + 1, 0);
+            self.opened_ids.resize_with(peer + 1, VecDeque::new);
         }
         self.held[peer] += 1;
         self.half_open[peer] += 1;
         self.total += 1;
+        let ids = &mut self.opened_ids[peer];
+        ids.push_back(id);
+        if ids.len() > 2 * self.half_open[peer] + 64 {
+            ids.retain(|&id| still_half_open(id));
+        }
     }
 
     /// A connection of `peer` completed its handshake.
@@ -149,11 +183,11 @@ mod tests {
         let now = Instant::ZERO;
         for _ in 0..2 {
             assert!(admission.admit(0, now));
-            admission.opened(0);
+            admission.opened(0, 101, |_| true);
         }
         assert!(!admission.admit(0, now), "peer 0 is at its limit");
         assert!(admission.admit(1, now));
-        admission.opened(1);
+        admission.opened(1, 102, |_| true);
         assert!(!admission.admit(1, now), "all are at the total");
         admission.closed(0, true);
         assert!(admission.admit(0, now) && admission.admit(1, now));
@@ -166,18 +200,18 @@ mod tests {
         let now = Instant::ZERO;
         for _ in 0..2 {
             assert!(admission.admit(0, now));
-            admission.opened(0);
+            admission.opened(0, 103, |_| true);
         }
         assert!(!admission.admit(0, now), "two handshakes are under way");
         admission.established(0);
         assert!(admission.admit(0, now), "one completed");
-        admission.opened(0);
+        admission.opened(0, 104, |_| true);
         admission.established(0);
         admission.established(0);
         // Three open connections, none half-open: two more may open, up to the peer's limit.
         for _ in 0..2 {
             assert!(admission.admit(0, now));
-            admission.opened(0);
+            admission.opened(0, 105, |_| true);
             admission.established(0);
         }
         assert!(!admission.admit(0, now), "the peer is at its limit");
@@ -185,5 +219,21 @@ mod tests {
         admission.closed(0, false);
         assert!(admission.admit(0, now));
         assert_eq!(admission.held(0), 4);
+    }
+
+    #[test]
+    fn the_order_of_opening_is_kept_and_costs_what_the_half_open_connections_do() {
+        let mut admission = with_limits(1000, 1000, 2);
+        // 200 connections, all but the last two complete their handshakes at once.
+        for id in 0..200 {
+            admission.opened(0, id, |id| id >= 198);
+            if id < 198 {
+                admission.established(0);
+            }
+        }
+        assert!(admission.half_open_full(0));
+        let order: Vec<_> = std::iter::from_fn(|| admission.oldest_opened(0)).collect();
+        assert!(order.len() <= 2 * 2 + 64 + 1, "{} kept", order.len());
+        assert_eq!(order[order.len() - 2..], [198, 199]);
     }
 }

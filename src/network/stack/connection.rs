@@ -97,6 +97,9 @@ impl Hold {
 impl Stack {
     /// A connection for a SYN, listening on the destination the client asked for.
     pub(super) fn open(&mut self, now: Instant, flow: Flow, endpoint: SocketAddr) -> Option<ConnectionId> {
+        if self.admission.half_open_full(flow.peer) {
+            self.evict_oldest_half_open(flow.peer);
+        }
         if !self.admission.admit(flow.peer, now) {
             return None;
         }
@@ -136,7 +139,12 @@ impl Stack {
         let id = self.next_id;
         self.next_id += 1;
         self.flows.insert(flow, id);
-        self.admission.opened(flow.peer);
+        let connections = &self.connections;
+        self.admission.opened(flow.peer, id, |id| {
+            connections
+                .get(&id)
+                .is_some_and(|c| c.lifecycle == Lifecycle::Connecting)
+        });
         self.connections.insert(
             id,
             Connection {
@@ -169,6 +177,29 @@ impl Stack {
             },
         );
         Some(id)
+    }
+
+    /// Makes room for a SYN of `peer`, which holds as many half-open connections as it may: its oldest one goes,
+    /// without a word (a flood's SYN, most likely, whose source never answers; a client whose handshake took
+    /// longer than the flood needed to open as many gets a RST for its ACK, and connects again).
+    fn evict_oldest_half_open(&mut self, peer: PeerId) {
+        while let Some(id) = self.admission.oldest_opened(peer) {
+            if self
+                .connections
+                .get(&id)
+                .is_some_and(|c| c.lifecycle == Lifecycle::Connecting)
+            {
+                crate::ratelog::note(
+                    Level::Debug,
+                    "half-open connections that made room for new SYNs",
+                    || {
+                        format!("connection {id}: the oldest half-open connection of peer {peer} made room for a new SYN")
+                    },
+                );
+                self.forget(id);
+                return;
+            }
+        }
     }
 
     /// Moves everything that can move on one connection: Python's writes, data for Python, FIN, and the packets
@@ -229,6 +260,18 @@ impl Stack {
             // The socket's buffers borrow the memory: they go first.
             drop(sockets);
             self.memory.give(memory);
+            // After a flood, the tables give back the room its connections took (a map never shrinks on its
+            // own): a quarter full, they shrink to half, which costs a walk per halving of the count.
+            if self.connections.capacity() > 4 * self.connections.len() + 1024 {
+                self.connections.shrink_to(2 * self.connections.len());
+                self.flows.shrink_to(2 * self.flows.len());
+                // And the allocator gives back the pages of their sockets, which it keeps otherwise.
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                // SAFETY: malloc_trim only returns free memory to the system.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
         }
     }
 }

@@ -116,26 +116,34 @@ fn closed(events: &[NetworkToPython], id: ConnectionId) -> Option<bool> {
 }
 
 #[test]
-fn a_syn_flood_from_one_peer_stops_at_its_limit_and_leaves_room_for_another() {
+fn a_syn_flood_from_one_peer_keeps_to_its_limit_and_leaves_room_for_another_and_for_itself() {
     let mut stack = stack();
     let answered = flood(&mut stack, 0, MAX_HALF_OPEN_PER_PEER + 500);
     assert_eq!(
-        answered, MAX_HALF_OPEN_PER_PEER,
-        "SYNs beyond the limit of half-open connections are dropped without an answer"
+        answered,
+        MAX_HALF_OPEN_PER_PEER + 500,
+        "SYNs beyond the limit of half-open connections take the place of the oldest"
     );
     assert_eq!(stack.connection_count(), MAX_HALF_OPEN_PER_PEER);
+    assert_eq!(stack.admission.held(0), MAX_HALF_OPEN_PER_PEER);
 
     // Another peer connects, and its connection carries data.
     let mut other = Client::connect(1, "10.0.0.2:40000", "10.0.0.42:1234");
     established(&other.pump(&mut stack));
     other.socket().send_slice(b"still served").unwrap();
     assert_eq!(data(&other.pump(&mut stack)), b"still served");
-    // The flooding peer gets a connection again once its half-open ones are gone.
+    // The flooding peer's own connection completes at once too, and the flood goes on.
+    let mut own = Client::connect(0, "10.0.0.1:40001", "10.0.0.42:1234");
+    established(&own.pump(&mut stack));
+    flood(&mut stack, 0, 1000);
+    own.socket().send_slice(b"served during the flood").unwrap();
+    assert_eq!(data(&own.pump(&mut stack)), b"served during the flood");
+    assert_eq!(stack.connection_count(), MAX_HALF_OPEN_PER_PEER + 2);
+
+    // The half-open ones go after the handshake timeout, the open ones stay.
     stack.advance(HANDSHAKE_TIMEOUT + Duration::from_secs(1));
     stack.poll_timers(&mut Outputs::default());
-    assert_eq!(stack.connection_count(), 1);
-    let mut again = Client::connect(0, "10.0.0.1:40001", "10.0.0.42:1234");
-    established(&again.pump(&mut stack));
+    assert_eq!(stack.connection_count(), 2);
 }
 
 #[test]
