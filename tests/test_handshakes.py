@@ -12,12 +12,13 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import mitmproxy_wireguard as wg
 from flood import hchacha20
-from helpers import close_writer, echo, needs_client, open_connection, start_client
+from helpers import close_writer, echo, needs_client, open_connection, round_trip_rate, start_client
 
 pytestmark = [needs_client, pytest.mark.timeout(120)]
 
@@ -26,22 +27,25 @@ FLOOD_SECONDS = 8
 REPLAY_SECONDS = 12
 
 
-async def round_trip_rate(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seconds: float
-) -> float:
-    """Round trips per second of 1000-byte messages: the best of short windows, so that a moment of noise on a
-    shared machine does not decide."""
-    message = os.urandom(1000)
-    best = 0.0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        count, start = 0, time.monotonic()
-        while (elapsed := time.monotonic() - start) < 0.5:
-            writer.write(message)
-            await asyncio.wait_for(reader.readexactly(len(message)), 10)
-            count += 1
-        best = max(best, count / elapsed)
-    return best
+async def second_peer_joins(setup: Any) -> float:
+    """A known peer that starts now: the seconds until its handshake completed and its connection echoed."""
+    started = time.monotonic()
+    second = await start_client(
+        setup.server,
+        setup.cfg.server_public_key,
+        setup.cfg.client_private_keys[1],
+        addresses=tuple(setup.cfg.peers[1]["allowed_ips"]),
+        routes=("10.0.1.0/24",),
+    )
+    try:
+        r2, w2 = await open_connection("10.0.1.42", 7, timeout=10)
+        w2.write(b"second peer")
+        assert await asyncio.wait_for(r2.readexactly(11), 10) == b"second peer"
+        handshake_time = time.monotonic() - started
+        await close_writer(w2)
+    finally:
+        second.stop()
+    return handshake_time
 
 
 async def flood_rate_here(seconds: float = 2) -> float:
@@ -76,7 +80,7 @@ async def test_a_handshake_flood_gets_cookies_and_peers_keep_their_pace(start):
     host, port = setup.server.getsockname()
     reader, writer = await open_connection("10.0.0.42", 7)
     try:
-        alone = await round_trip_rate(reader, writer, 2)
+        alone = await round_trip_rate(reader, writer, 0.5, windows=4)
 
         flood = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -90,25 +94,10 @@ async def test_a_handshake_flood_gets_cookies_and_peers_keep_their_pace(start):
         )
         try:
             await asyncio.sleep(1.5)  # building the initiations, then the flood is on
-            during = await round_trip_rate(reader, writer, 2)
+            during = await round_trip_rate(reader, writer, 0.5, windows=4)
 
             # A known peer that starts now completes its handshake (with a cookie, as the server is under load).
-            started = time.monotonic()
-            second = await start_client(
-                setup.server,
-                setup.cfg.server_public_key,
-                setup.cfg.client_private_keys[1],
-                addresses=tuple(setup.cfg.peers[1]["allowed_ips"]),
-                routes=("10.0.1.0/24",),
-            )
-            try:
-                r2, w2 = await open_connection("10.0.1.42", 7, timeout=10)
-                w2.write(b"second peer")
-                assert await asyncio.wait_for(r2.readexactly(11), 10) == b"second peer"
-                handshake_time = time.monotonic() - started
-                await close_writer(w2)
-            finally:
-                second.stop()
+            handshake_time = await second_peer_joins(setup)
             flood_out, _ = await asyncio.wait_for(flood.communicate(), FLOOD_SECONDS + 30)
         finally:
             if flood.returncode is None:
@@ -147,7 +136,7 @@ async def test_one_initiation_with_a_valid_mac2_replayed_does_not_slow_peers_dow
     host, port = setup.server.getsockname()
     reader, writer = await open_connection("10.0.0.42", 7)
     try:
-        alone = await round_trip_rate(reader, writer, 2)
+        alone = await round_trip_rate(reader, writer, 0.5, windows=4)
 
         claimed = ["--claim", setup.cfg.client_public_keys[2]] if claim else []
         flood = await asyncio.create_subprocess_exec(
@@ -168,28 +157,13 @@ async def test_one_initiation_with_a_valid_mac2_replayed_does_not_slow_peers_dow
         try:
             await asyncio.sleep(2)  # the cookie, then the replay is on
             try:
-                during = await round_trip_rate(reader, writer, 2)
+                during = await round_trip_rate(reader, writer, 0.5, windows=4)
             except TimeoutError:
                 during = 0.0  # one round trip took more than 10 s
 
             # A known peer that starts now completes its handshake while the replay goes on.
-            started = time.monotonic()
-            second = await start_client(
-                setup.server,
-                setup.cfg.server_public_key,
-                setup.cfg.client_private_keys[1],
-                addresses=tuple(setup.cfg.peers[1]["allowed_ips"]),
-                routes=("10.0.1.0/24",),
-            )
-            try:
-                r2, w2 = await open_connection("10.0.1.42", 7, timeout=10)
-                w2.write(b"second peer")
-                assert await asyncio.wait_for(r2.readexactly(11), 10) == b"second peer"
-                handshake_time = time.monotonic() - started
-                replay_on = flood.returncode is None
-                await close_writer(w2)
-            finally:
-                second.stop()
+            handshake_time = await second_peer_joins(setup)
+            replay_on = flood.returncode is None
             flood_out, _ = await asyncio.wait_for(flood.communicate(), REPLAY_SECONDS + 30)
         finally:
             if flood.returncode is None:

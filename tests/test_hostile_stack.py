@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import CI, close_writer, needs_client, open_connection
+from helpers import CI, close_writer, needs_client, open_connection, round_trip_rate
 
 # The flood needs nftables to keep this namespace's kernel from resetting the half-open connections.
 needs_nft = pytest.mark.skipif(shutil.which("nft") is None and not CI, reason="nft is not installed")
@@ -83,15 +83,6 @@ async def round_trip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     assert await asyncio.wait_for(reader.readexactly(len(message)), 10) == message
 
 
-async def ping_pong_rate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seconds: float) -> float:
-    """Round trips a second of 100-byte messages over `seconds`."""
-    count, start = 0, time.monotonic()
-    while time.monotonic() - start < seconds:
-        await round_trip(reader, writer, b"x" * 100)
-        count += 1
-    return count / (time.monotonic() - start)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_a_syn_flood_is_bounded_and_the_client_still_opens_connections_of_its_own(server_process):
@@ -104,7 +95,7 @@ async def test_a_syn_flood_is_bounded_and_the_client_still_opens_connections_of_
     server = await server_process()
     reader, writer = await open_connection("10.0.0.42", 7)
     await round_trip(reader, writer, b"before")
-    alone = await ping_pong_rate(reader, writer, 2)
+    alone = await round_trip_rate(reader, writer, 2, windows=1, size=100)
     before = server.rss()
     server.reset_peak()
 
@@ -115,7 +106,7 @@ async def test_a_syn_flood_is_bounded_and_the_client_still_opens_connections_of_
             started = time.monotonic()
             new_reader, new_writer = await asyncio.wait_for(open_connection("10.0.0.43", 7), 10)
             connect_time = time.monotonic() - started
-            during = await ping_pong_rate(new_reader, new_writer, 2)
+            during = await round_trip_rate(new_reader, new_writer, 2, windows=1, size=100)
             flood_was_on = not flood.done()
             await round_trip(reader, writer, b"the open one, during")
             sent = await flood

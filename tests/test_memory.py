@@ -15,7 +15,7 @@ import resource
 import socket
 import time
 
-from helpers import close_writer, needs_client, open_connection
+from helpers import close_writer, needs_client, open_connection, round_trip_rate
 
 pytestmark = needs_client
 
@@ -44,23 +44,12 @@ async def echo_once(host: str, port: int, payload: bytes = b"x" * 100) -> None:
 
 
 async def ping_pong_rate(host: str, port: int, seconds: float = 1.0, windows: int = 3) -> float:
-    """Round trips per second of 1000-byte messages on one connection: the best of a few short windows, so that
-    a moment of noise on a shared machine does not decide."""
+    """`round_trip_rate` on a new connection to `host`:`port`."""
     reader, writer = await open_connection(host, port)
-    message = os.urandom(1000)
-    best = 0.0
     try:
-        for _ in range(windows):
-            count = 0
-            start = time.monotonic()
-            while (elapsed := time.monotonic() - start) < seconds:
-                writer.write(message)
-                await asyncio.wait_for(reader.readexactly(len(message)), 10)
-                count += 1
-            best = max(best, count / elapsed)
+        return await round_trip_rate(reader, writer, seconds, windows)
     finally:
         await close_writer(writer)
-    return best
 
 
 async def test_a_handler_that_does_not_read_costs_only_its_windows(server_process):

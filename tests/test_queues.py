@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from helpers import close_writer, needs_client
+from helpers import close_writer, needs_client, round_trip_rate
 
 pytestmark = needs_client
 
@@ -198,23 +197,12 @@ async def test_a_flooding_peer_leaves_the_others_their_share_of_pythons_queue(st
 async def ping_pong_rate(
     source: str, destination: tuple[str, int], seconds: float = 1.0, windows: int = 3
 ) -> float:
-    """Round trips per second of 1000-byte messages on one connection from `source`: the best of a few short
-    windows, so that a moment of noise on a shared machine does not decide."""
+    """`round_trip_rate` on a new connection from `source` to `destination`."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(*destination, local_addr=(source, 0)), 10)
-    message = os.urandom(1000)
-    best = 0.0
     try:
-        for _ in range(windows):
-            count = 0
-            start = time.monotonic()
-            while (elapsed := time.monotonic() - start) < seconds:
-                writer.write(message)
-                await asyncio.wait_for(reader.readexactly(len(message)), 10)
-                count += 1
-            best = max(best, count / elapsed)
+        return await round_trip_rate(reader, writer, seconds, windows)
     finally:
         await close_writer(writer)
-    return best
 
 
 # What the server process may grow by while a handler answers each datagram with 100 of 65,000 bytes: the
