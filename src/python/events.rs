@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use super::engine::{address, stats_dict};
-use crate::messages::{ConnectionId, NetworkToPython, PeerId, Reply, RequestId};
+use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, Reply, RequestId};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ConnectionRequested>()?;
@@ -127,6 +127,11 @@ fn object<T: pyo3::PyClass + Into<pyo3::PyClassInitializer<T>>>(
     Ok(Py::new(py, value)?.into_any())
 }
 
+/// A peer's public key as a Python string.
+fn key(py: Python<'_>, peer: &PeerInfo) -> PyResult<Py<PyAny>> {
+    Ok((*peer.public_key).into_pyobject(py)?.into_any().unbind())
+}
+
 /// The Python object for one event.
 pub fn to_python(py: Python<'_>, event: NetworkToPython) -> PyResult<Py<PyAny>> {
     match event {
@@ -140,7 +145,7 @@ pub fn to_python(py: Python<'_>, event: NetworkToPython) -> PyResult<Py<PyAny>> 
             py,
             ConnectionEstablished {
                 id,
-                peer_public_key: (*peer.public_key).into_pyobject(py)?.into_any().unbind(),
+                peer_public_key: key(py, &peer)?,
                 endpoint: tuple(py, endpoint)?,
                 src: tuple(py, src)?,
                 dst: tuple(py, dst)?,
@@ -156,7 +161,7 @@ pub fn to_python(py: Python<'_>, event: NetworkToPython) -> PyResult<Py<PyAny>> 
             py,
             ConnectionRequested {
                 id,
-                peer_public_key: (*peer.public_key).into_pyobject(py)?.into_any().unbind(),
+                peer_public_key: key(py, &peer)?,
                 endpoint: tuple(py, endpoint)?,
                 src: tuple(py, src)?,
                 dst: tuple(py, dst)?,
@@ -179,7 +184,7 @@ pub fn to_python(py: Python<'_>, event: NetworkToPython) -> PyResult<Py<PyAny>> 
                 src: tuple(py, src)?,
                 dst: tuple(py, dst)?,
                 peer: peer.id,
-                peer_public_key: (*peer.public_key).into_pyobject(py)?.into_any().unbind(),
+                peer_public_key: key(py, &peer)?,
             },
         ),
         NetworkToPython::Reply { request, reply } => {
