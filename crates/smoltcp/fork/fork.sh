@@ -8,8 +8,8 @@
 # The base release is named in BASE and fetched by cargo. The series (series/*.patch, in order) applied to it gives
 # the tree exactly: the fixes come first, each made against the release alone, so that each can be offered on its
 # own (each applies to the release alone, and in order after the ones before it exactly); the last patch, generated,
-# is everything else. A fix that builds on another names it in a first line `Depends-on: FILE`: "alone" is then
-# with that one (and what it depends on) applied first.
+# is everything else. A fix that builds on others names each in a line `Depends-on: FILE` at its top: "alone" is
+# then with those (and what they depend on) applied first, each once.
 set -euo pipefail
 
 fork=$(cd "$(dirname "$0")" && pwd)
@@ -57,10 +57,11 @@ diff_dirs() {
 
 fixes() { find "$fork/series" -name '*.patch' ! -name "$(basename "$generated")" | sort; }
 
-# The fixes a fix builds on, in the order to apply them, itself last.
-with_dependencies() {
+# The fixes a fix builds on, in the order to apply them, itself last; a fix that two of them build on comes once.
+with_dependencies() { dependencies_of "$1" | awk '!seen[$0]++'; }
+dependencies_of() {
     local dep
-    for dep in $(sed -n 's/^Depends-on: //p' "$1"); do with_dependencies "$fork/series/$dep"; done
+    for dep in $(sed -n 's/^Depends-on: //p' "$1"); do dependencies_of "$fork/series/$dep"; done
     echo "$1"
 }
 

@@ -158,6 +158,10 @@ const RTTE_MIN_RTO: u32 = 1000;
 // seconds
 const RTTE_MAX_RTO: u32 = 60_000;
 
+/// The fraction bits of `RttEstimator`'s fine SRTT and RTTVAR (in 1/65536 ms): with a sample on
+/// every ACK, each moves it by a small fraction of a millisecond.
+const RTTE_FINE_SHIFT: u32 = 16;
+
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 struct RttEstimator {
@@ -168,6 +172,9 @@ struct RttEstimator {
     srtt: u32,
     /// RTT variance.
     rttvar: u32,
+    /// SRTT and RTTVAR in 1/65536 ms, for samples with gains below RFC 6298's (`sample_of`).
+    srtt_fine: u64,
+    rttvar_fine: u64,
     /// Retransmission Time-Out
     rto: u32,
     timestamp: Option<(Instant, TcpSeqNumber)>,
@@ -183,6 +190,8 @@ impl Default for RttEstimator {
             have_measurement: false,
             srtt: 0,   // ignored, will be overwritten on first measurement.
             rttvar: 0, // ignored, will be overwritten on first measurement.
+            srtt_fine: 0,
+            rttvar_fine: 0,
             rto: RTTE_INITIAL_RTO,
             timestamp: None,
             max_seq_sent: None,
@@ -222,7 +231,34 @@ impl RttEstimator {
             self.srtt = new_rtt;
             self.rttvar = new_rtt / 2;
         }
+        self.srtt_fine = (self.srtt as u64) << RTTE_FINE_SHIFT;
+        self.rttvar_fine = (self.rttvar as u64) << RTTE_FINE_SHIFT;
+        self.set_rto(new_rtt);
+    }
 
+    /// A sample that is one of `samples` expected in a round trip: from the timestamps option,
+    /// on every ACK that advances SND.UNA. RFC 6298's gains (1/8 and 1/4) assume one sample a
+    /// round trip; with one an ACK, SRTT would remember a few ACKs instead of a few round trips
+    /// and RTTVAR would shrink towards nothing. So they are divided by the samples expected
+    /// (RFC 7323, Appendix G: the flight size over two segments, for delayed ACKs).
+    fn sample_of(&mut self, new_rtt: u32, samples: usize) {
+        let new_rtt = new_rtt.min(RTTE_MAX_RTO);
+        if !self.have_measurement {
+            return self.sample(new_rtt);
+        }
+        let n = samples.clamp(1, 1 << 20) as u64;
+        let rtt = (new_rtt as u64) << RTTE_FINE_SHIFT;
+        // RFC 6298 (2.3), with beta' = beta / n and alpha' = alpha / n, rounded to the nearest.
+        let diff = self.srtt_fine.abs_diff(rtt);
+        self.rttvar_fine = (self.rttvar_fine * (4 * n - 1) + diff + 2 * n) / (4 * n);
+        self.srtt_fine = (self.srtt_fine * (8 * n - 1) + rtt + 4 * n) / (8 * n);
+        let unit = 1 << RTTE_FINE_SHIFT;
+        self.srtt = self.srtt_fine.div_ceil(unit) as u32;
+        self.rttvar = self.rttvar_fine.div_ceil(unit) as u32;
+        self.set_rto(new_rtt);
+    }
+
+    fn set_rto(&mut self, new_rtt: u32) {
         // RFC 6298 (2.2), (2.3)
         let margin = RTTE_MIN_MARGIN.max(self.rttvar * RTTE_K);
         self.rto = (self.srtt + margin).clamp(self.min_rto, RTTE_MAX_RTO);
@@ -287,6 +323,45 @@ impl RttEstimator {
         }
         self.timestamp = None;
     }
+
+    /// A sample from the echo of a timestamp (RFC 7323, 4.1), one of `samples` expected in a
+    /// round trip: it takes the place of the segment being timed, which would count the same
+    /// round trip twice.
+    fn on_echo(&mut self, rtt: u32, samples: usize) {
+        self.sample_of(rtt, samples);
+        self.timestamp = None;
+    }
+}
+
+/// Where the TSvals of the timestamps option (RFC 7323) come from.
+#[derive(Debug, Clone, Copy)]
+enum TsvalGenerator {
+    /// The application's function, of a clock whose unit the socket does not know.
+    Fn(TcpTimestampGenerator),
+    /// The interface's clock, in milliseconds, plus an offset drawn for each connection.
+    Clock { offset: u32 },
+}
+
+impl TsvalGenerator {
+    fn tsval(&self, now: Instant) -> u32 {
+        match *self {
+            TsvalGenerator::Fn(generator) => generator(),
+            TsvalGenerator::Clock { offset } => (now.total_millis() as u32).wrapping_add(offset),
+        }
+    }
+}
+
+/// After this long without an update, TS.Recent is no longer valid (RFC 7323, 5.5): a peer's
+/// timestamp clock of 1 ms may have wrapped by half since.
+const TS_RECENT_VALID: Duration = Duration::from_secs(24 * 24 * 60 * 60);
+
+/// The offset of TSvals from the clock in tests, instead of a random one.
+#[cfg(test)]
+const TEST_TS_OFFSET: u32 = 1_000_000;
+
+/// Whether timestamp `a` is older than `b`, modulo 2^31 (RFC 7323, 5.2).
+fn ts_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
 }
 
 /// How many sent segments `RateSampler` times at once.
@@ -766,6 +841,9 @@ pub struct Socket<'a> {
     /// The most octets the receive window lets the receive buffer hold; see
     /// [set_receive_window_limit](#method.set_receive_window_limit).
     rx_window_limit: usize,
+    /// The capacity of the receive buffer that `set_buffers` will give, while the socket has
+    /// none yet (`plan_receive_buffer`): the window scale and the window follow it meanwhile.
+    rx_capacity_planned: Option<usize>,
     /// A right edge that the window may have been advertised up to under a higher limit: the
     /// window is not shrunk to the left of it.
     rx_window_floor: Option<TcpSeqNumber>,
@@ -889,10 +967,12 @@ pub struct Socket<'a> {
     congestion_controller: congestion::AnyController,
 
     /// tsval generator - if some, tcp timestamp is enabled
-    tsval_generator: Option<TcpTimestampGenerator>,
+    tsval_generator: Option<TsvalGenerator>,
 
-    /// 0 if not seen or timestamp not enabled
+    /// TS.Recent (RFC 7323, 4.3), the TSval to echo: 0 if not seen or timestamp not enabled
     last_remote_tsval: u32,
+    /// When TS.Recent was last set, if it was.
+    ts_recent_at: Option<Instant>,
 
     #[cfg(feature = "async")]
     rx_waker: WakerRegistration,
@@ -950,6 +1030,7 @@ impl<'a> Socket<'a> {
             rx_buffer,
             rx_fin_received: false,
             rx_window_limit: usize::MAX,
+            rx_capacity_planned: None,
             rx_window_floor: None,
             timeout: None,
             keep_alive: None,
@@ -965,6 +1046,7 @@ impl<'a> Socket<'a> {
             remote_win_len: 0,
             remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
             remote_win_scale: None,
+            ts_recent_at: None,
             remote_has_sack: false,
             remote_mss: DEFAULT_MSS,
             remote_last_ts: None,
@@ -1010,7 +1092,20 @@ impl<'a> Socket<'a> {
 
     /// Enable or disable TCP Timestamp.
     pub fn set_tsval_generator(&mut self, generator: Option<TcpTimestampGenerator>) {
-        self.tsval_generator = generator;
+        self.tsval_generator = generator.map(TsvalGenerator::Fn);
+    }
+
+    /// Enable or disable TCP Timestamp (RFC 7323), with TSvals from the interface's clock: the
+    /// milliseconds of the time given to `Interface::poll`, plus an offset drawn at random for
+    /// each connection (RFC 7323, 5.4), so that a TSval tells nothing of that clock. The socket
+    /// reads no clock of its own. As it knows the unit of its TSvals, the peer's echo of them
+    /// gives a round-trip sample on every ACK that advances SND.UNA (RFC 7323, 4), instead of
+    /// one a round trip from timing a segment.
+    ///
+    /// This replaces a generator set with `set_tsval_generator`, and `false` disables
+    /// timestamps as `set_tsval_generator(None)` does.
+    pub fn set_tsval_from_clock(&mut self, enabled: bool) {
+        self.tsval_generator = enabled.then_some(TsvalGenerator::Clock { offset: 0 });
     }
 
     /// Return whether TCP Timestamp is enabled.
@@ -1200,7 +1295,7 @@ impl<'a> Socket<'a> {
                 window = window.max(floor - next_ack);
             }
         }
-        window.min(self.rx_buffer.window())
+        window.min(self.rx_free())
     }
 
     /// Limit the receive window to `limit` octets.
@@ -1218,7 +1313,7 @@ impl<'a> Socket<'a> {
         if limit < self.rx_window_limit && self.remote_last_ack.is_some() {
             // Every window advertised so far ends at or before this edge: the unread data
             // started at or before `remote_seq_no`, and held at most the old limit.
-            let limit = self.rx_window_limit.min(self.rx_buffer.capacity());
+            let limit = self.rx_window_limit.min(self.rx_capacity());
             let edge = self.remote_seq_no + limit;
             match self.rx_window_floor {
                 Some(floor) if floor >= edge => {}
@@ -1226,6 +1321,52 @@ impl<'a> Socket<'a> {
             }
         }
         self.rx_window_limit = limit;
+    }
+
+    /// Plan the receive buffer of a socket made with empty buffers, which gets its buffers from
+    /// [set_buffers](#method.set_buffers) once its handshake is done. Until then the window scale
+    /// and the window it advertises are those of a receive buffer of `capacity` octets. So a
+    /// listening socket answers a SYN without holding any buffer, and a flood of SYNs that are
+    /// never completed costs only the sockets' own state.
+    ///
+    /// Call it before [listen](#method.listen) or [connect](#method.connect), which set the
+    /// window scale from the capacity.
+    pub fn plan_receive_buffer(&mut self, capacity: usize) {
+        self.rx_capacity_planned = Some(capacity);
+    }
+
+    /// Give the socket its buffers, in place of the empty ones it was made with (see
+    /// [plan_receive_buffer](#method.plan_receive_buffer)). The receive buffer should hold at
+    /// least the planned capacity: the peer may send as far as the window advertised allows.
+    ///
+    /// The buffers are handed back if the socket's buffers hold data.
+    #[allow(clippy::type_complexity)]
+    pub fn set_buffers(
+        &mut self,
+        rx_buffer: SocketBuffer<'a>,
+        tx_buffer: SocketBuffer<'a>,
+    ) -> Result<(), (SocketBuffer<'a>, SocketBuffer<'a>)> {
+        if !self.rx_buffer.is_empty() || !self.tx_buffer.is_empty() {
+            return Err((rx_buffer, tx_buffer));
+        }
+        self.rx_buffer = rx_buffer;
+        self.tx_buffer = tx_buffer;
+        self.rx_capacity_planned = None;
+        Ok(())
+    }
+
+    /// The receive buffer's capacity, or the planned one while it has none.
+    fn rx_capacity(&self) -> usize {
+        self.rx_capacity_planned
+            .unwrap_or_else(|| self.rx_buffer.capacity())
+    }
+
+    /// The room in the receive buffer, or the whole planned capacity while it has none.
+    fn rx_free(&self) -> usize {
+        match self.rx_capacity_planned {
+            Some(capacity) => capacity,
+            None => self.rx_buffer.window(),
+        }
     }
 
     /// Return the receive window limit.
@@ -1388,8 +1529,7 @@ impl<'a> Socket<'a> {
     }
 
     fn reset(&mut self) {
-        let rx_cap_log2 =
-            mem::size_of::<usize>() * 8 - self.rx_buffer.capacity().leading_zeros() as usize;
+        let rx_cap_log2 = mem::size_of::<usize>() * 8 - self.rx_capacity().leading_zeros() as usize;
 
         self.state = State::Closed;
         self.timer = Timer::new();
@@ -1416,6 +1556,8 @@ impl<'a> Socket<'a> {
         self.remote_last_win = 0;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
+        self.last_remote_tsval = 0;
+        self.ts_recent_at = None;
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
@@ -1566,7 +1708,26 @@ impl<'a> Socket<'a> {
         let seq = Self::random_seq_no(cx);
         self.local_seq_no = seq;
         self.remote_last_seq = seq;
+        self.draw_ts_offset(cx);
         Ok(())
+    }
+
+    /// A new connection draws the offset of its TSvals from the interface's clock (RFC 7323,
+    /// 5.4).
+    fn draw_ts_offset(&mut self, cx: &mut Context) {
+        if let Some(TsvalGenerator::Clock { offset }) = self.tsval_generator.as_mut() {
+            *offset = Self::random_ts_offset(cx);
+        }
+    }
+
+    #[cfg(test)]
+    fn random_ts_offset(_cx: &mut Context) -> u32 {
+        TEST_TS_OFFSET
+    }
+
+    #[cfg(not(test))]
+    fn random_ts_offset(cx: &mut Context) -> u32 {
+        cx.rand().rand_u32()
     }
 
     #[cfg(test)]
@@ -2250,11 +2411,58 @@ impl<'a> Socket<'a> {
         (ip_reply_repr, reply_repr)
     }
 
+    /// The timestamps option of a segment sent at `now`, if timestamps are on (RFC 7323, 3.2):
+    /// its TSecr echoes TS.Recent (4.3), 0 in a SYN.
+    fn timestamp_to_send(&self, now: Instant) -> Option<TcpTimestampRepr> {
+        let tsval = self.tsval_generator?.tsval(now);
+        Some(TcpTimestampRepr::new(tsval, self.last_remote_tsval))
+    }
+
+    /// TS.Recent takes the segment's TSval, if both ends use timestamps; otherwise none is kept.
+    fn set_ts_recent(&mut self, now: Instant, repr: &TcpRepr) {
+        match (self.tsval_generator, repr.timestamp) {
+            (Some(_), Some(ts)) => {
+                self.last_remote_tsval = ts.tsval;
+                self.ts_recent_at = Some(now);
+            }
+            _ => {
+                self.last_remote_tsval = 0;
+                self.ts_recent_at = None;
+            }
+        }
+    }
+
+    /// Whether TS.Recent is valid and newer than the segment's TSval: PAWS takes the segment
+    /// for an old duplicate (RFC 7323, 5.3 R1). TS.Recent is no longer valid after 24 days
+    /// without an update (5.5), as the peer's clock may have wrapped by half since.
+    fn paws_rejects(&self, now: Instant, repr: &TcpRepr) -> bool {
+        match (self.tsval_generator, self.ts_recent_at, repr.timestamp) {
+            (Some(_), Some(at), Some(ts)) => {
+                now < at + TS_RECENT_VALID && ts_before(ts.tsval, self.last_remote_tsval)
+            }
+            _ => false,
+        }
+    }
+
+    /// The round trip that the echo of one of our TSvals in an ACK that advances SND.UNA
+    /// shows (RFC 7323, 4.1), in milliseconds: only for TSvals of the interface's clock, whose
+    /// unit is known. Unlike timing a segment, it holds for retransmitted data too: the echo
+    /// tells which copy arrived (Karn's rule is about the ambiguity that it removes). A TSecr of
+    /// 0 is taken for none, as Linux does, and one from the future is ignored.
+    fn echo_rtt(&self, now: Instant, repr: &TcpRepr, ack_number: TcpSeqNumber) -> Option<u32> {
+        let source @ TsvalGenerator::Clock { .. } = self.tsval_generator? else {
+            return None;
+        };
+        let tsecr = repr.timestamp?.tsecr;
+        if ack_number <= self.local_seq_no || tsecr == 0 {
+            return None;
+        }
+        let rtt = source.tsval(now).wrapping_sub(tsecr);
+        (rtt as i32 >= 0).then_some(rtt)
+    }
+
     fn ack_reply(&mut self, ip_repr: &IpRepr, repr: &TcpRepr) -> (IpRepr, TcpRepr<'static>) {
         let (mut ip_reply_repr, mut reply_repr) = Self::reply(ip_repr, repr);
-        reply_repr.timestamp = repr
-            .timestamp
-            .and_then(|tcp_ts| tcp_ts.generate_reply(self.tsval_generator));
 
         // From RFC 793:
         // [...] an empty acknowledgment segment containing the current send-sequence number
@@ -2392,6 +2600,22 @@ impl<'a> Socket<'a> {
         ip_repr: &IpRepr,
         repr: &TcpRepr,
     ) -> Option<(IpRepr, TcpRepr<'static>)> {
+        let (mut ip_reply_repr, mut reply_repr) = self.process_segment(cx, ip_repr, repr)?;
+        // Every reply but a RST carries the timestamps option, if they are on: its TSecr is
+        // TS.Recent as the segment left it.
+        if reply_repr.control != TcpControl::Rst {
+            reply_repr.timestamp = self.timestamp_to_send(cx.now());
+            ip_reply_repr.set_payload_len(reply_repr.buffer_len());
+        }
+        Some((ip_reply_repr, reply_repr))
+    }
+
+    fn process_segment(
+        &mut self,
+        cx: &mut Context,
+        ip_repr: &IpRepr,
+        repr: &TcpRepr,
+    ) -> Option<(IpRepr, TcpRepr<'static>)> {
         debug_assert!(self.accepts(cx, ip_repr, repr));
 
         // Consider how much the sequence number space differs from the transmit buffer space.
@@ -2405,6 +2629,24 @@ impl<'a> Socket<'a> {
             _ => (false, false),
         };
         let control_len = (sent_syn as usize) + (sent_fin as usize);
+        let synchronized = !matches!(self.state, State::Listen | State::SynSent);
+
+        // PAWS (RFC 7323, 5.3 R1): a segment (other than a RST) with a TSval older than
+        // TS.Recent is an old duplicate. It is dropped and answered with an ACK, as a segment
+        // outside the window is: at once if it carries data, else at a limited rate.
+        if synchronized && repr.control != TcpControl::Rst && self.paws_rejects(cx.now(), repr) {
+            net_debug!(
+                "PAWS: TSval {} older than TS.Recent, dropping the segment",
+                repr.timestamp.map_or(0, |ts| ts.tsval)
+            );
+            if self.state == State::TimeWait {
+                self.timer.set_for_close(cx.now());
+            }
+            if !repr.payload.is_empty() {
+                return Some(self.ack_reply(ip_repr, repr));
+            }
+            return self.challenge_ack_reply(cx, ip_repr, repr);
+        }
 
         // Reject unacceptable acknowledgements.
         match (self.state, repr.control, repr.ack_number) {
@@ -2662,6 +2904,12 @@ impl<'a> Socket<'a> {
                 }
             }
         };
+        // RFC 9293 (3.10.7.4, the seventh step): text that arrives after the peer's FIN is
+        // ignored (CLOSE-WAIT, CLOSING, LAST-ACK, TIME-WAIT); the segment's ACK still counts.
+        let payload = match self.state {
+            State::CloseWait | State::Closing | State::LastAck | State::TimeWait => &[][..],
+            _ => payload,
+        };
 
         // Compute the amount of acknowledged octets, removing the SYN and FIN bits
         // from the sequence space.
@@ -2769,6 +3017,8 @@ impl<'a> Socket<'a> {
                 if repr.timestamp.is_none() {
                     self.tsval_generator = None;
                 }
+                self.set_ts_recent(cx.now(), repr);
+                self.draw_ts_offset(cx);
                 self.set_state(State::SynReceived);
                 self.timer.set_for_idle(cx.now(), self.keep_alive);
             }
@@ -2818,6 +3068,7 @@ impl<'a> Socket<'a> {
                 if repr.timestamp.is_none() {
                     self.tsval_generator = None;
                 }
+                self.set_ts_recent(cx.now(), repr);
 
                 if repr.ack_number.is_some() {
                     self.set_state(State::Established);
@@ -2930,6 +3181,14 @@ impl<'a> Socket<'a> {
         }
 
         if let Some(ack_number) = repr.ack_number {
+            // With timestamps, every ACK that advances SND.UNA is a round-trip sample (RFC 7323,
+            // 4.1), one of one for every two segments in flight (Appendix G). It stands for the
+            // segment being timed, if any: `on_ack` below takes no sample.
+            if let Some(rtt) = self.echo_rtt(cx.now(), repr, ack_number) {
+                let samples = self.flight_size().div_ceil(2 * self.remote_mss);
+                self.rtte.on_echo(rtt, samples);
+            }
+
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
 
@@ -3103,9 +3362,21 @@ impl<'a> Socket<'a> {
             }
         }
 
-        // update last remote tsval
-        if let Some(timestamp) = repr.timestamp {
-            self.last_remote_tsval = timestamp.tsval;
+        // RFC 7323 (4.3, 5.3 R3): TS.Recent takes the TSval of a segment that covers the last
+        // ACK sent (SEG.SEQ <= Last.ACK.sent), unless it is older. With delayed ACKs, the echo is
+        // of the earliest segment acknowledged; a segment that arrived out of order is never
+        // echoed: the peer's round trip includes the wait for what is missing. (A segment
+        // outside the window returned above; a probe of a closed window at its edge counts, as
+        // in Linux.)
+        if synchronized
+            && self.tsval_generator.is_some()
+            && repr.timestamp.is_some()
+            && self
+                .remote_last_ack
+                .is_none_or(|last_ack| repr.seq_number <= last_ack)
+            && !self.paws_rejects(cx.now(), repr)
+        {
+            self.set_ts_recent(cx.now(), repr);
         }
 
         // update timers.
@@ -3616,10 +3887,7 @@ impl<'a> Socket<'a> {
             max_seg_size: None,
             sack_permitted: false,
             sack_ranges: [None, None, None],
-            timestamp: TcpTimestampRepr::generate_reply_with_tsval(
-                self.tsval_generator,
-                self.last_remote_tsval,
-            ),
+            timestamp: self.timestamp_to_send(cx.now()),
             payload: &[],
         };
 
@@ -4537,6 +4805,89 @@ mod test {
                 ..RECV_TEMPL
             }]
         );
+    }
+
+    #[test]
+    fn test_planned_receive_buffer_answers_syn_without_buffers() {
+        let (iface, _, _) = crate::tests::setup(crate::phy::Medium::Ip);
+        let socket = Socket::new(SocketBuffer::new(vec![]), SocketBuffer::new(vec![]));
+        let mut s = TestSocket {
+            socket,
+            cx: iface.inner,
+        };
+        s.set_ack_delay(None);
+        s.plan_receive_buffer(1048576);
+        s.listen(LISTEN_END).unwrap();
+        assert_eq!(s.remote_win_shift, 5);
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                window_scale: Some(0),
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: Some(REMOTE_SEQ + 1),
+                max_seg_size: Some(BASE_MSS),
+                window_scale: Some(5),
+                window_len: u16::MAX,
+                ..RECV_TEMPL
+            }]
+        );
+        // The handshake completes; the buffers come before the data.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        s.set_buffers(
+            SocketBuffer::new(vec![0; 1048576]),
+            SocketBuffer::new(vec![0; 64]),
+        )
+        .unwrap();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.recv_queue(), 6);
+        s.send_slice(b"xyz").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: ((1048576 - 6) >> 5) as u16,
+                payload: &b"xyz"[..],
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    #[test]
+    fn test_set_buffers_refused_while_data_is_held() {
+        let mut s = socket_established();
+        s.send_slice(b"held").unwrap();
+        assert!(
+            s.set_buffers(SocketBuffer::new(vec![0; 8]), SocketBuffer::new(vec![0; 8]))
+                .is_err()
+        );
+        assert_eq!(s.send_queue(), 4);
     }
 
     #[test]
@@ -7120,6 +7471,23 @@ mod test {
     // =========================================================================================//
 
     #[test]
+    fn test_closing_ignores_data_after_fin() {
+        let mut s = socket_closing();
+        let _ = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"xyz"[..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.recv_queue(), 0);
+        assert_eq!(s.state, State::Closing);
+    }
+
+    #[test]
     fn test_closing_ack_fin() {
         let mut s = socket_closing();
         recv!(
@@ -7246,6 +7614,36 @@ mod test {
                 ..SEND_TEMPL
             }
         );
+    }
+
+    #[test]
+    fn test_close_wait_ignores_data_after_fin() {
+        // RFC 9293 (3.10.7.4, the seventh step): text after the peer's FIN is ignored, in
+        // CLOSE-WAIT as in CLOSING, LAST-ACK and TIME-WAIT; the segment's ACK still counts.
+        let mut s = socket_close_wait();
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 6),
+                payload: &b"xyz"[..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.recv_queue(), 0);
+        assert!(!s.may_recv());
+        assert_eq!(s.send_queue(), 0, "the ACK was taken");
+        assert_eq!(s.state, State::CloseWait);
     }
 
     #[test]
@@ -12178,6 +12576,660 @@ mod test {
                 ..RECV_TEMPL
             }]
         );
+    }
+
+    /// TSvals of the interface's clock in tests: the milliseconds plus the fixed offset.
+    fn clock_tsval(ms: u32) -> u32 {
+        TEST_TS_OFFSET.wrapping_add(ms)
+    }
+
+    /// An established socket with TSvals from the clock and no congestion control, opened by
+    /// the remote's SYN (TSval 100) at 0 ms and its ACK (TSval 110) at 10 ms: TS.Recent is 110
+    /// and the round trip of the SYN-ACK, 10 ms, the first sample.
+    fn socket_established_with_timestamps() -> TestSocket {
+        let mut s = socket_listen();
+        s.set_tsval_from_clock(true);
+        s.set_congestion_control(CongestionControl::None);
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                timestamp: Some(TcpTimestampRepr::new(100, 0)),
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: Some(REMOTE_SEQ + 1),
+                max_seg_size: Some(BASE_MSS),
+                timestamp: Some(TcpTimestampRepr::new(clock_tsval(0), 100)),
+                ..RECV_TEMPL
+            }]
+        );
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            timestamp: Some(TcpTimestampRepr::new(110, clock_tsval(0))),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.state, State::Established);
+        assert!(s.timestamp_enabled());
+        assert_eq!(s.rtte.srtt, 10);
+        s
+    }
+
+    #[test]
+    fn test_tsval_from_clock_listener() {
+        let mut s = socket_established_with_timestamps();
+        // Every segment carries the clock's TSval and echoes TS.Recent.
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            time 25,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(clock_tsval(25), 110)),
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    #[test]
+    fn test_tsval_from_clock_connector() {
+        let mut s = socket();
+        s.set_tsval_from_clock(true);
+        s.local_seq_no = LOCAL_SEQ;
+        s.socket
+            .connect(&mut s.cx, REMOTE_END, LOCAL_END.port)
+            .unwrap();
+        // The SYN offers timestamps, with a TSecr of 0.
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: None,
+                max_seg_size: Some(BASE_MSS),
+                window_scale: Some(0),
+                sack_permitted: true,
+                timestamp: Some(TcpTimestampRepr::new(clock_tsval(0), 0)),
+                ..RECV_TEMPL
+            }]
+        );
+        // The SYN-ACK's echo is the first round-trip sample.
+        send!(s, time 30, TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: REMOTE_SEQ,
+            ack_number: Some(LOCAL_SEQ + 1),
+            max_seg_size: Some(BASE_MSS),
+            window_scale: Some(0),
+            timestamp: Some(TcpTimestampRepr::new(500, clock_tsval(0))),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.state, State::Established);
+        assert!(s.timestamp_enabled());
+        assert_eq!(s.rtte.srtt, 30);
+        recv!(
+            s,
+            time 30,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                timestamp: Some(TcpTimestampRepr::new(clock_tsval(30), 500)),
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    #[test]
+    fn test_tsval_from_clock_not_negotiated_without_the_remote() {
+        // A listener answers a SYN without timestamps without them.
+        let mut s = socket_listen();
+        s.set_tsval_from_clock(true);
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                ..SEND_TEMPL
+            }
+        );
+        assert!(!s.timestamp_enabled());
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: Some(REMOTE_SEQ + 1),
+                max_seg_size: Some(BASE_MSS),
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            }
+        );
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+
+        // A connector offers them, and stops when the SYN-ACK has none.
+        let mut s = socket();
+        s.set_tsval_from_clock(true);
+        s.local_seq_no = LOCAL_SEQ;
+        s.socket
+            .connect(&mut s.cx, REMOTE_END, LOCAL_END.port)
+            .unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: None,
+                max_seg_size: Some(BASE_MSS),
+                window_scale: Some(0),
+                sack_permitted: true,
+                timestamp: Some(TcpTimestampRepr::new(clock_tsval(0), 0)),
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: Some(LOCAL_SEQ + 1),
+                max_seg_size: Some(BASE_MSS),
+                window_scale: Some(0),
+                ..SEND_TEMPL
+            }
+        );
+        assert!(!s.timestamp_enabled());
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    /// An established socket with timestamps (TSval 1), whose TS.Recent is 1000.
+    fn socket_established_with_ts_recent() -> TestSocket {
+        let mut s = socket_established();
+        s.set_tsval_generator(Some(|| 1));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                timestamp: Some(TcpTimestampRepr::new(1000, 1)),
+                ..SEND_TEMPL
+            }
+        );
+        s
+    }
+
+    #[test]
+    fn test_ts_recent_forgotten_by_reset() {
+        let mut s = socket_established_with_ts_recent();
+        s.socket.reset();
+        s.local_seq_no = LOCAL_SEQ;
+        s.socket
+            .connect(&mut s.cx, REMOTE_END, LOCAL_END.port)
+            .unwrap();
+        // The SYN of the next connection echoes nothing of the last one.
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: None,
+                max_seg_size: Some(BASE_MSS),
+                window_scale: Some(0),
+                sack_permitted: true,
+                timestamp: Some(TcpTimestampRepr::new(1, 0)),
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    #[test]
+    fn test_ts_recent_not_taken_from_a_segment_out_of_order() {
+        let mut s = socket_established_with_ts_recent();
+        // A segment beyond a hole: the duplicate ACK echoes TS.Recent, not its TSval.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ghijkl"[..],
+                timestamp: Some(TcpTimestampRepr::new(1010, 1)),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                timestamp: Some(TcpTimestampRepr::new(1, 1000)),
+                ..RECV_TEMPL
+            })
+        );
+        // The segment that fills the hole covers the last ACK sent: its TSval is echoed.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(1005, 1)),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 12),
+                window_len: 52,
+                timestamp: Some(TcpTimestampRepr::new(1, 1005)),
+                ..RECV_TEMPL
+            })
+        );
+    }
+
+    #[test]
+    fn test_ts_recent_with_delayed_ack_is_the_earliest_segment_acknowledged() {
+        let mut s = socket_established_with_ts_recent();
+        s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
+        for (t, seq, tsval) in [(0, 0, 1001), (1, 6, 1002)] {
+            send!(s, time t, TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + seq,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(tsval, 1)),
+                ..SEND_TEMPL
+            });
+        }
+        // The second segment came after the last ACK sent: the echo is of the first (RFC 7323,
+        // 4.3), so that the remote's round trip includes the delay.
+        recv!(
+            s,
+            time 10,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 12),
+                window_len: 52,
+                timestamp: Some(TcpTimestampRepr::new(1, 1001)),
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    #[test]
+    fn test_timestamps_fit_beside_three_sack_blocks() {
+        let mut s = socket_established_with_ts_recent();
+        s.remote_has_sack = true;
+        // Three segments beyond holes: the ACK of the third reports all three (26 octets of
+        // SACK option) with the timestamps (10 octets), within the 40 octets of options.
+        let mut reply = None;
+        for (i, offset) in [6, 18, 30].into_iter().enumerate() {
+            reply = send(
+                &mut s,
+                Instant::from_millis(0),
+                &TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + offset,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &b"abcdef"[..],
+                    timestamp: Some(TcpTimestampRepr::new(1001 + i as u32, 1)),
+                    ..SEND_TEMPL
+                },
+            );
+        }
+        let reply = reply.unwrap();
+        assert_eq!(reply.sack_ranges.iter().flatten().count(), 3);
+        assert_eq!(reply.timestamp, Some(TcpTimestampRepr::new(1, 1000)));
+        assert_eq!(reply.header_len(), TCP_HEADER_LEN + 36);
+        use crate::phy::ChecksumCapabilities;
+        use crate::wire::TcpPacket;
+        let mut buffer = vec![0; reply.buffer_len()];
+        reply.emit(
+            &mut TcpPacket::new_unchecked(&mut buffer),
+            &REMOTE_ADDR.into(),
+            &LOCAL_ADDR.into(),
+            &ChecksumCapabilities::default(),
+        );
+        let parsed = TcpRepr::parse(
+            &TcpPacket::new_checked(&buffer[..]).unwrap(),
+            &REMOTE_ADDR.into(),
+            &LOCAL_ADDR.into(),
+            &ChecksumCapabilities::default(),
+        )
+        .unwrap();
+        assert_eq!(parsed, reply);
+    }
+
+    #[test]
+    fn test_paws_drops_a_segment_older_than_ts_recent() {
+        let mut s = socket_established_with_ts_recent();
+        // Data with an older TSval is an old duplicate: dropped, and answered with an ACK.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(999, 1)),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                timestamp: Some(TcpTimestampRepr::new(1, 1000)),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.rx_buffer.len(), 0);
+
+        // Its ACK does not count either (a challenge ACK answers it, at a limited rate).
+        s.send_slice(b"123456").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"123456"[..],
+                timestamp: Some(TcpTimestampRepr::new(1, 1000)),
+                ..RECV_TEMPL
+            }]
+        );
+        let old_ack = TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            timestamp: Some(TcpTimestampRepr::new(998, 1)),
+            ..SEND_TEMPL
+        };
+        send!(
+            s,
+            old_ack,
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 6,
+                ack_number: Some(REMOTE_SEQ + 1),
+                timestamp: Some(TcpTimestampRepr::new(1, 1000)),
+                ..RECV_TEMPL
+            })
+        );
+        send!(s, old_ack, None);
+        assert_eq!(s.tx_buffer.len(), 6);
+
+        // The same TSval as TS.Recent is not older: the data and the ACK count.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 6),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(1000, 1)),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.rx_buffer.len(), 6);
+        assert_eq!(s.tx_buffer.len(), 0);
+
+        // A RST is never an old duplicate for PAWS.
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: None,
+                timestamp: Some(TcpTimestampRepr::new(5, 1)),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Closed);
+    }
+
+    #[test]
+    fn test_paws_compares_modulo_2_31() {
+        let mut s = socket_established();
+        s.set_tsval_generator(Some(|| 1));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                timestamp: Some(TcpTimestampRepr::new(0xffff_fff0, 1)),
+                ..SEND_TEMPL
+            }
+        );
+        // The remote's clock wrapped: 5 is newer than 0xfffffff0.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(5, 1)),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.rx_buffer.len(), 6);
+        // 0x80000006 is half the space ahead of 5: older. The ACK echoes 5.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ghijkl"[..],
+                timestamp: Some(TcpTimestampRepr::new(0x8000_0006, 1)),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 58,
+                timestamp: Some(TcpTimestampRepr::new(1, 5)),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.rx_buffer.len(), 6);
+    }
+
+    #[test]
+    fn test_paws_skipped_once_ts_recent_is_24_days_old() {
+        let mut s = socket_established_with_ts_recent();
+        let days_24 = 24 * 24 * 60 * 60 * 1000;
+        // Within 24 days, an older TSval is dropped.
+        send!(
+            s,
+            time days_24 - 1,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(5, 1)),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                timestamp: Some(TcpTimestampRepr::new(1, 1000)),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.rx_buffer.len(), 0);
+        // After 24 days without an update, TS.Recent is no longer valid: the segment counts,
+        // and its TSval is TS.Recent.
+        send!(s, time days_24, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"abcdef"[..],
+            timestamp: Some(TcpTimestampRepr::new(5, 1)),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.rx_buffer.len(), 6);
+        recv!(
+            s,
+            time days_24,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 58,
+                timestamp: Some(TcpTimestampRepr::new(1, 5)),
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    #[test]
+    fn test_rtt_from_the_echo_on_every_ack() {
+        let mut s = socket_established_with_timestamps();
+        // Segments of 10 octets (the options take 12 of the 22): six leave at 20 ms.
+        s.remote_mss = 22;
+        s.send_slice(&[b'x'; 60]).unwrap();
+        for i in 0..6 {
+            recv!(s, time 20, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 10 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &[b'x'; 10],
+                timestamp: Some(TcpTimestampRepr::new(clock_tsval(20), 110)),
+                ..RECV_TEMPL
+            }));
+        }
+        let ack = |acked: usize, tsval: u32| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + acked),
+            timestamp: Some(TcpTimestampRepr::new(tsval, clock_tsval(20))),
+            ..SEND_TEMPL
+        };
+        // Each ACK that advances SND.UNA is a sample, weighed by the samples expected in a
+        // round trip (RFC 7323, Appendix G): with 60 octets in flight, 2 (one for every two
+        // segments of 22), so the 30 ms of this one moves SRTT by 1/16 of 20 ms.
+        send!(s, time 50, ack(20, 120));
+        assert_eq!(s.rtte.srtt_fine, (11 << 16) + (1 << 14));
+        assert_eq!(s.rtte.srtt, 12);
+        // With 40 in flight, 1 is expected: 1/8 of the way to 40 ms.
+        send!(s, time 60, ack(40, 121));
+        assert_eq!(s.rtte.srtt_fine, (14 << 16) + (27 << 11));
+        assert_eq!(s.rtte.srtt, 15);
+        // An ACK that does not advance SND.UNA is none.
+        send!(s, time 70, ack(40, 122));
+        send!(s, time 70, ack(40, 122));
+        assert_eq!(s.rtte.srtt, 15);
+        send!(s, time 80, ack(60, 123));
+        assert_eq!(s.rtte.srtt, 21);
+    }
+
+    #[test]
+    fn test_rtt_from_the_echo_of_a_retransmission() {
+        let mut s = socket_established_with_timestamps();
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            time 20,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(clock_tsval(20), 110)),
+                ..RECV_TEMPL
+            }]
+        );
+        // The segment is lost; the timer (1 s) resends it, and backs the timeout off to 2 s.
+        recv!(
+            s,
+            time 1020,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(clock_tsval(1020), 110)),
+                ..RECV_TEMPL
+            }]
+        );
+        assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(2000));
+        // The ACK echoes the retransmission's TSval: no ambiguity, a sample of 40 ms, and the
+        // timeout computed again.
+        send!(s, time 1060, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            timestamp: Some(TcpTimestampRepr::new(1100, clock_tsval(1020))),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.rtte.srtt, 14);
+        assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn test_no_rtt_sample_from_the_ack_of_a_retransmission_without_timestamps() {
+        // Karn's rule: without timestamps, the ACK of resent data may be of either copy.
+        let mut s = socket_established();
+        s.set_congestion_control(CongestionControl::None);
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            time 20,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        recv!(
+            s,
+            time 1020,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        send!(s, time 1060, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        assert!(!s.rtte.have_measurement);
+        assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(2000));
+        // New data sent after it is timed again.
+        s.send_slice(b"ghijkl").unwrap();
+        recv!(
+            s,
+            time 1060,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 6,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"ghijkl"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        send!(s, time 1090, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 12),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.rtte.srtt, 30);
     }
 
     // =========================================================================================//
