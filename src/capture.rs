@@ -32,7 +32,7 @@ use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::{DataLink, PcapError};
 
 use crate::error::{Error, Result};
-use crate::messages::PeerId;
+use crate::ids::PeerId;
 
 /// Packets that may wait for the writer; beyond this they are dropped from the capture. At the tunnel's MTU,
 /// a few MiB: the writer's share of a burst.

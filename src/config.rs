@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 use crate::keys;
 use allocator::Allocator;
 pub use client::ClientOptions;
+#[cfg(feature = "python")]
+pub(crate) use values::parse_endpoint;
 use values::{check_dns_entry, join, key_error, parse_mtu};
 pub(crate) use values::{check_mtu, parse_dns, parse_nets};
 
@@ -74,6 +76,10 @@ pub struct Peer {
     /// Seconds between the keepalives the server sends the peer; `None` for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_keepalive: Option<u16>,
+    /// Where the peer is reached (`host:port`): in a client's configuration, the server it dials. A server
+    /// learns its peers' endpoints from their handshakes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 impl Peer {
@@ -260,7 +266,13 @@ impl Configuration {
 
     /// Reads a WireGuard configuration file; errors name `file`, the line and the field.
     pub fn from_wg_quick(text: &str, file: &str) -> Result<Self> {
-        wg_quick::parse(text, file)
+        wg_quick::parse(text, file, wg_quick::Side::Server)
+    }
+
+    /// Reads a client's WireGuard configuration file: its key and tunnel addresses, and one peer, the server,
+    /// with its Endpoint. Errors name `file`, the line and the field.
+    pub fn from_client_wg_quick(text: &str, file: &str) -> Result<Self> {
+        wg_quick::parse(text, file, wg_quick::Side::Client)
     }
 
     /// Reads the file at once, then parses what was read.

@@ -10,6 +10,7 @@ pub mod config;
 mod console;
 pub mod error;
 pub mod events;
+pub mod ids;
 pub mod keys;
 pub mod messages;
 pub mod network;
@@ -22,3 +23,8 @@ pub mod wireguard;
 
 #[cfg(feature = "python")]
 mod python;
+
+#[cfg(test)]
+mod tests {
+    mod fuzz;
+}

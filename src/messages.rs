@@ -13,15 +13,7 @@ use crate::capture::Tap;
 use crate::config::Peer;
 use crate::network::packet::Unreachable;
 
-/// A peer's number, handed out by the WireGuard task as peers are added: never given twice, so it names one
-/// peer for the server's life, even after that peer was removed.
-pub type PeerId = usize;
-
-/// Numbers a request of Python's; its reply carries it back.
-pub type RequestId = u64;
-
-/// A TCP connection, numbered by the network task.
-pub type ConnectionId = u64;
+pub use crate::ids::{ConnectionId, PeerId, RequestId, OUTGOING};
 
 /// Who a connection or datagram belongs to, for Python: the peer's index and public key.
 #[derive(Debug, Clone)]
@@ -58,7 +50,8 @@ pub struct PeerStats {
 /// `NetworkToPython::Reply`, after everything the request caused (e.g. the closed connections of a removed peer).
 #[derive(Debug)]
 pub enum PythonToWireGuard {
-    /// Add a peer (checked already): it may handshake at once.
+    /// Add a peer (its values checked already; its addresses, against the other peers', by the WireGuard task):
+    /// it may handshake at once.
     AddPeer { request: RequestId, peer: Peer },
     /// Remove a peer: its handshakes are refused from now on, its connections are reset.
     RemovePeer {
@@ -77,12 +70,19 @@ pub enum WireGuardToNetwork {
         endpoint: SocketAddr,
         packet: Vec<u8>,
     },
-    /// A new peer, before any packet of its.
-    PeerAdded { request: RequestId, info: PeerInfo },
+    /// A new peer, before any packet of its, with the AllowedIPs it got (given, or the next free ones).
+    PeerAdded {
+        request: RequestId,
+        info: PeerInfo,
+        allowed_ips: Vec<IpNet>,
+    },
     /// A peer is gone: no packet of its follows. Its connections are reset, then `ForgetPeer` goes back.
     PeerRemoved { request: RequestId, peer: PeerId },
     /// A reply for Python that the WireGuard task has already (a request that failed there).
     Reply { request: RequestId, reply: Reply },
+    /// No handshake with the peer completed within WireGuard's 90 s of trying (its packets were dropped): the
+    /// tunnel to it is down until a handshake succeeds again.
+    HandshakeFailed { peer: PeerId, endpoint: SocketAddr },
     /// The WireGuard task's part of the statistics, for the network task to complete.
     Stats {
         request: RequestId,
@@ -129,6 +129,15 @@ pub enum PythonToNetwork {
         /// The peer to send to; if not known, the last peer that sent from `dst`.
         peer: Option<PeerId>,
     },
+    /// Open a connection to `dst` through the tunnel to `peer`, from `src` (port 0: a free port is picked),
+    /// as a client: `ConnectionEstablished` with this `id` follows once the handshake completes, or
+    /// `ConnectFailed`. Python numbers these connections itself (`OUTGOING`), so that it knows the id at once.
+    Connect {
+        id: ConnectionId,
+        peer: PeerId,
+        src: SocketAddr,
+        dst: SocketAddr,
+    },
     /// Python's answer to `ConnectionRequested`.
     Answer {
         id: ConnectionId,
@@ -163,6 +172,21 @@ pub enum SynAnswer {
     /// Nothing, to this SYN or its retransmissions, until the handshake timeout forgets the connection, as a
     /// destination that drops packets answers.
     Silence,
+}
+
+/// Why a connection that Python opened failed, as a kernel's `connect` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// A RST answered the SYN (ECONNREFUSED).
+    Refused,
+    /// No answer to the SYN and its retransmissions (ETIMEDOUT).
+    TimedOut,
+    /// An ICMP destination unreachable answered the SYN (EHOSTUNREACH, ENETUNREACH, or for a prohibition
+    /// EHOSTUNREACH over IPv4 and EACCES over IPv6, as Linux reports them).
+    Unreachable(Unreachable),
+    /// No room for another connection, no free local port, or the local port named is in use to that destination
+    /// (EADDRNOTAVAIL).
+    NoRoom,
 }
 
 #[derive(Debug)]
@@ -203,6 +227,17 @@ pub enum NetworkToPython {
         id: ConnectionId,
         bytes: usize,
     },
+    /// A connection that Python opened (`PythonToNetwork::Connect`) did not get established.
+    ConnectFailed {
+        id: ConnectionId,
+        reason: ConnectFailure,
+    },
+    /// No handshake with the peer completed within WireGuard's 90 s of trying: packets for it were dropped.
+    HandshakeFailed {
+        peer: PeerInfo,
+        /// Where the handshakes were sent.
+        endpoint: SocketAddr,
+    },
     /// The connection is gone; `reset` tells an abort by the peer (or a timeout) from an orderly close.
     ConnectionClosed {
         id: ConnectionId,
@@ -230,6 +265,8 @@ pub enum NetworkToPython {
 pub enum Reply {
     /// The request was carried out.
     Done,
+    /// A peer was added, with these AllowedIPs.
+    Added(Vec<IpNet>),
     Stats(Vec<PeerStats>),
     /// The request was refused: a `ValueError` with this message.
     Failed(String),

@@ -35,8 +35,23 @@ const PYTHON_QUEUE_BYTES: usize = 8 << 20;
 const TUNNEL_QUEUE_BYTES: usize = 512 << 10;
 const TUNNEL_QUEUE_PACKETS: usize = 4096;
 
+/// Mappings left for everything but the connections' buffers (libraries, heaps, thread stacks, Python's own):
+/// a process of the server holds a few hundred.
+const RESERVED_MAPPINGS: usize = 4096;
+
 /// UDP socket buffers: large enough for bursts at full speed.
 const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Which end of tunnels the engine is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Peers dial in, and every connection they open goes to Python. `ask_first`: each SYN waits for Python's
+    /// answer (`Stack::set_ask_first`).
+    Server { ask_first: bool },
+    /// One peer, the server, dialled at its Endpoint; Python opens the connections (`PythonToNetwork::Connect`),
+    /// and SYNs from the other side get a RST.
+    Client,
+}
 
 pub struct Server {
     local_addr: SocketAddr,
@@ -50,9 +65,20 @@ pub struct Server {
 
 impl Server {
     /// Binds `host:config.listen_port` and starts the tasks. `events` receives everything meant for Python,
-    /// last of all `ServerClosed`, with the reason if a task failed. `ask_first`: each SYN waits for Python's
-    /// answer (`Stack::set_ask_first`).
-    pub fn start(host: &str, config: &Configuration, events: EventSender, ask_first: bool) -> Result<Server> {
+    /// last of all `ServerClosed`, with the reason if a task failed. As a client, `config` names one peer, the
+    /// server, by its Endpoint (a name is resolved here), and `host` is not used: the socket is bound to every
+    /// address of the endpoint's family.
+    pub fn start(host: &str, config: &Configuration, events: EventSender, role: Role) -> Result<Server> {
+        let client_config;
+        let (config, host) = match role {
+            Role::Server { .. } => (config, host),
+            Role::Client => {
+                let (config, endpoint) = resolve_endpoint(config)?;
+                client_config = config;
+                let any = if endpoint.is_ipv4() { "0.0.0.0" } else { "::" };
+                (&client_config, any)
+            }
+        };
         let peers = Peers::new(config)?;
         let infos = (0..config.peers.len())
             .filter_map(|id| peers.info(id).cloned())
@@ -84,9 +110,22 @@ impl Server {
             tunnel: tunnel.clone(),
             from_python: wg_from_py,
         };
-        let wireguard = WireGuardTask::new(socket, peers, channels, signal.clone());
-        let mut stack = Stack::new(infos, std::time::Instant::now());
-        stack.set_ask_first(ask_first);
+        let wireguard = WireGuardTask::new(socket, config.clone(), peers, channels, signal.clone());
+        // A client's packets fit the MTU of its configuration; a server's MTU setting is what its clients are
+        // told, and TCP's MSS adapts to what each client announces.
+        let mtu = match role {
+            Role::Client => config.mtu.map_or(crate::network::MTU, usize::from),
+            Role::Server { .. } => crate::network::MTU,
+        };
+        let mut stack = Stack::with_mtu(infos, std::time::Instant::now(), mtu);
+        match role {
+            Role::Server { ask_first } => stack.set_ask_first(ask_first),
+            Role::Client => stack.set_accepts(false),
+        }
+        if let Some(max) = max_map_count() {
+            let limit = stack.fit_mappings(max, RESERVED_MAPPINGS);
+            log::debug!("at most {limit} TCP connections: vm.max_map_count is {max}");
+        }
         let network = NetworkTask::new(
             stack,
             net_from_wg,
@@ -170,6 +209,50 @@ impl Drop for Server {
         self.close();
         self.join();
     }
+}
+
+/// How many mappings a process may have (`vm.max_map_count`), if the system says.
+fn max_map_count() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A client's configuration with its one peer's Endpoint resolved to an address, and that address. Errors name
+/// the endpoint.
+fn resolve_endpoint(config: &Configuration) -> Result<(Configuration, SocketAddr)> {
+    let [peer] = config.peers.as_slice() else {
+        return Err(Error::config(
+            "peers",
+            format!("a client has one peer, the server: {} given", config.peers.len()),
+        ));
+    };
+    let Some(endpoint) = peer.endpoint.as_deref() else {
+        return Err(Error::config(
+            "endpoint",
+            "the server's address (host:port) is missing",
+        ));
+    };
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .ok_or_else(|| Error::config("endpoint", format!("{endpoint:?} is not host:port")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| Error::config("endpoint", format!("{endpoint:?} is not host:port")))?;
+    let host = host.trim_matches(['[', ']']);
+    let addr = match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => (host, port)
+            .to_socket_addrs()
+            .map_err(|e| Error::config("endpoint", format!("{host:?} does not resolve: {e}")))?
+            .next()
+            .ok_or_else(|| Error::config("endpoint", format!("{host:?} has no address")))?,
+    };
+    let mut config = config.clone();
+    config.peers[0].endpoint = Some(addr.to_string());
+    Ok((config, addr))
 }
 
 /// Binds the UDP socket. An empty host listens on every address of both families, as asyncio does.

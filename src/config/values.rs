@@ -80,3 +80,26 @@ fn parse_net(text: &str) -> std::result::Result<IpNet, String> {
 pub(super) fn join<T: ToString>(items: &[T]) -> String {
     items.iter().map(T::to_string).collect::<Vec<_>>().join(", ")
 }
+
+/// An Endpoint, `host:port` or `[v6]:port`, as given (a host name is resolved when the tunnel starts).
+pub(crate) fn parse_endpoint(text: &str) -> std::result::Result<String, String> {
+    let text = text.trim();
+    let bad = || format!("{text:?} is not host:port (an IPv6 address in brackets: [fd00::1]:51820)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host = match host.strip_prefix('[') {
+        Some(rest) => {
+            let v6 = rest.strip_suffix(']').ok_or_else(bad)?;
+            v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            v6
+        }
+        None if host.contains(':') => return Err(bad()),
+        None => host,
+    };
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(bad());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(text.to_string()),
+        _ => Err(format!("{port:?} is not a port (1 to 65535)")),
+    }
+}

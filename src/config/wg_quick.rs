@@ -1,7 +1,7 @@
-//! WireGuard configuration files in wg-quick's format, the server's side of them.
+//! WireGuard configuration files in wg-quick's format: the server's, and a client's (`Side::Client`).
 //!
 //! `[Interface]`: PrivateKey, ListenPort, Address, DNS, MTU. `[Peer]`, once for each peer: PublicKey,
-//! PresharedKey, AllowedIPs, PersistentKeepalive. As with wg-quick, section and key names are case-insensitive,
+//! PresharedKey, AllowedIPs, PersistentKeepalive, and in a client's file Endpoint (the server it dials). As with wg-quick, section and key names are case-insensitive,
 //! `#` starts a comment, and Address, DNS and AllowedIPs are comma-separated lists that may take several lines.
 //! A comment `# PrivateKey = <key>` in a `[Peer]` section keeps the client's key when the server generated it,
 //! so that its client configuration can be printed again; WireGuard's own tools skip it as a comment.
@@ -23,6 +23,7 @@ enum Setting {
     PresharedKey,
     AllowedIps,
     PersistentKeepalive,
+    Endpoint,
 }
 
 impl Setting {
@@ -41,8 +42,18 @@ impl Setting {
         Setting::PersistentKeepalive,
     ];
 
+    /// A client's [Peer] (the server) has its Endpoint too.
+    const CLIENT_PEER: [Setting; 5] = [
+        Setting::PublicKey,
+        Setting::PresharedKey,
+        Setting::AllowedIps,
+        Setting::PersistentKeepalive,
+        Setting::Endpoint,
+    ];
+
     fn name(self) -> &'static str {
         match self {
+            Setting::Endpoint => "Endpoint",
             Setting::PrivateKey => "PrivateKey",
             Setting::ListenPort => "ListenPort",
             Setting::Address => "Address",
@@ -109,8 +120,16 @@ enum Section {
     Peer,
 }
 
+/// Whose file it is: the server's, whose peers dial in, or a client's, whose one peer is the server it dials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Side {
+    Server,
+    Client,
+}
+
 struct Parser<'a> {
     file: &'a str,
+    side: Side,
     config: Configuration,
     lines: Lines,
     section: Section,
@@ -276,7 +295,11 @@ impl Parser<'_> {
     }
 
     fn peer_value(&mut self, n: usize, key: &str, value: &str) -> Result<()> {
-        let name = self.known_key(n, key, &Setting::PEER, "Peer")?;
+        let known: &[Setting] = match self.side {
+            Side::Server => &Setting::PEER,
+            Side::Client => &Setting::CLIENT_PEER,
+        };
+        let name = self.known_key(n, key, known, "Peer")?;
         let mut lines = self.lines.peers.pop().expect("in a [Peer] section");
         let mut peer = self.config.peers.pop().expect("in a [Peer] section");
         let result = self.set_peer_value(&mut lines.values, &mut peer, n, name, value);
@@ -320,7 +343,13 @@ impl Parser<'_> {
                     },
                 };
             }
-            _ => unreachable!("every key of Setting::PEER is handled"),
+            Setting::Endpoint => {
+                self.once(values, n, name)?;
+                let endpoint = super::values::parse_endpoint(value)
+                    .map_err(|reason| self.error(Some(n), name.name(), reason))?;
+                peer.endpoint = Some(endpoint);
+            }
+            _ => unreachable!("every key of Setting::CLIENT_PEER is handled"),
         }
         Ok(())
     }
@@ -366,11 +395,40 @@ impl Parser<'_> {
                 ));
             }
         }
+        if self.side == Side::Client {
+            self.check_client(interface)?;
+        }
         if let Err((field, reason)) = self.config.check() {
             let (line, name) = self.locate(field);
             return Err(self.error(line, name, reason));
         }
         Ok(self.config)
+    }
+
+    /// A client's file names its own addresses and one peer, the server, with its Endpoint.
+    fn check_client(&self, interface: usize) -> Result<()> {
+        if self.config.address.is_empty() {
+            let reason = "missing from [Interface]: the client's tunnel addresses";
+            return Err(self.error(Some(interface), Setting::Address.name(), reason));
+        }
+        match self.lines.peers.as_slice() {
+            [] => Err(self.error(
+                None,
+                "[Peer]",
+                "a client's file has a [Peer] section, the server's",
+            )),
+            [lines] if self.config.peers[0].endpoint.is_none() => Err(self.error(
+                Some(lines.header),
+                Setting::Endpoint.name(),
+                "missing from [Peer]: the server's address (host:port)",
+            )),
+            [_] => Ok(()),
+            [_, second, ..] => Err(self.error(
+                Some(second.header),
+                "[Peer]",
+                "a second [Peer] section: a client's file has one, the server's",
+            )),
+        }
     }
 
     /// The line and name of a value that `Configuration::check` found bad.
@@ -396,9 +454,10 @@ impl Parser<'_> {
     }
 }
 
-pub(super) fn parse(text: &str, file: &str) -> Result<Configuration> {
+pub(super) fn parse(text: &str, file: &str, side: Side) -> Result<Configuration> {
     let mut parser = Parser {
         file,
+        side,
         config: Configuration::default(),
         lines: Lines::default(),
         section: Section::None,
@@ -445,6 +504,9 @@ pub(super) fn write(config: &Configuration) -> String {
         }
         if let Some(seconds) = peer.persistent_keepalive {
             line(&mut out, Setting::PersistentKeepalive, &seconds);
+        }
+        if let Some(endpoint) = &peer.endpoint {
+            line(&mut out, Setting::Endpoint, endpoint);
         }
     }
     out

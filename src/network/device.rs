@@ -7,10 +7,21 @@ use smoltcp::time::Instant;
 /// The tunnel MTU that WireGuard clients use by default.
 pub const MTU: usize = 1420;
 
-#[derive(Default)]
 pub struct VirtualDevice {
     pub rx: Option<Vec<u8>>,
     pub tx: Vec<Vec<u8>>,
+    /// The largest packet the stack makes (TCP segments fit it, datagrams are fragmented to it).
+    pub mtu: usize,
+}
+
+impl Default for VirtualDevice {
+    fn default() -> Self {
+        VirtualDevice {
+            rx: None,
+            tx: Vec::new(),
+            mtu: MTU,
+        }
+    }
 }
 
 impl Device for VirtualDevice {
@@ -29,7 +40,7 @@ impl Device for VirtualDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = MTU;
+        caps.max_transmission_unit = self.mtu;
         // WireGuard authenticates every packet it decrypts, so checksums on the way in prove nothing more (the
         // kernel's WireGuard marks them as verified too). They are still computed on the way out.
         caps.checksum = ChecksumCapabilities::ignored();

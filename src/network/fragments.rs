@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use smoltcp::wire::{Ipv4Packet, Ipv6Packet};
 
-use crate::messages::PeerId;
+use crate::ids::PeerId;
 
 /// How long the fragments of one datagram may take to arrive (Linux waits 30 s).
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -373,6 +373,31 @@ impl Reassembler {
     #[cfg(test)]
     fn held_bytes(&self) -> usize {
         self.held
+    }
+
+    /// Panics unless the budgets hold: all peers together, and each peer.
+    #[cfg(test)]
+    pub(crate) fn check_budgets(&self) {
+        assert!(self.held <= BUDGET, "held {} > {BUDGET}", self.held);
+        assert!(self.shares.values().all(|s| s.held <= PEER_BUDGET));
+    }
+
+    /// Panics unless every structure agrees with the others and no budget is exceeded.
+    #[cfg(test)]
+    pub(crate) fn check(&self) {
+        self.check_budgets();
+        let held: usize = self.partials.values().map(Partial::held).sum();
+        assert_eq!(self.held, held);
+        assert_eq!(self.order.len(), self.partials.len());
+        assert_eq!(self.by_held.len(), self.shares.len());
+        for (peer, share) in &self.shares {
+            assert!(share.held <= PEER_BUDGET);
+            assert!(!share.partials.is_empty());
+            assert!(share.partials.len() <= PEER_PARTIALS);
+            assert!(self.by_held.contains(&(share.held, *peer)));
+            let held: usize = share.partials.iter().map(|(_, k)| self.partials[k].held()).sum();
+            assert_eq!(share.held, held);
+        }
     }
 }
 

@@ -151,6 +151,20 @@ impl MemoryPool {
 }
 
 #[cfg(test)]
+impl MemoryPool {
+    /// Panics unless the pool keeps at most `keep` mappings, each of its length.
+    pub fn check(&self) {
+        assert!(
+            self.free.len() <= self.keep,
+            "{} pooled > {}",
+            self.free.len(),
+            self.keep
+        );
+        assert!(self.free.iter().all(|m| m.len == self.len));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

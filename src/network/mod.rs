@@ -1,6 +1,7 @@
 //! The network task: runs the TCP/IP stack between the WireGuard task and Python.
 
-mod device;
+pub(crate) mod device;
+pub use device::MTU;
 pub mod fragments;
 mod memory;
 pub mod packet;
@@ -186,9 +187,13 @@ impl NetworkTask {
                 }
                 return self.stack.receive(now, peer, endpoint, packet, out);
             }
-            WireGuardToNetwork::PeerAdded { request, info } => {
+            WireGuardToNetwork::PeerAdded {
+                request,
+                info,
+                allowed_ips,
+            } => {
                 self.stack.add_peer(info);
-                (request, Reply::Done)
+                (request, Reply::Added(allowed_ips))
             }
             WireGuardToNetwork::PeerRemoved { request, peer } => {
                 self.stack.remove_peer(now, peer, out);
@@ -202,6 +207,14 @@ impl NetworkTask {
                 (request, Reply::Stats(peers))
             }
             WireGuardToNetwork::Reply { request, reply } => (request, reply),
+            WireGuardToNetwork::HandshakeFailed { peer, endpoint } => {
+                if let Some(info) = self.stack.peer(peer) {
+                    let peer = info.clone();
+                    out.events
+                        .push(NetworkToPython::HandshakeFailed { peer, endpoint });
+                }
+                return;
+            }
         };
         out.events.push(NetworkToPython::Reply { request, reply });
     }

@@ -24,6 +24,13 @@ pub enum Inbound<'a> {
         dst: SocketAddr,
         payload: &'a [u8],
     },
+    /// An ICMP or ICMPv6 destination unreachable that quotes a TCP segment from `src` to `dst` (the stack's own
+    /// segment: `src` is the stack's end).
+    Unreachable {
+        why: Unreachable,
+        src: SocketAddr,
+        dst: SocketAddr,
+    },
     /// An ICMP or ICMPv6 echo request, to any address.
     Ping {
         src: IpAddr,
@@ -136,6 +143,21 @@ pub fn parse(packet: &[u8]) -> Result<Inbound<'_>, ParseError> {
                     seq_no,
                     data,
                 }),
+                Ok(Icmpv4Repr::DstUnreachable { reason, header, data })
+                    if header.next_header == IpProtocol::Tcp =>
+                {
+                    use Icmpv4DstUnreachable as Code;
+                    let why = match reason {
+                        Code::NetUnreachable | Code::DstNetUnknown | Code::NetUnreachToS => {
+                            Unreachable::Network
+                        }
+                        Code::NetProhibited | Code::HostProhibited | Code::CommProhibited => {
+                            Unreachable::Prohibited
+                        }
+                        _ => Unreachable::Host,
+                    };
+                    quoted(why, header.src_addr.into(), header.dst_addr.into(), data)
+                }
                 _ => Err(ParseError::Unsupported(protocol)),
             }
         }
@@ -152,11 +174,36 @@ pub fn parse(packet: &[u8]) -> Result<Inbound<'_>, ParseError> {
                     seq_no,
                     data,
                 }),
+                Ok(Icmpv6Repr::DstUnreachable { reason, header, data })
+                    if header.next_header == IpProtocol::Tcp =>
+                {
+                    use Icmpv6DstUnreachable as Code;
+                    let why = match reason {
+                        Code::NoRoute | Code::BeyondScope => Unreachable::Network,
+                        Code::AdminProhibit | Code::FailedPolicy | Code::RejectRoute => {
+                            Unreachable::Prohibited
+                        }
+                        _ => Unreachable::Host,
+                    };
+                    quoted(why, header.src_addr.into(), header.dst_addr.into(), data)
+                }
                 _ => Err(ParseError::Unsupported(protocol)),
             }
         }
         other => Err(ParseError::Unsupported(other)),
     }
+}
+
+/// The TCP segment an ICMP error quotes, by its ports (the first four bytes of its header).
+fn quoted(why: Unreachable, src: IpAddr, dst: IpAddr, data: &[u8]) -> Result<Inbound<'_>, ParseError> {
+    let [a, b, c, d, ..] = *data else {
+        return Err(ParseError::Malformed("ICMP error"));
+    };
+    Ok(Inbound::Unreachable {
+        why,
+        src: SocketAddr::new(src, u16::from_be_bytes([a, b])),
+        dst: SocketAddr::new(dst, u16::from_be_bytes([c, d])),
+    })
 }
 
 /// The segment in a TCP packet that the stack built (an IPv4 or IPv6 header without options or extensions).

@@ -94,6 +94,12 @@ impl UdpRoutes {
     fn len(&self) -> usize {
         self.current.len() + self.previous.len()
     }
+
+    /// Panics unless at most two generations are kept.
+    #[cfg(test)]
+    pub fn check(&self) {
+        assert!(self.current.len() <= GENERATION && self.previous.len() <= GENERATION);
+    }
 }
 
 #[cfg(test)]

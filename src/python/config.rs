@@ -179,6 +179,72 @@ impl Configuration {
         ))
     }
 
+    /// A client's configuration from a WireGuard configuration file's text: `[Interface]` PrivateKey, Address
+    /// (the client's tunnel addresses), DNS, MTU, ListenPort; one `[Peer]`, the server: PublicKey, Endpoint,
+    /// AllowedIPs, PresharedKey, PersistentKeepalive. Errors name `file`, the line and the field. Private:
+    /// `connect` reads it.
+    #[staticmethod]
+    fn _client_from_text(text: &str, file: &str) -> PyResult<Self> {
+        Ok(Configuration(config::Configuration::from_client_wg_quick(
+            text, file,
+        )?))
+    }
+
+    /// A client's configuration from `connect`'s arguments, each checked and named in errors.
+    #[staticmethod]
+    #[pyo3(signature = (private_key, public_key, endpoint, address, dns = None, preshared_key = None, persistent_keepalive = None, allowed_ips = None, mtu = None))]
+    #[allow(clippy::too_many_arguments)] // the arguments of `connect`
+    fn _client_from_keys(
+        private_key: &str,
+        public_key: &str,
+        endpoint: &str,
+        address: &str,
+        dns: Option<&str>,
+        preshared_key: Option<&str>,
+        persistent_keepalive: Option<i64>,
+        allowed_ips: Option<&str>,
+        mtu: Option<i64>,
+    ) -> PyResult<Self> {
+        keys::decode("private_key", private_key)?;
+        let mut server = peer_from_args(
+            Some(public_key),
+            preshared_key,
+            None,
+            ("allowed_ips", Some(allowed_ips.unwrap_or("0.0.0.0/0, ::/0"))),
+            persistent_keepalive,
+        )?;
+        server.endpoint = Some(
+            config::parse_endpoint(endpoint)
+                .map_err(|reason| PyValueError::new_err(format!("invalid endpoint: {reason}")))?,
+        );
+        let dns = match dns {
+            Some(text) => config::parse_dns(text)
+                .map_err(|reason| PyValueError::new_err(format!("invalid dns: {reason}")))?,
+            None => vec![],
+        };
+        let mtu = mtu
+            .map(|m| {
+                config::check_mtu(m).map_err(|reason| PyValueError::new_err(format!("invalid mtu: {reason}")))
+            })
+            .transpose()?;
+        let cfg = config::Configuration {
+            listen_port: 0,
+            private_key: private_key.trim().to_string(),
+            address: addresses("address", address)?,
+            dns,
+            mtu,
+            peers: vec![server],
+        };
+        cfg.validate()?;
+        Ok(Configuration(cfg))
+    }
+
+    /// The first peer's Endpoint, as given (a client's server), or None.
+    #[getter]
+    fn _endpoint(&self) -> Option<String> {
+        self.0.peers.first().and_then(|p| p.endpoint.clone())
+    }
+
     /// Writes the configuration as a WireGuard configuration file that `from_file` reads back unchanged,
     /// readable by its owner only.
     fn to_file(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {

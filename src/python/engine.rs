@@ -1,29 +1,25 @@
 //! The engine handle that the Python package drives: it starts the server, turns Python's calls into
 //! messages for the network task, and hands out the network task's events as objects (`events.rs`).
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-
-use std::time::UNIX_EPOCH;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 use super::config::{peer_from_args, Configuration};
+use super::convert::parse_address;
 use crate::capture::{self, Capture};
-use crate::config;
-use crate::error::Error;
 use crate::events::{self, EventReceiver};
 use crate::keys;
-use crate::messages::{ConnectionId, PeerStats, PythonToNetwork, PythonToWireGuard, RequestId, SynAnswer};
+use crate::messages::{ConnectionId, PythonToNetwork, PythonToWireGuard, RequestId, SynAnswer, OUTGOING};
 use crate::network::packet::Unreachable;
 use crate::network::stack::{WRITE_HIGH_WATER, WRITE_LOW_WATER};
-use crate::server::Server;
+use crate::server::{Role, Server};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_function(wrap_pyfunction!(start_engine, m)?)?;
+    m.add_function(wrap_pyfunction!(start_client_engine, m)?)?;
     m.add("WRITE_HIGH_WATER", WRITE_HIGH_WATER)?;
     m.add("WRITE_LOW_WATER", WRITE_LOW_WATER)?;
     super::events::register(m)?;
@@ -42,41 +38,25 @@ pub fn set_log_reset(handle: pyo3_log::ResetHandle) {
 #[pyfunction]
 #[pyo3(signature = (host, config, ask_first = false))]
 fn start_engine(host: &str, config: &Configuration, ask_first: bool) -> PyResult<Engine> {
-    if let Some(reset) = LOG_RESET.get() {
-        reset.reset();
-    }
-    let (sender, events) = events::channel()?;
-    let server = Server::start(host, &config.0, sender, ask_first)?;
-    Ok(Engine {
-        server,
-        events,
-        capture: None,
-        config: config.0.clone(),
-    })
+    Engine::start(host, config, Role::Server { ask_first })
+}
+
+/// Starts the engine as a client of the one peer of `config`, the server at its Endpoint (a host name is
+/// resolved now). Raises `ValueError` for a bad configuration or an endpoint that does not resolve, `OSError` if
+/// no socket can be bound.
+#[pyfunction]
+fn start_client_engine(config: &Configuration) -> PyResult<Engine> {
+    Engine::start("", config, Role::Client)
 }
 
 #[pyclass(module = "mitmproxy_wireguard._mitmproxy_wireguard")]
 pub struct Engine {
+    /// The id of the next connection that Python opens (`connect`).
+    next_outgoing: ConnectionId,
     server: Server,
     events: EventReceiver,
     /// The running packet capture's writer; the network task holds its tap.
     capture: Option<Capture>,
-    /// The configuration with the peers as they are now: new peers are checked against it (keys, addresses)
-    /// and get their free tunnel addresses from it, before the engine hears of them.
-    config: config::Configuration,
-}
-
-/// Python sees addresses as (host, port); an IPv4 peer on a dual-stack socket as plain IPv4.
-pub(super) fn address(addr: SocketAddr) -> (String, u16) {
-    (addr.ip().to_canonical().to_string(), addr.port())
-}
-
-fn parse_address(field: &str, (host, port): (String, u16)) -> PyResult<SocketAddr> {
-    let ip: IpAddr = host
-        .trim_matches(['[', ']'])
-        .parse()
-        .map_err(|_| PyValueError::new_err(format!("invalid {field}: {host:?} is not an IP address")))?;
-    Ok(SocketAddr::new(ip, port))
 }
 
 #[pymethods]
@@ -125,6 +105,29 @@ impl Engine {
             }
         };
         self.send(PythonToNetwork::Answer { id, answer })
+    }
+
+    /// Opens a TCP connection to `dst_addr` through the tunnel to the first peer (a client's server), from
+    /// `src_addr` (port 0: a free one). Returns its id at once; `ConnectionEstablished` with it follows the
+    /// handshake, or `ConnectFailed`.
+    fn connect(&mut self, src_addr: (String, u16), dst_addr: (String, u16)) -> PyResult<ConnectionId> {
+        let src = parse_address("src_addr", src_addr)?;
+        let dst = parse_address("dst_addr", dst_addr)?;
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err(PyValueError::new_err(
+                "invalid dst_addr: src_addr and dst_addr must be of the same address family",
+            ));
+        }
+        let id = self.next_outgoing;
+        self.next_outgoing += 1;
+        // A client's one peer is the first the WireGuard task numbered.
+        self.send(PythonToNetwork::Connect {
+            id,
+            peer: 0,
+            src,
+            dst,
+        })?;
+        Ok(id)
     }
 
     fn write(&self, id: ConnectionId, data: &[u8]) -> PyResult<()> {
@@ -206,17 +209,18 @@ impl Engine {
         self.finish_capture(py);
     }
 
-    /// Adds a peer to the running server; returns its AllowedIPs (given, or the next free tunnel addresses).
-    /// `RequestDone` with `request` follows once it may handshake.
+    /// Adds a peer to the running server: `RequestDone` with `request` follows once it may handshake, with its
+    /// AllowedIPs (given, or the next free tunnel addresses), or the error that refused it (a key or addresses
+    /// another peer has).
     #[pyo3(signature = (request, public_key, allowed_ips = None, preshared_key = None, persistent_keepalive = None))]
     fn add_peer(
-        &mut self,
+        &self,
         request: RequestId,
         public_key: &str,
         allowed_ips: Option<&str>,
         preshared_key: Option<&str>,
         persistent_keepalive: Option<i64>,
-    ) -> PyResult<Vec<String>> {
+    ) -> PyResult<()> {
         let peer = peer_from_args(
             Some(public_key),
             preshared_key,
@@ -224,28 +228,19 @@ impl Engine {
             ("allowed_ips", allowed_ips),
             persistent_keepalive,
         )?;
-        let peer = self.config.add_peer(peer).map_err(as_servers)?.clone();
-        let allowed_ips = peer.allowed_ips.iter().map(ToString::to_string).collect();
-        if let Err(e) = self.server.request(PythonToWireGuard::AddPeer { request, peer }) {
-            let _ = self.config.remove_peer(public_key);
-            return Err(e.into());
-        }
-        Ok(allowed_ips)
+        Ok(self
+            .server
+            .request(PythonToWireGuard::AddPeer { request, peer })?)
     }
 
     /// Removes a peer from the running server; `RequestDone` with `request` follows once its connections were
-    /// reset. `ValueError` if the server has no such peer.
-    fn remove_peer(&mut self, request: RequestId, public_key: &str) -> PyResult<()> {
+    /// reset, or with the error if the server has no such peer.
+    fn remove_peer(&self, request: RequestId, public_key: &str) -> PyResult<()> {
         let key = keys::decode("public_key", public_key)?;
-        let removed = self.config.remove_peer(public_key).map_err(as_servers)?;
-        if let Err(e) = self.server.request(PythonToWireGuard::RemovePeer {
+        Ok(self.server.request(PythonToWireGuard::RemovePeer {
             request,
             public_key: key,
-        }) {
-            self.config.peers.push(removed);
-            return Err(e.into());
-        }
-        Ok(())
+        })?)
     }
 
     /// Asks for every peer's statistics; they come with `RequestDone` and `request`.
@@ -280,6 +275,22 @@ impl Drop for Engine {
 }
 
 impl Engine {
+    /// Starts the engine's thread in `role`. Python's loggers may have changed since the last engine: their
+    /// levels are read again.
+    fn start(host: &str, config: &Configuration, role: Role) -> PyResult<Engine> {
+        if let Some(reset) = LOG_RESET.get() {
+            reset.reset();
+        }
+        let (sender, events) = events::channel()?;
+        let server = Server::start(host, &config.0, sender, role)?;
+        Ok(Engine {
+            server,
+            events,
+            capture: None,
+            next_outgoing: OUTGOING,
+        })
+    }
+
     /// Waits, without the GIL, for the capture's writer once its tap is gone, and logs how the capture went.
     fn finish_capture(&mut self, py: Python<'_>) {
         let Some(capture) = self.capture.take() else {
@@ -308,44 +319,4 @@ impl Engine {
     fn send(&self, msg: PythonToNetwork) -> PyResult<()> {
         Ok(self.server.send(msg)?)
     }
-}
-
-/// An error of the configuration the engine keeps, as the server's: named by the argument (`allowed_ips`, not
-/// `peers[3].allowed_ips`).
-fn as_servers(e: Error) -> Error {
-    match e {
-        Error::InvalidConfig { field, reason } => Error::config(
-            field.rsplit('.').next().unwrap_or(&field),
-            reason.replace("the configuration", "the server"),
-        ),
-        e => e,
-    }
-}
-
-/// A peer's statistics as the dict `PeerStats` is made from.
-pub(super) fn stats_dict<'py>(py: Python<'py>, p: &PeerStats) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("public_key", &*p.public_key)?;
-    d.set_item(
-        "allowed_ips",
-        p.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    )?;
-    d.set_item("endpoint", p.endpoint.map(address))?;
-    let handshake = p
-        .last_handshake
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs_f64());
-    d.set_item("last_handshake", handshake)?;
-    d.set_item("rx_bytes", p.rx_bytes)?;
-    d.set_item("rx_packets", p.rx_packets)?;
-    d.set_item("tx_bytes", p.tx_bytes)?;
-    d.set_item("tx_packets", p.tx_packets)?;
-    d.set_item("tcp_connections", p.tcp_connections)?;
-    d.set_item("udp_flows", p.udp_flows)?;
-    let drops = PyDict::new(py);
-    for (reason, n) in &p.drops {
-        drops.set_item(*reason, n)?;
-    }
-    d.set_item("drops", drops)?;
-    Ok(d)
 }

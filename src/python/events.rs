@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use super::engine::{address, stats_dict};
-use crate::messages::{ConnectionId, NetworkToPython, PeerId, PeerInfo, Reply, RequestId};
+use super::convert::{address, stats_dict};
+use crate::messages::{ConnectFailure, ConnectionId, NetworkToPython, PeerId, PeerInfo, Reply, RequestId};
+use crate::network::packet::Unreachable;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ConnectionRequested>()?;
@@ -17,6 +18,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ConnectionDrained>()?;
     m.add_class::<ConnectionClosed>()?;
     m.add_class::<DatagramReceived>()?;
+    m.add_class::<ConnectFailed>()?;
+    m.add_class::<HandshakeFailed>()?;
     m.add_class::<RequestDone>()?;
     m.add_class::<ServerClosed>()?;
     Ok(())
@@ -89,14 +92,32 @@ pub struct DatagramReceived {
     peer_public_key: Py<PyAny>,
 }
 
+/// A connection that Python opened (`Engine.connect`) was not established: `reason` is "refused" (a RST
+/// answered), "timed-out" (no answer), "no-room" (no free port, or the connection limit), or from an ICMP
+/// destination unreachable, "host-unreachable", "network-unreachable" or "prohibited".
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct ConnectFailed {
+    id: ConnectionId,
+    reason: &'static str,
+}
+
+/// No WireGuard handshake with the peer completed within 90 s of trying; `endpoint` is where they were sent.
+#[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
+pub struct HandshakeFailed {
+    peer_public_key: Py<PyAny>,
+    endpoint: Py<PyTuple>,
+}
+
 /// The answer to the request numbered `request` (`add_peer`, `remove_peer`, `request_stats`), after every
 /// event it caused. `error` is why it was refused (a ValueError), else None; `stats` the peers' statistics for
-/// `request_stats` (the fields of `PeerStats`), else None.
+/// `request_stats` (the fields of `PeerStats`), else None; `allowed_ips` the AllowedIPs a peer got from
+/// `add_peer`, else None.
 #[pyclass(frozen, get_all, module = "mitmproxy_wireguard._mitmproxy_wireguard")]
 pub struct RequestDone {
     request: RequestId,
     error: Option<String>,
     stats: Option<Py<PyAny>>,
+    allowed_ips: Option<Vec<String>>,
 }
 
 /// Every task of the engine ended; `error` says why if it was not asked to close (a task failed), else
@@ -188,26 +209,47 @@ pub fn to_python(py: Python<'_>, event: NetworkToPython) -> PyResult<Py<PyAny>> 
             },
         ),
         NetworkToPython::Reply { request, reply } => {
-            let (error, stats) = match reply {
-                Reply::Done => (None, None),
-                Reply::Failed(e) => (Some(e), None),
+            let (mut error, mut stats, mut allowed_ips) = (None, None, None);
+            match reply {
+                Reply::Done => {}
+                Reply::Failed(e) => error = Some(e),
+                Reply::Added(nets) => allowed_ips = Some(nets.iter().map(ToString::to_string).collect()),
                 Reply::Stats(peers) => {
-                    let stats = peers
+                    let dicts = peers
                         .iter()
                         .map(|p| stats_dict(py, p))
                         .collect::<PyResult<Vec<_>>>()?;
-                    (None, Some(stats.into_pyobject(py)?.into_any().unbind()))
+                    stats = Some(dicts.into_pyobject(py)?.into_any().unbind());
                 }
-            };
+            }
             object(
                 py,
                 RequestDone {
                     request,
                     error,
                     stats,
+                    allowed_ips,
                 },
             )
         }
         NetworkToPython::ServerClosed { error } => object(py, ServerClosed { error }),
+        NetworkToPython::ConnectFailed { id, reason } => {
+            let reason = match reason {
+                ConnectFailure::Refused => "refused",
+                ConnectFailure::TimedOut => "timed-out",
+                ConnectFailure::NoRoom => "no-room",
+                ConnectFailure::Unreachable(Unreachable::Host) => "host-unreachable",
+                ConnectFailure::Unreachable(Unreachable::Network) => "network-unreachable",
+                ConnectFailure::Unreachable(Unreachable::Prohibited) => "prohibited",
+            };
+            object(py, ConnectFailed { id, reason })
+        }
+        NetworkToPython::HandshakeFailed { peer, endpoint } => object(
+            py,
+            HandshakeFailed {
+                peer_public_key: key(py, &peer)?,
+                endpoint: tuple(py, endpoint)?,
+            },
+        ),
     }
 }

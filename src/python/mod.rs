@@ -2,6 +2,7 @@
 //! asyncio side (streams, the server object) lives in the Python package over it.
 
 mod config;
+mod convert;
 mod engine;
 mod events;
 

@@ -1,6 +1,7 @@
 //! The WireGuard task: owns the UDP socket and every peer's protocol state.
 
 pub mod peers;
+pub mod udp;
 
 use log::Level;
 use std::collections::VecDeque;
@@ -13,23 +14,30 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::budget::TunnelQueue;
+use crate::config::Configuration;
 use crate::error::Result;
 use crate::messages::{NetworkToWireGuard, PythonToWireGuard, Reply, WireGuardToNetwork};
 use crate::network::packet::is_tcp;
 use crate::shutdown;
 use peers::{Output, Peers, BUFFER_SIZE};
+use udp::{Datagrams, Received, Socket, BATCH};
 
 /// How often peers' timers run: handshake retries, keepalives, session expiry, rate limiter reset.
 const TICK: Duration = Duration::from_millis(250);
 
-/// Datagrams read before the task looks at its other work.
-const BATCH: usize = 64;
-
 /// Datagrams that wait for room in the socket's send buffer; beyond this, more are dropped (and TCP recovers).
 const MAX_OUTBOUND: usize = 4096;
 
+/// Buffers of datagrams sent that are kept for the next ones, and the largest kept.
+const SPARE_BUFFERS: usize = 2 * BATCH;
+const SPARE_CAPACITY: usize = 4096;
+
 pub struct WireGuardTask {
-    socket: UdpSocket,
+    socket: Socket,
+    /// The server's configuration with its peers as they are now: the one record of the running server's peers
+    /// as configured. New peers are checked against it (keys, overlapping addresses) and get their free tunnel
+    /// addresses from it; the other tasks and Python learn of them by message.
+    config: Configuration,
     peers: Peers,
     to_network: mpsc::Sender<WireGuardToNetwork>,
     from_network: mpsc::UnboundedReceiver<NetworkToWireGuard>,
@@ -40,40 +48,44 @@ pub struct WireGuardTask {
     shutdown: shutdown::Signal,
     /// Where decrypted and encrypted packets are written.
     buf: Vec<u8>,
-    datagram: Vec<u8>,
+    /// Where received datagrams land, a batch at a time.
+    received: Received,
     deliveries: Vec<WireGuardToNetwork>,
-    /// Datagrams the socket had no room for yet, in order.
+    /// Datagrams to send, in order: those of the batch of work at hand, and those the socket had no room for.
     outbound: Outbound,
 }
 
-/// Sends datagrams in order, and keeps those the socket cannot take yet instead of dropping them.
+/// Sends datagrams in order, in batches of up to `BATCH` per system call, and keeps those the socket cannot take
+/// yet instead of dropping them.
+///
+/// A datagram is queued (copied into a buffer of its own, from those of datagrams sent), and goes out with the
+/// next flush: at the end of what the task does with a batch of its work (`flush`), or as soon as a batch is
+/// full. Once the socket had no room (`blocked`), nothing is tried until it reports room again (`writable`),
+/// and only then are datagrams dropped, when `MAX_OUTBOUND` wait already: as when each was sent at once.
 #[derive(Default)]
 struct Outbound {
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// The socket had no room for the first in the queue, and has not reported room since.
+    blocked: bool,
+    /// Buffers of datagrams sent, for the next ones.
+    spare: Vec<Vec<u8>>,
     /// Datagrams dropped since the last report.
     dropped: u64,
     last_report: Option<std::time::Instant>,
 }
 
 impl Outbound {
-    fn send(&mut self, socket: &UdpSocket, addr: SocketAddr, datagram: &[u8]) {
-        if self.queue.is_empty() {
-            match socket.try_send_to(datagram, addr) {
-                Ok(_) => return,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    crate::ratelog::note(Level::Debug, "datagrams that could not be sent", || {
-                        format!("could not send {} bytes to {addr}: {e}", datagram.len())
-                    });
-                    return;
-                }
-            }
-        }
+    fn send(&mut self, socket: &mut impl Datagrams, addr: SocketAddr, datagram: &[u8]) {
         if self.queue.len() >= MAX_OUTBOUND {
             self.dropped += 1;
             return;
         }
-        self.queue.push_back((addr, datagram.to_vec()));
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.extend_from_slice(datagram);
+        self.queue.push_back((addr, buf));
+        if self.queue.len() >= BATCH {
+            self.flush(socket);
+        }
     }
 
     /// Logs the datagrams dropped since the last report, at most once a second.
@@ -92,17 +104,76 @@ impl Outbound {
         self.last_report = Some(now);
     }
 
-    /// Sends what waits, until the socket is full again.
-    fn flush(&mut self, socket: &UdpSocket) {
-        while let Some((addr, datagram)) = self.queue.front() {
-            match socket.try_send_to(datagram, *addr) {
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) => crate::ratelog::note(Level::Debug, "datagrams that could not be sent", || {
-                    format!("could not send {} bytes to {addr}: {e}", datagram.len())
-                }),
+    /// The socket reported room: sends what waits.
+    fn writable(&mut self, socket: &mut impl Datagrams) {
+        self.blocked = false;
+        self.flush(socket);
+    }
+
+    /// Sends what waits, a batch per system call, until the socket is full; nothing while it is.
+    fn flush(&mut self, socket: &mut impl Datagrams) {
+        while !self.blocked && !self.queue.is_empty() {
+            // The ring's first part: a batch may be cut short where it wraps around.
+            let (batch, _) = self.queue.as_slices();
+            let batch = &batch[..batch.len().min(BATCH)];
+            match socket.send(batch) {
+                // Never none of a batch (that is an error); were it so, the first would go, so as not to loop.
+                Ok(sent) => {
+                    for _ in 0..sent.clamp(1, batch.len()) {
+                        self.recycle();
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.blocked = true,
+                // This datagram's error (a later one's comes with the next call); it goes, the rest stay.
+                Err(e) => {
+                    if let Some((addr, datagram)) = self.queue.front() {
+                        crate::ratelog::note(Level::Debug, "datagrams that could not be sent", || {
+                            format!("could not send {} bytes to {addr}: {e}", datagram.len())
+                        });
+                    }
+                    self.recycle();
+                }
             }
-            self.queue.pop_front();
+        }
+    }
+
+    /// Takes the first datagram off the queue, keeping its buffer for another.
+    fn recycle(&mut self) {
+        if let Some((_, mut buf)) = self.queue.pop_front() {
+            if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_CAPACITY {
+                buf.clear();
+                self.spare.push(buf);
+            }
+        }
+    }
+}
+
+/// Reads up to `budget` datagrams, a batch per system call, until the socket has none; `each` gets every
+/// datagram (and the socket, to send with). Errors of the socket are logged, each counting as one datagram of
+/// the budget.
+fn receive_batch<S: Datagrams>(
+    socket: &mut S,
+    received: &mut Received,
+    mut budget: usize,
+    mut each: impl FnMut(&mut S, SocketAddr, &[u8]),
+) {
+    while budget > 0 {
+        match socket.receive(received, budget) {
+            Ok(n) => {
+                for i in 0..n {
+                    let (src, datagram) = received.get(i);
+                    each(socket, src, datagram);
+                }
+                budget = budget.saturating_sub(n.max(1));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            // ICMP errors from earlier sends surface here (e.g. port unreachable); they concern no one else.
+            Err(e) => {
+                crate::ratelog::note(Level::Debug, "receive errors on the WireGuard socket", || {
+                    format!("receive error on the WireGuard socket: {e}")
+                });
+                budget -= 1;
+            }
         }
     }
 }
@@ -116,9 +187,16 @@ pub struct Channels {
 }
 
 impl WireGuardTask {
-    pub fn new(socket: UdpSocket, peers: Peers, channels: Channels, shutdown: shutdown::Signal) -> Self {
+    pub fn new(
+        socket: UdpSocket,
+        config: Configuration,
+        peers: Peers,
+        channels: Channels,
+        shutdown: shutdown::Signal,
+    ) -> Self {
         WireGuardTask {
-            socket,
+            socket: Socket(socket),
+            config,
             peers,
             to_network: channels.to_network,
             from_network: channels.from_network,
@@ -126,7 +204,7 @@ impl WireGuardTask {
             from_python: channels.from_python,
             shutdown,
             buf: vec![0; BUFFER_SIZE],
-            datagram: vec![0; BUFFER_SIZE],
+            received: Received::default(),
             deliveries: Vec::new(),
             outbound: Outbound::default(),
         }
@@ -154,6 +232,7 @@ impl WireGuardTask {
                         let Ok(msg) = self.from_network.try_recv() else { break };
                         self.encrypt(msg);
                     }
+                    self.outbound.flush(&mut self.socket);
                 }
                 Some(msg) = self.from_python.recv() => {
                     let reply = self.request(msg);
@@ -161,7 +240,7 @@ impl WireGuardTask {
                         return Ok(());
                     }
                 }
-                ready = self.socket.readable() => {
+                ready = self.socket.0.readable() => {
                     if let Err(e) = ready {
                         result = Err(e.into());
                         break;
@@ -176,21 +255,29 @@ impl WireGuardTask {
                         }
                     }
                     self.receive_batch();
+                    // Handshake responses go out before the packets that came with the batch are delivered.
+                    self.outbound.flush(&mut self.socket);
                     for delivery in self.deliveries.drain(..) {
                         if self.to_network.send(delivery).await.is_err() {
                             return Ok(()); // The network task ended; the supervisor knows why.
                         }
                     }
                 }
-                ready = self.socket.writable(), if !self.outbound.queue.is_empty() => {
+                ready = self.socket.0.writable(), if !self.outbound.queue.is_empty() => {
                     if ready.is_ok() {
-                        self.outbound.flush(&self.socket);
+                        self.outbound.writable(&mut self.socket);
                     }
                 }
                 _ = tick.tick() => {
                     let now = std::time::Instant::now();
-                    let (socket, outbound) = (&self.socket, &mut self.outbound);
-                    self.peers.tick(now, &mut self.buf, &mut |out| emit(socket, outbound, out, &mut Vec::new()));
+                    let (socket, outbound, deliveries) = (&mut self.socket, &mut self.outbound, &mut self.deliveries);
+                    self.peers.tick(now, &mut self.buf, &mut |out| emit(socket, outbound, out, deliveries));
+                    self.outbound.flush(&mut self.socket);
+                    for delivery in self.deliveries.drain(..) {
+                        if self.to_network.send(delivery).await.is_err() {
+                            return Ok(());
+                        }
+                    }
                     self.outbound.report(now);
                     // The counts of per-packet records whose second is over, even if no record follows.
                     crate::ratelog::flush();
@@ -202,30 +289,28 @@ impl WireGuardTask {
             tokio::time::timeout(Duration::from_millis(200), self.from_network.recv()).await
         {
             self.encrypt(msg);
+            self.outbound.flush(&mut self.socket);
         }
         result
     }
 
     fn receive_batch(&mut self) {
-        for _ in 0..BATCH {
-            match self.socket.try_recv_from(&mut self.datagram) {
-                Ok((len, src)) => {
-                    let (socket, outbound, deliveries) =
-                        (&self.socket, &mut self.outbound, &mut self.deliveries);
-                    self.peers
-                        .receive(src, &self.datagram[..len], &mut self.buf, &mut |out| {
-                            emit(socket, outbound, out, deliveries)
-                        });
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                // ICMP errors from earlier sends surface here (e.g. port unreachable); they concern no one else.
-                Err(e) => {
-                    crate::ratelog::note(Level::Debug, "receive errors on the WireGuard socket", || {
-                        format!("receive error on the WireGuard socket: {e}")
-                    })
-                }
-            }
-        }
+        let (peers, buf, outbound, deliveries) = (
+            &mut self.peers,
+            &mut self.buf,
+            &mut self.outbound,
+            &mut self.deliveries,
+        );
+        receive_batch(
+            &mut self.socket,
+            &mut self.received,
+            BATCH,
+            |socket, src, datagram| {
+                peers.receive(src, datagram, buf, &mut |out| {
+                    emit(socket, outbound, out, deliveries)
+                });
+            },
+        );
     }
 
     fn encrypt(&mut self, msg: NetworkToWireGuard) {
@@ -234,7 +319,7 @@ impl WireGuardTask {
                 if !is_tcp(&packet) {
                     self.tunnel.release(peer, packet.len());
                 }
-                let (socket, outbound) = (&self.socket, &mut self.outbound);
+                let (socket, outbound) = (&mut self.socket, &mut self.outbound);
                 self.peers.send(peer, &packet, &mut self.buf, &mut |out| {
                     emit(socket, outbound, out, &mut Vec::new())
                 });
@@ -246,29 +331,34 @@ impl WireGuardTask {
     /// Carries out a request of Python's; what the network task must do next (and reply) is returned.
     fn request(&mut self, msg: PythonToWireGuard) -> WireGuardToNetwork {
         match msg {
-            PythonToWireGuard::AddPeer { request, peer } => match self.peers.add(&peer) {
-                Ok(info) => {
+            PythonToWireGuard::AddPeer { request, peer } => match self.add_peer(peer) {
+                Ok((info, allowed_ips)) => {
                     log::debug!("peer {} added", info.public_key);
-                    WireGuardToNetwork::PeerAdded { request, info }
+                    WireGuardToNetwork::PeerAdded {
+                        request,
+                        info,
+                        allowed_ips,
+                    }
                 }
                 Err(e) => WireGuardToNetwork::Reply {
                     request,
                     reply: Reply::Failed(e.to_string()),
                 },
             },
-            PythonToWireGuard::RemovePeer { request, public_key } => match self.peers.remove(&public_key) {
-                Some(peer) => {
-                    log::debug!("peer {} removed", crate::keys::encode(&public_key));
-                    WireGuardToNetwork::PeerRemoved { request, peer }
+            PythonToWireGuard::RemovePeer { request, public_key } => {
+                let key = crate::keys::encode(&public_key);
+                match self.peers.remove(&public_key) {
+                    Some(peer) => {
+                        let _ = self.config.remove_peer(&key);
+                        log::debug!("peer {key} removed");
+                        WireGuardToNetwork::PeerRemoved { request, peer }
+                    }
+                    None => WireGuardToNetwork::Reply {
+                        request,
+                        reply: Reply::Failed(format!("invalid public_key: the server has no peer {key}")),
+                    },
                 }
-                None => WireGuardToNetwork::Reply {
-                    request,
-                    reply: Reply::Failed(format!(
-                        "invalid public_key: the server has no peer {}",
-                        crate::keys::encode(&public_key)
-                    )),
-                },
-            },
+            }
             PythonToWireGuard::Stats { request } => WireGuardToNetwork::Stats {
                 request,
                 peers: self
@@ -279,8 +369,47 @@ impl WireGuardTask {
     }
 }
 
-fn emit(socket: &UdpSocket, outbound: &mut Outbound, out: Output, deliveries: &mut Vec<WireGuardToNetwork>) {
+impl WireGuardTask {
+    /// Adds a peer to the configuration (which gives it its free addresses, and refuses a key or addresses
+    /// another peer has), then to the peers; returns its id and key, and its AllowedIPs.
+    fn add_peer(
+        &mut self,
+        peer: crate::config::Peer,
+    ) -> Result<(crate::messages::PeerInfo, Vec<ipnet::IpNet>)> {
+        let key = peer.public_key.clone();
+        let peer = self.config.add_peer(peer).map_err(as_servers)?.clone();
+        match self.peers.add(&peer) {
+            Ok(info) => Ok((info, peer.allowed_ips)),
+            Err(e) => {
+                let _ = self.config.remove_peer(&key);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// An error of the configuration the task keeps, as the server's: named by the argument (`allowed_ips`, not
+/// `peers[3].allowed_ips`).
+fn as_servers(e: crate::error::Error) -> crate::error::Error {
+    match e {
+        crate::error::Error::InvalidConfig { field, reason } => crate::error::Error::config(
+            field.rsplit('.').next().unwrap_or(&field),
+            reason.replace("the configuration", "the server"),
+        ),
+        e => e,
+    }
+}
+
+fn emit(
+    socket: &mut impl Datagrams,
+    outbound: &mut Outbound,
+    out: Output,
+    deliveries: &mut Vec<WireGuardToNetwork>,
+) {
     match out {
+        Output::HandshakeFailed { peer, endpoint } => {
+            deliveries.push(WireGuardToNetwork::HandshakeFailed { peer, endpoint })
+        }
         Output::Send(addr, datagram) => outbound.send(socket, addr, datagram),
         Output::Deliver {
             peer,
@@ -296,5 +425,6 @@ fn emit(socket: &UdpSocket, outbound: &mut Outbound, out: Output, deliveries: &m
 
 #[cfg(test)]
 mod tests {
+    mod batch;
     mod fuzz;
 }

@@ -58,6 +58,13 @@ const PERIOD: Duration = Duration::from_secs(1);
 /// Big enough for any datagram: a decapsulated packet is never larger than the datagram it came in.
 pub const BUFFER_SIZE: usize = 65536 + 32;
 
+/// The message type of a handshake initiation (WireGuard's message type 1).
+const HANDSHAKE_INITIATION: u8 = 1;
+
+/// How long handshakes are tried before the tunnel counts as down: WireGuard's REKEY_ATTEMPT_TIME, after which
+/// boringtun too gives up and drops the packets it queued.
+pub const HANDSHAKE_ATTEMPTS: Duration = Duration::from_secs(90);
+
 /// The message type of a cookie reply (WireGuard's message type 3).
 const COOKIE_REPLY: u8 = 3;
 
@@ -86,6 +93,8 @@ pub enum Output<'a> {
         endpoint: SocketAddr,
         packet: &'a [u8],
     },
+    /// No handshake with the peer completed within `HANDSHAKE_ATTEMPTS` of sending its first initiation.
+    HandshakeFailed { peer: PeerId, endpoint: SocketAddr },
 }
 
 /// The source addresses a peer's packets may have.
@@ -130,12 +139,17 @@ struct Peer {
     endpoint: Option<SocketAddr>,
     /// Removed, waiting for `forget`: it receives nothing and starts no handshake; data still goes out.
     removed: bool,
+    /// When the first handshake initiation since the last completed handshake went out.
+    initiating_since: Option<Instant>,
     counters: Counters,
 }
 
 impl Peer {
     /// Sends a datagram to the peer, counting it.
     fn send(&mut self, addr: SocketAddr, datagram: &[u8], emit: &mut impl FnMut(Output)) {
+        if datagram.first() == Some(&HANDSHAKE_INITIATION) && self.initiating_since.is_none() {
+            self.initiating_since = Some(Instant::now());
+        }
         self.counters.sent(datagram.len());
         emit(Output::Send(addr, datagram));
     }
@@ -239,8 +253,10 @@ impl Peers {
             tunn,
             info: info.clone(),
             allowed_ips: AllowedIps::new(&peer.allowed_ips),
-            endpoint: None,
+            // A literal address; a name was resolved by whoever gave it (`Server::start` for a client).
+            endpoint: peer.endpoint.as_deref().and_then(|e| e.parse().ok()),
             removed: false,
+            initiating_since: None,
             counters: Counters::default(),
         });
         self.by_id.insert(id, slot);
@@ -352,6 +368,7 @@ impl Peers {
                 if reply.first() != Some(&COOKIE_REPLY) {
                     peer.endpoint = Some(src);
                     peer.counters.last_handshake = Some(Instant::now());
+                    peer.initiating_since = None;
                 }
                 peer.send(src, reply, emit);
                 // Packets queued while there was no session go out now.
@@ -492,6 +509,20 @@ impl Peers {
             self.handshakes.prune(now);
         }
         for peer in self.slots.iter_mut().flatten().filter(|p| !p.removed) {
+            if let (Some(since), Some(endpoint)) = (peer.initiating_since, peer.endpoint) {
+                if now.saturating_duration_since(since) >= HANDSHAKE_ATTEMPTS {
+                    peer.initiating_since = None;
+                    log::info!(
+                        "no handshake with peer {} at {endpoint} completed within {} s",
+                        peer.info.public_key,
+                        HANDSHAKE_ATTEMPTS.as_secs()
+                    );
+                    emit(Output::HandshakeFailed {
+                        peer: peer.info.id,
+                        endpoint,
+                    });
+                }
+            }
             match peer.tunn.update_timers(buf) {
                 TunnResult::WriteToNetwork(datagram) => {
                     if let Some(endpoint) = peer.endpoint {

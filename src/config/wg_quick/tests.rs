@@ -1,7 +1,7 @@
 use super::*;
 
 fn parse_err(text: &str) -> String {
-    parse(text, "wg0.conf").unwrap_err().to_string()
+    parse(text, "wg0.conf", Side::Server).unwrap_err().to_string()
 }
 
 #[test]
@@ -11,7 +11,7 @@ fn file_round_trips_and_agrees_with_json() {
     config.peers[1].private_key = None;
     config.peers[1].persistent_keepalive = Some(25);
     let text = write(&config);
-    let back = parse(&text, "wg0.conf").unwrap();
+    let back = parse(&text, "wg0.conf", Side::Server).unwrap();
     assert_eq!(back, config);
     assert_eq!(write(&back), text);
     assert_eq!(Configuration::from_json(&back.to_json()).unwrap(), config);
@@ -28,7 +28,7 @@ fn reads_what_people_write() {
          [Peer]\npublickey = {a}\nPresharedKey = {psk}\nAllowedIPs = 10.8.0.2/32,fd08::2/128\n\
          persistentkeepalive = off\n[PEER]\nPublicKey = {b}\nAllowedIPs = 10.8.0.3\nPersistentKeepalive = 25\n"
     );
-    let config = parse(&text, "x").unwrap();
+    let config = parse(&text, "x", Side::Server).unwrap();
     assert_eq!(config.listen_port, 51000);
     assert_eq!(join(&config.address), "10.8.0.1/24, fd08::1/64");
     assert!(config.dns.is_empty() && config.mtu.is_none());
@@ -149,4 +149,50 @@ fn errors_found_after_reading_name_their_line() {
         err.contains(&line_of(&clash, "AllowedIPs", 1)) && err.contains("overlaps"),
         "{err}"
     );
+}
+
+fn client_file(peer: &str) -> String {
+    let (key, server) = (keys::generate(), keys::generate());
+    let server = keys::public_of("", &server).unwrap();
+    format!(
+        "[Interface]\nPrivateKey = {key}\nAddress = 10.77.0.2/32, fd77::2/128\nDNS = 10.77.0.1\n\n\
+         [Peer]\nPublicKey = {server}\nAllowedIPs = 0.0.0.0/0, ::/0\n{peer}"
+    )
+}
+
+#[test]
+fn a_clients_file_names_its_server_by_endpoint() {
+    for endpoint in ["vpn.example.test:51820", "192.0.2.1:1", "[2001:db8::1]:51820"] {
+        let text = client_file(&format!("Endpoint = {endpoint}\nPersistentKeepalive = 25\n"));
+        let config = parse(&text, "c.conf", Side::Client).unwrap();
+        assert_eq!(config.peers[0].endpoint.as_deref(), Some(endpoint));
+        assert_eq!(config.peers[0].persistent_keepalive, Some(25));
+        assert_eq!(join(&config.address), "10.77.0.2/32, fd77::2/128");
+        // A server's file has no Endpoint.
+        let err = parse(&text, "s.conf", Side::Server).unwrap_err().to_string();
+        assert!(err.contains("line 9") && err.contains("Endpoint"), "{err}");
+    }
+}
+
+#[test]
+fn a_clients_file_without_its_server_or_addresses_says_what_is_missing() {
+    let err = |text: &str| parse(text, "c.conf", Side::Client).unwrap_err().to_string();
+    let e = err(&client_file(""));
+    assert!(
+        e.contains("line 6") && e.contains("Endpoint") && e.contains("missing"),
+        "{e}"
+    );
+    let e = err(&client_file("Endpoint = 192.0.2.1\n"));
+    assert!(e.contains("line 9") && e.contains("host:port"), "{e}");
+    let e = err(&client_file("Endpoint = 192.0.2.1:0\n"));
+    assert!(e.contains("line 9") && e.contains("not a port"), "{e}");
+    let second = format!(
+        "Endpoint = 192.0.2.1:5\n[Peer]\nPublicKey = {}\n",
+        keys::public_of("", &keys::generate()).unwrap()
+    );
+    let e = err(&client_file(&second));
+    assert!(e.contains("line 10") && e.contains("second [Peer]"), "{e}");
+    let e =
+        err(&client_file("Endpoint = 192.0.2.1:5\n").replace("Address = 10.77.0.2/32, fd77::2/128\n", ""));
+    assert!(e.contains("Address") && e.contains("missing"), "{e}");
 }

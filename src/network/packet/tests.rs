@@ -246,3 +246,26 @@ fn an_unreachable_destination_answers_a_syn_with_icmp_that_quotes_it() {
     assert_eq!(unreachable(&[], Unreachable::Host), None);
     assert_eq!(unreachable(&[0x45, 0, 0], Unreachable::Host), None);
 }
+
+#[test]
+fn an_icmp_error_that_quotes_a_tcp_segment_names_its_ends_and_why() {
+    for (src, dst) in [
+        ("10.0.0.2:50000", "192.0.2.1:443"),
+        ("[fd00::2]:50000", "[2001:db8::1]:443"),
+    ] {
+        for why in [Unreachable::Host, Unreachable::Network, Unreachable::Prohibited] {
+            // The destination's error about the stack's SYN: from the destination, quoting the SYN.
+            let error = unreachable(&syn(addr(src), addr(dst)), why).unwrap();
+            match parse(&error).unwrap() {
+                Inbound::Unreachable {
+                    why: w,
+                    src: s,
+                    dst: d,
+                } => {
+                    assert_eq!((w, s, d), (why, addr(src), addr(dst)));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}

@@ -22,13 +22,15 @@ use crate::messages::{ConnectionId, PeerId};
 /// 16,384 connections cost about 200 MB idle (12 KB each, see tests/test_memory.py).
 pub const MAX_CONNECTIONS_PER_PEER: usize = 16_384;
 
-/// How many connections all peers together may hold: four peers at their limit.
+/// How many connections all peers together may hold: four peers at their limit, or fewer where
+/// `vm.max_map_count` does not leave a mapping for each (`Stack::fit_mappings`: the kernel's default of 65,530
+/// leaves about 61,400).
 pub const MAX_CONNECTIONS: usize = 65_536;
 
 /// How many half-open connections (a SYN answered, the handshake not completed) one peer may hold, as a kernel's
 /// `tcp_max_syn_backlog`: a client completes its handshakes within a round trip, so only a flood reaches this.
 /// A half-open connection costs about 4.5 KB (its socket keeps the state of congestion control and loss
-/// recovery): 18 MB at the limit.
+/// recovery), and no buffers until its handshake completes: 18 MB at the limit.
 pub const MAX_HALF_OPEN_PER_PEER: usize = 4_096;
 
 /// How often refused SYNs are logged at most.
@@ -148,8 +150,9 @@ impl Admission {
         }
     }
 
-    /// A half-open connection of `peer` is half-open no more: it completed its handshake, or ended.
-    fn handshake_over(&mut self, peer: PeerId) {
+    /// A half-open connection of `peer` is half-open no more: it completed its handshake, ended, or Python gave
+    /// up on it.
+    pub(super) fn handshake_over(&mut self, peer: PeerId) {
         if let Some(half_open) = self.half_open.get_mut(peer) {
             *half_open = half_open.saturating_sub(1);
         }
@@ -159,6 +162,32 @@ impl Admission {
     #[cfg(test)]
     pub(super) fn held(&self, peer: PeerId) -> usize {
         self.held.get(peer).copied().unwrap_or(0)
+    }
+
+    /// Panics unless the counts are those of the connections the stack holds (`held`: each peer's connections
+    /// and how many of them are half-open) and within the limits, and the order of opening within its bound.
+    #[cfg(test)]
+    pub(super) fn check(&self, held: &std::collections::HashMap<PeerId, (usize, usize)>) {
+        let limits = self.limits;
+        let peers = held.keys().map(|&p| p + 1).max().unwrap_or(0);
+        for peer in 0..self.held.len().max(peers) {
+            let (connections, half_open) = held.get(&peer).copied().unwrap_or((0, 0));
+            assert_eq!(self.held(peer), connections, "connections of peer {peer}");
+            assert_eq!(
+                self.half_open.get(peer).copied().unwrap_or(0),
+                half_open,
+                "half-open of peer {peer}"
+            );
+            assert!(connections <= limits.per_peer && half_open <= limits.half_open_per_peer);
+            let kept = self.opened_ids.get(peer).map_or(0, |ids| ids.len());
+            assert!(
+                kept <= 2 * limits.half_open_per_peer + 65,
+                "{kept} kept in the order of opening"
+            );
+        }
+        let total: usize = held.values().map(|&(n, _)| n).sum();
+        assert_eq!(self.total, total);
+        assert!(total <= limits.total);
     }
 }
 

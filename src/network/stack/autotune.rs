@@ -8,16 +8,16 @@
 //! buffers stop growing. Data already received is never dropped for it.
 //!
 //! The round trip is measured on the receive side, where a download from the client gives no acknowledgements
-//! to time: from the SYN-ACK to the client's first ACK, and, as Linux does without timestamps, from advertising a
-//! window's right edge to receiving data beyond it, which the client can only send after hearing of a later
-//! edge. Each sample is at least one round trip; the smallest one is kept.
+//! to time: from the SYN-ACK to the client's first ACK (from the SYN to the SYN-ACK on a connection Python
+//! opened), and, as Linux does without timestamps, from advertising a window's right edge to receiving data
+//! beyond it, which the client can only send after hearing of a later edge. Each sample is at least one round trip; the smallest one is kept.
 
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{TcpOption, TcpPacket};
 
-use super::connection::Connection;
 use super::{INITIAL_SEND_BUFFER, INITIAL_WINDOW, RX_BUFFER, TX_BUFFER};
+use crate::ids::ConnectionId;
 use crate::network::packet::{self, Segment};
 
 /// Above twice what Python read in a round trip, room for a burst of 16 segments, as Linux leaves.
@@ -36,7 +36,7 @@ const PACING_MIN_RTT: Duration = Duration::from_millis(10);
 const MIN_RTT: Duration = Duration::from_millis(1);
 
 /// The memory that the buffers of all connections may commit, summed as each connection's window limit plus its
-/// send limit while its buffers hold pages (`Connection::committed`). A connection whose pages were released
+/// send limit while its buffers hold pages (`Pages::committed`). A connection whose pages were released
 /// counts nothing. Connections always get their first window: the budget refuses growth only.
 #[derive(Debug)]
 pub(super) struct WindowBudget {
@@ -58,7 +58,9 @@ impl WindowBudget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Handshake {
     Waiting,
-    SynAckSent(Instant),
+    /// The stack's SYN-ACK (or SYN, for a connection Python opened) went out then; the client's ACK (or SYN-ACK)
+    /// ends the sample.
+    SynSent(Instant),
     /// Sampled, or the SYN-ACK was sent again and no longer times anything (Karn).
     Done,
 }
@@ -112,7 +114,7 @@ impl Autotune {
         if let Some(shift) = advertised.syn_scale {
             self.shift = shift;
             self.handshake = match self.handshake {
-                Handshake::Waiting => Handshake::SynAckSent(now),
+                Handshake::Waiting => Handshake::SynSent(now),
                 _ => Handshake::Done,
             };
             return;
@@ -131,7 +133,7 @@ impl Autotune {
 
     /// A segment from the client: the ACK of the handshake, or data beyond the edge a sample waits for.
     pub(super) fn received(&mut self, segment: &Segment, now: Instant) {
-        if let (Handshake::SynAckSent(at), Some(_)) = (self.handshake, segment.ack) {
+        if let (Handshake::SynSent(at), Some(_)) = (self.handshake, segment.ack) {
             self.handshake = Handshake::Done;
             self.sample(now - at);
         }
@@ -177,80 +179,88 @@ impl Autotune {
     }
 }
 
-impl Connection {
-    /// Grows the window if Python read more in the last round trip than before, as far as the budget allows.
-    pub(super) fn tune_window(&mut self, now: Instant, budget: &WindowBudget) {
-        let Some(wanted) = self.autotune.wanted(now) else {
+impl Autotune {
+    /// Grows the window of connection `id` if Python read more in the last round trip than before, as far as
+    /// the budget allows.
+    pub(super) fn tune_window(
+        &mut self,
+        id: ConnectionId,
+        now: Instant,
+        budget: &WindowBudget,
+        socket: &mut tcp::Socket,
+    ) {
+        let Some(wanted) = self.wanted(now) else {
             return;
         };
-        let window = self.autotune.window;
+        let window = self.window;
         if wanted <= window {
             return;
         }
-        let present = window + self.autotune.send_limit;
-        let grown = budget.grow(self.autotune.charged, present, window, wanted);
+        let present = window + self.send_limit;
+        let grown = budget.grow(self.charged, present, window, wanted);
         if grown > window {
-            log::trace!("connection {}: receive window {window} -> {grown}", self.id);
-            self.autotune.window = grown;
-            self.socket().set_receive_window_limit(grown);
+            log::trace!("connection {id}: receive window {window} -> {grown}");
+            self.window = grown;
+            socket.set_receive_window_limit(grown);
         }
     }
 
-    /// Lets the send buffer take in `SEND_BUFFER_WINDOWS` congestion windows while Python's writes wait for room,
-    /// as far as the budget allows; it does not shrink while the connection is busy.
-    pub(super) fn tune_send_buffer(&mut self, budget: &WindowBudget) {
-        if self.pending.is_empty() {
+    /// Lets the send buffer take in `SEND_BUFFER_WINDOWS` congestion windows while Python's writes wait for room
+    /// (`writes_wait`), as far as the budget allows; it does not shrink while the connection is busy.
+    pub(super) fn tune_send_buffer(
+        &mut self,
+        id: ConnectionId,
+        budget: &WindowBudget,
+        socket: &tcp::Socket,
+        writes_wait: bool,
+    ) {
+        if !writes_wait {
             return;
         }
-        let limit = self.autotune.send_limit;
-        let wanted = self
-            .socket()
+        let limit = self.send_limit;
+        let wanted = socket
             .congestion_window()
             .saturating_mul(SEND_BUFFER_WINDOWS)
             .clamp(INITIAL_SEND_BUFFER, TX_BUFFER);
         if wanted <= limit {
             return;
         }
-        let present = self.autotune.window + limit;
-        let grown = budget.grow(self.autotune.charged, present, limit, wanted);
+        let present = self.window + limit;
+        let grown = budget.grow(self.charged, present, limit, wanted);
         if grown > limit {
-            log::trace!("connection {}: send buffer {limit} -> {grown}", self.id);
-            self.autotune.send_limit = grown;
+            log::trace!("connection {id}: send buffer {limit} -> {grown}");
+            self.send_limit = grown;
         }
     }
 
     /// Paces the connection's segments once its round trip is long enough for the timer to pace them.
-    pub(super) fn choose_pacing(&mut self) {
-        let far = self.autotune.rtt.is_some_and(|rtt| rtt >= PACING_MIN_RTT);
-        if self.socket().pacing() != far {
-            self.socket().set_pacing(far);
+    pub(super) fn choose_pacing(&self, socket: &mut tcp::Socket) {
+        let far = self.rtt.is_some_and(|rtt| rtt >= PACING_MIN_RTT);
+        if socket.pacing() != far {
+            socket.set_pacing(far);
         }
     }
 
-    /// An idle connection, whose pages are released, starts again from the first window. The socket keeps the
+    /// An idle connection, whose pages were released, starts again from the first window. The socket keeps the
     /// right edge it advertised (the window only closes as data arrives).
-    pub(super) fn reset_window(&mut self, now: Instant) {
-        let position = &mut self.read_position;
-        position.floor = position
-            .floor
-            .max(position.dequeued + self.autotune.window as u64);
-        self.autotune.window = INITIAL_WINDOW;
-        self.autotune.send_limit = INITIAL_SEND_BUFFER;
-        self.autotune.space = INITIAL_WINDOW / 2;
-        self.autotune.measure = (now, self.autotune.read);
-        self.socket().set_receive_window_limit(INITIAL_WINDOW);
+    pub(super) fn reset(&mut self, now: Instant, socket: &mut tcp::Socket) {
+        self.window = INITIAL_WINDOW;
+        self.send_limit = INITIAL_SEND_BUFFER;
+        self.space = INITIAL_WINDOW / 2;
+        self.measure = (now, self.read);
+        socket.set_receive_window_limit(INITIAL_WINDOW);
     }
 
-    /// Brings what the connection counts in the budget up to date: its window and send limit while it holds
-    /// pages, nothing once they are released.
-    pub(super) fn account(&mut self, budget: &mut WindowBudget) {
-        let charge = if self.committed {
-            self.autotune.window + self.autotune.send_limit
+    /// Brings what the connection counts in the budget up to date: its window and send limit while its buffers
+    /// hold pages (`committed`), nothing once they are released.
+    pub(super) fn account(&mut self, budget: &mut WindowBudget, committed: bool) {
+        let charge = if committed {
+            self.window + self.send_limit
         } else {
             0
         };
-        budget.used = budget.used - self.autotune.charged + charge;
-        self.autotune.charged = charge;
+        budget.used = budget.used - self.charged + charge;
+        self.charged = charge;
     }
 }
 
@@ -260,11 +270,12 @@ pub(super) struct Advertised {
     pub(super) ack: u32,
     /// The window field, in units of the scale.
     pub(super) window: u16,
-    /// On a SYN: the window scale it offers (0 if none; a SYN's own window is never scaled).
+    /// On a SYN (the stack's SYN-ACK, or its SYN of a connection Python opened): the window scale it offers (0 if
+    /// none; a SYN's own window is never scaled).
     pub(super) syn_scale: Option<u8>,
 }
 
-/// The window a packet the stack sends advertises; `None` without an ACK.
+/// The window a packet the stack sends advertises; `None` without an ACK, unless it is a SYN.
 pub(super) fn advertised(packet: &[u8]) -> Option<Advertised> {
     let ip_header_len = match packet.first().map(|b| b >> 4) {
         Some(4) => ((packet[0] & 0x0f) as usize) * 4,
@@ -272,7 +283,8 @@ pub(super) fn advertised(packet: &[u8]) -> Option<Advertised> {
         _ => return None,
     };
     let tcp = TcpPacket::new_checked(packet.get(ip_header_len..)?).ok()?;
-    if !tcp.ack() {
+    // A SYN without ACK (a connection the stack opens) advertises no edge, but offers the scale.
+    if !tcp.ack() && !tcp.syn() {
         return None;
     }
     Some(Advertised {

@@ -14,12 +14,13 @@ use super::autotune::{self, Autotune};
 use super::lifecycle::Lifecycle;
 use super::peers::PeerState;
 use super::recovery::SeqTracker;
-use super::release::{ReadPosition, WritePosition};
+use super::release::Pages;
+use super::timeouts::Patience;
 use super::{
-    Flow, Outputs, ReadBudget, Stack, HANDSHAKE_TIMEOUT, INITIAL_SEND_BUFFER, KEEPALIVE, MIN_RTO, RX_BUFFER,
-    SILENCE_TIMEOUT, WRITE_LOW_WATER,
+    Flow, Outputs, ReadBudget, Stack, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, INITIAL_SEND_BUFFER, KEEPALIVE,
+    MIN_RTO, RX_BUFFER, SILENCE_TIMEOUT, WRITE_LOW_WATER,
 };
-use crate::messages::{ConnectionId, NetworkToPython, PeerId};
+use crate::messages::{ConnectFailure, ConnectionId, NetworkToPython, PeerId};
 use crate::network::device::VirtualDevice;
 use crate::network::memory::LazyMemory;
 
@@ -28,50 +29,61 @@ pub(super) struct Connection {
     pub(super) flow: Flow,
     /// The client's outer UDP endpoint when its SYN arrived (Python's `original_src`).
     pub(super) endpoint: SocketAddr,
-    /// Borrows `memory`: declared first so that it is dropped first.
+    /// Borrows `pages.memory`: declared first so that it is dropped first.
     pub(super) sockets: SocketSet<'static>,
     pub(super) handle: SocketHandle,
     /// How far the segments went, both ways.
     pub(super) seq: SeqTracker,
     /// The state at the end of the last poll, to tell a reset from an orderly close.
     last_state: tcp::State,
+    /// Python opened it (`Stack::connect`): a failed handshake is reported.
+    pub(super) outgoing: bool,
     /// What Python knows of the connection.
     pub(super) lifecycle: Lifecycle,
     /// Whether its SYN waits for Python's answer, or was answered with silence.
     pub(super) hold: Hold,
     /// Python wants data (asyncio's pause_reading / resume_reading).
     pub(super) reading: bool,
-    /// Written by Python, not yet in the socket's send buffer.
-    pub(super) pending: VecDeque<Vec<u8>>,
-    pending_offset: usize,
-    /// Bytes written by Python since the last `Drained`.
-    pub(super) unconfirmed: usize,
+    /// Python's writes on their way into the socket.
+    pub(super) outbox: Outbox,
     /// When the connection must be polled next.
     pub(super) deadline: Option<Instant>,
-    /// The latest moment to wait for the client: to complete its handshake, or, once Python closed the
-    /// connection, to close its side (see `timeouts`).
-    pub(super) give_up_at: Option<Instant>,
-    /// The send side's progress, while data waits for the client's acknowledgement (see `timeouts`).
-    pub(super) progress: Option<super::timeouts::Progress>,
-    /// Bytes put into the socket's send buffer so far.
-    pub(super) enqueued: u64,
+    /// How long the stack waits for the client (see `timeouts`).
+    pub(super) patience: Patience,
     /// Waits in `Stack::dirty` for `flush`.
     pub(super) dirty: bool,
     /// Waits in `ReadBudget::starved` for room in Python's queue.
     pub(super) starved: bool,
-    /// The buffers hold pages that can be released once both are empty (at `release_at`).
-    pub(super) committed: bool,
-    pub(super) release_at: Option<Instant>,
-    /// Bytes through both buffers when `release_at` was set.
-    pub(super) release_mark: u64,
-    /// The pages of both buffers: receive buffer first, then the send buffer.
-    pub(super) memory: LazyMemory,
-    /// The receive window, grown with what Python reads.
+    /// The buffers' memory, and what of it goes back to the kernel (see `release`). Declared after `sockets`,
+    /// whose buffers borrow it, so that it is dropped after them.
+    pub(super) pages: Pages,
+    /// The receive window, grown with what Python reads, and the send limit (see `autotune`).
     pub(super) autotune: Autotune,
-    /// How far Python read, for the pages it read past.
-    pub(super) read_position: ReadPosition,
-    /// How far the client acknowledged, for the pages of the send buffer behind it.
-    pub(super) write_position: WritePosition,
+}
+
+/// What Python wrote that is not yet in the socket's send buffer, and what was written so far.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    pending: VecDeque<Vec<u8>>,
+    /// How much of the first write is in the socket already.
+    offset: usize,
+    /// Bytes written by Python since the last `Drained`.
+    unconfirmed: usize,
+    /// Bytes put into the socket's send buffer so far.
+    pub(super) enqueued: u64,
+}
+
+impl Outbox {
+    /// A write of Python's.
+    pub(super) fn push(&mut self, data: Vec<u8>) {
+        self.unconfirmed += data.len();
+        self.pending.push_back(data);
+    }
+
+    /// Writes wait for room in the socket.
+    pub(super) fn waiting(&self) -> bool {
+        !self.pending.is_empty()
+    }
 }
 
 /// A SYN that waits for Python (when the stack asks first, see `Stack::set_ask_first`): its socket sends no
@@ -103,41 +115,128 @@ impl Stack {
         if !self.admission.admit(flow.peer, now) {
             return None;
         }
-        let mut memory = match self.memory.take() {
-            Ok(memory) => memory,
-            Err(e) => {
-                log::warn!(
-                    "dropped a SYN to {}: no memory for buffers: {e}",
-                    flow.destination
-                );
-                return None;
-            }
-        };
-        // SAFETY: the slices live in the connection's socket set, which is dropped before `memory`.
-        let (rx, tx) = unsafe { memory.split(RX_BUFFER) };
-        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
-        // Like asyncio's transports (TCP_NODELAY): a write goes out at once.
-        socket.set_nagle_enabled(false);
-        // A client that vanished, or stops acknowledging, does not hold the connection forever.
-        socket.set_keep_alive(Some(KEEPALIVE.into()));
-        // The path's rate, measured, not a window cut at every loss: random losses (radio links) cost little.
-        socket.set_congestion_control(tcp::CongestionControl::Bbr);
-        // Never less in flight than the fixed 64 KiB window of the earlier releases (the first round trip).
-        socket.set_min_congestion_window(INITIAL_SEND_BUFFER);
-        socket.set_timeout(Some(SILENCE_TIMEOUT.into()));
-        // As Linux: a lost tail of a flight on a path of 20-200 ms waits 200 ms for its timeout, not 1 s.
-        socket.set_min_rto(MIN_RTO.into());
-        autotune::start(&mut socket);
+        // No buffers until the handshake completes (`give_buffers`): a SYN flood costs the sockets' state only.
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(Vec::new()),
+            tcp::SocketBuffer::new(Vec::new()),
+        );
+        configure(&mut socket);
+        socket.plan_receive_buffer(RX_BUFFER);
         if let Err(e) = socket.listen(IpListenEndpoint::from(flow.destination)) {
             crate::ratelog::note(Level::Debug, "SYNs dropped", || {
                 format!("dropped a SYN to {}: {e}", flow.destination)
             });
             return None;
         }
-        let mut sockets = SocketSet::new(Vec::with_capacity(1));
-        let handle = sockets.add(socket);
         let id = self.next_id;
         self.next_id += 1;
+        let give_up_at = now + HANDSHAKE_TIMEOUT.into();
+        self.insert(id, flow, endpoint, socket, None, give_up_at, now);
+        Some(id)
+    }
+
+    /// A connection that Python opens, numbered `id` by Python: a SYN from `flow.destination` (our side) to
+    /// `flow.client` (the other end). `ConnectionEstablished` follows the handshake, or `ConnectFailed`. A flow
+    /// that a connection holds already (Python named a local port in use) fails, as a kernel's `connect` does.
+    pub(super) fn connect(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        flow: Flow,
+    ) -> Result<(), ConnectFailure> {
+        if self.connections.contains_key(&id)
+            || self.flows.contains_key(&flow)
+            || !self.admission.admit(flow.peer, now)
+        {
+            return Err(ConnectFailure::NoRoom);
+        }
+        let (mut socket, memory) = self.new_socket().map_err(|e| {
+            log::warn!("could not connect to {}: no memory for buffers: {e}", flow.client);
+            ConnectFailure::NoRoom
+        })?;
+        if let Err(e) = socket.connect(self.iface.context(), flow.client, flow.destination) {
+            log::debug!(
+                "could not connect from {} to {}: {e}",
+                flow.destination,
+                flow.client
+            );
+            return Err(ConnectFailure::NoRoom);
+        }
+        // Python's end: the tunnel's endpoint is the peer's, which the WireGuard task knows.
+        let endpoint = flow.client;
+        self.insert(
+            id,
+            flow,
+            endpoint,
+            socket,
+            Some(memory),
+            now + CONNECT_TIMEOUT.into(),
+            now,
+        );
+        if let Some(conn) = self.connections.get_mut(&id) {
+            conn.outgoing = true;
+            conn.last_state = tcp::State::SynSent;
+        }
+        self.mark_dirty(id);
+        Ok(())
+    }
+
+    /// A socket with the stack's settings, and the memory its buffers live in.
+    fn new_socket(&mut self) -> std::io::Result<(tcp::Socket<'static>, LazyMemory)> {
+        let mut memory = self.memory.take()?;
+        // SAFETY: the slices live in the connection's socket set, which is dropped before `memory`.
+        let (rx, tx) = unsafe { memory.split(RX_BUFFER) };
+        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
+        configure(&mut socket);
+        Ok((socket, memory))
+    }
+
+    /// Gives a connection that was opened without buffers (a SYN's, see `open`) its buffers, before the segment
+    /// that completes its handshake (or any segment but its SYN) reaches it. Returns whether it has them.
+    pub(super) fn give_buffers(&mut self, id: ConnectionId) -> bool {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return false;
+        };
+        if conn.pages.memory.is_some() {
+            return true;
+        }
+        let mut memory = match self.memory.take() {
+            Ok(memory) => memory,
+            Err(e) => {
+                crate::ratelog::note(Level::Warn, "segments dropped for lack of buffer memory", || {
+                    format!("connection {id}: dropped a segment, no memory for buffers: {e}")
+                });
+                return false;
+            }
+        };
+        // SAFETY: the slices live in the connection's socket set, which is dropped before `pages`.
+        let (rx, tx) = unsafe { memory.split(RX_BUFFER) };
+        let given = conn
+            .socket()
+            .set_buffers(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
+        if given.is_err() {
+            // Cannot be: a socket without buffers holds no data. The segment is dropped; the client resends it.
+            self.memory.give(memory);
+            return false;
+        }
+        conn.pages.memory = Some(memory);
+        true
+    }
+
+    /// Keeps a new connection, half-open until `give_up_at`.
+    #[allow(clippy::too_many_arguments)] // the parts of a connection that differ between the two ways of opening
+    fn insert(
+        &mut self,
+        id: ConnectionId,
+        flow: Flow,
+        endpoint: SocketAddr,
+        socket: tcp::Socket<'static>,
+        memory: Option<LazyMemory>,
+        give_up_at: Instant,
+        now: Instant,
+    ) {
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(socket);
         self.flows.insert(flow, id);
         let connections = &self.connections;
         self.admission.opened(flow.peer, id, |id| {
@@ -155,28 +254,19 @@ impl Stack {
                 handle,
                 seq: SeqTracker::default(),
                 last_state: tcp::State::Listen,
+                outgoing: false,
                 lifecycle: Lifecycle::Connecting,
                 hold: Hold::None,
                 reading: true,
-                pending: VecDeque::new(),
-                pending_offset: 0,
-                unconfirmed: 0,
+                outbox: Outbox::default(),
                 deadline: None,
-                give_up_at: Some(now + HANDSHAKE_TIMEOUT.into()),
-                progress: None,
-                enqueued: 0,
+                patience: Patience::until(give_up_at),
                 dirty: false,
                 starved: false,
-                committed: false,
-                release_at: None,
-                release_mark: 0,
-                memory,
+                pages: Pages::new(memory),
                 autotune: Autotune::new(now),
-                read_position: ReadPosition::default(),
-                write_position: WritePosition::default(),
             },
         );
-        Some(id)
     }
 
     /// Makes room for a SYN of `peer`, which holds as many half-open connections as it may: its oldest one goes,
@@ -211,13 +301,19 @@ impl Stack {
         if conn.announce(&self.peers, out) {
             self.admission.established(conn.flow.peer);
         }
-        conn.choose_pacing();
-        conn.tune_send_buffer(&self.window_budget);
+        let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+        conn.autotune.choose_pacing(socket);
+        let writes_wait = conn.outbox.waiting();
+        conn.autotune
+            .tune_send_buffer(id, &self.window_budget, socket, writes_wait);
         conn.fill_send_buffer(out);
-        conn.release_sent_chunks();
+        let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let acked = conn.outbox.enqueued - socket.send_queue() as u64;
+        conn.pages.release_sent_chunks(acked, conn.outbox.enqueued);
         conn.deliver(&mut self.budget, out);
-        conn.tune_window(now, &self.window_budget);
-        conn.release_read_chunks();
+        let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+        conn.autotune.tune_window(id, now, &self.window_budget, socket);
+        conn.pages.release_read_chunks(conn.autotune.window);
         conn.report_eof(out);
         conn.transmit(&mut self.iface, &mut self.device, now, out);
         if conn.report_close(out) {
@@ -225,8 +321,10 @@ impl Stack {
             return;
         }
         conn.release_pages(now);
-        conn.account(&mut self.window_budget);
-        conn.watch_progress(now);
+        conn.autotune
+            .account(&mut self.window_budget, conn.pages.committed);
+        let queued = conn.socket().send_queue() as u64;
+        conn.patience.watch_progress(queued, conn.outbox.enqueued, now);
         conn.reschedule(&mut self.iface, now, &mut self.timers);
     }
 
@@ -256,10 +354,12 @@ impl Stack {
             if let Some(at) = conn.deadline {
                 self.timers.remove(&(at, id));
             }
-            let Connection { sockets, memory, .. } = conn;
+            let Connection { sockets, pages, .. } = conn;
             // The socket's buffers borrow the memory: they go first.
             drop(sockets);
-            self.memory.give(memory);
+            if let Some(memory) = pages.memory {
+                self.memory.give(memory);
+            }
             // After a flood, the tables give back the room its connections took (a map never shrinks on its
             // own): a quarter full, they shrink to half, which costs a walk per halving of the count.
             if self.connections.capacity() > 4 * self.connections.len() + 1024 {
@@ -283,7 +383,7 @@ impl Connection {
 
     /// Resets the connection now; Python's unsent writes are dropped.
     pub(super) fn abort(&mut self) {
-        self.pending.clear();
+        self.outbox.pending.clear();
         self.socket().abort();
     }
 
@@ -298,7 +398,7 @@ impl Connection {
                 return false;
             };
             self.lifecycle.announce();
-            self.give_up_at = None;
+            self.patience.give_up_at = None;
             out.events.push(NetworkToPython::ConnectionEstablished {
                 id: self.id,
                 peer: peer.info.clone(),
@@ -315,39 +415,37 @@ impl Connection {
     /// taken in.
     fn fill_send_buffer(&mut self, out: &mut Outputs) {
         let socket = self.sockets.get_mut::<tcp::Socket>(self.handle);
-        while let Some(front) = self.pending.front() {
+        let outbox = &mut self.outbox;
+        while let Some(front) = outbox.pending.front() {
             let room = self.autotune.send_limit.saturating_sub(socket.send_queue());
-            let end = front.len().min(self.pending_offset + room);
-            if socket.send_queue() == 0 && end > self.pending_offset {
-                // The empty ring starts again at its beginning.
-                self.write_position.restart(self.enqueued, &self.memory);
-            }
-            match socket.send_slice(&front[self.pending_offset..end]) {
+            let end = front.len().min(outbox.offset + room);
+            // The empty ring starts again at its beginning.
+            let restart = socket.send_queue() == 0;
+            match socket.send_slice(&front[outbox.offset..end]) {
                 Ok(n) if n > 0 => {
-                    self.committed = true;
-                    self.enqueued += n as u64;
-                    self.write_position.wrote(self.enqueued);
-                    self.pending_offset += n;
-                    if self.pending_offset == front.len() {
-                        self.pending.pop_front();
-                        self.pending_offset = 0;
+                    outbox.enqueued += n as u64;
+                    self.pages.wrote(outbox.enqueued, n, restart);
+                    outbox.offset += n;
+                    if outbox.offset == front.len() {
+                        outbox.pending.pop_front();
+                        outbox.offset = 0;
                     }
                 }
                 _ => break,
             }
         }
-        if !self.pending.is_empty() {
+        if outbox.waiting() {
             return;
         }
         if self.lifecycle.fin_requested() {
             socket.close();
         }
-        if self.unconfirmed >= WRITE_LOW_WATER && self.lifecycle.python_listens() {
+        if outbox.unconfirmed >= WRITE_LOW_WATER && self.lifecycle.python_listens() {
             out.events.push(NetworkToPython::Drained {
                 id: self.id,
-                bytes: self.unconfirmed,
+                bytes: outbox.unconfirmed,
             });
-            self.unconfirmed = 0;
+            outbox.unconfirmed = 0;
         }
     }
 
@@ -373,7 +471,7 @@ impl Connection {
                 _ => break,
             }
         }
-        self.read_position.dequeued += data.len() as u64;
+        self.pages.read.dequeued += data.len() as u64;
         if detached {
             return;
         }
@@ -419,6 +517,13 @@ impl Connection {
         let state = self.socket().state();
         let gone = state == tcp::State::Closed
             || (state == tcp::State::Listen && self.last_state != tcp::State::Listen);
+        if self.outgoing && self.lifecycle == Lifecycle::Connecting && gone {
+            // A RST answered the SYN; Python hears of it once (the connection is forgotten now).
+            out.events.push(NetworkToPython::ConnectFailed {
+                id: self.id,
+                reason: ConnectFailure::Refused,
+            });
+        }
         if matches!(self.lifecycle, Lifecycle::Open { .. }) && (gone || state == tcp::State::TimeWait) {
             self.lifecycle.end();
             let reset = gone && !orderly_end(self.last_state);
@@ -428,6 +533,44 @@ impl Connection {
         self.last_state = state;
         gone
     }
+}
+
+impl Connection {
+    /// Releases the buffers' pages once the connection stayed idle (see `Pages::release_if_idle`), and starts it
+    /// again from the first window then. Out-of-order data waits in the receive buffer beyond what `recv_queue`
+    /// counts: while the client may fill a gap, the pages are kept.
+    fn release_pages(&mut self, now: Instant) {
+        let socket = self.sockets.get_mut::<tcp::Socket>(self.handle);
+        let idle = socket.send_queue() == 0
+            && socket.recv_queue() == 0
+            && !self.outbox.waiting()
+            && !self.seq.awaits_retransmission();
+        let moved = self.pages.read.dequeued + self.outbox.enqueued;
+        if self.pages.release_if_idle(now, idle, moved, self.autotune.window) {
+            self.autotune.reset(now, socket);
+        }
+    }
+}
+
+/// The stack's settings of every socket.
+fn configure(socket: &mut tcp::Socket<'static>) {
+    // Like asyncio's transports (TCP_NODELAY): a write goes out at once.
+    socket.set_nagle_enabled(false);
+    // A client that vanished, or stops acknowledging, does not hold the connection forever.
+    socket.set_keep_alive(Some(KEEPALIVE.into()));
+    // The path's rate, measured, not a window cut at every loss: random losses (radio links) cost little.
+    socket.set_congestion_control(tcp::CongestionControl::Bbr);
+    // Never less in flight than the fixed 64 KiB window of the earlier releases (the first round trip).
+    socket.set_min_congestion_window(INITIAL_SEND_BUFFER);
+    socket.set_timeout(Some(SILENCE_TIMEOUT.into()));
+    // As Linux: a lost tail of a flight on a path of 20-200 ms waits 200 ms for its timeout, not 1 s.
+    socket.set_min_rto(MIN_RTO.into());
+    // Timestamps (RFC 7323), as a kernel negotiates them: a round-trip sample from every ACK, retransmissions
+    // included, and old duplicates dropped (PAWS). TSvals are the stack's clock (the `now` it is given, in ms since
+    // its epoch) plus an offset smoltcp draws for each connection from the interface's random numbers: no clock is
+    // read here, and a TSval tells nothing of when the stack started.
+    socket.set_tsval_from_clock(true);
+    autotune::start(socket);
 }
 
 /// The client's FIN arrived.

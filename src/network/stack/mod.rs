@@ -21,6 +21,8 @@
 mod admission;
 mod autotune;
 mod connection;
+#[cfg(test)]
+mod invariants;
 mod lifecycle;
 mod peers;
 mod receive;
@@ -56,10 +58,13 @@ pub use peers::QueueDrop;
 /// the window scale (smoltcp picks the smallest shift that covers the buffer: 7 for 4 MiB, a window in units of
 /// 128 bytes). 4 MiB carries 80 MB/s at a 50 ms round trip, 20 MB/s at 200 ms. The window a connection
 /// advertises starts at `INITIAL_WINDOW` and grows only as fast as Python reads (`autotune`), within
-/// `WINDOW_BUDGET` for all connections together. 10,000 connections reserve 41 GB of address space (one mapping
-/// each, far below `vm.max_map_count`): the mappings are private and writable, so with `vm.overcommit_memory` at
-/// 2 (strict accounting) the kernel would count them all and refuse new ones (a SYN is then dropped and logged);
-/// at 0 (the default heuristic) or 1 only touched pages count. Window scaling needs the patched smoltcp
+/// `WINDOW_BUDGET` for all connections together. A connection maps its buffers once its handshake completed
+/// (a half-open one maps nothing: smoltcp answers its SYN with the window of the buffer it will get,
+/// `plan_receive_buffer`), one mapping each, so the connections never outnumber `vm.max_map_count`
+/// (`Stack::fit_mappings`). 10,000 connections reserve 82 GB of address space: the mappings are private and
+/// writable, so with `vm.overcommit_memory` at 2 (strict accounting) the kernel counts them all and refuses new ones
+/// when it runs out (the segment that completes a handshake is then dropped and logged); at 0 (the default
+/// heuristic) or 1 only touched pages count. Window scaling needs the patched smoltcp
 /// (crates/smoltcp/fork/README.md): the released one stalls a scaled connection under backpressure and loss.
 const RX_BUFFER: usize = 4 << 20;
 /// The receive window a connection starts with, and falls back to once idle (see `autotune`).
@@ -97,6 +102,10 @@ const LINGER: Duration = Duration::from_secs(60);
 /// its SYN is dropped, without a word, as a kernel drops it after its 5 SYN-ACK retransmissions (1 + 2 + 4 + 8 +
 /// 16 s, then 32 s more for an answer). A SYN-ACK that the tunnel lost is sent again meanwhile.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(63);
+
+/// How long a connection that Python opens waits for the other end's SYN-ACK: as long as Linux's default six
+/// SYN retransmissions take (1 + 2 + 4 + 8 + 16 + 32 + 64 s), then `ConnectFailed` (ETIMEDOUT).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(127);
 
 /// An open connection on which the client said nothing for this long gets a keepalive probe, and another each
 /// time this passes again without an answer. Rare enough not to wake a phone's radio for every idle connection
@@ -168,8 +177,15 @@ pub struct Stack {
     admission: Admission,
     /// Identification of the next fragmented datagram.
     next_ident: u32,
+    /// The largest packet it sends: datagrams and echo replies are fragmented to it.
+    mtu: usize,
     /// Python decides on each SYN before the client gets an answer (`NetworkToPython::ConnectionRequested`).
     ask_first: bool,
+    /// SYNs open connections (a server); otherwise they get a RST, as from a host where nothing listens (the
+    /// client, whose connections Python opens).
+    accepts: bool,
+    /// Where the search for a free local port goes on (`free_port`).
+    next_port: u32,
     /// smoltcp counts time from here.
     epoch: StdInstant,
 }
@@ -177,7 +193,15 @@ pub struct Stack {
 impl Stack {
     /// A stack for these peers; `now` is when it starts.
     pub fn new(peers: Vec<PeerInfo>, now: StdInstant) -> Self {
-        let mut device = VirtualDevice::default();
+        Stack::with_mtu(peers, now, super::device::MTU)
+    }
+
+    /// A stack whose packets are at most `mtu` bytes (a client's configured MTU).
+    pub fn with_mtu(peers: Vec<PeerInfo>, now: StdInstant, mtu: usize) -> Self {
+        let mut device = VirtualDevice {
+            mtu,
+            ..VirtualDevice::default()
+        };
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = rand_seed();
         let mut iface = Interface::new(config, &mut device, Instant::ZERO);
@@ -211,7 +235,10 @@ impl Stack {
             },
             admission: Admission::default(),
             next_ident: 0,
+            mtu,
             ask_first: false,
+            accepts: true,
+            next_port: 0,
             epoch: now,
         }
     }
@@ -236,6 +263,21 @@ impl Stack {
     /// the client gets a SYN-ACK, a RST, an ICMP error or nothing; otherwise every SYN gets its SYN-ACK at once.
     pub fn set_ask_first(&mut self, ask: bool) {
         self.ask_first = ask;
+    }
+
+    /// Lowers the limit on all connections together, if need be, so that their mappings (one each, and those the
+    /// pool keeps) stay below `max_map_count` mappings, the process's limit (`vm.max_map_count`), with `reserved`
+    /// of them left for everything else. Returns the limit.
+    pub fn fit_mappings(&mut self, max_map_count: usize, reserved: usize) -> usize {
+        let room = max_map_count.saturating_sub(reserved + POOLED_BUFFERS);
+        let limits = &mut self.admission.limits;
+        limits.total = limits.total.min(room);
+        limits.total
+    }
+
+    /// Whether SYNs open connections (the server), or get a RST (the client: Python opens its connections).
+    pub fn set_accepts(&mut self, accepts: bool) {
+        self.accepts = accepts;
     }
 
     pub fn connection_count(&self) -> usize {

@@ -6,12 +6,12 @@ use std::time::Instant as StdInstant;
 
 use smoltcp::time::Instant;
 
+use super::lifecycle::Lifecycle;
 use super::recovery::resend_lost;
 use super::{Flow, Outputs, Stack};
-use crate::messages::{ConnectionId, NetworkToPython, PeerId};
-use crate::network::device::MTU;
+use crate::messages::{ConnectFailure, ConnectionId, NetworkToPython, PeerId};
 use crate::network::fragments;
-use crate::network::packet::{self, Inbound, Segment};
+use crate::network::packet::{self, Inbound, Segment, Unreachable};
 
 impl Stack {
     /// An IP packet from a peer, which it sent from its outer UDP endpoint `endpoint`.
@@ -50,6 +50,14 @@ impl Stack {
                 data,
             } => self.receive_ping(peer, src, dst, ident, seq_no, data, out),
             Inbound::Udp { src, dst, payload } => self.receive_udp(peer, src, dst, payload, out),
+            Inbound::Unreachable { why, src, dst } => {
+                let flow = Flow {
+                    peer,
+                    client: dst,
+                    destination: src,
+                };
+                self.receive_unreachable(flow, why, out)
+            }
             Inbound::Tcp {
                 src,
                 dst,
@@ -115,7 +123,7 @@ impl Stack {
         }
         let id = match self.flows.get(&flow) {
             Some(&id) => id,
-            None if opens => match self.open(now, flow, endpoint) {
+            None if opens && self.accepts => match self.open(now, flow, endpoint) {
                 Some(id) => {
                     if self.ask_first {
                         self.ask(id, &packet, out);
@@ -126,8 +134,30 @@ impl Stack {
             },
             None => return self.reset_unknown(now, flow.peer, packet, out),
         };
+        // Anything but the SYN may complete the handshake or carry data: the buffers come first.
+        if !opens && !self.give_buffers(id) {
+            return;
+        }
         self.ingress(now, id, segment, packet, out);
         self.mark_dirty(id);
+    }
+
+    /// An ICMP error about a segment of the stack's: a connection Python opens that waits for its SYN-ACK fails
+    /// with it, as a kernel's `connect` does; an established connection takes no notice (a soft error).
+    fn receive_unreachable(&mut self, flow: Flow, why: Unreachable, out: &mut Outputs) {
+        let Some(&id) = self.flows.get(&flow) else {
+            return;
+        };
+        let Some(conn) = self.connections.get(&id) else {
+            return;
+        };
+        if conn.outgoing && conn.lifecycle == Lifecycle::Connecting {
+            out.events.push(NetworkToPython::ConnectFailed {
+                id,
+                reason: ConnectFailure::Unreachable(why),
+            });
+            self.forget(id);
+        }
     }
 
     /// A segment that no connection takes: smoltcp answers it with a RST.
@@ -150,7 +180,7 @@ impl Stack {
             return;
         };
         if segment.has_data {
-            conn.committed = true;
+            conn.pages.committed = true;
             conn.seq.received(&segment);
         }
         conn.autotune.received(&segment, now);
@@ -165,7 +195,13 @@ impl Stack {
             .poll_ingress_single(now, &mut self.device, &mut conn.sockets);
         self.device.rx = None;
         if let Some(acks) = acks {
-            resend_lost(&mut self.iface, &mut self.device, conn, acks, now);
+            resend_lost(
+                &mut self.iface,
+                &mut self.device,
+                (&mut conn.sockets, conn.handle),
+                acks,
+                now,
+            );
         }
         // Answers to segments the socket rejects (e.g. a RST for a bad ACK) go out at once.
         let peer = conn.flow.peer;
@@ -191,7 +227,7 @@ impl Stack {
         out: &mut Outputs,
     ) {
         if let Some(reply) = packet::echo_reply(src, dst, ident, seq_no, data) {
-            let fragments = packet::fit_mtu(reply, MTU, self.fragment_ident());
+            let fragments = packet::fit_mtu(reply, self.mtu, self.fragment_ident());
             out.packets.extend(fragments.into_iter().map(|p| (peer, p)));
         }
     }

@@ -1,11 +1,10 @@
 //! Loss recovery beyond smoltcp's own: what went each way on a connection, and the early resend of a reply that
 //! the tunnel lost.
 
-use smoltcp::iface::Interface;
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 
-use super::connection::Connection;
 use crate::network::device::VirtualDevice;
 use crate::network::packet::{self, Segment};
 
@@ -73,11 +72,11 @@ fn furthest(end: &mut Option<u32>, to: u32) {
 pub(super) fn resend_lost(
     iface: &mut Interface,
     device: &mut VirtualDevice,
-    conn: &mut Connection,
+    (sockets, handle): (&mut SocketSet<'static>, SocketHandle),
     [nudged, ack]: [Vec<u8>; 2],
     now: Instant,
 ) {
-    let socket = conn.socket();
+    let socket = sockets.get_mut::<tcp::Socket>(handle);
     let has_data_in_flight = socket.send_queue() > 0
         && matches!(
             socket.state(),
@@ -92,7 +91,7 @@ pub(super) fn resend_lost(
     }
     for packet in [nudged, ack.clone(), ack.clone(), ack.clone(), ack] {
         device.rx = Some(packet);
-        iface.poll_ingress_single(now, device, &mut conn.sockets);
+        iface.poll_ingress_single(now, device, sockets);
     }
     device.rx = None;
 }

@@ -4,7 +4,6 @@
 
 use smoltcp::time::Instant;
 
-use super::connection::Connection;
 use super::{RELEASE_AFTER, RX_BUFFER, TX_BUFFER};
 use crate::network::memory::LazyMemory;
 
@@ -64,71 +63,114 @@ pub(super) struct ReadPosition {
     pub(super) floor: u64,
 }
 
-impl Connection {
-    /// Gives back the pages of the receive buffer's chunks that Python read past, unless the window reaches
-    /// around the ring into them: data may arrive anywhere from the reader to the window's right edge.
-    pub(super) fn release_read_chunks(&mut self) {
-        let position = &mut self.read_position;
+/// A connection's buffer memory and what of it may go back to the kernel.
+pub(super) struct Pages {
+    /// The pages of both buffers: receive buffer first, then the send buffer; none before the handshake
+    /// completed (`Stack::give_buffers`). The socket's buffers borrow them: the connection drops its socket first.
+    pub(super) memory: Option<LazyMemory>,
+    /// The buffers hold pages that can be released once both are empty (at `release_at`).
+    pub(super) committed: bool,
+    pub(super) release_at: Option<Instant>,
+    /// Bytes through both buffers when `release_at` was set.
+    release_mark: u64,
+    /// How far Python read, for the pages it read past.
+    pub(super) read: ReadPosition,
+    /// How far the client acknowledged, for the pages of the send buffer behind it.
+    pub(super) write: WritePosition,
+}
+
+impl Pages {
+    pub(super) fn new(memory: Option<LazyMemory>) -> Self {
+        Pages {
+            memory,
+            committed: false,
+            release_at: None,
+            release_mark: 0,
+            read: ReadPosition::default(),
+            write: WritePosition::default(),
+        }
+    }
+
+    /// `n` bytes went into the send buffer, the stream's bytes up to `end`; `restart`: the buffer was empty, so
+    /// its ring starts again at its beginning with them.
+    pub(super) fn wrote(&mut self, end: u64, n: usize, restart: bool) {
+        if let (true, Some(memory)) = (restart, &self.memory) {
+            self.write.restart(end - n as u64, memory);
+        }
+        self.committed = true;
+        self.write.wrote(end);
+    }
+
+    /// Gives back the pages of the receive buffer's chunks that Python read past, unless the window (`window`
+    /// bytes beyond the reader) reaches around the ring into them: data may arrive anywhere from the reader to
+    /// the window's right edge.
+    pub(super) fn release_read_chunks(&mut self, window: usize) {
+        let position = &mut self.read;
         let chunk_end = position.dequeued / READ_CHUNK as u64 * READ_CHUNK as u64;
         if chunk_end <= position.released {
             return;
         }
-        let live_end = (position.dequeued + self.autotune.window as u64).max(position.floor);
+        let live_end = (position.dequeued + window as u64).max(position.floor);
         let start = position.released.max(
             live_end
                 .saturating_sub(RX_BUFFER as u64)
                 .next_multiple_of(READ_CHUNK as u64),
         );
         position.released = chunk_end;
-        self.memory.release_ring(0, RX_BUFFER, start, chunk_end);
+        if let Some(memory) = &self.memory {
+            memory.release_ring(0, RX_BUFFER, start, chunk_end);
+        }
     }
 
-    /// Gives back the pages of the send buffer's chunks whose data the client acknowledged, unless the data
-    /// written since reaches around the ring into them.
-    pub(super) fn release_sent_chunks(&mut self) {
-        let acked = self.enqueued - self.socket().send_queue() as u64;
-        let position = &mut self.write_position;
+    /// Gives back the pages of the send buffer's chunks whose data the client acknowledged (the stream up to
+    /// `acked`), unless the data written since (up to `enqueued`) reaches around the ring into them.
+    pub(super) fn release_sent_chunks(&mut self, acked: u64, enqueued: u64) {
+        let position = &mut self.write;
         let chunk = SENT_CHUNK as u64;
         let chunk_end = position.start + (acked - position.start) / chunk * chunk;
         if chunk_end <= position.released {
             return;
         }
         // Stream offsets from here on may share their pages with data written up to `enqueued`.
-        let reused = self.enqueued.saturating_sub(TX_BUFFER as u64);
+        let reused = enqueued.saturating_sub(TX_BUFFER as u64);
         let start = position
             .released
             .max(position.start + reused.saturating_sub(position.start).next_multiple_of(chunk));
         position.released = chunk_end;
         let (from, to) = (start - position.start, chunk_end - position.start);
-        self.memory.release_ring(RX_BUFFER, TX_BUFFER, from, to);
+        if let Some(memory) = &self.memory {
+            memory.release_ring(RX_BUFFER, TX_BUFFER, from, to);
+        }
     }
 
-    /// Releases the pages of both buffers once they stayed empty, with no data through them, for
-    /// `RELEASE_AFTER`: then the connection also falls back to its first window. Out-of-order data waits in the
-    /// receive buffer beyond what `recv_queue` counts: while the client may fill a gap, the pages are kept.
-    pub(super) fn release_pages(&mut self, now: Instant) {
-        let socket = self.socket();
-        let idle = socket.send_queue() == 0 && socket.recv_queue() == 0;
-        if !(self.committed && idle && self.pending.is_empty() && !self.seq.awaits_retransmission()) {
+    /// Releases the pages of both buffers once they stayed empty (`idle`), with no data through them (`moved`
+    /// bytes so far, both ways), for `RELEASE_AFTER`. Returns whether it did now: then the connection falls back
+    /// to its first window, and the right edge the window of `window` bytes reached stays where data may arrive.
+    pub(super) fn release_if_idle(&mut self, now: Instant, idle: bool, moved: u64, window: usize) -> bool {
+        if !(self.committed && idle) {
             self.release_at = None;
-            return;
+            return false;
         }
         // Data that went through since: the connection is busy, with buffers that Python keeps empty.
-        let moved = self.read_position.dequeued + self.enqueued;
         if self.release_at.is_some() && moved != self.release_mark {
             self.release_at = None;
         }
         match self.release_at {
             Some(at) if at <= now => {
-                self.memory.release(0, RX_BUFFER + TX_BUFFER);
+                if let Some(memory) = &self.memory {
+                    memory.release(0, RX_BUFFER + TX_BUFFER);
+                }
                 self.committed = false;
                 self.release_at = None;
-                self.reset_window(now);
+                let read = &mut self.read;
+                read.floor = read.floor.max(read.dequeued + window as u64);
+                true
             }
-            Some(_) => {}
+            Some(_) => false,
             None => {
                 self.release_at = Some(now + RELEASE_AFTER.into());
                 self.release_mark = moved;
+                false
             }
         }
     }

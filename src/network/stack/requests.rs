@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::connection::Hold;
-use super::{Outputs, Stack, LINGER};
-use crate::messages::{ConnectionId, NetworkToPython, PeerId, PythonToNetwork, SynAnswer};
-use crate::network::device::MTU;
+use super::lifecycle::Lifecycle;
+use super::{Flow, Outputs, Stack, LINGER};
+use crate::messages::{ConnectFailure, ConnectionId, NetworkToPython, PeerId, PythonToNetwork, SynAnswer};
 use crate::network::packet;
 
 impl Stack {
@@ -26,6 +26,10 @@ impl Stack {
                 self.answer(now, id, answer, out);
                 return;
             }
+            PythonToNetwork::Connect { id, peer, src, dst } => {
+                self.open_outgoing(now, id, peer, src, dst, out);
+                return;
+            }
             PythonToNetwork::Capture(_) => unreachable!("the network task keeps the capture"),
             PythonToNetwork::Write { id, .. }
             | PythonToNetwork::WriteEof { id }
@@ -41,22 +45,26 @@ impl Stack {
         match msg {
             PythonToNetwork::Write { data, .. } => {
                 if conn.lifecycle.takes_writes() && !data.is_empty() {
-                    conn.unconfirmed += data.len();
-                    conn.pending.push_back(data);
+                    conn.outbox.push(data);
                 }
             }
             PythonToNetwork::WriteEof { .. } => conn.lifecycle.request_fin(),
-            PythonToNetwork::Close { .. } => {
+            PythonToNetwork::Close { .. } | PythonToNetwork::Abort { .. } => {
+                // Python gives up on a connection before its handshake completed (a connect it cancelled, a SYN it
+                // was asked about): it is half-open no more for admission, which cannot tell it once detached.
+                if conn.lifecycle == Lifecycle::Connecting {
+                    self.admission.handshake_over(conn.flow.peer);
+                }
                 conn.lifecycle.detach();
-                conn.give_up_at = Some(now + LINGER.into());
-            }
-            PythonToNetwork::Abort { .. } => {
-                conn.lifecycle.detach();
-                conn.abort();
+                match msg {
+                    PythonToNetwork::Close { .. } => conn.patience.give_up_at = Some(now + LINGER.into()),
+                    _ => conn.abort(),
+                }
             }
             PythonToNetwork::PauseReading { .. } => conn.reading = false,
             PythonToNetwork::ResumeReading { .. } => conn.reading = true,
             PythonToNetwork::SendDatagram { .. }
+            | PythonToNetwork::Connect { .. }
             | PythonToNetwork::Answer { .. }
             | PythonToNetwork::ResumeStarved
             | PythonToNetwork::Capture(_) => unreachable!(),
@@ -121,6 +129,63 @@ impl Stack {
         }
     }
 
+    /// Python opens a connection; a local port 0 is a free one of the ephemeral range.
+    fn open_outgoing(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        peer: PeerId,
+        src: SocketAddr,
+        dst: SocketAddr,
+        out: &mut Outputs,
+    ) {
+        let now = self.clock(now);
+        let local = match src.port() {
+            0 => self.free_port(peer, src, dst),
+            _ => Some(src),
+        };
+        let result = match local {
+            Some(_) if !self.peers.contains_key(&peer) => Err(ConnectFailure::NoRoom),
+            Some(local) => self.connect(
+                now,
+                id,
+                Flow {
+                    peer,
+                    client: dst,
+                    destination: local,
+                },
+            ),
+            None => Err(ConnectFailure::NoRoom),
+        };
+        if let Err(reason) = result {
+            out.events.push(NetworkToPython::ConnectFailed { id, reason });
+        }
+    }
+
+    /// A local port for a connection from `src`'s address to `dst` that no connection of the stack uses, from
+    /// the ephemeral range (49152-65535, as IANA's), starting at a random one as kernels do.
+    fn free_port(&mut self, peer: PeerId, src: SocketAddr, dst: SocketAddr) -> Option<SocketAddr> {
+        const FIRST: u16 = 49152;
+        const COUNT: u32 = 65536 - FIRST as u32;
+        let start = self
+            .next_port
+            .wrapping_add(rand_core::RngCore::next_u32(&mut rand_core::OsRng))
+            % COUNT;
+        (0..COUNT).find_map(|i| {
+            let port = FIRST + ((start + i) % COUNT) as u16;
+            let local = SocketAddr::new(src.ip(), port);
+            let flow = Flow {
+                peer,
+                client: dst,
+                destination: local,
+            };
+            (!self.flows.contains_key(&flow)).then(|| {
+                self.next_port = (start + i + 1) % COUNT;
+                local
+            })
+        })
+    }
+
     /// Python emptied its queue: the connections left unread for lack of room are read again.
     fn resume_starved(&mut self) {
         for id in std::mem::take(&mut self.budget.starved) {
@@ -168,7 +233,7 @@ impl Stack {
                 }
             },
         };
-        match packet::udp_packets(src, dst, data, MTU, self.fragment_ident()) {
+        match packet::udp_packets(src, dst, data, self.mtu, self.fragment_ident()) {
             Some(packets) => out.packets.extend(packets.into_iter().map(|p| (peer, p))),
             None => crate::ratelog::note(Level::Debug, "datagrams from Python dropped", || {
                 format!("dropped a datagram from {src} to {dst}: address families differ or too large")

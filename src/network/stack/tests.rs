@@ -16,9 +16,12 @@ const PACING_WAIT: Duration = Duration::from_millis(50);
 
 mod ask_first;
 mod autotune;
+mod cost;
 mod limits;
+mod outgoing;
 mod peers;
 mod recovery;
+mod timestamps;
 mod window_scale;
 
 /// A TCP client made of a smoltcp socket of its own, wired to the stack under test.
@@ -32,6 +35,16 @@ pub(super) struct Client {
 
 impl Client {
     pub(super) fn connect(peer: PeerId, src: &str, dst: &str) -> Client {
+        Client::connect_with(peer, src, dst, |_| {})
+    }
+
+    /// `connect`, with `configure` called on the client's socket before it sends its SYN.
+    pub(super) fn connect_with(
+        peer: PeerId,
+        src: &str,
+        dst: &str,
+        configure: impl FnOnce(&mut tcp::Socket<'static>),
+    ) -> Client {
         let src: SocketAddr = src.parse().unwrap();
         let dst: SocketAddr = dst.parse().unwrap();
         let mut device = VirtualDevice::default();
@@ -50,6 +63,7 @@ impl Client {
         socket.set_nagle_enabled(false);
         // A client that sends all its window allows, as the tests' timing assumes.
         socket.set_congestion_control(tcp::CongestionControl::None);
+        configure(&mut socket);
         socket.connect(iface.context(), dst, src.port()).unwrap();
         let mut sockets = SocketSet::new(vec![]);
         let handle = sockets.add(socket);
@@ -438,10 +452,10 @@ fn an_idle_connection_gives_its_pages_back_but_keeps_data_that_arrived_out_of_or
 
     client.socket().send_slice(b"first").unwrap();
     assert_eq!(data(&client.pump(&mut stack)), b"first");
-    assert!(stack.connections[&id].committed);
+    assert!(stack.connections[&id].pages.committed);
     idle(&mut stack);
     assert!(
-        !stack.connections[&id].committed,
+        !stack.connections[&id].pages.committed,
         "Python read all, nothing to send: released"
     );
 
@@ -459,7 +473,7 @@ fn an_idle_connection_gives_its_pages_back_but_keeps_data_that_arrived_out_of_or
     assert!(data(&out.events).is_empty());
     idle(&mut stack);
     assert!(
-        stack.connections[&id].committed,
+        stack.connections[&id].pages.committed,
         "out-of-order data keeps its pages"
     );
 
@@ -469,7 +483,7 @@ fn an_idle_connection_gives_its_pages_back_but_keeps_data_that_arrived_out_of_or
     stack.flush(&mut out);
     assert_eq!(data(&out.events), b"lost later");
     idle(&mut stack);
-    assert!(!stack.connections[&id].committed);
+    assert!(!stack.connections[&id].pages.committed);
 }
 
 #[test]

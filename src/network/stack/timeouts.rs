@@ -1,7 +1,8 @@
 //! When the stack gives up on a client, so that no client holds a connection's memory forever:
 //!
 //! - a handshake not completed `HANDSHAKE_TIMEOUT` after the SYN: the half-open connection is dropped without a
-//!   word (Python never heard of it);
+//!   word (Python never heard of it); one that Python opened, `CONNECT_TIMEOUT` after its SYN: Python hears
+//!   `ConnectFailed` (a kernel's ETIMEDOUT);
 //! - no FIN from the client `LINGER` after Python closed: reset;
 //! - data in the send buffer that the client did not acknowledge for `USER_TIMEOUT`, whether it is silent or
 //!   answers with a closed window: reset, as a kernel does with TCP_USER_TIMEOUT;
@@ -13,35 +14,51 @@
 use log::Level;
 use smoltcp::time::Instant;
 
-use super::connection::Connection;
 use super::lifecycle::Lifecycle;
-use super::{Stack, USER_TIMEOUT};
-use crate::messages::ConnectionId;
+use super::{Outputs, Stack, USER_TIMEOUT};
+use crate::messages::{ConnectFailure, ConnectionId, NetworkToPython};
 
 /// Where the send side stood when it last moved on.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Progress {
+struct Progress {
     /// Bytes the client had acknowledged.
     acked: u64,
     since: Instant,
 }
 
-impl Connection {
-    /// Notes whether the client acknowledged more of what waits in the send buffer.
-    pub(super) fn watch_progress(&mut self, now: Instant) {
-        let queued = self.socket().send_queue() as u64;
+/// How long the stack waits for a client on a connection.
+#[derive(Debug, Default)]
+pub(super) struct Patience {
+    /// The latest moment to wait for the client: to complete its handshake, or, once Python closed the
+    /// connection, to close its side.
+    pub(super) give_up_at: Option<Instant>,
+    /// The send side's progress, while data waits for the client's acknowledgement.
+    progress: Option<Progress>,
+}
+
+impl Patience {
+    pub(super) fn until(give_up_at: Instant) -> Self {
+        Patience {
+            give_up_at: Some(give_up_at),
+            progress: None,
+        }
+    }
+
+    /// Notes whether the client acknowledged more of what waits in the send buffer (`queued` bytes of the
+    /// `enqueued` so far).
+    pub(super) fn watch_progress(&mut self, queued: u64, enqueued: u64, now: Instant) {
         if queued == 0 {
             self.progress = None;
             return;
         }
-        let acked = self.enqueued - queued;
+        let acked = enqueued - queued;
         if self.progress.is_none_or(|p| p.acked != acked) {
             self.progress = Some(Progress { acked, since: now });
         }
     }
 
     /// The moment the stack gives up on the client unless it moves first.
-    pub(super) fn give_up_deadline(&self) -> Option<Instant> {
+    pub(super) fn deadline(&self) -> Option<Instant> {
         let stalled = self.progress.map(|p| p.since + USER_TIMEOUT.into());
         match (self.give_up_at, stalled) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -52,14 +69,20 @@ impl Connection {
 
 impl Stack {
     /// Ends connection `id` if its client ran out of time. Returns whether it is forgotten.
-    pub(super) fn give_up_if_due(&mut self, id: ConnectionId, now: Instant) -> bool {
+    pub(super) fn give_up_if_due(&mut self, id: ConnectionId, now: Instant, out: &mut Outputs) -> bool {
         let Some(conn) = self.connections.get_mut(&id) else {
             return true;
         };
-        if conn.give_up_deadline().is_none_or(|at| at > now) {
+        if conn.patience.deadline().is_none_or(|at| at > now) {
             return false;
         }
         if conn.lifecycle == Lifecycle::Connecting {
+            if conn.outgoing {
+                out.events.push(NetworkToPython::ConnectFailed {
+                    id,
+                    reason: ConnectFailure::TimedOut,
+                });
+            }
             crate::ratelog::note(Level::Debug, "connections dropped unestablished", || {
                 format!("connection {id}: the client did not complete its handshake in time, dropped")
             });

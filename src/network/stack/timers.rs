@@ -28,7 +28,7 @@ impl Stack {
             self.timers.pop_first();
             if let Some(conn) = self.connections.get_mut(&id) {
                 conn.deadline = None;
-                if !self.give_up_if_due(id, now) {
+                if !self.give_up_if_due(id, now, out) {
                     self.service(id, now, out);
                 }
             }
@@ -51,7 +51,10 @@ impl Connection {
         } else {
             iface.poll_at(now, &self.sockets)
         };
-        for at in [self.give_up_deadline(), self.release_at].into_iter().flatten() {
+        for at in [self.patience.deadline(), self.pages.release_at]
+            .into_iter()
+            .flatten()
+        {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
         if next == self.deadline {

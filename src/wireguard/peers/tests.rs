@@ -42,6 +42,7 @@ pub(super) fn collect(f: impl FnOnce(&mut dyn FnMut(Output))) -> Vec<(String, Ve
     f(&mut |o| match o {
         Output::Send(addr, d) => out.push((format!("send {addr}"), d.to_vec())),
         Output::Deliver { peer, packet, .. } => out.push((format!("deliver {peer}"), packet.to_vec())),
+        Output::HandshakeFailed { peer, endpoint } => out.push((format!("failed {peer} {endpoint}"), vec![])),
     });
     out
 }
@@ -618,4 +619,53 @@ fn handshake_cost() {
         best.0 * 1e6,
         best.1 * 1e6
     );
+}
+
+#[test]
+fn handshakes_unanswered_for_90_s_are_reported_once_with_the_endpoint() {
+    let (mut peers, _client) = server(&[&[]]);
+    let endpoint: SocketAddr = "192.0.2.9:51820".parse().unwrap();
+    peers.slots[0].as_mut().unwrap().endpoint = Some(endpoint);
+    let mut buf = vec![0; BUFFER_SIZE];
+    // A packet for the peer, with no session: boringtun starts a handshake, which nobody answers.
+    let sent = collect(|emit| peers.send(0, &ipv4_packet(), &mut buf, &mut |o| emit(o)));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1[0], HANDSHAKE_INITIATION);
+    let start = Instant::now();
+    let failed =
+        |out: &[(String, Vec<u8>)]| out.iter().filter(|(what, _)| what.starts_with("failed")).count();
+    let early = collect(|emit| peers.tick(start + Duration::from_secs(89), &mut buf, &mut |o| emit(o)));
+    assert_eq!(failed(&early), 0);
+    let due = collect(|emit| {
+        peers.tick(
+            start + HANDSHAKE_ATTEMPTS + Duration::from_secs(1),
+            &mut buf,
+            &mut |o| emit(o),
+        )
+    });
+    assert_eq!(
+        due.iter()
+            .find(|(what, _)| what.starts_with("failed"))
+            .map(|(w, _)| w.as_str()),
+        Some("failed 0 192.0.2.9:51820")
+    );
+    let later = collect(|emit| peers.tick(start + Duration::from_secs(120), &mut buf, &mut |o| emit(o)));
+    assert_eq!(failed(&later), 0, "reported once");
+}
+
+#[test]
+fn a_configured_endpoint_is_where_the_first_handshake_goes() {
+    let server_key = keys::generate();
+    let mut peer = PeerConfig::from_private_key("c", &keys::generate()).unwrap();
+    peer.endpoint = Some("192.0.2.9:51820".into());
+    let config = Configuration {
+        private_key: server_key,
+        peers: vec![peer],
+        ..Configuration::default()
+    };
+    let mut peers = Peers::new(&config).unwrap();
+    let mut buf = vec![0; BUFFER_SIZE];
+    let sent = collect(|emit| peers.send(0, &ipv4_packet(), &mut buf, &mut |o| emit(o)));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, "send 192.0.2.9:51820");
 }

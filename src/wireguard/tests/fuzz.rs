@@ -56,6 +56,7 @@ fn receive(peers: &mut Peers, src: SocketAddr, datagram: &[u8], buf: &mut [u8]) 
     peers.receive(src, datagram, buf, &mut |out| match out {
         Output::Send(to, d) => seen.sent.push((to, d.to_vec())),
         Output::Deliver { packet, .. } => seen.delivered.push(packet.to_vec()),
+        Output::HandshakeFailed { .. } => {}
     });
     seen
 }

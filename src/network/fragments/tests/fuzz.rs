@@ -11,30 +11,6 @@ pub fn config(default: u32) -> ProptestConfig {
     ProptestConfig::with_cases(cases.unwrap_or(default))
 }
 
-impl Reassembler {
-    fn check_budgets(&self) {
-        assert!(self.held <= BUDGET, "held {} > {BUDGET}", self.held);
-        assert!(self.shares.values().all(|s| s.held <= PEER_BUDGET));
-    }
-
-    /// Every structure agrees with the others, and no budget is exceeded.
-    fn check(&self) {
-        self.check_budgets();
-        let held: usize = self.partials.values().map(Partial::held).sum();
-        assert_eq!(self.held, held);
-        assert_eq!(self.order.len(), self.partials.len());
-        assert_eq!(self.by_held.len(), self.shares.len());
-        for (peer, share) in &self.shares {
-            assert!(share.held <= PEER_BUDGET);
-            assert!(!share.partials.is_empty());
-            assert!(share.partials.len() <= PEER_PARTIALS);
-            assert!(self.by_held.contains(&(share.held, *peer)));
-            let held: usize = share.partials.iter().map(|(_, k)| self.partials[k].held()).sum();
-            assert_eq!(share.held, held);
-        }
-    }
-}
-
 /// Source and destination of a test datagram of either family.
 fn addresses(v6: bool) -> (&'static str, &'static str) {
     if v6 {

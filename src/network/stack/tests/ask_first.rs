@@ -161,3 +161,29 @@ fn a_stack_that_does_not_ask_answers_at_once() {
         .any(|e| matches!(e, NetworkToPython::ConnectionRequested { .. })));
     established(&events);
 }
+
+#[test]
+fn a_connection_python_closes_instead_of_answering_frees_its_half_open_place() {
+    for close in [true, false] {
+        let (mut stack, mut client, id) = held("10.0.0.1:5000", "10.0.0.42:80");
+        stack.admission.limits.half_open_per_peer = 1;
+        let mut out = Outputs::default();
+        let request = if close {
+            PythonToNetwork::Close { id }
+        } else {
+            PythonToNetwork::Abort { id }
+        };
+        stack.handle(request, &mut out);
+        stack.flush(&mut out);
+        client.pump(&mut stack);
+        stack.check_invariants();
+        // Another SYN of the peer's is asked about: the place is free again.
+        let mut other = Client::connect(0, "10.0.0.1:5001", "10.0.0.42:80");
+        let events = other.pump(&mut stack);
+        assert!(
+            matches!(events[..], [NetworkToPython::ConnectionRequested { .. }]),
+            "{events:?}"
+        );
+        stack.check_invariants();
+    }
+}

@@ -294,7 +294,12 @@ fn a_busy_connection_commits_its_window_not_its_whole_receive_buffer() {
     let delivered: usize = rounds.iter().map(|r| r.0).sum();
     assert!(delivered > 2 * RX_BUFFER, "{delivered}");
     assert_eq!(path.window(id), INITIAL_WINDOW);
-    let resident = path.stack.connections[&id].memory.resident(0, RX_BUFFER);
+    let resident = path.stack.connections[&id]
+        .pages
+        .memory
+        .as_ref()
+        .unwrap()
+        .resident(0, RX_BUFFER);
     assert!(
         resident <= 4 * INITIAL_WINDOW + 256 * 1024,
         "{resident} bytes committed"
@@ -319,7 +324,7 @@ fn the_send_buffer_grows_with_the_congestion_window_and_gives_back_what_was_ackn
         path.step();
         let conn = &path.stack.connections[&id];
         limit = limit.max(conn.autotune.send_limit);
-        resident = resident.max(conn.memory.resident(RX_BUFFER, TX_BUFFER));
+        resident = resident.max(conn.pages.memory.as_ref().unwrap().resident(RX_BUFFER, TX_BUFFER));
         if path.lanes[0].received.len() == download.len() {
             break;
         }

@@ -9,7 +9,7 @@ use smoltcp::wire::{
 };
 
 use super::*;
-use crate::network::stack::admission::{Limits, MAX_HALF_OPEN_PER_PEER};
+use crate::network::stack::admission::{Limits, MAX_CONNECTIONS, MAX_HALF_OPEN_PER_PEER};
 use crate::network::stack::{HANDSHAKE_TIMEOUT, SILENCE_TIMEOUT, USER_TIMEOUT};
 
 /// A SYN from `src` to `dst` (IPv4), as a client that never completes the handshake sends it.
@@ -284,4 +284,42 @@ fn a_client_that_keeps_its_window_closed_is_reset_at_the_user_timeout() {
         received.len(),
         payload.len()
     );
+}
+
+/// A SYN maps no buffer: the connection gets its buffers with the segment that completes the handshake, and a
+/// SYN flood holds none.
+#[test]
+fn half_open_connections_map_no_buffers() {
+    let mut stack = stack();
+    let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "198.51.100.7:80");
+    client
+        .iface
+        .poll(stack.now(), &mut client.device, &mut client.sockets);
+    let syn = client.device.tx.drain(..).next().expect("a SYN");
+    let mut out = Outputs::default();
+    stack.receive(0, endpoint, syn, &mut out);
+    stack.flush(&mut out);
+    assert_eq!(out.packets.len(), 1, "a SYN-ACK");
+    let conn = stack.connections.values().next().unwrap();
+    assert!(conn.pages.memory.is_none(), "a half-open connection maps nothing");
+    // The SYN-ACK offers the window scale of the whole buffer (7 for 4 MiB) and the first window.
+    for (_, p) in out.packets {
+        client.device.rx = Some(p);
+        client
+            .iface
+            .poll(stack.now(), &mut client.device, &mut client.sockets);
+    }
+    let id = established(&client.pump(&mut stack));
+    assert!(stack.connections[&id].pages.memory.is_some());
+    client.socket().send_slice(&[1; 100_000]).unwrap();
+    assert_eq!(data(&client.pump(&mut stack)).len(), 100_000);
+}
+
+#[test]
+fn connections_never_outnumber_the_mappings_a_process_may_have() {
+    let mut stack = stack();
+    assert_eq!(stack.fit_mappings(1 << 20, 4096), MAX_CONNECTIONS, "room for all");
+    assert_eq!(stack.fit_mappings(65_530, 4096), 65_530 - 4096 - POOLED_BUFFERS);
+    assert_eq!(stack.admission.limits.total, 65_530 - 4096 - POOLED_BUFFERS);
 }
