@@ -12,6 +12,7 @@ import pytest
 import mitmproxy_wireguard as wg
 from helpers import Namespace, ServerProcess, WireGuardClient, echo, start_client
 from helpers_cli import LISTENING, Cli, Listening, client_configs, client_settings, config_fields
+from helpers_upstream import Upstream, start_upstream
 
 
 @pytest.fixture
@@ -41,6 +42,23 @@ async def wg_clients() -> AsyncIterator[Callable[..., Awaitable[WireGuardClient]
     yield factory
     for client in clients:
         client.stop()
+
+
+@pytest.fixture
+async def upstreams() -> AsyncIterator[Callable[..., Awaitable[Upstream]]]:
+    """Factory of WireGuard servers of the tests' own (helpers_upstream.start_upstream, e.g.
+    `await upstreams("boringtun")`), each in its namespace with the test services behind it; all are stopped,
+    their namespaces deleted, at the end of the test."""
+    made: list[Upstream] = []
+
+    async def factory(kind: str, **kwargs: Any) -> Upstream:
+        upstream = await start_upstream(kind, **kwargs)
+        made.append(upstream)
+        return upstream
+
+    yield factory
+    for upstream in made:
+        upstream.stop()
 
 
 @dataclass

@@ -84,7 +84,9 @@ class Namespace:
         self.here = str(link + 1)
         self.there = str(link + 2)
         run("ip", "netns", "add", self.name)
-        outside, inside = f"vt{os.getpid() % 10000}n{i}", f"vc{os.getpid() % 10000}n{i}"
+        # The veth pair's ends: `outside` in the test namespace, `inside` in this one.
+        self.outside, self.inside = f"vt{os.getpid() % 10000}n{i}", f"vc{os.getpid() % 10000}n{i}"
+        outside, inside = self.outside, self.inside
         run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", self.name)
         run("ip", "address", "add", f"{self.here}/30", "dev", outside)
         run("ip", "link", "set", outside, "up")

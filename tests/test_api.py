@@ -26,11 +26,16 @@ def ignore_datagram(data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> 
 def test_public_names():
     assert set(wg.__all__) == {
         "Configuration",
+        "DatagramEndpoint",
+        "NoHandshake",
         "PeerStats",
         "Refusal",
         "Server",
         "ServerError",
         "TcpStream",
+        "Tunnel",
+        "TunnelClosed",
+        "connect",
         "genkey",
         "pubkey",
         "start_server",

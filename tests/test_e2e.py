@@ -196,7 +196,8 @@ async def test_server_close_ends_open_connections_at_once(start):
     assert left == set()
 
 
-async def test_a_failing_handler_is_logged_and_harms_no_one(start, caplog):
+async def test_a_failing_handler_is_logged_and_harms_no_one(wg_pair, caplog):
+    """What the handler does is the point, not the client: the package's own client (`wg_pair`) talks to it."""
     calls = []
 
     async def handle(stream: wg.TcpStream) -> None:
@@ -207,9 +208,9 @@ async def test_a_failing_handler_is_logged_and_harms_no_one(start, caplog):
         stream.write(b"fine")
         stream.close()
 
-    await start(handle)
+    pair = await wg_pair(handle)
     with caplog.at_level(logging.ERROR, logger="mitmproxy_wireguard"):
-        reader, writer = await open_connection("10.0.0.42", 80)
+        reader, writer = await pair.tunnel.open_connection("10.0.0.42", 80)
         # The failed connection is closed, not left hanging.
         assert await asyncio.wait_for(reader.read(), 5) == b""
         await close_writer(writer)
@@ -217,10 +218,39 @@ async def test_a_failing_handler_is_logged_and_harms_no_one(start, caplog):
     assert len(failures) == 1
     assert "the handler broke" in str(failures[0].exc_info[1])
 
-    reader, writer = await open_connection("10.0.0.42", 80)
+    reader, writer = await pair.tunnel.open_connection("10.0.0.42", 80)
     writer.write(b"x")
     assert await asyncio.wait_for(reader.read(), 5) == b"fine"
     await close_writer(writer)
+
+
+TCPI_OPT_TIMESTAMPS = 1  # tcp_info's tcpi_options (linux/tcp.h)
+
+
+@pytest.mark.parametrize("timestamps", [True, False], ids=["kernel-default", "timestamps-off"])
+async def test_tcp_timestamps_as_the_kernel_asks_for_them(start, timestamps):
+    """Linux offers TCP timestamps (RFC 7323) by default: the connection uses them, and carries a megabyte each way
+    through the stack's PAWS and echo rules. With net.ipv4.tcp_timestamps=0 (in the tests' namespace only) it offers
+    none, and works without them."""
+    setting = "/proc/sys/net/ipv4/tcp_timestamps"
+    with open(setting) as f:
+        before = f.read()
+    with open(setting, "w") as f:
+        f.write("1" if timestamps else "0")
+    try:
+        await start()
+        reader, writer = await open_connection("10.0.0.42", 1234)
+        payload = os.urandom(1 << 20)
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 30) == payload
+        info = writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        assert bool(info[5] & TCPI_OPT_TIMESTAMPS) == timestamps
+        await close_writer(writer)
+    finally:
+        with open(setting, "w") as f:
+            f.write(before)
 
 
 async def test_a_client_reset_raises_connection_reset_error(start):

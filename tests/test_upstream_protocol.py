@@ -117,3 +117,67 @@ def test_the_command_line_checks_the_upstream_options(capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         cli.main(["forward", "--upstream-dns", "192.0.2.53"])
     assert "--upstream-dns needs --upstream" in capsys.readouterr().err
+
+
+def test_the_command_line_reads_a_wireguard_upstream(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--upstream wireguard:PATH` reads the client configuration at start: a missing or bad file is an error
+    that names the path (and the line), before anything runs."""
+    import mitmproxy_wireguard as wg
+    from mitmproxy_wireguard import cli
+
+    def error(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exited:
+            cli.build_parser().parse_args(["forward", *argv])
+        assert exited.value.code == 2
+        return capsys.readouterr().err
+
+    key, server_key = wg.genkey(), wg.pubkey(wg.genkey())
+    good = tmp_path / "upstream.conf"
+    good.write_text(
+        f"[Interface]\nPrivateKey = {key}\nAddress = 10.9.0.2/32, fd09::2/128\nDNS = 10.9.0.1, example.test\n\n"
+        f"[Peer]\nPublicKey = {server_key}\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 0.0.0.0/0, ::/0\n"
+    )
+    upstream = cli.build_parser().parse_args(["forward", "--upstream", f"wireguard:{good}"]).upstream
+    assert isinstance(upstream, forward.WireGuardUpstream) and upstream.carries_udp
+    assert str(upstream) == f"wireguard:{good}" and upstream.endpoint == "192.0.2.1:51820"
+    assert upstream.addresses == ["10.9.0.2", "fd09::2"] and upstream.dns_servers == [("10.9.0.1", 53)]
+    assert key not in repr(upstream) + str(upstream) + upstream.describe()
+
+    missing = tmp_path / "missing.conf"
+    message = error("--upstream", f"wireguard:{missing}")
+    assert (
+        f"argument --upstream: wireguard:{missing}: cannot read the client configuration: No such file"
+        in message
+    )
+    assert "needs the path" in error("--upstream", "wireguard:")
+    assert "Is a directory" in error("--upstream", f"wireguard:{tmp_path}")
+    bad = tmp_path / "bad.conf"
+    bad.write_text(good.read_text().replace("192.0.2.1:51820", "192.0.2.1"))
+    assert f'{bad}, line 8: "192.0.2.1" is not host:port' in error("--upstream", f"wireguard:{bad}")
+    server = tmp_path / "server.conf"
+    wg.Configuration.generate().to_file(server)
+    assert f"{server}" in error("--upstream", f"wireguard:{server}")
+    # A path alone: the scheme it needs is named.
+    assert f"give wireguard:{good}" in error("--upstream", str(good))
+
+
+async def test_a_wireguard_upstream_refuses_destinations_outside_its_allowed_ips(tmp_path) -> None:
+    """Replies from outside the tunnel's AllowedIPs would be dropped: such a destination is refused at once
+    (the tunnel need not run for that), with the reason in the flow's outcome."""
+    import mitmproxy_wireguard as wg
+
+    path = tmp_path / "upstream.conf"
+    path.write_text(
+        f"[Interface]\nPrivateKey = {wg.genkey()}\nAddress = 10.9.0.2/32\n\n[Peer]\n"
+        f"PublicKey = {wg.pubkey(wg.genkey())}\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 10.9.0.0/16\n"
+    )
+    upstream = forward.WireGuardUpstream.from_file(path)
+    outside = f"refused: 10.10.0.1:80 is outside the AllowedIPs of upstream wireguard:{path} (10.9.0.0/16)"
+    with pytest.raises(forward.UpstreamError) as refused:
+        await upstream.open_connection("10.10.0.1", 80, timeout=5)
+    assert str(refused.value) == outside
+    with pytest.raises(forward.UpstreamError, match="outside the AllowedIPs"):
+        await upstream.open_datagram(("2001:db8::1", 53))
+    # Inside them, only the tunnel is missing.
+    with pytest.raises(forward.UpstreamError, match="is not started"):
+        await upstream.open_connection("10.9.0.1", 80, timeout=5)

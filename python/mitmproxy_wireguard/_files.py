@@ -28,18 +28,19 @@ def write_private(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
-def warn_if_readable(path: Path, logger: logging.Logger) -> None:
+def warn_if_readable(path: Path, logger: logging.Logger, whose: str = "the server's") -> None:
     """Warns, as wg-quick does, when others than the owner may read or write the configuration file at `path`:
-    it holds the server's private key."""
+    it holds a private key (`whose`)."""
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
         return  # Reading it fails and says why.
     if mode & 0o077:
         logger.warning(
-            "%s is accessible by group or others (mode %04o) and holds the server's private key: chmod 600 %s",
+            "%s is accessible by group or others (mode %04o) and holds %s private key: chmod 600 %s",
             path,
             mode,
+            whose,
             path,
         )
 

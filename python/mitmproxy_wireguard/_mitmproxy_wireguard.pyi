@@ -9,6 +9,7 @@ __all__ = [
     "Configuration",
     "Engine",
     "start_engine",
+    "start_client_engine",
     "WRITE_HIGH_WATER",
     "WRITE_LOW_WATER",
     "ConnectionRequested",
@@ -18,6 +19,8 @@ __all__ = [
     "ConnectionDrained",
     "ConnectionClosed",
     "DatagramReceived",
+    "ConnectFailed",
+    "HandshakeFailed",
     "RequestDone",
     "ServerClosed",
 ]
@@ -61,6 +64,22 @@ class Configuration:
     def _from_keys(listen_port: int, private_key: str, peer_public_keys: list[str]) -> Configuration: ...
     @staticmethod
     def _from_bytes(data: bytes, file: str) -> Configuration: ...
+    @staticmethod
+    def _client_from_text(text: str, file: str) -> Configuration: ...
+    @staticmethod
+    def _client_from_keys(
+        private_key: str,
+        public_key: str,
+        endpoint: str,
+        address: str,
+        dns: str | None = None,
+        preshared_key: str | None = None,
+        persistent_keepalive: int | None = None,
+        allowed_ips: str | None = None,
+        mtu: int | None = None,
+    ) -> Configuration: ...
+    @property
+    def _endpoint(self) -> str | None: ...
     def to_json(self) -> str:
         """The configuration as JSON, private keys included."""
 
@@ -259,7 +278,8 @@ class DatagramReceived:
 class RequestDone:
     """The answer to the request numbered `request` (`add_peer`, `remove_peer`, `request_stats`), after every
     event it caused. `error` is why it was refused (a ValueError), else None; `stats` the peers' statistics for
-    `request_stats` (the fields of `PeerStats`), else None."""
+    `request_stats` (the fields of `PeerStats`), else None; `allowed_ips` the AllowedIPs a peer got from
+    `add_peer`, else None."""
 
     @property
     def request(self) -> int: ...
@@ -267,6 +287,8 @@ class RequestDone:
     def error(self) -> str | None: ...
     @property
     def stats(self) -> list[dict[str, Any]] | None: ...
+    @property
+    def allowed_ips(self) -> list[str] | None: ...
 
 @final
 class ServerClosed:
@@ -277,6 +299,26 @@ class ServerClosed:
     @property
     def error(self) -> str | None: ...
 
+@final
+class ConnectFailed:
+    """A connection that Python opened (`Engine.connect`) was not established: `reason` is "refused" (a RST
+    answered), "timed-out" (no answer), "no-room" (no free port, or the connection limit), or from an ICMP
+    destination unreachable, "host-unreachable", "network-unreachable" or "prohibited"."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+
+@final
+class HandshakeFailed:
+    """No WireGuard handshake with the peer completed within 90 s of trying; `endpoint` is where they were sent."""
+
+    @property
+    def peer_public_key(self) -> str: ...
+    @property
+    def endpoint(self) -> _Address: ...
+
 _Event: TypeAlias = Union[
     ConnectionRequested,
     ConnectionEstablished,
@@ -285,6 +327,8 @@ _Event: TypeAlias = Union[
     ConnectionDrained,
     ConnectionClosed,
     DatagramReceived,
+    ConnectFailed,
+    HandshakeFailed,
     RequestDone,
     ServerClosed,
 ]
@@ -298,6 +342,11 @@ class Engine:
         """Answers a `ConnectionRequested`: "accept" (the SYN-ACK), "reset" (a RST), "host-unreachable",
         "network-unreachable" or "prohibited" (an ICMP destination unreachable with that code) or "silence"
         (nothing, until the handshake times out). `ValueError` for any other answer."""
+
+    def connect(self, src_addr: _Address, dst_addr: _Address) -> int:
+        """Opens a TCP connection to `dst_addr` through the tunnel to the first peer (a client's server), from
+        `src_addr` (port 0: a free one). Returns its id at once; `ConnectionEstablished` with it follows the
+        handshake, or `ConnectFailed`."""
 
     def write(self, id: int, data: bytes) -> None: ...
     def write_eof(self, id: int) -> None: ...
@@ -317,10 +366,18 @@ class Engine:
         allowed_ips: str | None = None,
         preshared_key: str | None = None,
         persistent_keepalive: int | None = None,
-    ) -> list[str]: ...
-    def remove_peer(self, request: int, public_key: str) -> None: ...
+    ) -> None:
+        """Adds a peer to the running server: `RequestDone` with `request` follows once it may handshake, with its
+        AllowedIPs (given, or the next free tunnel addresses), or the error that refused it (a key or addresses
+        another peer has)."""
+
+    def remove_peer(self, request: int, public_key: str) -> None:
+        """Removes a peer from the running server; `RequestDone` with `request` follows once its connections were
+        reset, or with the error if the server has no such peer."""
+
     def request_stats(self, request: int) -> None: ...
     def close(self) -> None: ...
     def join(self) -> None: ...
 
 def start_engine(host: str, config: Configuration, ask_first: bool = False) -> Engine: ...
+def start_client_engine(config: Configuration) -> Engine: ...

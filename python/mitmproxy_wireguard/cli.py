@@ -53,10 +53,10 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-def _upstream(text: str) -> forward.Upstream:
+def _upstream(text: str) -> forward.AnyUpstream:
     try:
-        return forward.Upstream.from_url(text)
-    except ValueError as e:  # The message never shows the credentials.
+        return forward.parse_upstream(text)
+    except ValueError as e:  # The message never shows the credentials; a file's, its path and line.
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="a transparent proxy: forward everything to its destination",
         description="A transparent proxy: every TCP connection and UDP datagram of the clients goes to the "
-        "destination it was sent to, from this machine; DNS queries to the tunnel's DNS address are answered "
-        "with this machine's resolver. One log line per finished flow.",
+        "destination it was sent to, from this machine (or through --upstream: a proxy, or another WireGuard "
+        "tunnel); DNS queries to the tunnel's DNS address are answered with this machine's resolver (or through "
+        "the upstream). One log line per finished flow.",
     )
     add_forward_options(fwd)
     return parser
@@ -189,14 +190,17 @@ def add_forward_options(fwd: argparse.ArgumentParser) -> None:
         type=_upstream,
         metavar="URL",
         help="send every connection through this proxy: socks5://[USER:PASSWORD@]HOST:PORT (UDP too, where it "
-        "allows UDP ASSOCIATE) or http://[USER:PASSWORD@]HOST:PORT (HTTP CONNECT, no UDP)",
+        "allows UDP ASSOCIATE) or http://[USER:PASSWORD@]HOST:PORT (HTTP CONNECT, no UDP); or wireguard:PATH: "
+        "every connection and UDP flow goes out through the WireGuard tunnel of the client configuration at "
+        "PATH (wg-quick format), and DNS to the DNS server it names",
     )
     fwd.add_argument(
         "--upstream-dns",
         type=_dns_server,
         metavar="IP[:PORT]",
         help="with --upstream: send DNS queries to the tunnel's DNS address on to this DNS server, over TCP "
-        "through the upstream",
+        "through a proxy, through a WireGuard upstream's tunnel as they came (default there: the DNS of its "
+        "configuration)",
     )
 
 
@@ -429,12 +433,27 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
         await echo.serve(args.host, cfg.listen_port, cfg, announce=runtime.wrap(announce))
     else:
         dns = ", ".join(cfg.dns)
-        if args.upstream_dns is not None:
-            server = host_port(*args.upstream_dns)
+        upstream_dns = args.upstream_dns
+        tunnel = args.upstream if isinstance(args.upstream, forward.WireGuardUpstream) else None
+        if upstream_dns is None and tunnel is not None and tunnel.dns_servers:
+            upstream_dns = tunnel.dns_servers[0]
+        if upstream_dns is not None:
+            server = host_port(*upstream_dns)
             hint = [f"DNS queries to {dns} go to {server} through {args.upstream}."] if dns else []
+        elif tunnel is not None:
+            hint = (
+                [
+                    f"DNS queries to {dns} are answered with this machine's resolver: {tunnel.path} names no "
+                    "DNS server (give one there, or --upstream-dns IP to reach one through the tunnel)."
+                ]
+                if dns
+                else []
+            )
         else:
             hint = [f"DNS queries to {dns} are answered with this machine's resolver."] if dns else []
-        if args.upstream is not None:
+        if tunnel is not None:
+            hint.append(f"Every connection and UDP flow goes through {tunnel.describe()}.")
+        elif args.upstream is not None:
             hint.append(f"Every connection goes through {args.upstream}.")
         announce = announcer(args, cfg, allowed_ips, dns, hint)
         limits = forward.Limits(
@@ -449,7 +468,7 @@ async def run(args: argparse.Namespace, cfg: Configuration) -> None:
             limits=limits,
             announce=runtime.wrap(announce),
             upstream=args.upstream,
-            upstream_dns=args.upstream_dns,
+            upstream_dns=upstream_dns,
             policy=policy,
         )
 
@@ -463,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "upstream_dns", None) is not None and args.upstream is None:
         parser.error("--upstream-dns needs --upstream")
     setup_logging(args.verbose, args.json_log)
+    if isinstance(getattr(args, "upstream", None), forward.WireGuardUpstream):
+        warn_if_readable(args.upstream.path, logger, "the tunnel's")
     raise_open_file_limit()
     problem = check_paths(args.conf, args.export)
     if problem is not None:
@@ -478,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         message = listen_error(e, args.host, cfg.listen_port) or str(e)
         parser.exit(1, f"{parser.prog}: error: {message}\n")
-    except ServerError as e:
+    except (ServerError, forward.UpstreamError) as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
         return 130

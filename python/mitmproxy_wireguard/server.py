@@ -8,7 +8,7 @@ import inspect
 import itertools
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, Union, cast, overload
 
 from . import _mitmproxy_wireguard as _native
 from ._mitmproxy_wireguard import Configuration
@@ -89,7 +89,7 @@ class Server:
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._error: ServerError | None = None
         # Requests to the engine that wait for their reply, by number.
-        self._requests: dict[int, asyncio.Future[list[PeerStats] | None]] = {}
+        self._requests: dict[int, asyncio.Future[list[PeerStats] | list[str] | None]] = {}
         self._request_numbers = itertools.count(1)
         self._wakeup_fd = engine.wakeup_fd()
         self._loop.add_reader(self._wakeup_fd, self._process_events)
@@ -134,7 +134,7 @@ class Server:
         self._engine.request_stats(request)
         stats = await self._reply(request)
         assert stats is not None
-        return stats
+        return cast("list[PeerStats]", stats)
 
     async def add_peer(
         self,
@@ -153,9 +153,10 @@ class Server:
         if allowed_ips is not None and not isinstance(allowed_ips, str):
             allowed_ips = ", ".join(allowed_ips)
         request = next(self._request_numbers)
-        added = self._engine.add_peer(request, public_key, allowed_ips, preshared_key, persistent_keepalive)
-        await self._reply(request)
-        return added
+        self._engine.add_peer(request, public_key, allowed_ips, preshared_key, persistent_keepalive)
+        added = await self._reply(request)
+        assert added is not None
+        return cast("list[str]", added)
 
     async def remove_peer(self, public_key: str) -> None:
         """Removes a peer from the running server. When this returns, its connections have ended (their
@@ -166,8 +167,8 @@ class Server:
         self._engine.remove_peer(request, public_key)
         await self._reply(request)
 
-    def _reply(self, request: int) -> asyncio.Future[list[PeerStats] | None]:
-        future: asyncio.Future[list[PeerStats] | None] = self._loop.create_future()
+    def _reply(self, request: int) -> asyncio.Future[list[PeerStats] | list[str] | None]:
+        future: asyncio.Future[list[PeerStats] | list[str] | None] = self._loop.create_future()
         self._requests[request] = future
         return future
 
@@ -240,18 +241,20 @@ class Server:
                 exc = ConnectionResetError("Connection reset by peer") if event.reset else None
                 conn.connection_lost(exc)
         elif isinstance(event, _native.RequestDone):
-            self._replied(event.request, event.error, event.stats)
+            self._replied(event)
         elif isinstance(event, _native.ServerClosed):
             self._server_closed(event.error)
 
-    def _replied(self, request: int, error: str | None, stats: list[dict[str, Any]] | None) -> None:
-        future = self._requests.pop(request, None)
+    def _replied(self, event: _native.RequestDone) -> None:
+        future = self._requests.pop(event.request, None)
         if future is None or future.done():
             return  # The caller was cancelled.
-        if error is not None:
-            future.set_exception(ValueError(error))
+        if event.error is not None:
+            future.set_exception(ValueError(event.error))
+        elif event.stats is not None:
+            future.set_result([PeerStats(**s) for s in event.stats])
         else:
-            future.set_result(None if stats is None else [PeerStats(**s) for s in stats])
+            future.set_result(event.allowed_ips)
 
     def _connection_requested(self, event: _native.ConnectionRequested) -> None:
         """A SYN waits for `accept_connection`'s answer."""

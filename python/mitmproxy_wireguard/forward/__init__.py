@@ -16,15 +16,18 @@ destination unreachable, administratively prohibited. A refused datagram is drop
 With an upstream proxy (`Upstream`: SOCKS5 or HTTP CONNECT), every TCP connection goes through it, and so does
 UDP where a SOCKS5 upstream carries it (UDP ASSOCIATE); an upstream's failure refuses the client's connection,
 with the reason in the flow's outcome. DNS queries go through it to a DNS server of the user's choice if asked.
-Which destinations are refused is decided on the address the client asked for, as without an upstream.
+With a WireGuard upstream (`WireGuardUpstream`: a client configuration), every TCP connection and UDP flow goes
+out through its tunnel, and DNS queries to its DNS server there; when the tunnel fails, so do the flows it
+carries, with the reason in their outcome. Which destinations are refused is decided on the address the client
+asked for, as without an upstream.
 
 Timeouts and each peer's share of what is limited (UDP flows, DNS lookups, the resolver's threads) are in
 `Limits`: one peer flooding the proxy exhausts its own share, not the others'.
 
 The parts, one module each: `policy` (which destinations), `tcp` and `udp` (the flows), `resolver` (the DNS
 service) over `lookups` (the resolver's threads), `limits` (timeouts and shares), `flows` (addresses and the log
-record of a flow), `upstream` (the upstream proxy) over `socks5` (SOCKS5's UDP ASSOCIATE) and `proxy` (the
-handlers and `serve`).
+record of a flow), `upstream` (the upstream proxy) over `socks5` (SOCKS5's UDP ASSOCIATE), `wireguard` (the
+WireGuard upstream) and `proxy` (the handlers and `serve`).
 """
 
 from .flows import Flow, IPAddress, format_address, logger
@@ -35,9 +38,11 @@ from .proxy import Forwarder, serve
 from .resolver import DNS_PORT, DNS_TCP_IDLE_TIMEOUT, DNS_TIMEOUT, DNS_TTL, Resolver
 from .tcp import CHUNK, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, abort, keep_alive, relay
 from .udp import MAX_PENDING_DATAGRAMS
-from .upstream import Upstream, UpstreamError, parse_dns_server
+from .upstream import Upstream, UpstreamError, UpstreamLost, parse_dns_server
+from .wireguard import AnyUpstream, WireGuardUpstream, parse_upstream
 
 __all__ = [
+    "AnyUpstream",
     "CHUNK",
     "CLOUD_METADATA",
     "DNS_PORT",
@@ -58,12 +63,15 @@ __all__ = [
     "Shares",
     "Upstream",
     "UpstreamError",
+    "UpstreamLost",
+    "WireGuardUpstream",
     "abort",
     "format_address",
     "is_own_address",
     "keep_alive",
     "logger",
     "parse_dns_server",
+    "parse_upstream",
     "relay",
     "serve",
 ]

@@ -21,7 +21,8 @@ from .policy import Policy
 from .resolver import DNS_PORT, Resolver, dns_over_tcp, upstream_answer
 from .tcp import Dialed, dial, failure, forward_connection, refusal
 from .udp import UdpFlows
-from .upstream import Upstream, UpstreamError
+from .upstream import UpstreamError
+from .wireguard import AnyUpstream, WireGuardUpstream
 
 # How long a connection to a destination waits for the client's handshake to complete once the proxy accepted
 # its SYN: a little longer than the server keeps a half-open connection.
@@ -44,12 +45,13 @@ class Forwarder:
         cfg: Configuration,
         allow_local: bool = False,
         limits: Limits | None = None,
-        upstream: Upstream | None = None,
+        upstream: AnyUpstream | None = None,
         upstream_dns: Address | None = None,
         policy: Policy | None = None,
     ):
-        """`upstream`: every flow goes through it. `upstream_dns`: DNS queries to the tunnel's DNS addresses go
-        to this DNS server over TCP through `upstream` (which it needs), instead of this host's resolver.
+        """`upstream`: every flow goes through it (a `WireGuardUpstream` must be started). `upstream_dns`: DNS
+        queries to the tunnel's DNS addresses go to this DNS server through `upstream` (which it needs), instead
+        of this host's resolver: over TCP through a proxy, as they came (UDP or TCP) through a WireGuard tunnel.
         `policy`: one the caller keeps up to date as peers change (default: from `cfg` and `allow_local`)."""
         if upstream_dns is not None and upstream is None:
             raise ValueError("upstream_dns needs an upstream")
@@ -233,24 +235,43 @@ async def serve(
     allow_local: bool = False,
     limits: Limits | None = None,
     announce: Callable[[Server], None] | None = None,
-    upstream: Upstream | None = None,
+    upstream: AnyUpstream | None = None,
     upstream_dns: Address | None = None,
     policy: Policy | None = None,
 ) -> None:
     """Runs the proxy on `host` and the configuration's listen port until SIGINT or SIGTERM; raises `ServerError`
     if the server fails. `limits` sets timeouts and each peer's share (see `Limits`); `announce(server)` tells
-    users how to connect once the server runs; `upstream`, `upstream_dns` and `policy` as for `Forwarder`."""
-    forwarder = Forwarder(cfg, allow_local, limits, upstream, upstream_dns, policy)
-    server = await start_server(
-        host,
-        cfg,
-        forwarder.handle_connection,
-        forwarder.receive_datagram,
-        accept_connection=forwarder.accept_connection,
-    )
-    forwarder.server = server
-    try:
-        await serve_until_signal(server, lambda: announce(server) if announce is not None else None)
-    finally:
-        await forwarder.close()
+    users how to connect once the server runs; `upstream`, `upstream_dns` and `policy` as for `Forwarder`. A
+    `WireGuardUpstream` is started first (`UpstreamError` if it cannot be) and closed at the end; if its tunnel
+    stops on its own, so does the proxy, with `UpstreamError`."""
+    async with contextlib.AsyncExitStack() as stack:
+        tunnel: WireGuardUpstream | None = None
+        if isinstance(upstream, WireGuardUpstream):
+            await upstream.start()
+            stack.push_async_callback(upstream.close)
+            tunnel = upstream
+        forwarder = Forwarder(cfg, allow_local, limits, upstream, upstream_dns, policy)
+        server = await start_server(
+            host,
+            cfg,
+            forwarder.handle_connection,
+            forwarder.receive_datagram,
+            accept_connection=forwarder.accept_connection,
+        )
+        forwarder.server = server
+        # A tunnel that stops on its own (its engine failed) stops the proxy: every flow would fail.
+        stopped: asyncio.Future[None] | None = None
+        if tunnel is not None:
+            stopped = asyncio.ensure_future(tunnel.wait_closed())
+            stopped.add_done_callback(lambda f: None if f.cancelled() else server.close())
+        tunnel_stopped = False
+        try:
+            await serve_until_signal(server, lambda: announce(server) if announce is not None else None)
+        finally:
+            if stopped is not None:
+                tunnel_stopped = stopped.done() and not stopped.cancelled()
+                stopped.cancel()
+            await forwarder.close()
+        if tunnel_stopped:
+            raise UpstreamError(f"upstream {upstream}: its tunnel stopped (the error is logged above)")
     logger.info("server closed")

@@ -21,7 +21,8 @@ from ..stream import TcpStream
 from .flows import Flow, format_address, ip_of, logger, reason
 from .limits import Limits, Shares
 from .lookups import Busy, LookupPool
-from .upstream import Upstream, UpstreamError
+from .upstream import UpstreamError
+from .wireguard import AnyUpstream
 
 DNS_PORT = 53
 DNS_TIMEOUT = 10.0
@@ -147,10 +148,11 @@ async def dns_over_tcp(resolver: Resolver, stream: TcpStream, flow: Flow) -> Non
 
 
 async def upstream_answer(
-    upstream: Upstream, server: Address, shares: Shares, wire: bytes, peer: str
+    upstream: AnyUpstream, server: Address, shares: Shares, wire: bytes, peer: str
 ) -> tuple[bytes | None, str]:
-    """The reply to a query over UDP, asked of the DNS server `server` over TCP through the upstream (within
-    the peer's share of lookups in progress), and a summary for the log. A reply too large for the client's
+    """The reply to a query over UDP, asked of the DNS server `server` through the upstream (over TCP through a
+    proxy, over UDP through a WireGuard tunnel), within the peer's share of lookups in progress, and a summary for
+    the log. A reply too large for the client's
     UDP is sent truncated (TC), so that it asks again over TCP; an upstream that fails gets SERVFAIL."""
     try:
         query = dns.message.from_wire(wire)

@@ -16,7 +16,8 @@ from ..server import Address, Refusal
 from ..stream import TcpStream
 from .flows import Flow, reason, unreachable
 from .limits import Limits
-from .upstream import Upstream, UpstreamError
+from .upstream import UpstreamError, UpstreamLost
+from .wireguard import AnyUpstream
 
 CHUNK = 65536
 # Keepalive on the connection to the destination: the first probe after a minute without traffic, then one
@@ -41,7 +42,7 @@ _REFUSALS = {
 }
 
 
-async def dial(dst: Address, limits: Limits, upstream: Upstream | None = None) -> Dialed:
+async def dial(dst: Address, limits: Limits, upstream: AnyUpstream | None = None) -> Dialed:
     """Connects to `dst`, through `upstream` if given, within `limits.connect_timeout`. Raises `UpstreamError`,
     `OSError` or `TimeoutError`."""
     if upstream is not None:
@@ -71,7 +72,7 @@ async def forward_connection(
     stream: TcpStream,
     flow: Flow,
     limits: Limits,
-    upstream: Upstream | None = None,
+    upstream: AnyUpstream | None = None,
     target: Address | None = None,
     dialed: Dialed | None = None,
 ) -> None:
@@ -169,6 +170,8 @@ async def _copy(src: Any, dst: Any, count: Callable[[int], None], src_name: str,
     while True:
         try:
             data = await src.read(CHUNK)
+        except UpstreamLost as e:
+            raise _Broken(str(e)) from e
         except OSError as e:
             raise _Broken(f"reset by {src_name}: {reason(e)}") from e
         if not data:
@@ -177,6 +180,8 @@ async def _copy(src: Any, dst: Any, count: Callable[[int], None], src_name: str,
             dst.write(data)
             count(len(data))
             await dst.drain()
+        except UpstreamLost as e:
+            raise _Broken(str(e)) from e
         except OSError as e:
             raise _Broken(f"reset by {dst_name}: {reason(e)}") from e
     if dst.can_write_eof() and not dst.is_closing():

@@ -1,7 +1,8 @@
 """UDP flows: the datagrams between a peer's address and a destination go through one socket of this host, and
 replies go back into the tunnel; a flow ends after a time without datagrams. With a SOCKS5 upstream, each flow
 has a UDP association of its own there, and its datagrams go to the upstream's relay; an HTTP upstream carries
-no UDP, so its flows are refused."""
+no UDP, so its flows are refused. With a WireGuard upstream, each flow is a datagram endpoint of its tunnel, and
+the flows end when the tunnel fails (no handshake within 90 s)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from . import socks5
 from .flows import Flow, format_address, ip_of, logger, reason, unreachable
 from .limits import Limits, Shares
 from .policy import Policy
-from .upstream import Association, Upstream, UpstreamError
+from ..client import DatagramEndpoint
+from .upstream import Association, UpstreamError
+from .wireguard import AnyUpstream, WireGuardUpstream
 
 # Datagrams held for a flow whose socket is still being opened.
 MAX_PENDING_DATAGRAMS = 64
@@ -28,7 +31,11 @@ class UdpFlows:
     (a datagram that would open one more is dropped). Set `server` before traffic arrives."""
 
     def __init__(
-        self, policy: Policy, limits: Limits, spawn: Callable[[Any], None], upstream: Upstream | None = None
+        self,
+        policy: Policy,
+        limits: Limits,
+        spawn: Callable[[Any], None],
+        upstream: AnyUpstream | None = None,
     ):
         self.policy = policy
         self.upstream = upstream
@@ -38,6 +45,8 @@ class UdpFlows:
         self.server: Server | None = None
         self._spawn = spawn
         self._flows: dict[FlowKey, _UdpFlow] = {}
+        if isinstance(upstream, WireGuardUpstream):
+            upstream.add_failure_callback(self._upstream_failed)
 
     def receive(self, data: bytes, peer: str, src: Address, dst: Address) -> None:
         """Sends a peer's datagram on, in the flow it belongs to (opened if new)."""
@@ -62,6 +71,19 @@ class UdpFlows:
         loop = asyncio.get_running_loop()
         dst = udp.flow.destination
         remote = (dst[0], dst[1])
+        if isinstance(self.upstream, WireGuardUpstream):
+            try:
+                endpoint = await self.upstream.open_datagram(remote)
+            except UpstreamError as e:
+                udp.refuse(str(e))
+                logger.debug("udp %s -> %s: %s", format_address(udp.flow.client), format_address(dst), e)
+                return
+            if udp.closed:
+                endpoint.close()
+                return
+            udp.connection_made(_EndpointTransport(endpoint))
+            self._spawn(udp.read_endpoint(endpoint))
+            return
         if self.upstream is not None:
             try:
                 udp.association = await self.upstream.associate(self.connect_timeout)
@@ -83,10 +105,35 @@ class UdpFlows:
         if self._flows.pop(udp.key, None) is not None:
             self.shares.give_back(udp.flow.peer)
 
+    def _upstream_failed(self, outcome: str) -> None:
+        """The upstream's tunnel failed: the flows through it end, with `outcome`."""
+        for udp in list(self._flows.values()):
+            if udp.pending is not None:  # Not refused.
+                udp.flow.outcome = outcome
+                udp.close()
+
     def close(self) -> None:
         """Ends every flow (and logs it)."""
         for udp in list(self._flows.values()):
             udp.close()
+
+
+class _EndpointTransport(asyncio.DatagramTransport):
+    """A datagram endpoint of a WireGuard upstream's tunnel, as a flow's transport: what it sends goes to the
+    endpoint's remote address."""
+
+    def __init__(self, endpoint: DatagramEndpoint) -> None:
+        super().__init__()
+        self._endpoint = endpoint
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        try:
+            self._endpoint.send(bytes(data))
+        except (OSError, RuntimeError):
+            pass  # The endpoint or the tunnel is closed: dropped, as a closed socket's would be.
+
+    def close(self) -> None:
+        self._endpoint.close()
 
 
 class _UdpFlow(asyncio.DatagramProtocol):
@@ -159,6 +206,15 @@ class _UdpFlow(asyncio.DatagramProtocol):
             problem = str(e)
         logger.debug("udp %s: dropped a datagram from the relay: %s", format_address(dst), problem)
         return None
+
+    async def read_endpoint(self, endpoint: DatagramEndpoint) -> None:
+        """Passes the datagrams of a tunnel's endpoint on to the client, until the endpoint is closed."""
+        try:
+            while True:
+                data, src = await endpoint.recvfrom()
+                self.datagram_received(data, src)
+        except OSError:
+            pass  # Closed: the flow ended, or the tunnel did.
 
     async def watch_association(self) -> None:
         """The association lasts as long as its control connection: when the upstream ends it, so does the

@@ -44,6 +44,11 @@ class UpstreamError(Exception):
     """The upstream failed a flow; the message is the flow's outcome."""
 
 
+class UpstreamLost(ConnectionResetError):
+    """A connection through the upstream ended because the upstream failed (not the destination); the message
+    is the flow's outcome."""
+
+
 @dataclass
 class Association:
     """A SOCKS5 UDP association: the control connection (the association lasts as long as it does) and the
@@ -76,7 +81,8 @@ class Upstream:
             )
         if parts.scheme not in SCHEMES:
             raise ValueError(
-                f"the upstream's scheme must be socks5:// or http://, not {parts.scheme or 'none'}"
+                f"the upstream's scheme must be socks5:// or http:// (or wireguard:PATH for a WireGuard "
+                f"tunnel), not {parts.scheme or 'none'}"
             )
         if not parts.hostname:
             raise ValueError("the upstream URL has no host")
