@@ -59,6 +59,9 @@ def build_new(venv: Path, wheels: Path, target_dir: Path) -> None:
     run(venv / "bin" / "maturin", "build", "--release", "-o", wheels, "-i", python, cwd=REPO, env=env)
     wheel = sorted(wheels.glob("mitmproxy_wireguard-*.whl"))[-1]
     run(python, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", wheel)
+    # Then its dependencies (dnspython and the others of pyproject.toml: the client imports them), without
+    # reinstalling what is there.
+    run(python, "-m", "pip", "install", "-q", wheel)
     info = {
         "wheel": wheel.name,
         "profile": "release",

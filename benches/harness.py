@@ -78,6 +78,8 @@ class Bench:
         self.server_info: dict[str, dict[str, Any]] = {}
         self.loadgen: LoadGen | None = None
         self.relay: LoadGen | None = None
+        # What the relay said when it started (its pid, whether it runs in real time).
+        self.relay_info: dict[str, Any] = {}
 
     # -- lifecycle
 
@@ -288,6 +290,10 @@ class Bench:
         port; the client uses it once `set_endpoint(name, relayed=True)`."""
         relays = [[SERVER_KINDS[n].wg_port + RELAY_PORT_OFFSET, SERVER_VETH_ADDR, SERVER_KINDS[n].wg_port]
                   for n in kinds if SERVER_KINDS[n].wg_port is not None]  # fmt: skip
+        return self.start_relay_ports(relays)
+
+    def start_relay_ports(self, relays: list[list[Any]]) -> LoadGen:
+        """benches/path.py in the server namespace with these relays, `[port, to_host, to_port]` each."""
         cfg_path = self.workdir / "relay.json"
         cfg_path.write_text(json.dumps({"host": SERVER_VETH_ADDR, "relays": relays}))
         proc = self.spawn(
@@ -299,7 +305,9 @@ class Bench:
         line = read_line(proc.popen, timeout=30)
         if not line:
             raise BenchError(f"the relay did not start:\n{proc.log_tail()}")
-        proc.pids = [json.loads(line)["pid"]]
+        info = json.loads(line)
+        proc.pids = [info["pid"]]
+        self.relay_info = info
         self.relay = LoadGen(proc, "the relay")
         return self.relay
 

@@ -1,11 +1,12 @@
 """An emulated network path for the WireGuard datagrams, in user space (the kernel here has no netem).
 
-A relay between the WireGuard client and a server's UDP port: every datagram is held for a one-way delay, a
-given share is dropped at random (seeded), and optionally a bottleneck limits the rate, with a bounded queue
-in front of it (tail drop). Each direction has a link of its own. One thread does all the work with a
-single epoll: read every datagram that is there, give it a due time, send every datagram that is due, sleep
-until the next one. A link's due times never decrease (constant delay, a FIFO bottleneck), so each link is
-a deque, not a heap.
+A relay between the WireGuard client and a server's UDP port: every datagram is held for a one-way delay
+(optionally plus a random extra per datagram, the jitter, so that datagrams overtake each other), a given
+share is dropped at random, or in bursts (a Gilbert-Elliott model), and optionally a bottleneck limits the
+rate, with a bounded queue in front of it (tail drop). Every random draw is seeded. Each direction has a
+link of its own. One thread does all the work with a single epoll: read every datagram that is there, give
+it a due time, send every datagram that is due, sleep until the next one. Without jitter a link's due times
+never decrease (constant delay, a FIFO bottleneck), so such a link is a deque; with jitter it is a heap.
 
     python3 benches/path.py CONFIG.json     # run by benches/paths.py, in the server's namespace
 
@@ -15,7 +16,8 @@ with one JSON line:
 
     {"op": "set", "delay_ms": 25, "loss": 0.01, "rate_mbit": 50, "queue_bytes": 625000, "seed": 1}
         the same path for both directions of every relay (values per direction: "up" / "down" keys with
-        such dicts instead); counters are reset
+        such dicts instead); counters are reset. More fields (PathSpec): "jitter_ms", and the burst losses
+        "ge_p", "ge_r", "ge_loss_good", "ge_loss_bad"
     {"op": "stats"}   what each link did since the last "set": datagrams, drops, how late it sent them
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import heapq
 import json
 import os
 import random
@@ -31,7 +34,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 # A datagram due within this much is sent now: the epoll timeout has a resolution of 1 ms (rounded up), so
@@ -49,15 +52,31 @@ BATCH = 64  # datagrams read from one socket before the due ones are sent (epoll
 
 @dataclass(frozen=True)
 class PathSpec:
+    """One direction of a path. Every field's default leaves the datagrams alone, so a path names only what
+    it adds."""
+
     delay_ms: float = 0.0
     loss: float = 0.0  # share of datagrams dropped at random, 0..1
     rate_mbit: float | None = None  # bottleneck rate in Mbit/s (10^6); None: no bottleneck
     queue_bytes: int | None = None  # bytes that may wait in front of the bottleneck; more are dropped
     seed: int = 0
+    # Each datagram's one-way delay is delay_ms plus a random extra, uniform in [0, jitter_ms], drawn per
+    # datagram: a later datagram may be due before an earlier one and overtakes it (netem's jitter without a
+    # rate does that too). After the bottleneck, where there is one.
+    jitter_ms: float = 0.0
+    # Burst losses, a Gilbert-Elliott model: a two-state chain (good, bad) stepped once per datagram, as
+    # netem's "loss gemodel". A datagram is lost with the loss of the state it meets (ge_loss_good,
+    # ge_loss_bad), then the state changes: good -> bad with ge_p, bad -> good with ge_r. The chain spends
+    # ge_p / (ge_p + ge_r) of the datagrams in the bad state, 1 / ge_r datagrams at a time on average. Off
+    # while ge_p is 0; independent of `loss` (a datagram either drops is lost).
+    ge_p: float = 0.0
+    ge_r: float = 0.0
+    ge_loss_good: float = 0.0
+    ge_loss_bad: float = 1.0
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> PathSpec:
-        known = {"delay_ms", "loss", "rate_mbit", "queue_bytes", "seed"}
+        known = {f.name for f in fields(PathSpec)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown path fields: {', '.join(sorted(unknown))}")
@@ -70,7 +89,21 @@ class PathSpec:
             raise ValueError("rate_mbit must be > 0")
         if spec.queue_bytes is not None and spec.rate_mbit is None:
             raise ValueError("queue_bytes needs rate_mbit")
+        if spec.jitter_ms < 0:
+            raise ValueError("jitter_ms must be >= 0")
+        for name in ("ge_p", "ge_r", "ge_loss_good", "ge_loss_bad"):
+            if not 0 <= getattr(spec, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if spec.ge_p and not spec.ge_r:
+            raise ValueError("ge_p needs ge_r > 0 (else the first bad state never ends)")
         return spec
+
+    def mean_ge_loss(self) -> float:
+        """The long-run share of datagrams the Gilbert-Elliott chain drops (0 while it is off)."""
+        if not self.ge_p:
+            return 0.0
+        bad = self.ge_p / (self.ge_p + self.ge_r)
+        return bad * self.ge_loss_bad + (1 - bad) * self.ge_loss_good
 
 
 class Link:
@@ -79,17 +112,40 @@ class Link:
     def __init__(self, spec: PathSpec, name: str):
         self.spec = spec
         self.delay = spec.delay_ms / 1000
+        self.jitter = spec.jitter_ms / 1000
+        # One generator per kind of draw: adding jitter or bursts to a path leaves its random drops as they
+        # were for the same seed, and every server sees the same draws, datagram by datagram.
         self.rng = random.Random(f"{spec.seed}/{name}")
+        self.jitter_rng = random.Random(f"{spec.seed}/{name}/jitter")
+        self.ge_rng = random.Random(f"{spec.seed}/{name}/ge")
+        self.bad = False  # the Gilbert-Elliott state
         self.bytes_per_s = spec.rate_mbit * 1e6 / 8 if spec.rate_mbit else None
         self.busy_until = 0.0  # when the bottleneck has sent everything admitted so far
-        self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        # Due times in order without jitter: a deque, (due, data). With jitter: a heap, (due, n, data); n, the
+        # count of datagrams admitted, keeps equal due times in arrival order.
+        self.queue: Any = [] if self.jitter else collections.deque()
+        self.latest_due = 0.0
         self.stats = {"in": 0, "lost": 0, "queue_full": 0, "sent": 0, "send_failed": 0, "bytes_sent": 0,
-                      "max_queue_bytes": 0}  # fmt: skip
+                      "max_queue_bytes": 0, "lost_ge": 0, "bad_periods": 0, "reordered": 0}  # fmt: skip
         self.lateness: list[float] = []  # s, send time minus due time, per datagram sent
+
+    def lost(self) -> bool:
+        """Whether the loss models drop the next datagram: the random loss, then the burst loss."""
+        dropped = bool(self.spec.loss) and self.rng.random() < self.spec.loss
+        if self.spec.ge_p:
+            s = self.spec
+            p = s.ge_loss_bad if self.bad else s.ge_loss_good
+            if p and self.ge_rng.random() < p and not dropped:
+                dropped = True
+                self.stats["lost_ge"] += 1
+            if self.ge_rng.random() < (s.ge_r if self.bad else s.ge_p):
+                self.bad = not self.bad
+                self.stats["bad_periods"] += self.bad
+        return dropped
 
     def admit(self, data: bytes, now: float) -> None:
         self.stats["in"] += 1
-        if self.spec.loss and self.rng.random() < self.spec.loss:
+        if self.lost():
             self.stats["lost"] += 1
             return
         due = now
@@ -102,7 +158,21 @@ class Link:
                 return
             self.stats["max_queue_bytes"] = max(self.stats["max_queue_bytes"], int(backlog + size))
             self.busy_until = due = start + size / self.bytes_per_s
-        self.queue.append((due + self.delay, data))
+        if not self.jitter:
+            self.queue.append((due + self.delay, data))
+            return
+        due += self.delay + self.jitter_rng.random() * self.jitter
+        if due < self.latest_due:
+            self.stats["reordered"] += 1  # it will overtake a datagram that arrived before it
+        self.latest_due = max(self.latest_due, due)
+        heapq.heappush(self.queue, (due, self.stats["in"], data))
+
+    def pop(self) -> tuple[float, bytes]:
+        """The datagram due first, and its due time."""
+        if not self.jitter:
+            return self.queue.popleft()  # type: ignore[no-any-return]
+        due, _, data = heapq.heappop(self.queue)
+        return due, data
 
     def summary(self) -> dict[str, Any]:
         late = sorted(self.lateness)
@@ -193,7 +263,7 @@ class Relay:
                 link = self.links[pair[direction]]
                 queue = link.queue
                 while queue and queue[0][0] <= now + EARLY_S:
-                    due, data = queue.popleft()
+                    due, data = link.pop()
                     try:
                         if direction == "up":
                             pair["inner"].send(data)

@@ -3,7 +3,9 @@ servers/_common.py), and the round-trip time a second connection sees meanwhile.
 
 Rates are MB/s (10^6 B/s) of bytes that arrived intact: a download is checked byte for byte as it arrives,
 an upload by the server, which answers how many bytes arrived intact. A transfer fails when bytes are
-missing, wrong or extra, or when the server closes early."""
+missing, wrong or extra, or when the server closes early. Short transfers (`short`) are timed one by one,
+each on a fresh connection. Like every case of the load generator, each is bounded by its command's `timeout`
+and fails when it makes no progress for `stall` seconds (loadgen.run_case)."""
 
 from __future__ import annotations
 
@@ -138,14 +140,8 @@ class Upload(Writer):
         super().connection_lost(exc)
 
 
-async def case_upload(
-    host: str, port: int, total: int, progress: Progress, sockets: Sockets
-) -> dict[str, Any]:
-    """One connection uploading `total` bytes: MB/s, until the server's answer that all arrived intact."""
-    loop = asyncio.get_running_loop()
-    transport, up = await loop.create_connection(lambda: Upload(loop), host, TRANSFER_PORT)
-    sockets.transports.add(transport)
-    t0 = time.perf_counter()
+async def write_upload(transport: asyncio.Transport, up: Upload, total: int, progress: Progress) -> None:
+    """The header and `total` bytes of the pattern, as fast as the connection takes them."""
     transport.write(b"U" + total.to_bytes(HEADER_SIZE - 1, "big"))
     for chunk in pattern_chunks(total):
         if not up.can_write.is_set():
@@ -154,15 +150,82 @@ async def case_upload(
             break
         transport.write(chunk)
         progress.count += len(chunk)
-    end = await up.done
-    transport.close()
+
+
+def check_upload(up: Upload, total: int) -> None:
+    """Fails unless the server answered that all `total` bytes arrived, intact."""
     intact, received = int.from_bytes(up.answer[:8], "big"), int.from_bytes(up.answer[8:16], "big")
     if intact != total or received != total:
         raise CaseError(f"the server got {received} bytes of {total}, {intact} of them intact")
-    return {"value": total / (end - t0) / 1e6, "elapsed": end - t0, "bytes_intact": intact}
+
+
+async def case_upload(
+    host: str, port: int, total: int, progress: Progress, sockets: Sockets
+) -> dict[str, Any]:
+    """One connection uploading `total` bytes: MB/s, until the server's answer that all arrived intact."""
+    loop = asyncio.get_running_loop()
+    transport, up = await loop.create_connection(lambda: Upload(loop), host, TRANSFER_PORT)
+    sockets.transports.add(transport)
+    t0 = time.perf_counter()
+    await write_upload(transport, up, total, progress)
+    end = await up.done
+    transport.close()
+    check_upload(up, total)
+    return {"value": total / (end - t0) / 1e6, "elapsed": end - t0, "bytes_intact": total}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# short transfers, as a browser makes them: each on a fresh connection, timed from the connect
+
+
+async def timed_transfer(
+    host: str, direction: str, total: int, progress: Progress, sockets: Sockets
+) -> float:
+    """One fresh connection downloading or uploading `total` bytes: seconds from the start of the connect
+    (the handshake is part of what a user waits for) to the last byte checked (down) or the server's answer
+    that all arrived intact (up). The client closes it right then, and the next transfer does not wait for
+    the close to finish."""
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    if direction == "down":
+        transport, d = await loop.create_connection(
+            lambda: Download(loop, total, progress), host, TRANSFER_PORT
+        )
+        sockets.transports.add(transport)
+        end = await d.done
+    else:
+        transport, up = await loop.create_connection(lambda: Upload(loop), host, TRANSFER_PORT)
+        sockets.transports.add(transport)
+        await write_upload(transport, up, total, progress)
+        end = await up.done
+        check_upload(up, total)
+    transport.close()
+    sockets.transports.discard(transport)
+    progress.count += 1  # a transfer whose last bytes took long still moves the watchdog on
+    return end - t0
+
+
+async def case_short(host: str, port: int, direction: str, sizes: list[int], repeats: int, at_once: int,
+                     progress: Progress, sockets: Sockets) -> dict[str, Any]:  # fmt: skip
+    """Short transfers in `direction` ("down": server to client, "up"), each on a fresh connection: `repeats`
+    times through `sizes`, one size after the other (a page's mix, not one size in a block: a slow spell of
+    the path falls on every size alike). `at_once` 1: one transfer after the other; more: that many
+    transfers of the size at once, as a browser's connections to one host, the next batch after the
+    slowest. The completion time of each, seconds, per size; `value`: how many there were."""
+    if direction not in ("down", "up"):
+        raise CaseError(f"unknown direction {direction!r}")
+    times: dict[str, list[float]] = {str(size): [] for size in sizes}
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for size in sizes:
+            batch = [timed_transfer(host, direction, size, progress, sockets) for _ in range(at_once)]
+            times[str(size)] += await asyncio.gather(*batch)
+    elapsed = time.perf_counter() - t0
+    return {"value": sum(map(len, times.values())), "elapsed": elapsed, "times_s": times}
 
 
 TRANSFER_CASES = {
     "download": (case_download, "bytes downloaded + round trips"),
     "upload": (case_upload, "bytes written"),
+    "short": (case_short, "bytes moved + transfers"),
 }
