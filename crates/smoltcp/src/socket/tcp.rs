@@ -2963,6 +2963,22 @@ impl<'a> Socket<'a> {
             control = TcpControl::None;
         }
 
+        // A FIN kept for later ends the stream where it lies: data beyond it is ignored, as
+        // text after a FIN is (RFC 9293 3.10.7.4), and a FIN at another place is not kept.
+        let payload = match self.rx_fin_pending {
+            Some(fin_seq) => {
+                fin_beyond_hole = None;
+                let start = window_start + payload_offset;
+                let keep = if fin_seq > start {
+                    (fin_seq - start).min(payload.len())
+                } else {
+                    0
+                };
+                &payload[..keep]
+            }
+            None => payload,
+        };
+
         // Validate and update the state.
         match (self.state, control) {
             // RSTs are not accepted in the LISTEN state.
@@ -7057,6 +7073,59 @@ mod test {
                 ..RECV_TEMPL
             }]
         );
+    }
+
+    #[test]
+    fn test_established_data_beyond_a_kept_fin_is_ignored() {
+        let mut s = socket_established();
+        // Data and a FIN after a hole: the FIN is kept.
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"123456"[..],
+                ..SEND_TEMPL
+            },
+        );
+        // Data beyond the FIN (a broken or hostile peer), with a FIN of its own.
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1 + 6 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"xyz"[..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.state, State::Established);
+        // The hole fills: the stream ends at the first FIN, without what lay beyond it.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6 + 6 + 1),
+                window_len: 52,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::CloseWait);
+        s.recv(|data| {
+            assert_eq!(data, b"abcdef123456");
+            (12, ())
+        })
+        .unwrap();
+        assert_eq!(s.recv(|_| (0, ())), Err(RecvError::Finished));
     }
 
     #[test]
