@@ -17,6 +17,7 @@ const PACING_WAIT: Duration = Duration::from_millis(50);
 mod ask_first;
 mod autotune;
 mod cost;
+mod initial_window;
 mod limits;
 mod outgoing;
 mod peers;
