@@ -2314,7 +2314,14 @@ impl<'a> Socket<'a> {
             || !self.rtte.have_measurement
             || self.recovery_point.is_some()
             || self.flight_size() == 0
-            || !matches!(self.state, State::Established | State::CloseWait)
+            || !matches!(
+                self.state,
+                State::Established
+                    | State::CloseWait
+                    | State::FinWait1
+                    | State::Closing
+                    | State::LastAck
+            )
         {
             return None;
         }
@@ -2331,7 +2338,9 @@ impl<'a> Socket<'a> {
             return None;
         }
         let len = flight.min(mss);
-        (len > 0).then(|| (self.local_seq_no + (flight - len), len))
+        // A FIN in flight goes with the last segment, or alone once the data is acknowledged.
+        let fin_in_flight = self.flight_size() > self.tx_buffer.len();
+        (len > 0 || fin_in_flight).then(|| (self.local_seq_no + (flight - len), len))
     }
 
     /// Moves the next sequence number to send past the data the remote holds already (after
@@ -9499,6 +9508,62 @@ mod test {
         assert_eq!(s.recovery_point, None);
         assert!(!s.probed);
         recv_nothing!(s, time 400);
+    }
+
+    #[test]
+    fn test_tail_loss_probe_resends_a_lost_fin() {
+        // The data is acknowledged, then the FIN goes out alone and is lost: two round trips
+        // later the probe sends it again, long before the timeout (200 ms).
+        let mut s = socket_sack_flight(b"aaaBBB");
+        send!(s, time 20, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        s.close();
+        let fin = TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        };
+        recv!(s, time 20, [fin]);
+        let due = 20 + 2 * s.rtte.round_trip().total_millis() as i64;
+        assert!(due < 100);
+        recv_nothing!(s, time due - 1);
+        recv!(s, time due, [fin]);
+        send!(s, time due + 20, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6 + 1),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.state, State::FinWait2);
+        recv_nothing!(s, time 400);
+    }
+
+    #[test]
+    fn test_tail_loss_probe_resends_the_last_segment_with_its_fin() {
+        // The last segment carries the FIN, and both are lost: the probe sends them again.
+        let mut s = socket_sack_flight(b"aaa");
+        s.send_slice(b"BBB").unwrap();
+        s.close();
+        let last = TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"BBB"[..],
+            ..RECV_TEMPL
+        };
+        recv!(s, time 0, [last]);
+        send!(s, time 20, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 3),
+            ..SEND_TEMPL
+        });
+        let due = 20 + 2 * s.rtte.round_trip().total_millis() as i64;
+        assert!(due < 100);
+        recv_nothing!(s, time due - 1);
+        recv!(s, time due, [last]);
     }
 
     #[test]
