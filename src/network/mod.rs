@@ -287,6 +287,6 @@ fn key(stack: &Stack, peer: PeerId) -> Option<Arc<str>> {
 }
 
 #[cfg(test)]
-mod tests {
-    mod fuzz;
+pub(crate) mod tests {
+    pub(crate) mod fuzz;
 }

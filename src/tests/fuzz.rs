@@ -43,8 +43,8 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
-    Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket,
+    Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet,
+    TcpPacket, UdpPacket,
 };
 
 use crate::config::{Configuration, Peer as PeerConfig};
@@ -56,6 +56,7 @@ use crate::network::device::MTU;
 use crate::network::fragments::{self, Reassembler};
 use crate::network::packet::{self, Inbound, Unreachable};
 use crate::network::stack::{Outputs, Stack};
+use crate::network::tests::fuzz::ip;
 use crate::wireguard::peers::{Output, Peers, BUFFER_SIZE};
 
 /// `default` cases, unless PROPTEST_CASES asks for another number (for a longer run).
@@ -93,43 +94,6 @@ fn count(counter: &AtomicUsize, n: usize) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Packets a client builds.
-
-/// An IP packet around `payload`, with a valid header of the family of `src` and `dst`.
-fn ip(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u8> {
-    let next_header = IpProtocol::from(protocol);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let repr = Ipv4Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header,
-                payload_len: payload.len(),
-                hop_limit: 64,
-            };
-            let mut p = vec![0; repr.buffer_len() + payload.len()];
-            repr.emit(
-                &mut Ipv4Packet::new_unchecked(&mut p),
-                &ChecksumCapabilities::default(),
-            );
-            p[repr.buffer_len()..].copy_from_slice(payload);
-            p
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let repr = Ipv6Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header,
-                payload_len: payload.len(),
-                hop_limit: 64,
-            };
-            let mut p = vec![0; repr.buffer_len() + payload.len()];
-            repr.emit(&mut Ipv6Packet::new_unchecked(&mut p));
-            p[repr.buffer_len()..].copy_from_slice(payload);
-            p
-        }
-        _ => unreachable!("addresses of one family"),
-    }
-}
 
 /// A TCP segment with any flags and options and a valid checksum.
 #[derive(Debug, Clone)]
