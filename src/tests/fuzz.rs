@@ -58,6 +58,7 @@ use crate::network::packet::{self, Inbound, Unreachable};
 use crate::network::stack::{Outputs, Stack};
 use crate::network::tests::fuzz::ip;
 use crate::wireguard::peers::{Output, Peers, BUFFER_SIZE};
+use crate::wireguard::tests::fuzz::junk;
 
 /// `default` cases, unless PROPTEST_CASES asks for another number (for a longer run).
 fn config(default: u32) -> ProptestConfig {
@@ -628,25 +629,6 @@ fn order() -> impl Strategy<Value = Order> {
 
 fn inner_mutations() -> impl Strategy<Value = Vec<(usize, u8)>> {
     prop_oneof![8 => Just(vec![]), 1 => proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4)]
-}
-
-/// Datagrams shaped like each WireGuard message (type and length right, contents arbitrary), or anything.
-fn junk() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![
-        proptest::collection::vec(any::<u8>(), 0..300),
-        (1u8..=4, proptest::collection::vec(any::<u8>(), 0..200)).prop_map(|(kind, rest)| {
-            let len = match kind {
-                1 => 148,
-                2 => 92,
-                3 => 64,
-                _ => 32 + rest.len() / 16 * 16,
-            };
-            let mut d = vec![kind, 0, 0, 0];
-            d.extend(rest.iter().cycle().take(len - 4));
-            d.resize(len, 0);
-            d
-        }),
-    ]
 }
 
 fn step() -> impl Strategy<Value = Step> {

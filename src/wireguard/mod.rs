@@ -424,7 +424,7 @@ fn emit(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     mod batch;
-    mod fuzz;
+    pub(crate) mod fuzz;
 }
