@@ -39,8 +39,11 @@ const TUNNEL_QUEUE_PACKETS: usize = 4096;
 /// a process of the server holds a few hundred.
 const RESERVED_MAPPINGS: usize = 4096;
 
-/// UDP socket buffers: large enough for bursts at full speed.
-const SOCKET_BUFFER: usize = 4 << 20;
+/// UDP socket buffers: room for what arrives at full speed while the WireGuard task is off the CPU for a moment
+/// (tens of milliseconds on a busy machine). Beyond it the kernel drops arriving datagrams of every peer alike,
+/// before the engine's per-peer shares can tell a flooding peer from the others. The kernel books twice what is
+/// asked, and caps an unprivileged process at `net.core.rmem_max` and `wmem_max`.
+const SOCKET_BUFFER: usize = 16 << 20;
 
 /// Which end of tunnels the engine is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,12 +275,95 @@ fn bind(host: &str, port: u16) -> Result<std::net::UdpSocket> {
     if host.is_empty() {
         socket.set_only_v6(false)?;
     }
-    // Best effort: the kernel caps these at its own maximum.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    size_buffers(&socket);
     socket.set_nonblocking(true)?;
     socket
         .bind(&addr.into())
         .map_err(|source| Error::Bind { addr, source })?;
     Ok(socket.into())
+}
+
+/// Gives the socket `SOCKET_BUFFER` each way: past the kernel's cap where the process may (CAP_NET_ADMIN), else
+/// as much as the cap allows, and says so at debug level when that is less.
+fn size_buffers(socket: &Socket) {
+    if !force_buffer(socket, BufferOption::Receive) {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if !force_buffer(socket, BufferOption::Send) {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
+    let got = socket.recv_buffer_size().unwrap_or(0);
+    if got < 2 * SOCKET_BUFFER {
+        log::debug!(
+            "the UDP socket's receive buffer is {} KiB of the {} KiB asked for: net.core.rmem_max caps it (a \
+             larger one, or CAP_NET_ADMIN, keeps bursts and floods from dropping every peer's datagrams)",
+            got >> 10,
+            (2 * SOCKET_BUFFER) >> 10
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BufferOption {
+    Receive,
+    Send,
+}
+
+/// Sets a buffer past `net.core.rmem_max`/`wmem_max`, which needs CAP_NET_ADMIN; false where it cannot.
+#[cfg(target_os = "linux")]
+fn force_buffer(socket: &Socket, option: BufferOption) -> bool {
+    use std::os::fd::AsRawFd;
+    let name = match option {
+        BufferOption::Receive => libc::SO_RCVBUFFORCE,
+        BufferOption::Send => libc::SO_SNDBUFFORCE,
+    };
+    let size = libc::c_int::try_from(SOCKET_BUFFER).unwrap_or(libc::c_int::MAX);
+    // SAFETY: an open descriptor, and an int option given an int of its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn force_buffer(_socket: &Socket, _option: BufferOption) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sysctl(name: &str) -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// With CAP_NET_ADMIN (tests run as root in CI) the buffers pass the kernel's cap for everyone else, which
+    /// is often far below them (4 MiB on the machines CI runs on); without it, they get what the cap allows.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn socket_buffers_pass_the_kernels_cap_where_the_process_may() {
+        let socket = Socket::from(bind("127.0.0.1", 0).unwrap());
+        let (receive, send) = (
+            socket.recv_buffer_size().unwrap(),
+            socket.send_buffer_size().unwrap(),
+        );
+        // The kernel reports twice what was asked: its bookkeeping.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!((receive, send), (2 * SOCKET_BUFFER, 2 * SOCKET_BUFFER));
+        } else {
+            let cap = |name| 2 * SOCKET_BUFFER.min(sysctl(name));
+            assert_eq!((receive, send), (cap("rmem_max"), cap("wmem_max")));
+        }
+    }
 }

@@ -123,6 +123,19 @@ def peer_address(cfg: Any, index: int) -> str:
     return next(a.split("/")[0] for a in cfg.peers[index]["allowed_ips"] if ":" not in a)
 
 
+def kernel_drops(port: int) -> int:
+    """How many datagrams the kernel dropped at this namespace's UDP socket on `port`, for want of room in its
+    receive buffer: before the engine saw them, of every peer alike."""
+    drops = 0
+    for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    drops += int(fields[-1])
+    return drops
+
+
 def stop(process: subprocess.Popen[str]) -> int:
     """Waits for a flood to end (it ends on its own); returns how many datagrams it sent."""
     try:
@@ -183,7 +196,11 @@ async def test_a_flooding_peer_leaves_the_others_their_share_of_pythons_queue(st
         f"peer's echoes: {during[1]} of {during[0]} answered during the flood, {after[1]} of {after[0]} after"
     )
     assert during[0] >= 10, "the other peer hardly sent during the flood"
-    assert during[1] >= 0.95 * during[0], f"during the flood: {during[1]} of {during[0]} answered"
+    kernel = kernel_drops(setup.server.getsockname()[1])
+    print(f"the kernel dropped {kernel} datagrams at the server's socket")
+    assert (
+        during[1] >= 0.95 * during[0]
+    ), f"during the flood: {during[1]} of {during[0]} answered; the kernel dropped {kernel} at the socket"
     assert after[1] >= 0.95 * after[0], f"after the flood: {after[1]} of {after[0]} answered"
     # The drops are counted for the flooder, and logged with its key at most once a second.
     drops = {s.public_key: s.drops["python_queue"] for s in await setup.server.peers()}
