@@ -92,11 +92,28 @@ impl Contig {
 
 /// A buffer (re)assembler.
 ///
-/// Currently, up to a hardcoded limit of 4 or 32 holes can be tracked in the buffer.
-#[derive(Debug, PartialEq, Eq, Clone)]
+/// Up to `ASSEMBLER_MAX_SEGMENT_COUNT` holes can be tracked in the buffer. With the `alloc`
+/// feature the ranges are kept in storage that grows with the holes up to that limit and is given
+/// back once the assembler holds no data, so a high limit costs nothing while data arrives in
+/// order; without it, in an array of the limit's size.
+#[derive(Debug, Clone)]
 pub struct Assembler {
-    contigs: [Contig; ASSEMBLER_MAX_SEGMENT_COUNT],
+    contigs: Contigs,
 }
+
+#[cfg(feature = "alloc")]
+type Contigs = alloc::vec::Vec<Contig>;
+#[cfg(not(feature = "alloc"))]
+type Contigs = [Contig; ASSEMBLER_MAX_SEGMENT_COUNT];
+
+/// Assemblers are equal if they hold the same ranges, however much storage each has.
+impl PartialEq for Assembler {
+    fn eq(&self, other: &Assembler) -> bool {
+        self.used() == other.used()
+    }
+}
+
+impl Eq for Assembler {}
 
 impl fmt::Display for Assembler {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -133,28 +150,59 @@ impl defmt::Format for Assembler {
 impl Assembler {
     /// Create a new buffer assembler.
     pub const fn new() -> Assembler {
-        const EMPTY: Contig = Contig::empty();
-        Assembler {
-            contigs: [EMPTY; ASSEMBLER_MAX_SEGMENT_COUNT],
-        }
+        #[cfg(feature = "alloc")]
+        let contigs = alloc::vec::Vec::new();
+        #[cfg(not(feature = "alloc"))]
+        let contigs = {
+            const EMPTY: Contig = Contig::empty();
+            [EMPTY; ASSEMBLER_MAX_SEGMENT_COUNT]
+        };
+        Assembler { contigs }
     }
 
     pub fn clear(&mut self) {
+        #[cfg(feature = "alloc")]
+        {
+            self.contigs = alloc::vec::Vec::new();
+        }
+        #[cfg(not(feature = "alloc"))]
         self.contigs.fill(Contig::empty());
     }
 
+    /// The contigs with data, in order.
+    fn used(&self) -> &[Contig] {
+        let end = self
+            .contigs
+            .iter()
+            .position(|contig| !contig.has_data())
+            .unwrap_or(self.contigs.len());
+        &self.contigs[..end]
+    }
+
+    /// Room for one more contig at the end. A fixed array has none beyond its size; with
+    /// `alloc`, the storage doubles, up to `ASSEMBLER_MAX_SEGMENT_COUNT` contigs.
+    fn grow(&mut self) -> Result<(), TooManyHolesError> {
+        #[cfg(feature = "alloc")]
+        {
+            let len = self.contigs.len();
+            if len < ASSEMBLER_MAX_SEGMENT_COUNT {
+                let len = (2 * len).clamp(4, ASSEMBLER_MAX_SEGMENT_COUNT.max(4));
+                self.contigs
+                    .resize(len.min(ASSEMBLER_MAX_SEGMENT_COUNT), Contig::empty());
+                return Ok(());
+            }
+        }
+        Err(TooManyHolesError)
+    }
+
     fn front(&self) -> Contig {
-        self.contigs[0]
+        self.contigs.first().copied().unwrap_or(Contig::empty())
     }
 
     /// Return length of the front contiguous range without removing it from the assembler
     pub fn peek_front(&self) -> usize {
         let front = self.front();
         if front.has_hole() { 0 } else { front.data_size }
-    }
-
-    fn back(&self) -> Contig {
-        self.contigs[self.contigs.len() - 1]
     }
 
     /// Return whether the assembler contains no data.
@@ -174,13 +222,14 @@ impl Assembler {
         }
 
         // Removing the last one.
-        self.contigs[self.contigs.len() - 1] = Contig::empty();
+        let last = self.contigs.len() - 1;
+        self.contigs[last] = Contig::empty();
     }
 
     /// Add a contig at the given index, and return a pointer to it.
     fn add_contig_at(&mut self, at: usize) -> Result<&mut Contig, TooManyHolesError> {
-        if self.back().has_data() {
-            return Err(TooManyHolesError);
+        if self.contigs.last().is_none_or(|contig| contig.has_data()) {
+            self.grow()?;
         }
 
         for i in (at + 1..self.contigs.len()).rev() {
@@ -203,8 +252,8 @@ impl Assembler {
         // Find index of the contig containing the start of the range.
         loop {
             if i == self.contigs.len() {
-                // The new range is after all the previous ranges, but there/s no space to add it.
-                return Err(TooManyHolesError);
+                // The new range is after all the previous ranges: it needs room for one more.
+                self.grow()?;
             }
             let contig = &mut self.contigs[i];
             if !contig.has_data() {
@@ -286,6 +335,10 @@ impl Assembler {
         } else {
             self.remove_contig_at(0);
             debug_assert!(front.data_size > 0);
+            if self.is_empty() {
+                // With `alloc`, the storage goes back: most of a connection's life is in order.
+                self.clear();
+            }
             front.data_size
         }
     }
@@ -304,7 +357,7 @@ impl Assembler {
         // This is the only case where a segment at offset=0 would cause the
         // total amount of contigs to rise (and therefore can potentially cause
         // a TooManyHolesError). Handle it in a way that is guaranteed to succeed.
-        if offset == 0 && size < self.contigs[0].hole_size {
+        if offset == 0 && size < self.front().hole_size {
             self.contigs[0].hole_size -= size;
             return Ok(size);
         }
@@ -345,16 +398,17 @@ mod test {
 
     impl From<Vec<(usize, usize)>> for Assembler {
         fn from(vec: Vec<(usize, usize)>) -> Assembler {
-            const EMPTY: Contig = Contig::empty();
-
-            let mut contigs = [EMPTY; ASSEMBLER_MAX_SEGMENT_COUNT];
+            let mut assembler = Assembler::new();
             for (i, &(hole_size, data_size)) in vec.iter().enumerate() {
-                contigs[i] = Contig {
+                if i == assembler.contigs.len() {
+                    assembler.grow().unwrap();
+                }
+                assembler.contigs[i] = Contig {
                     hole_size,
                     data_size,
                 };
             }
-            Assembler { contigs }
+            assembler
         }
     }
 
@@ -362,6 +416,21 @@ mod test {
         [$( $x:expr ),*] => ({
             Assembler::from(vec![$( $x ),*])
         })
+    }
+
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn test_storage_grows_with_the_holes_and_goes_back_once_empty() {
+        let mut assr = Assembler::new();
+        assert_eq!(assr.contigs.capacity(), 0);
+        assert_eq!(assr.add(4, 1), Ok(()));
+        assert_eq!(assr.add(2, 1), Ok(()));
+        assert_eq!(assr.add(6, 1), Ok(()));
+        assert_eq!(assr, contigs![(2, 1), (1, 1), (1, 1)]);
+        assert!(assr.contigs.len() <= ASSEMBLER_MAX_SEGMENT_COUNT);
+        assert_eq!(assr.add_then_remove_front(0, 7), Ok(7));
+        assert!(assr.is_empty());
+        assert_eq!(assr.contigs.capacity(), 0);
     }
 
     #[test]
