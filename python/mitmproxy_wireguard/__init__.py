@@ -6,7 +6,8 @@ to a WireGuard server, and connections and datagrams through it.
 """
 
 from ._mitmproxy_wireguard import Configuration, genkey, pubkey
-from .client import DatagramEndpoint, NoHandshake, Tunnel, TunnelClosed, connect
+from .client import Tunnel, connect
+from .client_sockets import DatagramEndpoint, NoHandshake, TunnelClosed
 from .peers import PeerStats
 from .server import Refusal, Server, ServerError, start_server
 from .stream import TcpStream

@@ -16,7 +16,7 @@ from . import socks5
 from .flows import Flow, format_address, ip_of, logger, reason, unreachable
 from .limits import Limits, Shares
 from .policy import Policy
-from ..client import DatagramEndpoint
+from ..client_sockets import DatagramEndpoint
 from .upstream import Association, UpstreamError
 from .wireguard import AnyUpstream, WireGuardUpstream
 

@@ -20,7 +20,8 @@ from typing import Callable, Union
 from .. import client
 from .._mitmproxy_wireguard import Configuration
 from .._program import host_port
-from ..client import DatagramEndpoint, NoHandshake, Tunnel, TunnelClosed
+from ..client import Tunnel
+from ..client_sockets import DatagramEndpoint, NoHandshake, TunnelClosed
 from ..server import Address
 from .upstream import Streams, Upstream, UpstreamError, UpstreamLost
 
