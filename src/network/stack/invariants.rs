@@ -1,4 +1,4 @@
-//! What holds of the stack between any two calls, for tests that drive it from outside (src/tests/fuzz.rs):
+//! What holds of the stack between any two calls, for tests that drive it from outside (src/tests/fuzz/):
 //! its tables agree with each other, and no limit is exceeded.
 
 use std::collections::HashMap;

@@ -25,7 +25,7 @@ fn config(default: u32) -> ProptestConfig {
 }
 
 /// An IP packet around `payload`, with a valid header of the family of `src` and `dst`; the whole-way
-/// property test (`src/tests/fuzz.rs`) builds its packets with it too.
+/// property test (`src/tests/fuzz/`) builds its packets with it too.
 pub(crate) fn ip(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u8> {
     let next_header = IpProtocol::from(protocol);
     match (src, dst) {

@@ -93,7 +93,7 @@ fn connect(peers: &mut Peers, client: &mut Tunn, home: SocketAddr, buf: &mut [u8
 }
 
 /// Datagrams shaped like each WireGuard message (type and length right, contents arbitrary), or anything; the
-/// whole-way property test (`src/tests/fuzz.rs`) sends them too.
+/// whole-way property test (`src/tests/fuzz/`) sends them too.
 pub(crate) fn junk() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..300),
