@@ -186,9 +186,8 @@ impl Assembler {
         {
             let len = self.contigs.len();
             if len < ASSEMBLER_MAX_SEGMENT_COUNT {
-                let len = (2 * len).clamp(4, ASSEMBLER_MAX_SEGMENT_COUNT.max(4));
-                self.contigs
-                    .resize(len.min(ASSEMBLER_MAX_SEGMENT_COUNT), Contig::empty());
+                let len = (2 * len).max(4).min(ASSEMBLER_MAX_SEGMENT_COUNT);
+                self.contigs.resize(len, Contig::empty());
                 return Ok(());
             }
         }
