@@ -141,6 +141,42 @@ async def test_backpressure_holds_the_writer_until_the_handler_reads(wg_pair: An
     writer.close()
 
 
+@pytest.mark.parametrize("size", [48 * 1024, MIB])
+async def test_data_that_arrived_before_the_end_is_all_read_after_it(wg_pair: Any, size: int) -> None:
+    """Each side half-closes first, then does not read while the other side's data and FIN arrive: the
+    connection ends on the wire (both sides in TIME-WAIT) with data still unread, and every byte of it is read
+    afterwards, then EOF. The client's transport is paused before the handler writes, so with 48 KiB (within the
+    first window) all of it waits in the engine when the FIN comes; 1 MiB goes through flow control on the way.
+    Both ends are checked: the client's StreamReader and the handler's stream."""
+    data = pattern(size)
+    got: list[bytes] = []
+
+    async def write_first_then_read_late(stream: wg.TcpStream) -> None:
+        # After the client's first byte: by then the client's transport is paused.
+        first = await stream.readexactly(1)
+        stream.write(data)
+        stream.write_eof()
+        await asyncio.sleep(1)
+        got.append(first + await stream.read(-1))
+        stream.close()
+
+    pair = await wg_pair(write_first_then_read_late)
+    reader, writer = await pair.tunnel.open_connection("192.0.2.1", 80)
+    writer.transport.pause_reading()
+    writer.write(data)
+    writer.write_eof()
+    await asyncio.sleep(1.5)
+    writer.transport.resume_reading()
+    assert await asyncio.wait_for(reader.read(), 30) == data
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(100):
+        if got:
+            break
+        await asyncio.sleep(0.1)
+    assert got == [data]
+
+
 def dns_answerer(server: Callable[[], wg.Server], names: dict[str, list[str]]) -> Any:
     """A `receive_datagram` that answers DNS queries to port 53 with `names`."""
 

@@ -381,10 +381,12 @@ impl Connection {
         self.sockets.get_mut(self.handle)
     }
 
-    /// Resets the connection now; Python's unsent writes are dropped.
+    /// Resets the connection now; Python's unsent writes and what it did not read are dropped.
     pub(super) fn abort(&mut self) {
         self.outbox.pending.clear();
         self.socket().abort();
+        // Ended by a reset, whatever state it was in (TIME-WAIT with data unread among them).
+        self.last_state = tcp::State::Closed;
     }
 
     /// Tells Python of the connection once the handshake is done; returns whether it did now.
@@ -512,7 +514,10 @@ impl Connection {
         }
     }
 
-    /// Tells Python when the connection ended. Returns whether it is gone and can be forgotten.
+    /// Tells Python when the connection ended, once it has read every byte that arrived before the end, and EOF
+    /// after them when the end was orderly: ConnectionClosed is the last it hears of a connection, as a kernel's
+    /// socket gives every byte it received before reporting the close. Until then the connection is kept, even
+    /// with its socket closed. Returns whether it is gone and can be forgotten.
     fn report_close(&mut self, out: &mut Outputs) -> bool {
         let state = self.socket().state();
         let gone = state == tcp::State::Closed
@@ -525,8 +530,21 @@ impl Connection {
             });
         }
         if matches!(self.lifecycle, Lifecycle::Open { .. }) && (gone || state == tcp::State::TimeWait) {
-            self.lifecycle.end();
             let reset = gone && !orderly_end(self.last_state);
+            if !reset && self.socket().recv_queue() > 0 {
+                // After an orderly end, Python reads first (it paused reading, or its budget ran out). A closed
+                // socket keeps the state it closed from, which tells the end was orderly. A reset drops what
+                // was not read.
+                if !gone {
+                    self.last_state = state;
+                }
+                return false;
+            }
+            if !reset && self.lifecycle.eof_due() {
+                self.lifecycle.report_eof();
+                out.events.push(NetworkToPython::Eof { id: self.id });
+            }
+            self.lifecycle.end();
             out.events
                 .push(NetworkToPython::ConnectionClosed { id: self.id, reset });
         }

@@ -15,7 +15,9 @@
 //! ```
 //!
 //! The TCP state is smoltcp's; this is only the side Python sees. ConnectionClosed is reported once, from Open:
-//! never for a connection Python did not hear of, nor for one it closed itself.
+//! never for a connection Python did not hear of, nor for one it closed itself. It is the last event of a
+//! connection: it waits until Python has read every byte that arrived (and EOF, after an orderly end), however
+//! long Python pauses reading; until then the connection stays Open, whatever its socket's state.
 
 /// See the module's documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,13 +31,9 @@ pub(super) enum Lifecycle {
         /// Python asked for a FIN after its data (WriteEof): it writes no more.
         fin_requested: bool,
     },
-    /// Python was told that the connection ended (ConnectionClosed) while the socket waits in TIME-WAIT: both
-    /// FINs were exchanged, so Python's FIN was requested. Data that Python has not read yet (it paused reading
-    /// or had no room) is still delivered, then EOF.
-    Ended {
-        /// As in `Open`.
-        eof_reported: bool,
-    },
+    /// Python was told that the connection ended (ConnectionClosed), after every byte and EOF, while the socket
+    /// waits in TIME-WAIT: both FINs were exchanged, so Python's FIN was requested.
+    Ended,
     /// Python closed or aborted the connection: it hears nothing more, and data that still arrives is read and
     /// dropped to keep the window open. After a Close a FIN follows Python's data; an Abort reset the socket.
     Detached,
@@ -44,7 +42,7 @@ pub(super) enum Lifecycle {
 impl Lifecycle {
     /// Python hears of the connection's data, EOF and drained writes.
     pub(super) fn python_listens(self) -> bool {
-        matches!(self, Lifecycle::Open { .. } | Lifecycle::Ended { .. })
+        matches!(self, Lifecycle::Open { .. })
     }
 
     /// Python's writes are taken.
@@ -65,7 +63,7 @@ impl Lifecycle {
             Lifecycle::Open {
                 fin_requested: true,
                 ..
-            } | Lifecycle::Ended { .. }
+            } | Lifecycle::Ended
                 | Lifecycle::Detached
         )
     }
@@ -77,7 +75,7 @@ impl Lifecycle {
             Lifecycle::Open {
                 eof_reported: false,
                 ..
-            } | Lifecycle::Ended { eof_reported: false }
+            }
         )
     }
 
@@ -100,7 +98,7 @@ impl Lifecycle {
 
     /// Python was told of the client's FIN.
     pub(super) fn report_eof(&mut self) {
-        if let Lifecycle::Open { eof_reported, .. } | Lifecycle::Ended { eof_reported } = self {
+        if let Lifecycle::Open { eof_reported, .. } = self {
             *eof_reported = true;
         }
     }
@@ -108,8 +106,8 @@ impl Lifecycle {
     /// Python was told that the connection ended (ConnectionClosed): Open → Ended. A connection whose socket
     /// closed is forgotten right after; one in TIME-WAIT stays Ended until then.
     pub(super) fn end(&mut self) {
-        if let Lifecycle::Open { eof_reported, .. } = *self {
-            *self = Lifecycle::Ended { eof_reported };
+        if let Lifecycle::Open { .. } = *self {
+            *self = Lifecycle::Ended;
         }
     }
 
@@ -131,11 +129,11 @@ mod tests {
         assert!(life.python_listens() && life.takes_writes() && life.eof_due());
         life.request_fin();
         assert!(!life.takes_writes() && life.fin_requested());
-        life.end();
-        assert_eq!(life, Lifecycle::Ended { eof_reported: false });
-        assert!(life.python_listens() && life.eof_due() && life.fin_requested());
         life.report_eof();
         assert!(!life.eof_due());
+        life.end();
+        assert_eq!(life, Lifecycle::Ended);
+        assert!(!life.python_listens() && !life.eof_due() && life.fin_requested());
         life.detach();
         assert!(!life.python_listens() && !life.takes_writes() && !life.eof_due() && life.fin_requested());
         life.announce();

@@ -80,7 +80,7 @@ pub(super) enum State {
     /// Python opened it (`Connect`): `ConnectionEstablished` or `ConnectFailed` follows.
     Connecting,
     Open,
-    /// `ConnectionClosed` without reset, maybe in TIME-WAIT: the data Python did not read yet may follow, and EOF.
+    /// `ConnectionClosed` without reset, maybe in TIME-WAIT: it came after every byte and EOF; nothing follows.
     Ended,
     /// Nothing may follow: reset, refused, failed, or Python closed or aborted it.
     Gone,

@@ -94,11 +94,8 @@ impl World {
                     .conns
                     .get(&id)
                     .unwrap_or_else(|| panic!("data for unknown {id}"));
-                assert!(
-                    matches!(conn.state, State::Open | State::Ended),
-                    "data in {:?}",
-                    conn.state
-                );
+                // Every byte comes before ConnectionClosed.
+                assert_eq!(conn.state, State::Open, "data in {:?}", conn.state);
                 assert!(!conn.eof, "data after EOF");
                 assert!(!data.is_empty(), "empty data");
                 assert!(
@@ -127,11 +124,7 @@ impl World {
                     .conns
                     .get_mut(&id)
                     .unwrap_or_else(|| panic!("EOF for unknown {id}"));
-                assert!(
-                    matches!(conn.state, State::Open | State::Ended),
-                    "EOF in {:?}",
-                    conn.state
-                );
+                assert_eq!(conn.state, State::Open, "EOF in {:?}", conn.state);
                 assert!(!conn.eof, "EOF twice");
                 conn.eof = true;
             }
@@ -156,6 +149,8 @@ impl World {
                     .get_mut(&id)
                     .unwrap_or_else(|| panic!("closed unknown {id}"));
                 assert_eq!(conn.state, State::Open, "closed {id}");
+                // An orderly end comes after EOF, so after every byte before the client's FIN.
+                assert!(reset || conn.eof, "closed {id} before its EOF");
                 conn.state = if reset { State::Gone } else { State::Ended };
             }
             NetworkToPython::ConnectFailed { id, .. } => {

@@ -3881,9 +3881,13 @@ impl<'a> Socket<'a> {
         } else if self.timer.should_zero_window_probe(cx.now()) {
             tcp_trace!("sending zero-window probe");
         } else if self.timer.should_close(cx.now()) {
-            // If we have spent enough time in the TIME-WAIT state, close the socket.
+            // If we have spent enough time in the TIME-WAIT state, close the socket. Data the
+            // application has not read yet stays readable, as the FIN after it.
             tcp_trace!("TIME-WAIT timer expired");
+            let rx_buffer = mem::replace(&mut self.rx_buffer, SocketBuffer::new(&mut [][..]));
             self.reset();
+            self.rx_buffer = rx_buffer;
+            self.rx_fin_received = true;
             return Ok(());
         } else {
             return Ok(());
@@ -7665,6 +7669,39 @@ mod test {
         assert_eq!(s.state, State::TimeWait);
         recv_nothing!(s, time 60_000);
         assert_eq!(s.state, State::Closed);
+    }
+
+    #[test]
+    fn test_time_wait_timeout_keeps_unread_data() {
+        let mut s = socket_fin_wait_2();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 1),
+                payload: &b"abc"[..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::TimeWait);
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 3 + 1),
+                window_len: 61,
+                ..RECV_TEMPL
+            }]
+        );
+        recv_nothing!(s, time 60_000);
+        assert_eq!(s.state, State::Closed);
+        // The application reads what arrived before the FIN, then the end of the stream.
+        assert!(s.can_recv());
+        let mut buf = [0u8; 8];
+        assert_eq!(s.recv_slice(&mut buf), Ok(3));
+        assert_eq!(&buf[..3], b"abc");
+        assert_eq!(s.recv_slice(&mut buf), Err(RecvError::Finished));
     }
 
     // =========================================================================================//
