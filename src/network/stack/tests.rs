@@ -291,6 +291,62 @@ fn connections_to_any_address_carry_data_both_ways_and_half_close() {
     }
 }
 
+/// Python half-closes first and pauses reading; the client's data and FIN arrive, and the connection ends on the
+/// wire (TIME-WAIT, then CLOSED once its timer runs out). What Python did not read is kept for it: once it reads
+/// again it gets every byte, then EOF, and only then ConnectionClosed, after which the connection is forgotten.
+#[test]
+fn the_end_of_a_connection_waits_until_python_read_what_arrived_before_it() {
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "198.51.100.7:80");
+    let id = established(&client.pump(&mut stack));
+    let mut out = Outputs::default();
+    stack.handle(PythonToNetwork::PauseReading { id }, &mut out);
+    stack.handle(PythonToNetwork::WriteEof { id }, &mut out);
+    stack.flush(&mut out);
+    for (_, p) in out.packets {
+        client.device.rx = Some(p);
+        client
+            .iface
+            .poll(stack.now(), &mut client.device, &mut client.sockets);
+    }
+    client.pump(&mut stack);
+    assert!(!client.socket().may_recv(), "the client saw Python's FIN");
+
+    client.socket().send_slice(b"unread data").unwrap();
+    client.socket().close();
+    let events = client.pump(&mut stack);
+    assert!(events.is_empty(), "Python paused reading, yet heard {events:?}");
+    let socket = stack.connections.get_mut(&id).unwrap().socket();
+    assert_eq!(socket.state(), tcp::State::TimeWait);
+
+    // TIME-WAIT runs out while Python still does not read: nothing is reported, nothing forgotten.
+    stack.advance(Duration::from_secs(11));
+    let mut out = Outputs::default();
+    stack.poll_timers(&mut out);
+    assert!(out.events.is_empty(), "heard {:?}", out.events);
+    let socket = stack.connections.get_mut(&id).unwrap().socket();
+    assert_eq!(socket.state(), tcp::State::Closed);
+
+    let mut out = Outputs::default();
+    stack.handle(PythonToNetwork::ResumeReading { id }, &mut out);
+    stack.flush(&mut out);
+    assert_eq!(data(&out.events), b"unread data");
+    let eof = out
+        .events
+        .iter()
+        .position(|e| matches!(e, NetworkToPython::Eof { id: i } if *i == id));
+    let closed = out
+        .events
+        .iter()
+        .position(|e| matches!(e, NetworkToPython::ConnectionClosed { id: i, reset: false } if *i == id));
+    assert!(
+        matches!((eof, closed), (Some(e), Some(c)) if e + 1 == c && c + 1 == out.events.len()),
+        "data, EOF, then ConnectionClosed: {:?}",
+        out.events
+    );
+    assert_eq!(stack.connection_count(), 0);
+}
+
 /// A lost segment that no duplicate ACK reveals waits for the retransmission timeout: its floor is Linux's 200 ms,
 /// not smoltcp's default of 1 s.
 #[test]
