@@ -638,6 +638,25 @@ const SACK_SCOREBOARD_LEN: usize = 32;
 
 type SackRange = (TcpSeqNumber, TcpSeqNumber);
 
+/// The first SACK block of an ACK if it is a D-SACK (RFC 2883, section 4): below the
+/// cumulative acknowledgement, or within the second block.
+fn dsack(ack_number: TcpSeqNumber, blocks: &[Option<(u32, u32)>; 3]) -> Option<SackRange> {
+    let seq = |(a, b): (u32, u32)| (TcpSeqNumber(a as i32), TcpSeqNumber(b as i32));
+    let (left, right) = seq(blocks[0]?);
+    let within_next = blocks[1]
+        .map(seq)
+        .is_some_and(|(a, b)| a <= left && right <= b);
+    (left < right && (right <= ack_number || within_next)).then_some((left, right))
+}
+
+/// Segments SACKed (or duplicate ACKs) beyond a hole that show it lost, until the path shows
+/// more reordering (RFC 5681's DupThresh).
+const DUP_THRESH: usize = 3;
+
+/// The most reordering, in segments, that D-SACKs raise the threshold to (as Linux's default
+/// `tcp_max_reordering`).
+const MAX_REORDERING: usize = 300;
+
 /// The last retransmission of the first unacknowledged segment, during loss recovery: the
 /// highest sequence number sent before it, and when. Once the peer SACKs data beyond that
 /// (sent after it), the copy was lost (RFC 8985), though later holes' copies are still on
@@ -943,6 +962,17 @@ pub struct Socket<'a> {
     probe_pending: bool,
     /// A probe was sent: any SACKed data beyond a hole now shows the hole lost.
     probed: bool,
+    /// How many segments of reordering the path showed: data SACKed (or duplicate ACKs) this
+    /// far beyond a hole show it lost. It starts at RFC 5681's three and doubles, up to
+    /// `MAX_REORDERING`, each time a D-SACK (RFC 2883) shows a retransmission needless: the
+    /// original arrived after all, later than the threshold allowed (RFC 8985 6.2 widens its
+    /// reordering window the same way).
+    reordering: usize,
+    /// D-SACKs for data sent before this raised `reordering` already (one raise per flight).
+    reordering_mark: Option<TcpSeqNumber>,
+    /// Where the last tail loss probe sent data again: a D-SACK of that copy shows only that
+    /// the probe was not needed, not that the path reorders (as Linux tells them apart).
+    probe_copy: Option<TcpSeqNumber>,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -1069,6 +1099,9 @@ impl<'a> Socket<'a> {
             probe_at: None,
             probe_pending: false,
             probed: false,
+            reordering: DUP_THRESH,
+            reordering_mark: None,
+            probe_copy: None,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -1571,6 +1604,9 @@ impl<'a> Socket<'a> {
         self.probe_at = None;
         self.probe_pending = false;
         self.probed = false;
+        self.reordering = DUP_THRESH;
+        self.reordering_mark = None;
+        self.probe_copy = None;
 
         #[cfg(feature = "async")]
         {
@@ -2187,6 +2223,45 @@ impl<'a> Socket<'a> {
             (None, None) => core::cmp::Ordering::Equal,
         });
         self.sacked.copy_from_slice(&ranges[..SACK_SCOREBOARD_LEN]);
+    }
+
+    /// How many segments SACKed (or duplicate ACKs) beyond a hole show it lost: the reordering
+    /// seen so far, but at most half the flight (and at least DupThresh), so that a loss in a
+    /// flight shorter than the reordering is still found before the timer.
+    fn dup_thresh(&self) -> usize {
+        let flight = self.flight_size() / self.remote_mss.max(1);
+        self.reordering.min((flight / 2).max(DUP_THRESH))
+    }
+
+    /// The peer received `left..right` twice (a D-SACK). On a path that does not duplicate
+    /// packets, one copy was a retransmission that was not needed: the original was late, not
+    /// lost. The controller hears that these octets were not lost, and the reordering the
+    /// socket allows for doubles, once for the data sent before the last raise.
+    fn on_dsack(&mut self, now: Instant, left: TcpSeqNumber, right: TcpSeqNumber) {
+        let Some(sent) = self.rtte.max_seq_sent else {
+            return;
+        };
+        if right > sent {
+            return;
+        }
+        self.congestion_controller
+            .inner_mut()
+            .on_spurious_retransmit(now, right - left);
+        if self
+            .probe_copy
+            .is_some_and(|seq| left <= seq && seq < right)
+        {
+            self.probe_copy = None;
+            return;
+        }
+        if self.reordering_mark.is_none_or(|mark| left >= mark) {
+            self.reordering = (2 * self.reordering).min(MAX_REORDERING);
+            self.reordering_mark = Some(sent);
+            net_debug!(
+                "D-SACK: the path reorders, up to {} segments",
+                self.reordering
+            );
+        }
     }
 
     /// How many octets the scoreboard holds.
@@ -3241,7 +3316,10 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 && self.recovery_point.is_none() {
+                    if self.local_rx_dup_acks as usize >= self.dup_thresh().min(u8::MAX as usize)
+                        && self.recovery_point.is_none()
+                        && !self.timer.is_retransmit_now()
+                    {
                         self.timer.set_for_fast_retransmit();
                         net_debug!("started fast retransmit");
                     }
@@ -3302,6 +3380,9 @@ impl<'a> Socket<'a> {
             // for every ACK that comes back (RFC 6675, simplified: each ACK of a segment that
             // left the network lets one segment in).
             if self.remote_has_sack {
+                if let Some((left, right)) = dsack(ack_number, &repr.sack_ranges) {
+                    self.on_dsack(cx.now(), left, right);
+                }
                 for &(left, right) in repr.sack_ranges.iter().flatten() {
                     self.sack_record(TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
                 }
@@ -3336,7 +3417,7 @@ impl<'a> Socket<'a> {
             let sacked = self.sacked_len();
             if self.recovery_point.is_none()
                 && !self.timer.is_retransmit_now()
-                && (sacked >= 3 * self.remote_mss || (self.probed && sacked > 0))
+                && (sacked >= self.dup_thresh() * self.remote_mss || (self.probed && sacked > 0))
             {
                 net_debug!("started fast retransmit: data SACKed beyond a hole");
                 self.timer.set_for_fast_retransmit();
@@ -3988,6 +4069,9 @@ impl<'a> Socket<'a> {
                 self.pending_fast_retransmit = false;
                 let offset = if let Some((seq, len)) = hole {
                     let offset = seq - self.local_seq_no;
+                    if probe {
+                        self.probe_copy = Some(seq);
+                    }
                     repr.seq_number = seq;
                     repr.payload = self.tx_buffer.get_allocated(offset, effective_mss.min(len));
                     if !probe {
@@ -8985,6 +9069,105 @@ mod test {
             (LOCAL_SEQ + 1 + from).0 as u32,
             (LOCAL_SEQ + 1 + to).0 as u32,
         ))
+    }
+
+    #[test]
+    fn test_dsack_widens_the_reordering_threshold() {
+        // AAA is late, not lost: three segments SACKed beyond it resend it, then the original
+        // arrives and the copy is reported in a D-SACK. The path reorders: in the next flight,
+        // three segments SACKed beyond a hole are not enough any more, six are.
+        let mut s = socket_sack_flight(b"AAAbbbcccdddeeefffggghhhiiijjjkkklll");
+        send!(s, time 50, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(3, 12), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 50, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"AAA"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 60, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 36),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.reordering, DUP_THRESH);
+        for _ in 0..2 {
+            // The second D-SACK of the same flight raises nothing more.
+            send!(s, time 70, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 36),
+                sack_ranges: [sack_block(0, 3), None, None],
+                ..SEND_TEMPL
+            });
+            assert_eq!(s.reordering, 2 * DUP_THRESH);
+        }
+
+        let next = b"MMMnnnooopppqqqrrrssstttuuuvvvwwwxxx";
+        s.send_slice(next).unwrap();
+        for (i, chunk) in next.chunks(3).enumerate() {
+            recv!(s, time 80, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 36 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload:    chunk,
+                ..RECV_TEMPL
+            }));
+        }
+        send!(s, time 90, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 36),
+            sack_ranges: [sack_block(39, 48), None, None],
+            ..SEND_TEMPL
+        });
+        recv_nothing!(s, time 90);
+        send!(s, time 91, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 36),
+            window_len: 250,
+            sack_ranges: [sack_block(39, 57), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 91, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 36,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"MMM"[..],
+            ..RECV_TEMPL
+        }]);
+    }
+
+    #[test]
+    fn test_dsack_of_a_tail_loss_probe_is_no_reordering() {
+        // Only the ACKs were lost: the probe resends DDD, which had arrived, and the peer
+        // reports that copy in a D-SACK. The probe was needless; the path did not reorder.
+        let mut s = socket_sack_flight(b"aaaBBBcccDDD");
+        recv!(s, time 60, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 9,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"DDD"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 80, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 12),
+            sack_ranges: [sack_block(9, 12), None, None],
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.reordering, DUP_THRESH);
+    }
+
+    #[test]
+    fn test_dsack_blocks_are_told_apart_from_sack_blocks() {
+        let ack = LOCAL_SEQ + 1 + 12;
+        // Below the cumulative acknowledgement.
+        assert!(dsack(ack, &[sack_block(0, 3), None, None]).is_some());
+        // Within the second block.
+        assert!(dsack(ack, &[sack_block(15, 18), sack_block(15, 24), None]).is_some());
+        // An ordinary block, and one beside the second.
+        assert!(dsack(ack, &[sack_block(15, 18), None, None]).is_none());
+        assert!(dsack(ack, &[sack_block(15, 18), sack_block(21, 24), None]).is_none());
     }
 
     #[test]

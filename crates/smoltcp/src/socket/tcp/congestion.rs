@@ -43,6 +43,10 @@ pub(super) trait Controller {
     /// A segment of `len` octets was sent again: it or its acknowledgement was lost.
     fn on_retransmit(&mut self, now: Instant, len: usize) {}
 
+    /// The peer reported `len` octets received twice (a D-SACK): a retransmission of them was
+    /// not needed, they were not lost.
+    fn on_spurious_retransmit(&mut self, now: Instant, len: usize) {}
+
     /// Whether the socket should measure delivery rates for `on_rate_sample`.
     fn wants_rate_samples(&self) -> bool {
         false

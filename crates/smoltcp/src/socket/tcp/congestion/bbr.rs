@@ -160,7 +160,7 @@ impl Bbr {
     fn end_round_losses(&mut self) {
         let (delivered, lost) = self.round_start;
         let delivered = self.delivered - delivered;
-        let lost = self.lost - lost;
+        let lost = self.lost.saturating_sub(lost);
         let segments = lost / self.mss.max(1) as u64;
         if lost as f64 <= delivered as f64 * LOSS_THRESH {
             return;
@@ -330,6 +330,11 @@ impl Controller for Bbr {
 
     fn on_retransmit(&mut self, _now: Instant, len: usize) {
         self.lost += len as u64;
+    }
+
+    /// Octets resent for nothing (the original was late) count as lost no more.
+    fn on_spurious_retransmit(&mut self, _now: Instant, len: usize) {
+        self.lost = self.lost.saturating_sub(len as u64);
     }
 
     fn set_mss(&mut self, mss: usize) {
