@@ -7,18 +7,14 @@
 //! (`WindowBudget`) bounds what the buffers of all connections may commit: once it is spent, windows and send
 //! buffers stop growing. Data already received is never dropped for it.
 //!
-//! The round trip is measured on the receive side, where a download from the client gives no acknowledgements
-//! to time: from the SYN-ACK to the client's first ACK (from the SYN to the SYN-ACK on a connection Python
-//! opened), and, as Linux does without timestamps, from advertising a window's right edge to receiving data
-//! beyond it, which the client can only send after hearing of a later edge. Each sample is at least one round trip; the smallest one is kept.
+//! The round trip is the socket's shortest (`tcp::Socket::min_rtt`): from the handshake and the ACKs of what the
+//! stack sends and, where the client only sends, as Linux measures a receiver's round trip without timestamps.
 
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{TcpOption, TcpPacket};
 
 use super::{INITIAL_SEND_BUFFER, INITIAL_WINDOW, RX_BUFFER, TX_BUFFER};
 use crate::ids::ConnectionId;
-use crate::network::packet::{self, Segment};
 
 /// Above twice what Python read in a round trip, room for a burst of 16 segments, as Linux leaves.
 const HEADROOM: usize = 16 * 1460;
@@ -32,7 +28,7 @@ const SEND_BUFFER_WINDOWS: usize = 4;
 /// cannot pace: on a busy machine its late wake-ups cost a bulk transfer two thirds of its rate.
 const PACING_MIN_RTT: Duration = Duration::from_millis(10);
 
-/// The shortest round trip a sample may show: a finer clock would only count the stack's own work.
+/// The shortest round trip the tuning goes by: a finer clock would only count the stack's own work.
 const MIN_RTT: Duration = Duration::from_millis(1);
 
 /// The memory that the buffers of all connections may commit, summed as each connection's window limit plus its
@@ -54,17 +50,6 @@ impl WindowBudget {
     }
 }
 
-/// Where the connection stands in its handshake, for the round trip it shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Handshake {
-    Waiting,
-    /// The stack's SYN-ACK (or SYN, for a connection Python opened) went out then; the client's ACK (or SYN-ACK)
-    /// ends the sample.
-    SynSent(Instant),
-    /// Sampled, or the SYN-ACK was sent again and no longer times anything (Karn).
-    Done,
-}
-
 #[derive(Debug)]
 pub(super) struct Autotune {
     /// The receive window limit set on the socket.
@@ -73,15 +58,6 @@ pub(super) struct Autotune {
     pub(super) send_limit: usize,
     /// What Python read in the round trip that made the window grow last: reading more makes it grow again.
     space: usize,
-    /// The smallest round trip sampled.
-    pub(super) rtt: Option<Duration>,
-    handshake: Handshake,
-    /// The window scale the stack offered in its SYN-ACK (0 if the client offered none).
-    shift: u8,
-    /// The furthest right edge of the window advertised so far.
-    furthest_edge: Option<u32>,
-    /// A sample under way: data beyond this edge, advertised at this moment, ends it.
-    probe: Option<(u32, Instant)>,
     /// Bytes read for Python so far, and where the current measurement started: when, and that count then.
     read: u64,
     measure: (Instant, u64),
@@ -95,59 +71,10 @@ impl Autotune {
             window: INITIAL_WINDOW,
             send_limit: INITIAL_SEND_BUFFER,
             space: INITIAL_WINDOW / 2,
-            rtt: None,
-            handshake: Handshake::Waiting,
-            shift: 0,
-            furthest_edge: None,
-            probe: None,
             read: 0,
             measure: (now, 0),
             charged: 0,
         }
-    }
-
-    /// A packet the stack sends: the window it advertises may start a sample.
-    pub(super) fn sent(&mut self, packet: &[u8], now: Instant) {
-        let Some(advertised) = advertised(packet) else {
-            return;
-        };
-        if let Some(shift) = advertised.syn_scale {
-            self.shift = shift;
-            self.handshake = match self.handshake {
-                Handshake::Waiting => Handshake::SynSent(now),
-                _ => Handshake::Done,
-            };
-            return;
-        }
-        let window = (advertised.window as u32) << self.shift;
-        let edge = advertised.ack.wrapping_add(window);
-        let furthest = match self.furthest_edge {
-            Some(furthest) if !packet::seq_after(edge, furthest) => furthest,
-            _ => edge,
-        };
-        self.furthest_edge = Some(furthest);
-        if self.probe.is_none() && window > 0 {
-            self.probe = Some((furthest, now));
-        }
-    }
-
-    /// A segment from the client: the ACK of the handshake, or data beyond the edge a sample waits for.
-    pub(super) fn received(&mut self, segment: &Segment, now: Instant) {
-        if let (Handshake::SynSent(at), Some(_)) = (self.handshake, segment.ack) {
-            self.handshake = Handshake::Done;
-            self.sample(now - at);
-        }
-        if let Some((edge, at)) = self.probe {
-            if segment.has_data && packet::seq_after(segment.end(), edge) {
-                self.probe = None;
-                self.sample(now - at);
-            }
-        }
-    }
-
-    fn sample(&mut self, rtt: Duration) {
-        let rtt = rtt.max(MIN_RTT);
-        self.rtt = Some(self.rtt.map_or(rtt, |old| old.min(rtt)));
     }
 
     /// Bytes read for Python.
@@ -156,8 +83,8 @@ impl Autotune {
     }
 
     /// The window the connection asks for, once a round trip has passed since the last measurement.
-    fn wanted(&mut self, now: Instant) -> Option<usize> {
-        let rtt = self.rtt?;
+    fn wanted(&mut self, now: Instant, rtt: Option<Duration>) -> Option<usize> {
+        let rtt = rtt?;
         let (since, read_then) = self.measure;
         if now < since + rtt {
             return None;
@@ -189,7 +116,7 @@ impl Autotune {
         budget: &WindowBudget,
         socket: &mut tcp::Socket,
     ) {
-        let Some(wanted) = self.wanted(now) else {
+        let Some(wanted) = self.wanted(now, round_trip(socket)) else {
             return;
         };
         let window = self.window;
@@ -235,7 +162,7 @@ impl Autotune {
 
     /// Paces the connection's segments once its round trip is long enough for the timer to pace them.
     pub(super) fn choose_pacing(&self, socket: &mut tcp::Socket) {
-        let far = self.rtt.is_some_and(|rtt| rtt >= PACING_MIN_RTT);
+        let far = round_trip(socket).is_some_and(|rtt| rtt >= PACING_MIN_RTT);
         if socket.pacing() != far {
             socket.set_pacing(far);
         }
@@ -264,46 +191,9 @@ impl Autotune {
     }
 }
 
-/// What a TCP segment the stack sends tells the client of its receive window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Advertised {
-    pub(super) ack: u32,
-    /// The window field, in units of the scale.
-    pub(super) window: u16,
-    /// On a SYN (the stack's SYN-ACK, or its SYN of a connection Python opened): the window scale it offers (0 if
-    /// none; a SYN's own window is never scaled).
-    pub(super) syn_scale: Option<u8>,
-}
-
-/// The window a packet the stack sends advertises; `None` without an ACK, unless it is a SYN.
-pub(super) fn advertised(packet: &[u8]) -> Option<Advertised> {
-    let ip_header_len = match packet.first().map(|b| b >> 4) {
-        Some(4) => ((packet[0] & 0x0f) as usize) * 4,
-        Some(6) => 40,
-        _ => return None,
-    };
-    let tcp = TcpPacket::new_checked(packet.get(ip_header_len..)?).ok()?;
-    // A SYN without ACK (a connection the stack opens) advertises no edge, but offers the scale.
-    if !tcp.ack() && !tcp.syn() {
-        return None;
-    }
-    Some(Advertised {
-        ack: tcp.ack_number().0 as u32,
-        window: tcp.window_len(),
-        syn_scale: tcp.syn().then(|| window_scale(tcp.options()).unwrap_or(0)),
-    })
-}
-
-/// The window scale option among a segment's options.
-fn window_scale(mut options: &[u8]) -> Option<u8> {
-    while !options.is_empty() {
-        match TcpOption::parse(options).ok()? {
-            (_, TcpOption::WindowScale(scale)) => return Some(scale),
-            (_, TcpOption::EndOfList) => return None,
-            (rest, _) => options = rest,
-        }
-    }
-    None
+/// The connection's round trip, as the tuning goes by it.
+fn round_trip(socket: &tcp::Socket) -> Option<Duration> {
+    socket.min_rtt().map(|rtt| rtt.max(MIN_RTT))
 }
 
 /// The receive window limit a new socket starts with.

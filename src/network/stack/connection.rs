@@ -13,7 +13,6 @@ use smoltcp::wire::IpListenEndpoint;
 use super::autotune::{self, Autotune};
 use super::lifecycle::Lifecycle;
 use super::peers::PeerState;
-use super::recovery::SeqTracker;
 use super::release::Pages;
 use super::timeouts::Patience;
 use super::{
@@ -32,8 +31,6 @@ pub(super) struct Connection {
     /// Borrows `pages.memory`: declared first so that it is dropped first.
     pub(super) sockets: SocketSet<'static>,
     pub(super) handle: SocketHandle,
-    /// How far the segments went, both ways.
-    pub(super) seq: SeqTracker,
     /// The state at the end of the last poll, to tell a reset from an orderly close.
     last_state: tcp::State,
     /// Python opened it (`Stack::connect`): a failed handshake is reported.
@@ -252,7 +249,6 @@ impl Stack {
                 endpoint,
                 sockets,
                 handle,
-                seq: SeqTracker::default(),
                 last_state: tcp::State::Listen,
                 outgoing: false,
                 lifecycle: Lifecycle::Connecting,
@@ -507,11 +503,7 @@ impl Connection {
     ) {
         while iface.poll_egress(now, device, &mut self.sockets) != PollResult::None {}
         let peer = self.flow.peer;
-        for p in device.tx.drain(..) {
-            self.seq.sent(&p);
-            self.autotune.sent(&p, now);
-            out.packets.push((peer, p));
-        }
+        out.packets.extend(device.tx.drain(..).map(|p| (peer, p)));
     }
 
     /// Tells Python when the connection ended, once it has read every byte that arrived before the end, and EOF
@@ -562,7 +554,7 @@ impl Connection {
         let idle = socket.send_queue() == 0
             && socket.recv_queue() == 0
             && !self.outbox.waiting()
-            && !self.seq.awaits_retransmission();
+            && !socket.has_data_out_of_order();
         let moved = self.pages.read.dequeued + self.outbox.enqueued;
         if self.pages.release_if_idle(now, idle, moved, self.autotune.window) {
             self.autotune.reset(now, socket);

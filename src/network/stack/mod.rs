@@ -10,7 +10,6 @@
 //! - `connection`: a TCP connection and the steps that move it on (`Stack::service`).
 //! - `lifecycle`: what Python knows of a connection, as a state machine.
 //! - `peers`: the peers, added and removed while the server runs, and what is counted of each.
-//! - `recovery`: what was sent and received on a connection, and the resend of a lost reply.
 //! - `release`: giving an idle connection's buffer pages back.
 //! - `autotune`: each connection's receive window, grown with its throughput, within a global budget.
 //! - `timers`: when each connection needs a poll next.
@@ -26,7 +25,6 @@ mod invariants;
 mod lifecycle;
 mod peers;
 mod receive;
-mod recovery;
 mod release;
 mod requests;
 #[cfg(test)]

@@ -7,7 +7,6 @@ use std::time::Instant as StdInstant;
 use smoltcp::time::Instant;
 
 use super::lifecycle::Lifecycle;
-use super::recovery::resend_lost;
 use super::{Flow, Outputs, Stack};
 use crate::messages::{ConnectFailure, ConnectionId, NetworkToPython, PeerId};
 use crate::network::fragments;
@@ -167,7 +166,8 @@ impl Stack {
         out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
     }
 
-    /// Feeds a segment to its connection's socket, and resends what the client shows it lost.
+    /// Feeds a segment to its connection's socket. (A repeat of data the socket acknowledged makes it resend
+    /// what it sent since at once: the client did not get that acknowledgement, nor what went with it.)
     fn ingress(
         &mut self,
         now: Instant,
@@ -181,35 +181,14 @@ impl Stack {
         };
         if segment.has_data {
             conn.pages.committed = true;
-            conn.seq.received(&segment);
         }
-        conn.autotune.received(&segment, now);
-        let acks = conn.seq.lost_before(&segment).and_then(|seq| {
-            Some([
-                packet::bare_ack(&packet, seq, true)?,
-                packet::bare_ack(&packet, seq, false)?,
-            ])
-        });
         self.device.rx = Some(packet);
         self.iface
             .poll_ingress_single(now, &mut self.device, &mut conn.sockets);
         self.device.rx = None;
-        if let Some(acks) = acks {
-            resend_lost(
-                &mut self.iface,
-                &mut self.device,
-                (&mut conn.sockets, conn.handle),
-                acks,
-                now,
-            );
-        }
         // Answers to segments the socket rejects (e.g. a RST for a bad ACK) go out at once.
         let peer = conn.flow.peer;
-        for p in self.device.tx.drain(..) {
-            conn.seq.sent(&p);
-            conn.autotune.sent(&p, now);
-            out.packets.push((peer, p));
-        }
+        out.packets.extend(self.device.tx.drain(..).map(|p| (peer, p)));
     }
 }
 

@@ -182,6 +182,8 @@ struct RttEstimator {
     rto_count: u8,
     /// The floor of the retransmission timeout, in milliseconds.
     min_rto: u32,
+    /// The shortest round trip sampled, in milliseconds (`u32::MAX` before any sample).
+    min_rtt: u32,
 }
 
 impl Default for RttEstimator {
@@ -197,6 +199,7 @@ impl Default for RttEstimator {
             max_seq_sent: None,
             rto_count: 0,
             min_rto: RTTE_MIN_RTO,
+            min_rtt: u32::MAX,
         }
     }
 }
@@ -219,7 +222,19 @@ impl RttEstimator {
         if self.have_measurement { self.srtt } else { 0 }
     }
 
+    /// The smoothed round trip, once one was measured.
+    fn smoothed(&self) -> Option<Duration> {
+        self.have_measurement
+            .then(|| Duration::from_millis(self.srtt as _))
+    }
+
+    /// The shortest round trip measured.
+    fn shortest(&self) -> Option<Duration> {
+        (self.min_rtt != u32::MAX).then(|| Duration::from_millis(self.min_rtt as _))
+    }
+
     fn sample(&mut self, new_rtt: u32) {
+        self.min_rtt = self.min_rtt.min(new_rtt);
         if self.have_measurement {
             // RFC 6298 (2.3) When a subsequent RTT measurement R' is made, a host MUST set (...)
             let diff = (self.srtt as i32 - new_rtt as i32).unsigned_abs();
@@ -246,6 +261,7 @@ impl RttEstimator {
         if !self.have_measurement {
             return self.sample(new_rtt);
         }
+        self.min_rtt = self.min_rtt.min(new_rtt);
         let n = samples.clamp(1, 1 << 20) as u64;
         let rtt = (new_rtt as u64) << RTTE_FINE_SHIFT;
         // RFC 6298 (2.3), with beta' = beta / n and alpha' = alpha / n, rounded to the nearest.
@@ -322,6 +338,11 @@ impl RttEstimator {
             tcp_trace!("rtte: abort sampling due to retransmit");
         }
         self.timestamp = None;
+    }
+
+    /// A round trip timed on the receive side (`Socket::rx_rtt_sample`): the shortest only.
+    fn on_receive_side_sample(&mut self, rtt: u32) {
+        self.min_rtt = self.min_rtt.min(rtt.min(RTTE_MAX_RTO));
     }
 
     /// A sample from the echo of a timestamp (RFC 7323, 4.1), one of `samples` expected in a
@@ -914,6 +935,11 @@ pub struct Socket<'a> {
     /// Data that arrived a second time, for the next ACK's first SACK block (a D-SACK,
     /// RFC 2883): it tells the remote that its retransmission was needless.
     rx_duplicate: Option<(TcpSeqNumber, TcpSeqNumber)>,
+    /// The furthest right edge of the receive window advertised so far.
+    rx_furthest_edge: Option<TcpSeqNumber>,
+    /// A receive-side round trip being timed: data beyond this edge, the furthest at this time,
+    /// ends it (`rx_rtt_sample`).
+    rx_rtt_probe: Option<(TcpSeqNumber, Instant)>,
     /// The ACK number of the last packet received.
     local_rx_last_ack: Option<TcpSeqNumber>,
     /// The number of packets received directly after
@@ -1083,6 +1109,8 @@ impl<'a> Socket<'a> {
             local_rx_last_ack: None,
             local_rx_last_seq: None,
             rx_duplicate: None,
+            rx_furthest_edge: None,
+            rx_rtt_probe: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
             sacked: [None; SACK_SCOREBOARD_LEN],
@@ -1221,6 +1249,21 @@ impl<'a> Socket<'a> {
     /// Return whether pacing is enabled.
     pub fn pacing(&self) -> bool {
         self.pacing
+    }
+
+    /// The smoothed round-trip time (RFC 6298's SRTT), once a round trip was measured: from the
+    /// handshake, from the ACKs of data sent, and with timestamps from their echoes.
+    pub fn smoothed_rtt(&self) -> Option<Duration> {
+        self.rtte.smoothed()
+    }
+
+    /// The shortest round trip measured on the connection: from the same samples as
+    /// [`Socket::smoothed_rtt`], and on the receive side from the time between advertising a
+    /// window and receiving data beyond it, which a connection that only receives gives once a
+    /// round trip. The path's delay without its queues, for a caller that sizes its buffers or
+    /// timers by it.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.rtte.shortest()
     }
 
     /// The congestion window, in octets: how much data may be in flight at most (`usize::MAX`
@@ -1587,6 +1630,8 @@ impl<'a> Socket<'a> {
         self.remote_last_seq = TcpSeqNumber::default();
         self.remote_last_ack = None;
         self.remote_last_win = 0;
+        self.rx_furthest_edge = None;
+        self.rx_rtt_probe = None;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
         self.last_remote_tsval = 0;
@@ -2089,11 +2134,63 @@ impl<'a> Socket<'a> {
         Ok(self.rx_buffer.read_allocated(0, data))
     }
 
+    /// Return whether data that arrived out of order waits in the receive buffer for what is
+    /// missing before it: `recv_queue` does not count it, and the buffer holds it still.
+    pub fn has_data_out_of_order(&self) -> bool {
+        !self.assembler.is_empty()
+    }
+
     /// Return the amount of octets queued in the transmit buffer.
     ///
     /// Note that the Berkeley sockets interface does not have an equivalent of this API.
     pub fn send_queue(&self) -> usize {
         self.tx_buffer.len()
+    }
+
+    /// Resend the first unacknowledged segment at the next dispatch: the caller knows that the
+    /// peer lost what was sent since the last ACK it got (for one, the peer sent again data this
+    /// socket had acknowledged, so that ACK did not arrive, nor the data sent with it), and it
+    /// goes out now instead of after duplicate ACKs that will not come or the retransmission
+    /// timer. Outside loss recovery this starts it, as duplicate ACKs would; in recovery, the
+    /// segment goes again if its last copy left more than a round trip (and a quarter) ago, as
+    /// a copy found lost again would. Returns whether a resend is due.
+    pub fn resend_unacknowledged(&mut self, now: Instant) -> bool {
+        let sending = matches!(
+            self.state,
+            State::Established
+                | State::CloseWait
+                | State::FinWait1
+                | State::Closing
+                | State::LastAck
+        );
+        if !sending || self.local_seq_no >= self.remote_last_seq {
+            return false;
+        }
+        if self.recovery_point.is_none() {
+            self.timer.set_for_fast_retransmit();
+            return true;
+        }
+        let una = self.local_seq_no;
+        let wait = self.lost_retransmission_wait();
+        match self.rexmit_head.as_mut() {
+            Some(head) if head.seq == una => {
+                if head.lost || now < head.at + wait {
+                    return head.lost;
+                }
+                head.lost = true;
+            }
+            _ => {
+                if now < self.rexmit_at + wait {
+                    return false;
+                }
+                self.rexmit_last = None;
+                self.rexmit_next = una;
+                self.resend_first = true;
+            }
+        }
+        self.pending_fast_retransmit = true;
+        self.rexmit_credit = self.rexmit_credit.saturating_add(1);
+        true
     }
 
     /// Number of octets transmitted but not yet ACKed.
@@ -2545,6 +2642,35 @@ impl<'a> Socket<'a> {
         (rtt as i32 >= 0).then_some(rtt)
     }
 
+    /// The right edge of the window just advertised (by `remote_last_ack` and `remote_last_win`)
+    /// moves the furthest one on, if it lies beyond it.
+    fn note_advertised_edge(&mut self) {
+        self.rx_furthest_edge = furthest_edge(
+            self.rx_furthest_edge,
+            self.remote_last_ack,
+            self.remote_last_win,
+            self.remote_win_shift,
+        );
+    }
+
+    /// A round trip timed on the receive side, as Linux times one without timestamps: from a
+    /// moment when an edge was the furthest advertised until data beyond it arrives, which the
+    /// peer can only send after hearing of a later edge, advertised after that moment. Each
+    /// sample is at least a round trip, and more by the peer's own delays: it counts towards the
+    /// shortest round trip only. A connection that only receives has no other sample after its
+    /// handshake (none at all, without timestamps, if its SYN-ACK was sent again).
+    fn rx_rtt_sample(&mut self, now: Instant, data_end: TcpSeqNumber) {
+        match self.rx_rtt_probe {
+            Some((edge, at)) if data_end > edge => {
+                self.rtte
+                    .on_receive_side_sample((now - at).total_millis() as u32);
+                self.rx_rtt_probe = None;
+            }
+            Some(_) => {}
+            None => self.rx_rtt_probe = self.rx_furthest_edge.map(|edge| (edge, now)),
+        }
+    }
+
     fn ack_reply(&mut self, ip_repr: &IpRepr, repr: &TcpRepr) -> (IpRepr, TcpRepr<'static>) {
         let (mut ip_reply_repr, mut reply_repr) = Self::reply(ip_repr, repr);
 
@@ -2561,6 +2687,7 @@ impl<'a> Socket<'a> {
         // segments, is right-shifted by [advertised scale value] bits[...]
         reply_repr.window_len = self.scaled_window();
         self.remote_last_win = reply_repr.window_len;
+        self.note_advertised_edge();
 
         // If the remote supports selective acknowledgement, add the option to the outgoing
         // segment.
@@ -2980,6 +3107,16 @@ impl<'a> Socket<'a> {
                         let data_end = segment_start + repr.payload.len();
                         if self.remote_has_sack && data_end <= window_start {
                             self.rx_duplicate = Some((segment_start, data_end));
+                        }
+                        // Data this socket acknowledged, sent again by a peer that has
+                        // acknowledged nothing since: the ACK was lost, and with it what was
+                        // sent after it.
+                        let acknowledged = self
+                            .remote_last_ack
+                            .is_some_and(|last_ack| data_end <= last_ack);
+                        if acknowledged && repr.ack_number == Some(self.local_seq_no) {
+                            net_debug!("peer repeated acknowledged data: resending");
+                            self.resend_unacknowledged(cx.now());
                         }
                         return Some(self.ack_reply(ip_repr, repr));
                     }
@@ -3541,6 +3678,7 @@ impl<'a> Socket<'a> {
             }
             return None;
         }
+        self.rx_rtt_sample(cx.now(), window_start + payload_offset + payload_len);
 
         let assembler_was_empty = self.assembler.is_empty();
         if self.remote_has_sack
@@ -4309,6 +4447,14 @@ impl<'a> Socket<'a> {
             .max(repr.seq_number + repr.segment_len());
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
+        if repr.control != TcpControl::Syn {
+            self.rx_furthest_edge = furthest_edge(
+                self.rx_furthest_edge,
+                self.remote_last_ack,
+                self.remote_last_win,
+                self.remote_win_shift,
+            );
+        }
 
         if new_data {
             let srtt = self.rtte.round_trip();
@@ -4414,6 +4560,20 @@ impl<'a> Socket<'a> {
             .unwrap_or(&PollAt::Ingress)
         }
     }
+}
+
+/// The furthest right edge of the receive window advertised, after one more advertisement
+/// (`ack`, and `window` in units of the scale `shift`).
+fn furthest_edge(
+    furthest: Option<TcpSeqNumber>,
+    ack: Option<TcpSeqNumber>,
+    window: u16,
+    shift: u8,
+) -> Option<TcpSeqNumber> {
+    let Some(edge) = ack.map(|ack| ack + ((window as usize) << shift)) else {
+        return furthest;
+    };
+    Some(furthest.map_or(edge, |furthest| furthest.max(edge)))
 }
 
 impl<'a> fmt::Write for Socket<'a> {
@@ -9033,6 +9193,112 @@ mod test {
         });
     }
 
+    /// A socket that acknowledged the peer's "xyz" and then sent "abcdef" with that ACK, which
+    /// the path lost: the peer, at 50 ms, sends "xyz" again.
+    fn socket_whose_ack_and_reply_were_lost() -> TestSocket {
+        let mut s = socket_established();
+        s.set_congestion_control(CongestionControl::None);
+        s.rtte.sample(20);
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"xyz"[..],
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"abcdef").unwrap();
+        recv!(s, time 0, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            payload: &b"abcdef"[..],
+            window_len: 61,
+            ..RECV_TEMPL
+        }]);
+        let repeat = TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"xyz"[..],
+            ..SEND_TEMPL
+        };
+        send!(s, time 50, repeat, Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            window_len: 61,
+            ..RECV_TEMPL
+        }));
+        s
+    }
+
+    #[test]
+    fn test_repeat_of_acknowledged_data_resends_at_once() {
+        let mut s = socket_whose_ack_and_reply_were_lost();
+        // The reply goes again now, not when the timer runs out (1 s).
+        recv!(s, time 50, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            payload: &b"abcdef"[..],
+            window_len: 61,
+            ..RECV_TEMPL
+        }]);
+    }
+
+    #[test]
+    fn test_repeat_of_acknowledged_data_resends_a_lost_copy_after_a_round_trip() {
+        let mut s = socket_whose_ack_and_reply_were_lost();
+        let reply = TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            payload: &b"abcdef"[..],
+            window_len: 61,
+            ..RECV_TEMPL
+        };
+        recv!(s, time 50, [reply]);
+        let repeat = TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"xyz"[..],
+            ..SEND_TEMPL
+        };
+        let ack = Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            window_len: 61,
+            ..RECV_TEMPL
+        });
+        // A repeat sooner than a round trip and a quarter (25 ms) after the copy may have
+        // crossed it: only an ACK answers it.
+        send!(s, time 60, repeat, ack);
+        recv_nothing!(s, time 60);
+        // Later, the copy was lost too: it goes again.
+        send!(s, time 80, repeat, ack);
+        recv!(s, time 80, [reply]);
+    }
+
+    #[test]
+    fn test_repeat_of_acknowledged_data_with_nothing_in_flight_is_only_acknowledged() {
+        let mut s = socket_established();
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"xyz"[..],
+            ..SEND_TEMPL
+        });
+        let ack = TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            window_len: 61,
+            ..RECV_TEMPL
+        };
+        recv!(s, time 20, [ack]);
+        send!(s, time 50, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"xyz"[..],
+            ..SEND_TEMPL
+        }, Some(ack));
+        assert!(!s.resend_unacknowledged(Instant::from_millis(50)));
+        recv_nothing!(s, time 50);
+    }
+
     /// A socket with SACK that sent `data` in segments of 3 octets, none acknowledged yet.
     fn socket_sack_flight(data: &'static [u8]) -> TestSocket {
         socket_flight(data, true)
@@ -12622,6 +12888,112 @@ mod test {
             r.sample(2000);
             assert_eq!(r.retransmission_timeout(), Duration::from_millis(rto));
         }
+    }
+
+    #[test]
+    fn test_smoothed_and_min_rtt() {
+        let mut s = socket_established();
+        assert_eq!((s.smoothed_rtt(), s.min_rtt()), (None, None));
+        s.send_slice(b"abcdef").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
+        send!(s, time 40, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        let ms = Duration::from_millis;
+        assert_eq!(
+            (s.smoothed_rtt(), s.min_rtt()),
+            (Some(ms(40)), Some(ms(40)))
+        );
+        // A shorter round trip moves SRTT by an eighth of the way, and is the new minimum.
+        s.send_slice(b"ghi").unwrap();
+        recv!(s, time 100, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ghi"[..],
+            ..RECV_TEMPL
+        }));
+        send!(s, time 120, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 9),
+            ..SEND_TEMPL
+        });
+        assert_eq!(
+            (s.smoothed_rtt(), s.min_rtt()),
+            (Some(ms(38)), Some(ms(20)))
+        );
+    }
+
+    #[test]
+    fn test_min_rtt_from_the_receive_side() {
+        // A connection that only receives: its shortest round trip is timed from a moment when
+        // an edge was the furthest advertised until data beyond it arrives.
+        let mut s = socket_established();
+        s.set_ack_delay(None);
+        let data = |offset: usize, len: usize| TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + offset,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &[b'x'; 64][..len],
+            ..SEND_TEMPL
+        };
+        let ack = |acked: usize, window: u16| TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + acked),
+            window_len: window,
+            ..RECV_TEMPL
+        };
+        send!(s, time 0, data(0, 16));
+        recv!(s, time 0, [ack(16, 48)]); // the edge: 64
+        // Data up to the edge: the timing starts (at 10 ms), it does not end.
+        send!(s, time 10, data(16, 16));
+        recv!(s, time 10, [ack(32, 32)]);
+        assert_eq!(s.min_rtt(), None);
+        // The application reads: a later edge (96), and data beyond 64 only after it.
+        s.recv_slice(&mut [0; 32]).unwrap();
+        recv!(s, time 20, [ack(32, 64)]);
+        send!(s, time 45, data(32, 40));
+        recv!(s, time 45, [ack(72, 24)]);
+        assert_eq!(s.min_rtt(), Some(Duration::from_millis(35)));
+        assert_eq!(s.smoothed_rtt(), None);
+    }
+
+    #[test]
+    fn test_has_data_out_of_order() {
+        let mut s = socket_established();
+        assert!(!s.has_data_out_of_order());
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + 3,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"def"[..],
+            ..SEND_TEMPL
+        }, Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            window_len: 64,
+            ..RECV_TEMPL
+        }));
+        // "def" waits for "abc": the receive queue counts none of it.
+        assert!(s.has_data_out_of_order());
+        assert_eq!(s.recv_queue(), 0);
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"abc"[..],
+            ..SEND_TEMPL
+        }, Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 6),
+            window_len: 58,
+            ..RECV_TEMPL
+        }));
+        assert!(!s.has_data_out_of_order());
+        assert_eq!(s.recv_queue(), 6);
     }
 
     #[test]

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use super::*;
-use crate::network::stack::autotune::advertised;
 use crate::network::stack::{INITIAL_SEND_BUFFER, INITIAL_WINDOW, RELEASE_AFTER, RX_BUFFER, TX_BUFFER};
 use smoltcp::time::Instant;
+use smoltcp::wire::{TcpOption, TcpPacket};
 
 /// Each way; a round trip is two steps.
 const ONE_WAY: Duration = Duration::from_millis(25);
@@ -341,4 +341,38 @@ fn the_send_buffer_grows_with_the_congestion_window_and_gives_back_what_was_ackn
         resident <= limit + 2 * 256 * 1024,
         "{resident} bytes of the send buffer committed at most, limit {limit}"
     );
+}
+
+/// What a TCP segment the stack sends tells the client of its receive window.
+struct Advertised {
+    /// The window field, in units of the scale.
+    window: u16,
+    /// On a SYN: the window scale it offers (0 if none; a SYN's own window is never scaled).
+    syn_scale: Option<u8>,
+}
+
+/// The window a packet the stack sends advertises; `None` without an ACK, unless it is a SYN.
+fn advertised(packet: &[u8]) -> Option<Advertised> {
+    let ip_header_len = match packet.first().map(|b| b >> 4) {
+        Some(4) => ((packet[0] & 0x0f) as usize) * 4,
+        Some(6) => 40,
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(packet.get(ip_header_len..)?).ok()?;
+    if !tcp.ack() && !tcp.syn() {
+        return None;
+    }
+    let mut options = tcp.options();
+    let mut scale = None;
+    while scale.is_none() && !options.is_empty() {
+        match TcpOption::parse(options) {
+            Ok((_, TcpOption::WindowScale(shift))) => scale = Some(shift),
+            Ok((_, TcpOption::EndOfList)) | Err(_) => break,
+            Ok((rest, _)) => options = rest,
+        }
+    }
+    Some(Advertised {
+        window: tcp.window_len(),
+        syn_scale: tcp.syn().then(|| scale.unwrap_or(0)),
+    })
 }

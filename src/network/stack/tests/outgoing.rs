@@ -266,8 +266,8 @@ fn a_connection_python_opens_knows_its_round_trip_from_the_handshake() {
     connect(&mut stack, OUTGOING, "10.0.0.2:0", "192.0.2.1:80", &mut out);
     stack.advance(Duration::from_millis(50));
     remote.exchange(&mut stack, &mut out);
-    let conn = &stack.connections[&OUTGOING];
-    assert_eq!(conn.autotune.rtt, Some(smoltcp::time::Duration::from_millis(50)));
+    let socket = stack.connections.get_mut(&OUTGOING).unwrap().socket();
+    assert_eq!(socket.min_rtt(), Some(smoltcp::time::Duration::from_millis(50)));
 }
 
 #[test]
