@@ -20,6 +20,8 @@ use crate::wire::{
 
 mod congestion;
 
+pub use self::congestion::Controller;
+
 macro_rules! tcp_trace {
     ($($arg:expr),*) => (net_log!(trace, $($arg),*));
 }
@@ -162,9 +164,10 @@ const RTTE_MAX_RTO: u32 = 60_000;
 /// every ACK, each moves it by a small fraction of a millisecond.
 const RTTE_FINE_SHIFT: u32 = 16;
 
+/// A socket's round-trip estimate (RFC 6298), as a [`Controller`] sees it.
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-struct RttEstimator {
+pub struct RttEstimator {
     /// true if we have made at least one rtt measurement.
     have_measurement: bool,
     // Using u32 instead of Duration to save space (Duration is i64)
@@ -205,7 +208,8 @@ impl Default for RttEstimator {
 }
 
 impl RttEstimator {
-    fn retransmission_timeout(&self) -> Duration {
+    /// The retransmission timeout.
+    pub fn retransmission_timeout(&self) -> Duration {
         Duration::from_millis(self.rto as _)
     }
 
@@ -223,13 +227,13 @@ impl RttEstimator {
     }
 
     /// The smoothed round trip, once one was measured.
-    fn smoothed(&self) -> Option<Duration> {
+    pub fn smoothed(&self) -> Option<Duration> {
         self.have_measurement
             .then(|| Duration::from_millis(self.srtt as _))
     }
 
     /// The shortest round trip measured.
-    fn shortest(&self) -> Option<Duration> {
+    pub fn shortest(&self) -> Option<Duration> {
         (self.min_rtt != u32::MAX).then(|| Duration::from_millis(self.min_rtt as _))
     }
 
@@ -858,6 +862,11 @@ pub enum CongestionControl {
 
     #[cfg(feature = "socket-tcp-bbr")]
     Bbr,
+
+    /// A controller set with [`Socket::set_congestion_controller`]; given to
+    /// [`Socket::set_congestion_control`], it leaves the socket's controller as it is.
+    #[cfg(feature = "alloc")]
+    Custom,
 }
 
 /// A Transmission Control Protocol socket.
@@ -1208,7 +1217,40 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-bbr")]
             CongestionControl::Bbr => AnyController::Bbr(bbr::Bbr::new()),
+
+            #[cfg(feature = "alloc")]
+            CongestionControl::Custom => return,
         }
+    }
+
+    /// Set a congestion controller of the application's own: the socket calls it as it calls
+    /// the crate's, and [`Socket::congestion_control`] then says `CongestionControl::Custom`.
+    ///
+    /// ```
+    /// use smoltcp::socket::tcp::{CongestionControl, Controller, Socket, SocketBuffer};
+    ///
+    /// /// Two segments of 1460 octets in flight at most, whatever the path.
+    /// #[derive(Debug)]
+    /// struct TwoSegments;
+    ///
+    /// impl Controller for TwoSegments {
+    ///     fn window(&self) -> usize {
+    ///         2 * 1460
+    ///     }
+    /// }
+    ///
+    /// let mut socket = Socket::new(SocketBuffer::new(vec![0; 4096]), SocketBuffer::new(vec![0; 4096]));
+    /// socket.set_congestion_controller(Box::new(TwoSegments));
+    /// assert_eq!(socket.congestion_control(), CongestionControl::Custom);
+    /// assert_eq!(socket.congestion_window(), 2 * 1460);
+    /// ```
+    #[cfg(feature = "alloc")]
+    pub fn set_congestion_controller(
+        &mut self,
+        controller: alloc::boxed::Box<dyn Controller + Send>,
+    ) {
+        self.congestion_controller =
+            congestion::AnyController::Custom(congestion::Custom(controller));
     }
 
     /// Return the current congestion control algorithm.
@@ -1226,6 +1268,9 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-bbr")]
             AnyController::Bbr(_) => CongestionControl::Bbr,
+
+            #[cfg(feature = "alloc")]
+            AnyController::Custom(_) => CongestionControl::Custom,
         }
     }
 
@@ -13047,6 +13092,55 @@ mod test {
             payload:    &b"abcdef"[..],
             ..RECV_TEMPL
         }));
+    }
+
+    /// A controller of a test's own: a fixed window, and what the socket told it.
+    #[derive(Debug, Default)]
+    struct FixedWindow {
+        acked: alloc::sync::Arc<core::sync::atomic::AtomicUsize>,
+    }
+
+    impl Controller for FixedWindow {
+        fn window(&self) -> usize {
+            6
+        }
+
+        fn on_ack(&mut self, _: Instant, len: usize, _: usize, _: &RttEstimator) {
+            self.acked
+                .fetch_add(len, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn test_congestion_controller_of_the_applications_own() {
+        let mut s = socket_established();
+        let controller = FixedWindow::default();
+        let acked = controller.acked.clone();
+        s.set_congestion_controller(Box::new(controller));
+        assert_eq!(s.congestion_control(), CongestionControl::Custom);
+        // Its window is the socket's: 6 of the 9 octets go out.
+        s.send_slice(b"abcdefghi").unwrap();
+        recv!(s, time 0, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abcdef"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        assert_eq!(acked.load(core::sync::atomic::Ordering::Relaxed), 6);
+        // Asking for it by name keeps it.
+        s.set_congestion_control(CongestionControl::Custom);
+        assert_eq!(s.congestion_control(), CongestionControl::Custom);
+        recv!(s, time 10, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ghi"[..],
+            ..RECV_TEMPL
+        }]);
     }
 
     #[test]

@@ -1,3 +1,5 @@
+use core::fmt;
+
 use crate::time::{Duration, Instant};
 
 use super::RttEstimator;
@@ -13,8 +15,15 @@ pub(super) mod reno;
 #[cfg(feature = "socket-tcp-bbr")]
 pub(super) mod bbr;
 
+/// A congestion control algorithm: how much a socket may have in flight, and how fast it sends.
+///
+/// The socket calls it as segments leave and ACKs arrive; it does no I/O and reads no clock
+/// (each call carries the time). The crate's own ([`super::CongestionControl`]) implement it,
+/// and an application can give a socket one of its own with
+/// [`super::Socket::set_congestion_controller`]. Every method but `window` has a default that
+/// does nothing.
 #[allow(unused_variables)]
-pub(super) trait Controller {
+pub trait Controller: fmt::Debug {
     /// Returns the number of bytes that can be sent.
     fn window(&self) -> usize;
 
@@ -26,6 +35,8 @@ pub(super) trait Controller {
     /// Set the remote window size.
     fn set_remote_window(&mut self, remote_window: usize) {}
 
+    /// An ACK acknowledged `len` new octets; `in_flight` octets are left in flight, and `rtt`
+    /// holds the socket's round-trip estimate.
     fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {}
 
     /// Fired on each duplicate ack received, after `on_loss` has been called.
@@ -71,8 +82,10 @@ pub(super) trait Controller {
     /// Fired after an inferred loss via three duplicate acks.
     fn on_loss(&mut self, now: Instant, in_flight: usize) {}
 
+    /// Called before the socket sends.
     fn pre_transmit(&mut self, now: Instant) {}
 
+    /// A segment of `len` octets of sequence space left.
     fn post_transmit(&mut self, now: Instant, len: usize) {}
 
     /// Set the maximum segment size.
@@ -92,6 +105,27 @@ pub(super) enum AnyController {
 
     #[cfg(feature = "socket-tcp-bbr")]
     Bbr(bbr::Bbr),
+
+    #[cfg(feature = "alloc")]
+    Custom(Custom),
+}
+
+/// A controller of the application's own (`Socket::set_congestion_controller`).
+#[cfg(feature = "alloc")]
+pub(super) struct Custom(pub(super) alloc::boxed::Box<dyn Controller + Send>);
+
+#[cfg(feature = "alloc")]
+impl fmt::Debug for Custom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(all(feature = "alloc", feature = "defmt"))]
+impl defmt::Format for Custom {
+    fn format(&self, f: defmt::Formatter) {
+        defmt::write!(f, "Custom")
+    }
 }
 
 impl AnyController {
@@ -136,6 +170,9 @@ impl AnyController {
 
             #[cfg(feature = "socket-tcp-bbr")]
             AnyController::Bbr(b) => b,
+
+            #[cfg(feature = "alloc")]
+            AnyController::Custom(c) => &mut *c.0,
         }
     }
 
@@ -152,6 +189,9 @@ impl AnyController {
 
             #[cfg(feature = "socket-tcp-bbr")]
             AnyController::Bbr(b) => b,
+
+            #[cfg(feature = "alloc")]
+            AnyController::Custom(c) => &*c.0,
         }
     }
 }
