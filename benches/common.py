@@ -54,6 +54,8 @@ SERVER_KINDS = {
     "kernel": ServerKind("kernel", "kernel path", 51822, "10.0.2.0/24", "10.0.2.1"),
     "old": ServerKind("old", f"{OLD_VERSION}", 51823, "10.0.3.0/24", "10.0.3.42"),
     "rs": ServerKind("rs", f"mitmproxy_rs {RS_VERSION}", 51824, "10.0.4.0/24", "10.0.4.42"),
+    # this project again, from another build (--base-venv): a change measured against what it changed
+    "base": ServerKind("base", "this server, base build", 51825, "10.0.5.0/24", "10.0.5.42"),
     "plain": ServerKind("plain", "plain asyncio (no tunnel)", None, None, SERVER_VETH_ADDR),
 }
 KERNEL_TUNNEL_ADDR = "10.0.2.1"
@@ -96,7 +98,8 @@ def check_venv(venv: Path, kind: str) -> dict[str, Any]:
     hint = f"build it with: python3 benches/build.py --{kind}"
     if not python.exists():
         raise BenchError(f"no venv at {venv} for the {kind!r} server; {hint}")
-    package, wanted = {"new": ("mitmproxy_wireguard", None), "old": ("mitmproxy_wireguard", OLD_VERSION),
+    package, wanted = {"new": ("mitmproxy_wireguard", None), "base": ("mitmproxy_wireguard", None),
+                       "old": ("mitmproxy_wireguard", OLD_VERSION),
                        "rs": ("mitmproxy_rs", RS_VERSION)}[kind]  # fmt: skip
     code = (
         f"import json, {package} as m, importlib.metadata as md;"

@@ -213,8 +213,8 @@ class Bench:
     def start_server(self, name: str, pythons: dict[str, Path]) -> Proc:
         kind = SERVER_KINDS[name]
         cfg: dict[str, Any] = {"port": ECHO_PORT}
-        if name == "new":
-            python, script = pythons["new"], "new_server.py"
+        if name in ("new", "base"):
+            python, script = pythons[name], "new_server.py"
             cfg.update(host=SERVER_VETH_ADDR, wg_port=kind.wg_port, server_key=self.keys[name][0],
                        client_key=self.client_key, client_address=f"{CLIENT_TUNNEL_ADDR}/32")  # fmt: skip
         elif name in ("old", "rs"):

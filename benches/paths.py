@@ -61,7 +61,7 @@ from runner import Runner  # noqa: E402
 
 import short  # noqa: E402
 
-SERVER_ORDER = ["new", "kernel", "old", "rs"]
+SERVER_ORDER = ["new", "kernel", "old", "rs", "base"]
 OTHERS = ["old", "rs"]  # the earlier user-space servers: the target is the better of them
 # The default servers: this one and the kernel path, which the targets compare. The earlier releases took
 # nearly all of a run's time (a 64 KiB window on the slow paths) and are an option: --servers.
@@ -299,6 +299,8 @@ def summarize(rounds: list[dict[str, Any]], servers: list[str], cases: list[str]
             others = [med[o] for o in OTHERS if med.get(o)]
             if others:
                 ratios["new/best_other"] = med["new"] / max(others)
+            if med.get("base"):
+                ratios["new/base"] = med["new"] / med["base"]
         summary["rates"][f"{case}/{measure}"] = {"median": med, "values": vals, "ratios": ratios}
     if "bneck" in cases and "down" in measures:
         for n in servers:
@@ -351,12 +353,14 @@ def table(summary: dict[str, Any], servers: list[str], cases: list[str], measure
     if summary["rates"]:
         lines += [f"MB/s, medians of {rounds} round(s); down/up {sizes.transfer_bytes / 2**20:g} MiB on one "
                   f"connection, 8 conns x {sizes.par_bytes / 2**20:g} MiB down at once.", "",
-                  "| path | transfer | " + " | ".join(labels) + " | x kernel path | x best of 0.1.23, rs |",
-                  "|---|---|" + "---:|" * (len(servers) + 2)]  # fmt: skip
+                  "| path | transfer | " + " | ".join(labels) + " | x kernel path | x best of 0.1.23, rs |"
+                  + (" x base build |" if "base" in servers else ""),
+                  "|---|---|" + "---:|" * (len(servers) + 2 + ("base" in servers))]  # fmt: skip
     for case, measure in rows(cases, measures):
         e = summary["rates"][f"{case}/{measure}"]
         cells = [fmt(e["median"][n], "{:.2f}") for n in servers]
-        cells += [fmt(e["ratios"].get(k), "{:.2f}") for k in ("new/kernel", "new/best_other")]
+        ratios = ("new/kernel", "new/best_other") + (("new/base",) if "base" in servers else ())
+        cells += [fmt(e["ratios"].get(k), "{:.2f}") for k in ratios]
         lines.append(f"| {PATH_LABELS[case]} | {MEASURES[measure]} | " + " | ".join(cells) + " |")
     if summary["rtt"]:
         lines += ["", "Round trip of a second connection (64 B ping-pong) during the single download, bottleneck "
@@ -408,7 +412,8 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 with --small)")
     parser.add_argument("--small", action="store_true", help="small transfers and 1 round: that it works")
     parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
-                        help="subset of new,kernel,old,rs (default new,kernel)")  # fmt: skip
+                        help="subset of new,kernel,old,rs,base (default new,kernel); base is this server "
+                             "from --base-venv, to measure a change")  # fmt: skip
     parser.add_argument("--cases", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
     parser.add_argument("--measures", default=",".join(ALL_MEASURES),
                         help="subset of down,up,par (the transfers' rates) and short (the short transfers)")  # fmt: skip
@@ -419,6 +424,7 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--new-venv", type=Path, default=DEFAULT_NEW_VENV)
     parser.add_argument("--old-venv", type=Path, default=DEFAULT_OLD_VENV)
     parser.add_argument("--rs-venv", type=Path, default=DEFAULT_RS_VENV)
+    parser.add_argument("--base-venv", type=Path, help="this project built from another commit (build.py --new)")
     parser.add_argument(
         "--out", type=Path, help="JSON (default results/paths.json, results/paths_small.json)"
     )
@@ -443,6 +449,10 @@ def main() -> int:
     rounds = args.rounds or (1 if args.small else 3)
     out = args.out or RESULTS / ("paths_small.json" if args.small else "paths.json")
     venvs = {"new": args.new_venv, "old": args.old_venv, "rs": args.rs_venv}
+    if "base" in servers:
+        if args.base_venv is None:
+            parser.error("the base server needs --base-venv")
+        venvs["base"] = args.base_venv
     try:
         check_prerequisites()
         infos = {n: check_venv(venvs[n], n) for n in servers if n in venvs}

@@ -51,7 +51,8 @@ from readings import rss_kib  # noqa: E402
 from report import summarize, table  # noqa: E402
 from runner import CASES, SMALL, Runner, Sizes  # noqa: E402
 
-SERVER_ORDER = ["new", "kernel", "old"]
+SERVER_ORDER = ["new", "kernel", "old", "base"]
+DEFAULT_SERVERS = ["new", "kernel", "old"]
 
 
 @dataclass
@@ -75,13 +76,15 @@ def arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; 1 with --small)")
     parser.add_argument("--small", action="store_true", help="tiny sizes and 1 round: a check that it works")
-    parser.add_argument("--servers", default=",".join(SERVER_ORDER),
-                        help="comma-separated subset of new,kernel,old (default: all three)")  # fmt: skip
+    parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                        help="comma-separated subset of new,kernel,old,base (default: the first three); "
+                             "base is this server from --base-venv, to measure a change")  # fmt: skip
     parser.add_argument("--cases", default=",".join(CASES),
                         help=f"comma-separated subset of {','.join(CASES)} (default: all)")  # fmt: skip
     parser.add_argument("--build", action="store_true", help="run benches/build.py first (both venvs)")
     parser.add_argument("--new-venv", type=Path, default=DEFAULT_NEW_VENV)
     parser.add_argument("--old-venv", type=Path, default=DEFAULT_OLD_VENV)
+    parser.add_argument("--base-venv", type=Path, help="this project built from another commit (build.py --new)")
     parser.add_argument(
         "--out", type=Path, help="JSON output (default results/latest.json, results/small.json with --small)"
     )
@@ -108,14 +111,17 @@ def main() -> int:
     if args.build:
         build_venvs(args.new_venv, args.old_venv)
     try:
-        plan.infos = {n: check_venv(v, n) for n, v in (("new", args.new_venv), ("old", args.old_venv))
-                      if n in plan.servers}  # fmt: skip
+        if "base" in plan.servers and args.base_venv is None:
+            raise BenchError("the base server needs --base-venv")
+        venvs = (("new", args.new_venv), ("old", args.old_venv), ("base", args.base_venv))
+        plan.infos = {n: check_venv(v, n) for n, v in venvs if n in plan.servers}
     except BenchError as e:
         log(f"error: {e}")
         return 2
     new_python = venv_python(args.new_venv)
     # the kernel path's echo ("plain"): same interpreter, no package needed
     plan.pythons = {"new": new_python, "old": venv_python(args.old_venv),
+                    **({"base": venv_python(args.base_venv)} if args.base_venv else {}),
                     "plain": new_python if new_python.exists() else Path(sys.executable)}  # fmt: skip
     return run(plan, args.keep_logs)
 

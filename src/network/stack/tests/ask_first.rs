@@ -59,12 +59,7 @@ fn answer(stack: &mut TestStack, id: ConnectionId, answer: SynAnswer) -> Outputs
 
 /// Hands the stack's packets to the client.
 fn deliver(stack: &TestStack, client: &mut Client, out: Outputs) {
-    for (_, p) in out.packets {
-        client.device.rx = Some(p);
-        client
-            .iface
-            .poll(stack.now(), &mut client.device, &mut client.sockets);
-    }
+    client.take_all(stack.now(), out.packets);
 }
 
 #[test]

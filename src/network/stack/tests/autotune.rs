@@ -49,8 +49,7 @@ impl Lane {
     fn exchange(&mut self, now: Instant) -> Vec<Vec<u8>> {
         let client = &mut self.client;
         for p in self.to_client.drain(..) {
-            client.device.rx = Some(p);
-            client.iface.poll(now, &mut client.device, &mut client.sockets);
+            client.take(now, p);
         }
         client.read_into(&mut self.received);
         if self.sending && client.socket().may_send() {

@@ -29,12 +29,7 @@ fn new_connections() {
         stack.handle(PythonToNetwork::Write { id, data: got }, &mut out);
         stack.handle(PythonToNetwork::Close { id }, &mut out);
         stack.flush(&mut out);
-        for (_, p) in out.packets {
-            client.device.rx = Some(p);
-            client
-                .iface
-                .poll(stack.now(), &mut client.device, &mut client.sockets);
-        }
+        client.take_all(stack.now(), out.packets);
         client.socket().close();
         client.pump(&mut stack);
     }
@@ -69,12 +64,7 @@ fn ping_pong() {
         let mut out = Outputs::default();
         stack.handle(PythonToNetwork::Write { id, data: got }, &mut out);
         stack.flush(&mut out);
-        for (_, p) in out.packets {
-            client.device.rx = Some(p);
-            client
-                .iface
-                .poll(stack.now(), &mut client.device, &mut client.sockets);
-        }
+        client.take_all(stack.now(), out.packets);
         client.pump(&mut stack);
         buf.clear();
         client.read_into(&mut buf);

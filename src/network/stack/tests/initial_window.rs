@@ -33,10 +33,7 @@ fn the_first_flight_is_at_least_ten_segments_within_the_round_trip_of_the_handsh
         assert_eq!(out.packets.len(), 1, "a SYN-ACK");
         stack.advance(rtt);
         let now = stack.now();
-        for (_, p) in out.packets {
-            client.device.rx = Some(p);
-            client.iface.poll(now, &mut client.device, &mut client.sockets);
-        }
+        client.take_all(now, out.packets);
         let ack = client.device.tx.pop().expect("the client's ACK");
         let mut out = Outputs::default();
         stack.receive(client.peer, endpoint, ack, &mut out);

@@ -97,10 +97,7 @@ fn exchange(stack: &mut TestStack, clients: &mut [&mut Client]) -> (Vec<NetworkT
         }
         for (peer, p) in out.packets {
             match clients.iter_mut().find(|c| c.peer == peer) {
-                Some(client) => {
-                    client.device.rx = Some(p);
-                    client.iface.poll(now, &mut client.device, &mut client.sockets);
-                }
+                Some(client) => client.take(now, p),
                 None => lost += 1,
             }
         }
@@ -229,10 +226,7 @@ fn a_client_that_keeps_its_window_closed_is_reset_at_the_user_timeout() {
     stack.flush(&mut out);
     for (peer, p) in out.packets {
         let client = if peer == 0 { &mut stuck } else { &mut slow };
-        client.device.rx = Some(p);
-        client
-            .iface
-            .poll(stack.now(), &mut client.device, &mut client.sockets);
+        client.take(stack.now(), p);
     }
 
     // The slow client reads what it has at 200 s, then stops again; both answer every probe.
@@ -304,12 +298,7 @@ fn half_open_connections_map_no_buffers() {
     let conn = stack.connections.values().next().unwrap();
     assert!(conn.pages.memory.is_none(), "a half-open connection maps nothing");
     // The SYN-ACK offers the window scale of the whole buffer (7 for 4 MiB) and the first window.
-    for (_, p) in out.packets {
-        client.device.rx = Some(p);
-        client
-            .iface
-            .poll(stack.now(), &mut client.device, &mut client.sockets);
-    }
+    client.take_all(stack.now(), out.packets);
     let id = established(&client.pump(&mut stack));
     assert!(stack.connections[&id].pages.memory.is_some());
     client.socket().send_slice(&[1; 100_000]).unwrap();

@@ -77,11 +77,7 @@ fn removing_a_peer_resets_its_connections_and_forgets_its_routes() {
         out.events
     );
     assert!(!out.packets.is_empty() && out.packets.iter().all(|(peer, _)| *peer == 0));
-    for (_, p) in out.packets {
-        a.device.rx = Some(p);
-        let now = stack.now();
-        a.iface.poll(now, &mut a.device, &mut a.sockets);
-    }
+    a.take_all(stack.now(), out.packets);
     assert_eq!(a.socket().state(), tcp::State::Closed);
     assert_eq!(stack.connection_count(), 1);
     // Its UDP route is gone: a reply to its address reaches no one.

@@ -1,6 +1,7 @@
 //! Loss recovery of the stack's own data (crates/smoltcp/fork/README.md: loss recovery with SACK, and the tail loss probe): segments
 //! lost in the tunnel are resent once each, and only they, on the client's acknowledgements or after a tail loss
-//! probe, without waiting for a retransmission timeout.
+//! probe, without waiting for a retransmission timeout; a reply lost with the acknowledgement of its request is
+//! resent when the client repeats the request; the timeout's floor is Linux's.
 
 use std::collections::BTreeSet;
 
@@ -44,8 +45,7 @@ impl<F: Fn(usize) -> bool> LossyTunnel<F> {
                     continue;
                 }
             }
-            client.device.rx = Some(p);
-            client.iface.poll(now, &mut client.device, &mut client.sockets);
+            client.take(now, p);
         }
         client.read_into(&mut self.downloaded);
         client.iface.poll(now, &mut client.device, &mut client.sockets);
@@ -158,4 +158,92 @@ fn a_lost_tail_is_resent_after_a_probe_long_before_the_retransmission_timeout() 
         waited < Duration::from_millis(100),
         "recovered {waited:?} after the flight, not after the timeout"
     );
+}
+
+/// A lost segment that no duplicate ACK reveals waits for the retransmission timeout: its floor is Linux's 200 ms,
+/// not smoltcp's default of 1 s.
+#[test]
+fn connections_have_a_200_ms_floor_under_the_retransmission_timeout() {
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "198.51.100.7:80");
+    let id = established(&client.pump(&mut stack));
+    let socket = stack.connections.get_mut(&id).unwrap().socket();
+    assert_eq!(socket.min_rto(), smoltcp::time::Duration::from_millis(200));
+}
+
+#[test]
+fn a_reply_lost_in_the_tunnel_is_resent_each_time_the_client_repeats_its_request() {
+    for (src, dst) in [
+        ("10.0.0.1:40000", "10.0.0.42:1234"),
+        ("[fd00::1]:40000", "[fd00::42]:1234"),
+    ] {
+        let mut stack = stack();
+        let mut client = Client::connect(0, src, dst);
+        let id = established(&client.pump(&mut stack));
+        let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+
+        // The stack acknowledges the request with Python's reply, which the tunnel loses.
+        let (request, out) = request_and_reply(&mut stack, &mut client, id);
+        assert_eq!(data(&out.events), b"request");
+        assert_eq!(out.packets.len(), 1, "the reply went out");
+
+        // Long before the stack's retransmission timer, the client repeats its request (on its own timer, after
+        // 200 ms): the reply is sent again at once. The first resend is lost too; the second arrives.
+        for attempt in 0..2 {
+            stack.advance(Duration::from_millis(200));
+            let now = stack.now();
+            let mut out = Outputs::default();
+            stack.receive(0, endpoint, request.clone(), &mut out);
+            stack.flush(&mut out);
+            assert!(
+                out.events.is_empty(),
+                "Python does not get the request again: {:?}",
+                out.events
+            );
+            let resent = out
+                .packets
+                .iter()
+                .filter(|(_, p)| packet::sent_segment(p).unwrap().has_data)
+                .count();
+            assert_eq!(resent, 1, "attempt {attempt}: the reply was sent again");
+            if attempt == 1 {
+                client.take_all(now, out.packets);
+            }
+        }
+        let mut buf = [0u8; 16];
+        let n = client.socket().recv_slice(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"reply");
+    }
+}
+
+#[test]
+fn a_repeated_request_whose_reply_arrived_resends_nothing() {
+    let mut stack = stack();
+    let mut client = Client::connect(0, "10.0.0.1:40000", "10.0.0.42:1234");
+    let id = established(&client.pump(&mut stack));
+    let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let (request, out) = request_and_reply(&mut stack, &mut client, id);
+    let reply_end = out
+        .packets
+        .iter()
+        .filter_map(|(_, p)| packet::sent_segment(p).filter(|s| s.has_data))
+        .next_back()
+        .unwrap()
+        .end();
+    client.socket().set_ack_delay(None);
+    client.take_all(stack.now(), out.packets);
+    client.pump(&mut stack); // the reply arrived and is acknowledged at once
+
+    // The client resends its request (say its timer fired early), now acknowledging the reply.
+    let mut request = request;
+    request[28..32].copy_from_slice(&reply_end.to_be_bytes());
+    let mut out = Outputs::default();
+    stack.receive(0, endpoint, request, &mut out);
+    stack.flush(&mut out);
+    let data_segments = out
+        .packets
+        .iter()
+        .filter(|(_, p)| packet::sent_segment(p).unwrap().has_data)
+        .count();
+    assert_eq!(data_segments, 0, "only an acknowledgement answers a stale repeat");
 }

@@ -33,10 +33,7 @@ fn open(
     stack.flush(&mut out);
     assert_eq!(out.packets.len(), 1, "a SYN-ACK");
     check(offer, timestamp(&out.packets[0].1));
-    for (_, p) in out.packets {
-        client.device.rx = Some(p);
-        client.iface.poll(now, &mut client.device, &mut client.sockets);
-    }
+    client.take_all(now, out.packets);
     established(&client.pump(stack))
 }
 

@@ -27,10 +27,7 @@ fn open_with_window_scale(stack: &mut TestStack, client: &mut Client) -> u32 {
     .unwrap()
     .window_scale;
     assert!(scale.is_some_and(|s| s > 0), "window scaling offered: {scale:?}");
-    for (_, p) in out.packets {
-        client.device.rx = Some(p);
-        client.iface.poll(now, &mut client.device, &mut client.sockets);
-    }
+    client.take_all(now, out.packets);
     isn
 }
 
@@ -97,11 +94,8 @@ fn a_scaled_window_closed_by_a_handler_that_waits_for_its_writes_still_takes_ack
     };
     let start = stack.clock;
     for _ in 0..60 {
-        for (_, p) in to_client.drain(..) {
-            client.device.rx = Some(p);
-            let now = stack.now();
-            client.iface.poll(now, &mut client.device, &mut client.sockets);
-        }
+        let now = stack.now();
+        client.take_all(now, std::mem::take(&mut to_client));
         sent += client.socket().send_slice(&upload[sent..]).unwrap();
         events.extend(client.pump_through(&mut stack, &mut tunnel));
         client.read_into(&mut downloaded);
