@@ -1,6 +1,7 @@
 //! The WireGuard task: owns the UDP socket and every peer's protocol state.
 
 pub mod peers;
+mod turns;
 pub mod udp;
 
 use log::Level;
@@ -20,6 +21,7 @@ use crate::messages::{NetworkToWireGuard, PythonToWireGuard, Reply, WireGuardToN
 use crate::network::packet::is_tcp;
 use crate::shutdown;
 use peers::{Output, Peers, BUFFER_SIZE};
+use turns::Turns;
 use udp::{Datagrams, Received, Socket, BATCH};
 
 /// How often peers' timers run: handshake retries, keepalives, session expiry, rate limiter reset.
@@ -43,6 +45,8 @@ pub struct WireGuardTask {
     from_network: mpsc::UnboundedReceiver<NetworkToWireGuard>,
     /// Each peer's datagrams in `from_network`: counted out as they are taken.
     tunnel: Arc<TunnelQueue>,
+    /// What was taken from `from_network` and waits to be encrypted, in turns by peer.
+    waiting: Turns,
     /// Python's requests about peers; replies go the way of the network task, which has the events.
     from_python: mpsc::UnboundedReceiver<PythonToWireGuard>,
     shutdown: shutdown::Signal,
@@ -201,6 +205,7 @@ impl WireGuardTask {
             to_network: channels.to_network,
             from_network: channels.from_network,
             tunnel: channels.tunnel,
+            waiting: Turns::default(),
             from_python: channels.from_python,
             shutdown,
             buf: vec![0; BUFFER_SIZE],
@@ -225,14 +230,19 @@ impl WireGuardTask {
             tokio::select! {
                 _ = &mut stop => break,
                 // While datagrams wait for the socket, packets wait in the channel: the stack sees backpressure.
+                // What is in the channel is taken at once (a move each; its bounds are the tunnel queue's shares
+                // and TCP's windows), and a batch of it encrypted, in turns by peer.
                 msg = self.from_network.recv(), if self.outbound.queue.len() < BATCH => {
                     let Some(msg) = msg else { break };
-                    self.encrypt(msg);
-                    for _ in 1..BATCH {
+                    self.waiting.push(msg);
+                    for _ in 0..self.from_network.len() {
                         let Ok(msg) = self.from_network.try_recv() else { break };
-                        self.encrypt(msg);
+                        self.waiting.push(msg);
                     }
-                    self.outbound.flush(&mut self.socket);
+                    self.encrypt_batch();
+                }
+                _ = std::future::ready(()), if !self.waiting.is_empty() && self.outbound.queue.len() < BATCH => {
+                    self.encrypt_batch();
                 }
                 Some(msg) = self.from_python.recv() => {
                     let reply = self.request(msg);
@@ -285,6 +295,10 @@ impl WireGuardTask {
             }
         }
         // The network task resets every connection on shutdown; those packets still go out.
+        while let Some(msg) = self.waiting.pop() {
+            self.encrypt(msg);
+            self.outbound.flush(&mut self.socket);
+        }
         while let Ok(Some(msg)) =
             tokio::time::timeout(Duration::from_millis(200), self.from_network.recv()).await
         {
@@ -311,6 +325,15 @@ impl WireGuardTask {
                 });
             },
         );
+    }
+
+    /// Encrypts up to a batch of what waits, in turns by peer, and sends it.
+    fn encrypt_batch(&mut self) {
+        for _ in 0..BATCH {
+            let Some(msg) = self.waiting.pop() else { break };
+            self.encrypt(msg);
+        }
+        self.outbound.flush(&mut self.socket);
     }
 
     fn encrypt(&mut self, msg: NetworkToWireGuard) {
