@@ -424,7 +424,9 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--new-venv", type=Path, default=DEFAULT_NEW_VENV)
     parser.add_argument("--old-venv", type=Path, default=DEFAULT_OLD_VENV)
     parser.add_argument("--rs-venv", type=Path, default=DEFAULT_RS_VENV)
-    parser.add_argument("--base-venv", type=Path, help="this project built from another commit (build.py --new)")
+    parser.add_argument(
+        "--base-venv", type=Path, help="this project built from another commit (build.py --new)"
+    )
     parser.add_argument(
         "--out", type=Path, help="JSON (default results/paths.json, results/paths_small.json)"
     )

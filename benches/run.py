@@ -84,7 +84,9 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--build", action="store_true", help="run benches/build.py first (both venvs)")
     parser.add_argument("--new-venv", type=Path, default=DEFAULT_NEW_VENV)
     parser.add_argument("--old-venv", type=Path, default=DEFAULT_OLD_VENV)
-    parser.add_argument("--base-venv", type=Path, help="this project built from another commit (build.py --new)")
+    parser.add_argument(
+        "--base-venv", type=Path, help="this project built from another commit (build.py --new)"
+    )
     parser.add_argument(
         "--out", type=Path, help="JSON output (default results/latest.json, results/small.json with --small)"
     )
