@@ -25,17 +25,18 @@ impl Turns {
         queue.push_back(msg);
     }
 
-    /// The next peer's first message; that peer's turn comes again after every other waiting peer's.
+    /// The next peer's first message; that peer's turn comes again after every other waiting peer's. A peer's
+    /// queue is kept while it is empty (no allocation per packet), until its `ForgetPeer`, the last message of it.
     pub fn pop(&mut self) -> Option<NetworkToWireGuard> {
         let peer = self.order.pop_front()?;
         let queue = self.queues.get_mut(&peer)?;
-        let msg = queue.pop_front();
-        if queue.is_empty() {
-            self.queues.remove(&peer);
-        } else {
+        let msg = queue.pop_front()?;
+        if !queue.is_empty() {
             self.order.push_back(peer);
+        } else if matches!(msg, NetworkToWireGuard::ForgetPeer { .. }) {
+            self.queues.remove(&peer);
         }
-        msg
+        Some(msg)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -88,5 +89,10 @@ mod tests {
             taken(&mut turns),
             [(1, Some(1)), (2, Some(1)), (1, Some(2)), (2, Some(2)), (1, None)]
         );
+        assert!(turns.is_empty());
+        // A forgotten peer's queue is gone; a peer's emptied queue waits for its next packet.
+        assert_eq!(turns.queues.keys().collect::<Vec<_>>(), [&2]);
+        turns.push(packet(2, 3));
+        assert_eq!(taken(&mut turns), [(2, Some(3))]);
     }
 }
